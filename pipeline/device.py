@@ -1,0 +1,45 @@
+"""Which accelerator Keras will use, and the numeric precision that pays on it."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def accelerators() -> list[str]:
+    """Names of the GPUs the active Keras backend can place work on (empty on a CPU machine)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return []
+
+
+def configure_precision(precision: str = "auto") -> str:
+    """Set Keras' global dtype policy before models are built; returns the policy used.
+
+    ``auto`` picks mixed float16 on a GPU (tensor cores roughly double
+    throughput) and float32 on a CPU, where mixed precision was measured
+    slower for these convnets.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "auto":
+        precision = "mixed_float16" if accelerators() else "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    log.info("dtype policy %s on %s", precision, ", ".join(accelerators()) or "CPU")
+    return precision

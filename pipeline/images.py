@@ -1,0 +1,219 @@
+"""Finding images (class folders, CSV manifest, unlabelled folder) and decoding them robustly.
+
+Every candidate file either yields an array or a recorded reason: one bad file
+never stops a run and is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
+)
+_JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+RESIZE_MODES = ("crop", "pad", "stretch")
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
+
+
+class DecodeError(Exception):
+    """A file that cannot become an image; the message is the reason recorded."""
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How a decoded image becomes a ``size`` x ``size`` input.
+
+    ``crop`` (default): aspect-preserving resize so the shorter side is
+    ``size / crop_fraction``, then the centre ``size`` x ``size`` crop, as in
+    ImageNet evaluation. ``pad``: the whole image fitted inside the square and
+    padded with white. ``stretch``: resized to the square, aspect ignored.
+    """
+
+    size: int
+    mode: str = "crop"
+    crop_fraction: float = 0.875
+    interpolation: str = "bilinear"
+    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+    def __post_init__(self):
+        if self.mode not in RESIZE_MODES:
+            raise UserError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, not {self.mode!r}")
+        if not 0 < self.crop_fraction <= 1:
+            raise UserError(f"crop fraction must be in (0, 1], not {self.crop_fraction}")
+        if self.interpolation not in _RESAMPLE:
+            raise UserError(f"interpolation must be one of {', '.join(_RESAMPLE)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def _scale(self, width: int, height: int) -> float:
+        if self.mode == "crop":
+            return self.size / self.crop_fraction / min(width, height)
+        return self.size / max(width, height)
+
+    def apply(self, im: Image.Image) -> np.ndarray:
+        resample = _RESAMPLE[self.interpolation]
+        size, (w, h) = self.size, im.size
+        if self.mode == "stretch":
+            im = im.resize((size, size), resample)
+        elif self.mode == "crop":
+            side = size / self._scale(w, h)  # the crop's side in source pixels
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            im = im.resize((size, size), resample, box=box)
+        else:
+            s = self._scale(w, h)
+            inner = im.resize((max(1, round(w * s)), max(1, round(h * s))), resample)
+            im = Image.new("RGB", (size, size), (255, 255, 255))
+            im.paste(inner, ((size - inner.width) // 2, (size - inner.height) // 2))
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0
+        elif mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(path: str | Path, policy: ResizePolicy) -> np.ndarray:
+    """Decode ``path`` into a ``uint8`` array of shape ``(size, size, 3)``, or raise :class:`DecodeError`."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > policy.max_pixels:
+                raise DecodeError(f"decompression bomb: {w}x{h} pixels is over the limit of {policy.max_pixels}")
+            if im.format == "JPEG":  # decode at reduced size straight from the DCT when much larger
+                s = policy._scale(w, h)
+                im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
+            im = ImageOps.exif_transpose(im)
+            return policy.apply(_to_rgb(im))
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised or empty file)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, MemoryError) as e:
+        raise DecodeError(f"cannot decode: {type(e).__name__}: {e}") from None
+
+
+@dataclass
+class Dataset:
+    """Images found under ``root``: relative paths, labels (None if unlabelled) and what was left out."""
+
+    root: Path
+    paths: list[str]
+    labels: list[str] | None
+    class_names: list[str] | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: int = 0
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_candidate(path: Path) -> bool:
+    name = path.name
+    return not name.startswith(".") and name.lower() not in _JUNK_NAMES \
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _walk(folder: Path) -> tuple[list[Path], int]:
+    """Image candidates below ``folder`` (sorted; hidden folders skipped) and the count of other files."""
+    found, ignored = [], 0
+    for p in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]):
+            continue
+        if p.is_file() or p.is_symlink():
+            if _is_candidate(p):
+                found.append(p)
+            else:
+                ignored += 1
+    return found, ignored
+
+
+def discover(source: str | Path, unlabelled: bool = False) -> Dataset:
+    """Find images in a class-per-sub-folder tree, a CSV manifest (``path,label``) or an unlabelled folder.
+
+    A folder whose sub-folders hold images is labelled by its first-level
+    sub-folder names (searched recursively); a folder with images only at its
+    top level, or any folder with ``unlabelled=True``, is unlabelled.
+    """
+    source = Path(source)
+    if source.suffix.lower() == ".csv" and source.is_file():
+        return _from_manifest(source)
+    if not source.is_dir():
+        raise UserError(f"{source} is neither a folder of images nor a CSV manifest")
+    files, ignored = _walk(source)
+    relative = [p.relative_to(source) for p in files]
+    in_subfolders = [r for r in relative if len(r.parts) > 1]
+    if unlabelled or not in_subfolders:
+        return Dataset(source, [r.as_posix() for r in relative], None, None, ignored=ignored)
+    class_names = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = [(r.as_posix(), "not inside a class folder") for r in relative if len(r.parts) == 1]
+    if loose:
+        log.warning("%d image(s) directly in %s are not in a class folder; recorded as skipped",
+                    len(loose), source)
+    return Dataset(
+        source,
+        [r.as_posix() for r in in_subfolders],
+        [r.parts[0] for r in in_subfolders],
+        class_names,
+        skipped=loose,
+        ignored=ignored,
+    )
+
+
+def _from_manifest(manifest: Path) -> Dataset:
+    root = manifest.parent
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read manifest {manifest}: {e}") from None
+    if not rows or "path" not in rows[0]:
+        raise UserError(f"manifest {manifest} needs a header row with a 'path' column (and 'label')")
+    labelled = "label" in rows[0]
+    paths, labels, skipped = [], [], []
+    for row in rows:
+        rel = (row["path"] or "").strip()
+        if not rel:
+            continue
+        if not (root / rel).exists():
+            skipped.append((rel, "file not found"))
+            continue
+        paths.append(rel)
+        if labelled:
+            labels.append((row["label"] or "").strip())
+    if labelled and any(not label for label in labels):
+        raise UserError(f"manifest {manifest} has rows with an empty label")
+    class_names = sorted(set(labels)) if labelled else None
+    return Dataset(root, paths, labels if labelled else None, class_names, skipped=skipped)

@@ -1,0 +1,262 @@
+"""The HDF5 feature store, and the crash-safe shards it is assembled from.
+
+Layout of a store (format version 1), readable with plain h5py::
+
+    features/<layer>   float32 [N, D]   globally pooled codes, one dataset per layer
+    paths              utf-8   [N]      image paths relative to the dataset root
+    fingerprints       int64   [N, 2]   (size in bytes, mtime in ns) of each file
+    labels             int64   [N]      index into class_names (labelled sets only)
+    class_names        utf-8   [C]      (labelled sets only)
+    skipped/paths      utf-8   [M]      files that were not extracted ...
+    skipped/reasons    utf-8   [M]      ... and why
+    attrs: format_version, backbone, weights_checksum, weights_source, layers,
+           feature_dims, input_size, preprocessing, resize, dataset_root,
+           versions, created (JSON strings where structured)
+
+HDF5 is not safe against a kill during a write, so extraction never writes the
+store incrementally: each completed batch goes to a small ``.npz`` shard in
+``<store>.parts/`` (written to a temporary name, then renamed), and the store is
+assembled from shards (and the previous store's reusable rows) into a temporary
+file that replaces the old one in one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+_BLOCK = 2048  # rows per write when assembling
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """What must be identical for two sets of codes to be mixed in one store."""
+
+    backbone: str
+    weights_checksum: str
+    layers: tuple[str, ...]
+    input_size: int
+    preprocessing: dict
+    resize: dict
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StoreConfig":
+        data = {f.name: data[f.name] for f in fields(cls)}
+        data["layers"] = tuple(data["layers"])
+        return cls(**data)
+
+    def differences(self, other: "StoreConfig") -> list[str]:
+        mine, theirs = self.to_json(), other.to_json()
+        return [k for k in mine if mine[k] != theirs[k]]
+
+
+def _config_attrs(config: StoreConfig) -> dict:
+    return {k: v if isinstance(v, (str, int)) else json.dumps(v) for k, v in config.to_json().items()}
+
+
+def _config_from_attrs(attrs) -> StoreConfig:
+    data = {}
+    for f in fields(StoreConfig):
+        value = attrs[f.name]
+        data[f.name] = json.loads(value) if f.name in ("layers", "preprocessing", "resize") else value
+    data["input_size"] = int(data["input_size"])
+    return StoreConfig.from_json(data)
+
+
+def refuse_mismatch(existing: StoreConfig, wanted: StoreConfig, where: Path) -> None:
+    diff = existing.differences(wanted)
+    if diff:
+        raise UserError(
+            f"{where} was made with a different {', '.join(diff)} "
+            f"(backbone {existing.backbone}, layers {','.join(existing.layers)}); "
+            "use another --out or delete it"
+        )
+
+
+@dataclass
+class FeatureStore:
+    """A store opened for reading: metadata and small arrays in memory, codes read on demand."""
+
+    path: Path
+    config: StoreConfig
+    attrs: dict
+    paths: list[str]
+    fingerprints: np.ndarray
+    labels: np.ndarray | None
+    class_names: list[str] | None
+    skipped: list[tuple[str, str]]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.config.layers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def codes(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """Codes of ``layer`` (default: the last layer stored), all rows or the sorted ``rows``."""
+        layer = layer or self.layers[-1]
+        if layer not in self.layers:
+            raise UserError(f"{self.path} has no layer {layer!r}; it holds {', '.join(self.layers)}")
+        with h5py.File(self.path, "r") as f:
+            dset = f["features"][layer]
+            return dset[:] if rows is None else dset[np.asarray(rows)]
+
+
+def read_store(path: str | Path) -> FeatureStore:
+    """Open a feature store, checking that it is one and of a known format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"feature store {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            version = f.attrs.get("format_version")
+            if version is None or "features" not in f:
+                raise UserError(f"{path} is not a feature store (no format_version or features)")
+            if int(version) > FORMAT_VERSION:
+                raise UserError(f"{path} has store format {version}; this version reads up to {FORMAT_VERSION}")
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            labelled = "labels" in f
+            return FeatureStore(
+                path=path,
+                config=_config_from_attrs(f.attrs),
+                attrs=attrs,
+                paths=list(f["paths"].asstr()[:]),
+                fingerprints=f["fingerprints"][:],
+                labels=f["labels"][:] if labelled else None,
+                class_names=list(f["class_names"].asstr()[:]) if labelled else None,
+                skipped=list(zip(f["skipped/paths"].asstr()[:], f["skipped/reasons"].asstr()[:])),
+            )
+    except OSError as e:
+        raise UserError(f"cannot read feature store {path}: {e}") from None
+
+
+class Shards:
+    """Completed batches of an extraction in progress, in ``<store>.parts/``, one ``.npz`` each."""
+
+    def __init__(self, store: Path, config: StoreConfig):
+        self.dir = store.with_name(store.name + ".parts")
+        self.config = config
+        meta = self.dir / "config.json"
+        if meta.is_file():
+            refuse_mismatch(StoreConfig.from_json(json.loads(meta.read_text())), config,
+                            Path(f"{self.dir} (an interrupted extraction)"))
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_atomically(meta, lambda tmp: tmp.write_text(json.dumps(config.to_json())))
+        self.files = sorted(self.dir.glob("shard-*.npz"))
+
+    def index(self) -> tuple[dict, dict]:
+        """``(path, size, mtime) -> (shard, row)`` for extracted rows, and ``-> reason`` for failures."""
+        rows, failures = {}, {}
+        for shard in self.files:
+            with np.load(shard) as z:
+                for row, (p, fp) in enumerate(zip(z["paths"], z["fingerprints"])):
+                    rows[(str(p), *map(int, fp))] = (shard, row)
+                for p, fp, reason in zip(z["failed_paths"], z["failed_fingerprints"], z["failed_reasons"]):
+                    failures[(str(p), *map(int, fp))] = str(reason)
+        return rows, failures
+
+    def write(self, paths: Sequence[str], fingerprints: np.ndarray, codes: dict[str, np.ndarray],
+              failed: Sequence[tuple[str, tuple[int, int], str]]) -> None:
+        target = self.dir / f"shard-{len(self.files):07d}.npz"
+        arrays = {
+            "paths": np.asarray(paths, dtype=str).reshape(-1),
+            "fingerprints": np.asarray(fingerprints, dtype=np.int64).reshape(-1, 2),
+            "failed_paths": np.asarray([f[0] for f in failed], dtype=str).reshape(-1),
+            "failed_fingerprints": np.asarray([f[1] for f in failed], dtype=np.int64).reshape(-1, 2),
+            "failed_reasons": np.asarray([f[2] for f in failed], dtype=str).reshape(-1),
+        }
+        arrays |= {f"codes/{layer}": c for layer, c in codes.items()}
+        _write_atomically(target, lambda tmp: np.savez(tmp, **arrays))
+        self.files.append(target)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _write_atomically(target: Path, write) -> None:
+    """Write through ``write(tmp)`` then rename: a kill leaves either nothing or the whole file."""
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+    write(tmp)
+    os.replace(tmp, target)
+
+
+@dataclass
+class Row:
+    """Where the codes of one output row come from: a shard file or the previous store."""
+
+    path: str
+    fingerprint: tuple[int, int]
+    source: Path
+    index: int
+
+
+def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: dict[str, int],
+             labels: Sequence[int] | None, class_names: Sequence[str] | None,
+             skipped: Iterable[tuple[str, str]], attrs: dict) -> None:
+    """Write the final store from ``rows`` block by block (memory stays flat), then rename into place."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    skipped = list(skipped)
+    n = len(rows)
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update({"format_version": FORMAT_VERSION, **_config_attrs(config)})
+        f.attrs.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()})
+        f.attrs["feature_dims"] = json.dumps(feature_dims)
+        group = f.create_group("features")
+        dsets = {
+            layer: group.create_dataset(layer, shape=(n, d), dtype="float32",
+                                        chunks=(max(1, min(n, 256)), d) if n else None)
+            for layer, d in feature_dims.items()
+        }
+        f.create_dataset("paths", data=[r.path for r in rows], dtype=_STR)
+        f.create_dataset("fingerprints", data=np.asarray([r.fingerprint for r in rows], np.int64).reshape(n, 2))
+        if labels is not None:
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+            f.create_dataset("class_names", data=list(class_names), dtype=_STR)
+        f.create_dataset("skipped/paths", data=[s[0] for s in skipped], dtype=_STR)
+        f.create_dataset("skipped/reasons", data=[s[1] for s in skipped], dtype=_STR)
+        for start in range(0, n, _BLOCK):
+            block = rows[start:start + _BLOCK]
+            for layer, dset in dsets.items():
+                dset[start:start + len(block)] = _gather(block, layer)
+    os.replace(tmp, out)
+
+
+def _gather(block: Sequence[Row], layer: str) -> np.ndarray:
+    """Codes for a block of rows, reading each source once."""
+    by_source: dict[Path, list[int]] = {}
+    for i, row in enumerate(block):
+        by_source.setdefault(row.source, []).append(i)
+    out = None
+    for source, positions in by_source.items():
+        wanted = np.asarray([block[i].index for i in positions])
+        if source.suffix == ".npz":
+            with np.load(source) as z:
+                values = z[f"codes/{layer}"][wanted]
+        else:
+            order = np.argsort(wanted)
+            with h5py.File(source, "r") as f:
+                values = np.empty((len(wanted), f["features"][layer].shape[1]), np.float32)
+                values[order] = f["features"][layer][wanted[order]]
+        if out is None:
+            out = np.empty((len(block), values.shape[1]), np.float32)
+        out[positions] = values
+    return out

