@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,9 @@ IMAGE_EXTENSIONS = frozenset(
 )
 _JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 RESIZE_MODES = ("crop", "pad", "stretch")
+# Bombs are refused by ResizePolicy.max_pixels with a recorded reason; Pillow's own warning would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
 

@@ -102,6 +102,7 @@ class FeatureStore:
     labels: np.ndarray | None
     class_names: list[str] | None
     skipped: list[tuple[str, str]]
+    identity: tuple[int, int]
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -115,9 +116,16 @@ class FeatureStore:
         layer = layer or self.layers[-1]
         if layer not in self.layers:
             raise UserError(f"{self.path} has no layer {layer!r}; it holds {', '.join(self.layers)}")
+        if _identity(self.path) != self.identity:
+            raise UserError(f"{self.path} was replaced since it was opened; open it again")
         with h5py.File(self.path, "r") as f:
             dset = f["features"][layer]
             return dset[:] if rows is None else dset[np.asarray(rows)]
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns
 
 
 def read_store(path: str | Path) -> FeatureStore:
@@ -143,6 +151,7 @@ def read_store(path: str | Path) -> FeatureStore:
                 labels=f["labels"][:] if labelled else None,
                 class_names=list(f["class_names"].asstr()[:]) if labelled else None,
                 skipped=list(zip(f["skipped/paths"].asstr()[:], f["skipped/reasons"].asstr()[:])),
+                identity=_identity(path),
             )
     except OSError as e:
         raise UserError(f"cannot read feature store {path}: {e}") from None
