@@ -41,5 +41,5 @@ def configure_precision(precision: str = "auto") -> str:
     if precision == "auto":
         precision = "mixed_float16" if accelerators() else "float32"
     keras.mixed_precision.set_global_policy(precision)
-    log.info("dtype policy %s on %s", precision, ", ".join(accelerators()) or "CPU")
+    log.info("running on %s with dtype policy %s", ", ".join(accelerators()) or "the CPU", precision)
     return precision

@@ -1,0 +1,164 @@
+"""Extraction speed, run by hand: is the pipeline as fast as the model alone, and faster than the Keras-guide way?
+
+On a few hundred real photos re-encoded as camera-sized JPEGs (Tux Paint
+stamps and foolbox's ImageNet photos, composited on white and scaled to
+several hundred pixels), each phase runs in a fresh process (own peak memory;
+every phase pays its own tracing once, from a built model to codes for every
+image):
+
+  a  the model alone: ``predict_on_batch`` on images already decoded in memory
+  b  the extract stage: decoding, model and shard writes (``ExtractResult.seconds``),
+     plus the whole ``scripts/extract.py`` command's wall time for reference
+  c  the Keras guides' way: ``keras.utils.image_dataset_from_directory`` +
+     ``model.predict`` + ``np.save``
+
+Goals on the 2-core CPU machine with efficientnet_lite0: b/a >= 0.9, b/c >= 1.0.
+
+    python benchmarks/extract_speed.py [--images 300] [--backbone efficientnet_lite0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_photos(dest: Path, count: int, seed: int = 0) -> None:
+    """JPEGs of 640 to 1600 px on the long side from the real data sets, in two class folders."""
+    from pipeline.datasets import fetch_foolbox, fetch_tuxpaint
+    from pipeline.images import _to_rgb
+
+    sources = sorted(fetch_tuxpaint().rglob("*.png")) + sorted((fetch_foolbox() / "imagenet").glob("*.jpg"))
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        src = sources[i % len(sources)]
+        with Image.open(src) as im:
+            im = _to_rgb(im)
+        long_side = int(rng.integers(640, 1601))
+        s = long_side / max(im.size)
+        im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BICUBIC)
+        if i >= len(sources):
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        folder = dest / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        im.save(folder / f"photo_{i:04d}.jpg", quality=90)
+
+
+def phase_model_alone(data: Path, backbone_name: str, batch: int) -> dict:
+    from pipeline.backbones.loading import load_backbone
+    from pipeline.images import ResizePolicy, decode_image
+
+    backbone = load_backbone(backbone_name)
+    spec = backbone.spec
+    policy = ResizePolicy(spec.input_size, "crop", spec.crop_fraction, spec.interpolation)
+    pixels = np.stack([decode_image(p, policy) for p in sorted(data.rglob("*.jpg"))])
+    n = len(pixels)
+    pixels = np.concatenate([pixels, np.zeros((-n % batch, *pixels.shape[1:]), np.uint8)])
+    model = backbone.feature_model(["penultimate"])
+    start = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        np.asarray(model.predict_on_batch(pixels[i:i + batch]))
+        if i == 0:
+            first = time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return {"images": n, "seconds": seconds, "steady": (len(pixels) - batch) / (seconds - first)}
+
+
+def phase_extract(data: Path, backbone_name: str, batch: int) -> dict:
+    from pipeline.extract import ExtractConfig, extract
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = extract(ExtractConfig(data=data, out=Path(tmp) / "codes.h5", backbone=backbone_name,
+                                       batch_size=batch, progress=False))
+    return {"images": result.extracted, "seconds": result.seconds}
+
+
+def phase_keras_way(data: Path, backbone_name: str, batch: int) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from pipeline.backbones.loading import load_backbone
+
+    backbone = load_backbone(backbone_name)
+    size = backbone.spec.input_size
+    model = backbone.feature_model(["penultimate"])
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        ds = keras.utils.image_dataset_from_directory(
+            data, labels=None, image_size=(size, size), batch_size=batch, shuffle=False, verbose=False)
+        ds = ds.map(lambda x: tf.cast(x, tf.uint8)).prefetch(tf.data.AUTOTUNE)
+        codes = model.predict(ds, verbose=0)
+        np.save(Path(tmp) / "codes.npy", codes)
+        seconds = time.perf_counter() - start
+    return {"images": len(codes), "seconds": seconds}
+
+
+PHASES = {"a": phase_model_alone, "b": phase_extract, "c": phase_keras_way}
+
+
+def run_phase(name: str, data: Path, backbone: str, batch: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--phase", name, "--data", str(data), "--backbone", backbone,
+         "--batch-size", str(batch)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {name} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def command_wall_time(data: Path, backbone: str, batch: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "extract.py"), str(data), "--out",
+                        f"{tmp}/codes.h5", "--backbone", backbone, "--batch-size", str(batch), "--quiet"],
+                       check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=300)
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.phase:
+        result = PHASES[args.phase](args.data, args.backbone, args.batch_size)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "photos"
+        make_photos(data, args.images)
+        sizes = [Image.open(f).size for f in sorted(data.rglob("*.jpg"))]
+        print(f"{len(sizes)} JPEGs, median {int(np.median([s[0] for s in sizes]))}x"
+              f"{int(np.median([s[1] for s in sizes]))} px; backbone {args.backbone}, batch {args.batch_size}")
+        results = {name: run_phase(name, data, args.backbone, args.batch_size) for name in "abc"}
+        wall = command_wall_time(data, args.backbone, args.batch_size)
+    labels = {"a": "model alone (decoded arrays)", "b": "extract stage (decode + model + store)",
+              "c": "keras way (image_dataset_from_directory + predict)"}
+    for name, r in results.items():
+        print(f"  {name}  {labels[name]:52} {r['images'] / r['seconds']:7.1f} images/s   "
+              f"peak RSS {r['peak_rss_mib']:6.0f} MiB")
+    rate = {name: r["images"] / r["seconds"] for name, r in results.items()}
+    print(f"  (model alone after its first batch, i.e. without the one-time tracing: "
+          f"{results['a']['steady']:.1f} images/s)")
+    print(f"  whole scripts/extract.py command, start-up included: {wall:.1f} s wall")
+    print(f"  b/a = {rate['b'] / rate['a']:.2f}   (goal >= 0.9)")
+    print(f"  b/c = {rate['b'] / rate['c']:.2f}   (goal >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
