@@ -58,11 +58,12 @@ def make_photos(dest: Path, count: int, seed: int = 0) -> None:
 
 def phase_model_alone(data: Path, backbone_name: str, batch: int) -> dict:
     from pipeline.backbones.loading import load_backbone
-    from pipeline.images import ResizePolicy, decode_image
+    from pipeline.extract import resize_policy
+    from pipeline.images import decode_image
 
     backbone = load_backbone(backbone_name)
     spec = backbone.spec
-    policy = ResizePolicy(spec.input_size, "crop", spec.crop_fraction, spec.interpolation)
+    policy = resize_policy(spec)
     pixels = np.stack([decode_image(p, policy) for p in sorted(data.rglob("*.jpg"))])
     n = len(pixels)
     pixels = np.concatenate([pixels, np.zeros((-n % batch, *pixels.shape[1:]), np.uint8)])

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backbones.loading import load_backbone
+from .backbones.loading import Backbone, load_backbone
 from .device import configure_precision
 from .errors import UserError
-from .images import ResizePolicy, discover
+from .images import Dataset, ResizePolicy, discover
 from .loader import decoded_batches
 from .provenance import library_versions, now_iso
 from .store import Row, Shards, StoreConfig, assemble, read_store, refuse_mismatch
@@ -87,14 +87,31 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
         raise UserError(f"no images found in {cfg.data}")
     configure_precision(cfg.precision)
     backbone = load_backbone(cfg.backbone, cfg.weights)
-    spec = backbone.spec
     layers = backbone.check_layers(cfg.layers)
-    policy = ResizePolicy(spec.input_size, cfg.resize, spec.crop_fraction, spec.interpolation)
+    policy = resize_policy(backbone.spec, cfg.resize)
+    return update_store(dataset, out, backbone, layers, policy, batch_size=cfg.batch_size,
+                        workers=cfg.workers, progress=cfg.progress)
+
+
+def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
+    return ResizePolicy(spec.input_size, mode, spec.crop_fraction, spec.interpolation)
+
+
+def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[str], policy: ResizePolicy, *,
+                 batch_size: int = 32, workers: int | None = None, progress: bool = True,
+                 prune: bool = True) -> ExtractResult:
+    """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed.
+
+    With ``prune=False`` rows of files outside ``dataset`` are kept (a cache of
+    codes, as the scikit-learn transformer uses); by default they leave the store.
+    """
+    spec = backbone.spec
     config = StoreConfig(spec.name, backbone.weights_checksum, tuple(layers), spec.input_size,
                          spec.preprocessing.to_dict(), policy.to_dict())
     out.parent.mkdir(parents=True, exist_ok=True)
 
     previous: dict[tuple, int] = {}
+    old = None
     if out.exists():
         old = read_store(out)
         refuse_mismatch(old.config, config, out)
@@ -128,48 +145,60 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     model = backbone.feature_model(layers)
     feature_dims = {name: int(o.shape[-1]) for name, o in zip(layers, model.outputs)}
     started = time.perf_counter()
-    if todo:
-        _run(model, layers, dataset.root, dataset.paths, todo, fingerprints, policy, cfg, shards, rows, failures)
+    files = [dataset.root / dataset.paths[i] for i in todo]
+    for batch, codes in iter_codes(model, layers, files, policy, batch_size, workers, progress, spec.name):
+        items = [todo[k] for k in batch.ok]
+        failed = [(dataset.paths[todo[k]], fingerprints[todo[k]], reason) for k, reason in batch.failed]
+        shards.write([dataset.paths[i] for i in items], [fingerprints[i] for i in items], codes, failed)
+        for row, i in enumerate(items):
+            rows[i] = Row(dataset.paths[i], fingerprints[i], shards.files[-1], row)
+        failures.update((todo[k], reason) for k, reason in batch.failed)
     seconds = time.perf_counter() - started
 
+    current = set(dataset.paths)
+    kept = [] if prune else [Row(p, (size, mtime), out, i) for (p, size, mtime), i in previous.items()
+                             if p not in current]
     order = sorted(rows)
     labels = None
     if dataset.labelled:
         class_index = {c: k for k, c in enumerate(dataset.class_names)}
         labels = [class_index[dataset.labels[i]] for i in order]
     skipped = sorted(dataset.skipped + [(dataset.paths[i], reason) for i, reason in failures.items()])
-    assemble(out, config, [rows[i] for i in order], feature_dims, labels, dataset.class_names, skipped, {
-        "weights_source": backbone.weights_source,
-        "dataset_root": str(Path(dataset.root).resolve()),
-        "versions": library_versions(),
-        "created": now_iso(),
-    })
+    final_rows = [rows[i] for i in order]
+    if kept:  # a cache: one canonical order, so an unchanged cache is not rewritten
+        final_rows = sorted(final_rows + kept, key=lambda r: r.path)
+    unchanged = old is not None and [(r.source, r.index) for r in final_rows] == [
+        (out, i) for i in range(len(old))] and old.skipped == skipped and old.class_names == dataset.class_names \
+        and (labels is None) == (old.labels is None) and (labels is None or old.labels.tolist() == labels)
+    if not unchanged:
+        assemble(out, config, final_rows, feature_dims, labels, dataset.class_names, skipped, {
+            "weights_source": backbone.weights_source,
+            "dataset_root": str(Path(dataset.root).resolve()),
+            "versions": library_versions(),
+            "created": now_iso(),
+        })
     shards.remove()
-    removed = len({key[0] for key in previous} - set(dataset.paths))
-    result = ExtractResult(out, len(order), len(todo) - sum(1 for i in todo if i in failures), reused,
-                           len(skipped), removed, seconds)
+    removed = len({key[0] for key in previous} - current) if prune else 0
+    result = ExtractResult(out, len(order) + len(kept), len(todo) - sum(1 for i in todo if i in failures),
+                           reused, len(skipped), removed, seconds)
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     return result
 
 
-def _run(model, layers, root, paths, todo, fingerprints, policy, cfg, shards, rows, failures) -> None:
-    """Extract ``todo`` batch by batch; each finished batch becomes a shard at once."""
-    bar = tqdm(total=len(todo), unit="img", desc=f"extract {cfg.backbone}", disable=not cfg.progress,
-               dynamic_ncols=True)
+def iter_codes(model, layers: list[str], files: list[Path], policy: ResizePolicy, batch_size: int,
+               workers: int | None = None, progress: bool = True, desc: str = "extract"):
+    """Yield ``(batch, {layer: codes of batch.ok})`` for ``files``, decoding in parallel with the model."""
+    bar = tqdm(total=len(files), unit="img", desc=desc, disable=not progress or not files, dynamic_ncols=True)
+    skipped = 0
     try:
-        for batch in decoded_batches([root / paths[i] for i in todo], policy, cfg.batch_size, cfg.workers):
-            items = [todo[k] for k in batch.ok]
+        for batch in decoded_batches(files, policy, batch_size, workers):
             outputs = model.predict_on_batch(batch.pixels)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            codes = {name: np.asarray(o[:len(items)], np.float32) for name, o in zip(layers, outputs)}
-            failed = [(paths[todo[k]], fingerprints[todo[k]], reason) for k, reason in batch.failed]
-            shards.write([paths[i] for i in items], [fingerprints[i] for i in items], codes, failed)
-            for row, i in enumerate(items):
-                rows[i] = Row(paths[i], fingerprints[i], shards.files[-1], row)
-            failures.update((todo[k], reason) for k, reason in batch.failed)
+            yield batch, {name: np.asarray(o[:len(batch.ok)], np.float32) for name, o in zip(layers, outputs)}
             bar.update(len(batch.items))
-            if failures:
-                bar.set_postfix(skipped=len(failures), refresh=False)
+            if batch.failed:
+                skipped += len(batch.failed)
+                bar.set_postfix(skipped=skipped, refresh=False)
     finally:
         bar.close()

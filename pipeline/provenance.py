@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
-
-import keras
+import sys
 
 _PACKAGES = ("numpy", "h5py", "pillow", "keras", "scikit-learn", "tensorflow", "jax", "torch")
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "keras_backend": keras.backend.backend()}
+    keras = sys.modules.get("keras")  # never import TensorFlow just to name it
+    backend = keras.backend.backend() if keras else os.environ.get("KERAS_BACKEND", "tensorflow")
+    versions = {"python": platform.python_version(), "keras_backend": backend}
     for name in _PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

@@ -60,3 +60,29 @@ def write_images(root: Path, per_class: dict[str, int], size: int = 40, seed: in
             Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path)
             paths.append(path)
     return paths
+
+
+def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, backbone="efficientnet_lite0"):
+    """A feature store from arrays, through the same shard-and-assemble path extraction uses."""
+    from pipeline.store import Row, Shards, StoreConfig, assemble
+
+    config = StoreConfig(backbone, "checksum", tuple(layers), 224, {"mean": [0.0] * 3, "std": [1.0] * 3,
+                                                                     "bgr": False}, {"size": 224, "mode": "crop"})
+    n = len(next(iter(layers.values())))
+    names = [f"img_{i:05d}.png" for i in range(n)]
+    shards = Shards(path, config)
+    shards.write(names, np.zeros((n, 2), np.int64), {k: np.asarray(v, np.float32) for k, v in layers.items()}, [])
+    assemble(path, config, [Row(p, (0, 0), shards.files[0], i) for i, p in enumerate(names)],
+             {k: np.asarray(v).shape[1] for k, v in layers.items()},
+             None if labels is None else list(labels), class_names, [], {"weights_source": "test"})
+    shards.remove()
+    return path
+
+
+def blobs(n_per_class=(30, 30, 30), dim=32, spread=1.0, seed=0):
+    """Separable Gaussian classes and, alongside, pure noise of the same shape."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (len(n_per_class), dim))
+    y = np.concatenate([np.full(n, k) for k, n in enumerate(n_per_class)])
+    X = centres[y] + rng.normal(0, spread, (len(y), dim))
+    return X.astype(np.float32), rng.normal(0, 1, X.shape).astype(np.float32), y

@@ -14,12 +14,13 @@ from pipeline.backbones.layers import Preprocess
 from pipeline.backbones.loading import load_backbone
 from pipeline.backbones.registry import available, get_spec, register
 from pipeline.errors import UserError
-from pipeline.images import ResizePolicy, decode_image
+from pipeline.extract import resize_policy
+from pipeline.images import decode_image
 
 
 def imagenet_top1(backbone, photos) -> int:
     spec = backbone.spec
-    policy = ResizePolicy(spec.input_size, "crop", spec.crop_fraction, spec.interpolation)
+    policy = resize_policy(spec)
     pixels = np.stack([decode_image(p, policy) for p in photos])
     truth = np.array([int(p.stem.rsplit("_", 1)[1]) for p in photos])
     logits = backbone.imagenet_model().predict_on_batch(pixels)

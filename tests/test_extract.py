@@ -18,8 +18,8 @@ from PIL import Image
 from conftest import ROOT, write_images
 from pipeline.device import configure_precision
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract
-from pipeline.images import ResizePolicy, decode_image
+from pipeline.extract import ExtractConfig, extract, resize_policy
+from pipeline.images import decode_image
 from pipeline.store import read_store
 
 BACKBONE = "efficientnet_lite0"
@@ -64,8 +64,7 @@ def test_extract_writes_codes_labels_and_skipped_files(dataset, tmp_path, backbo
     # The stored codes are exactly what the backbone gives for the decoded image.
     backbone = backbones(BACKBONE)
     spec = backbone.spec
-    pixels = decode_image(dataset / store.paths[3], ResizePolicy(spec.input_size, "crop", spec.crop_fraction,
-                                                                 spec.interpolation))
+    pixels = decode_image(dataset / store.paths[3], resize_policy(spec))
     direct = backbone.feature_model(["penultimate"]).predict_on_batch(np.repeat(pixels[None], 8, axis=0))
     np.testing.assert_allclose(codes[3], np.asarray(direct)[0], rtol=1e-4, atol=1e-5)
 

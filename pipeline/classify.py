@@ -1,0 +1,242 @@
+"""The fit stage: a linear SVM and a softmax on cached codes, C chosen by nested cross-validation.
+
+Protocol: the outer folds (stratified k-fold, repeated for small sets) give
+the reported figures; inside each outer training set an inner split chooses C
+over a log grid, and the model refitted with that C is scored on the outer
+test fold, which the choice never saw. The 95% intervals use the
+Nadeau-Bengio correction for the overlap between cross-validation training
+sets, so they are not falsely narrow. The final model chooses C the same way
+on all the training data and is refitted on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy import stats
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.model_selection import (RepeatedStratifiedKFold, StratifiedKFold, StratifiedShuffleSplit,
+                                     train_test_split)
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+
+from .errors import UserError
+from .linear_svm import LinearSVM, svm_path
+from .store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+CLASSIFIERS = ("svm", "softmax")
+NORMALISATIONS = ("standard", "l2")
+C_GRID = {"svm": tuple(np.logspace(-5, -1, 5)), "softmax": tuple(np.logspace(-4, 0, 5))}
+LARGE = 2000  # from this many training images, one inner validation split is precise enough
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the figures are obtained; recorded with them."""
+
+    outer_folds: int
+    repeats: int
+    inner: str
+    c_grid: dict
+    normalise: str
+    class_weight: str | None
+    seed: int
+    notes: list = field(default_factory=list)
+
+
+def scaler(normalise: str):
+    if normalise not in NORMALISATIONS:
+        raise UserError(f"normalisation must be one of {', '.join(NORMALISATIONS)}")
+    return StandardScaler() if normalise == "standard" else Normalizer()
+
+
+def make_classifier(kind: str, C: float, normalise: str = "standard", class_weight=None) -> Pipeline:
+    """The classifier of ``kind`` behind its feature scaling, as a scikit-learn Pipeline."""
+    if kind == "svm":
+        model = LinearSVM(C=C, class_weight=class_weight)
+    elif kind == "softmax":
+        model = LogisticRegression(C=C, class_weight=class_weight, max_iter=2000)
+    else:
+        raise UserError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {kind!r}")
+    return Pipeline([("scale", scaler(normalise)), ("clf", model)])
+
+
+def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_weight) -> np.ndarray:
+    """Validation accuracy for every C of ``grid``, fitting along the path with warm starts."""
+    scale = scaler(normalise).fit(X_train)
+    X_train, X_val = scale.transform(X_train), scale.transform(X_val)
+    if kind == "svm":
+        models = svm_path(X_train, y_train, grid, class_weight)
+    else:
+        lr = LogisticRegression(class_weight=class_weight, max_iter=2000, warm_start=True)
+        models = (lr.set_params(C=C).fit(X_train, y_train) for C in grid)
+    return np.array([accuracy_score(y_val, m.predict(X_val)) for m in models])
+
+
+def _inner_splits(y: np.ndarray, seed: int):
+    if len(y) >= LARGE:
+        return StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y)
+    folds = min(3, int(np.bincount(y).min()))
+    if folds < 2:
+        return None
+    return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+
+
+def choose_C(kind, X, y, normalise="standard", class_weight=None, seed=0) -> float:
+    """The C of the grid with the best mean inner-validation accuracy (the smallest among ties)."""
+    grid = C_GRID[kind]
+    splits = _inner_splits(y, seed)
+    if splits is None:
+        return float(grid[len(grid) // 2])
+    scores = np.mean([_path_scores(kind, X[tr], y[tr], X[va], y[va], grid, normalise, class_weight)
+                      for tr, va in splits], axis=0)
+    return float(grid[int(np.argmax(scores))])
+
+
+def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed):
+    started = time.perf_counter()
+    C = choose_C(kind, X[train], y[train], normalise, class_weight, seed)
+    model = make_classifier(kind, C, normalise, class_weight).fit(X[train], y[train])
+    predicted = model.predict(X[test])
+    return {"C": C, "predicted": predicted, "seconds": time.perf_counter() - started,
+            "accuracy": accuracy_score(y[test], predicted),
+            "macro_f1": f1_score(y[test], predicted, average="macro", zero_division=0)}
+
+
+def interval(values, n_train: int, n_test: int) -> dict:
+    """Mean, standard deviation and a 95% interval over folds (Nadeau-Bengio corrected t interval)."""
+    values = np.asarray(values, float)
+    j = len(values)
+    sd = float(values.std(ddof=1)) if j > 1 else 0.0
+    half = float(stats.t.ppf(0.975, j - 1) * np.sqrt(1 / j + n_test / n_train) * sd) if j > 1 else 0.0
+    mean = float(values.mean())
+    return {"mean": mean, "std": sd, "ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+            "folds": [round(float(v), 6) for v in values]}
+
+
+def per_class(y_true, y_pred, class_names) -> dict:
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(len(class_names)),
+                                                 zero_division=0)
+    return {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
+            for k, name in enumerate(class_names)}
+
+
+def check_training_data(X: np.ndarray, y: np.ndarray | None, class_names, what: str) -> None:
+    """One clear line for each way a store cannot train a classifier."""
+    if y is None:
+        raise UserError(f"{what} has no labels: extract from a folder with one sub-folder per class "
+                        "or a CSV manifest with a label column")
+    if len(y) == 0:
+        raise UserError(f"{what} holds no images")
+    counts = np.bincount(y, minlength=len(class_names))
+    empty = [name for name, c in zip(class_names, counts) if c == 0]
+    if empty:
+        raise UserError(f"{what}: class {', '.join(empty)} has no images; add some or remove the folder")
+    if len(class_names) < 2:
+        raise UserError(f"{what} has only one class ({class_names[0]}); a classifier needs at least two")
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise UserError(f"{what} has {int(bad.sum())} row(s) with NaN or infinite codes; re-extract them")
+    if counts.min() < 2:
+        small = [name for name, c in zip(class_names, counts) if c < 2]
+        raise UserError(f"{what}: class {', '.join(small)} has a single image; cross-validation needs "
+                        "at least 2 per class")
+
+
+def default_repeats(n: int) -> int:
+    return 3 if n < 1000 else 1
+
+
+def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
+                   classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
+                   normalise: str = "standard", class_weight: str | None = None, seed: int = 0,
+                   jobs: int | None = None) -> tuple[list[dict], Protocol]:
+    """Nested cross-validation of every (layer, classifier) on the same outer folds."""
+    counts = np.bincount(y)
+    notes = []
+    k = min(folds, int(counts.min()))
+    if k < folds:
+        note = (f"class {class_names[int(counts.argmin())]} has {int(counts.min())} images: "
+                f"using {k} folds instead of {folds}")
+        notes.append(note)
+        log.warning(note)
+    repeats = repeats or default_repeats(len(y))
+    outer = list(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed).split(
+        np.zeros(len(y)), y))
+    inner = "one stratified 80/20 split" if len(y) * (k - 1) / k >= LARGE else "stratified 3-fold"
+    protocol = Protocol(k, repeats, inner, {c: list(C_GRID[c]) for c in classifiers}, normalise,
+                        class_weight, seed, notes)
+    tasks = [(layer, kind, f) for layer in X_by_layer for kind in classifiers for f in range(len(outer))]
+    log.info("nested cross-validation: %d layer(s) x %d classifier(s) x %d outer folds (%d-fold x %d), "
+             "C chosen by %s", len(X_by_layer), len(classifiers), len(outer), k, repeats, inner)
+    done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
+        delayed(_outer_fold)(kind, X_by_layer[layer], y, *outer[f], normalise, class_weight, seed)
+        for layer, kind, f in tasks)
+    n_test = len(y) // k
+    results = []
+    for layer in X_by_layer:
+        for kind in classifiers:
+            folds_done = [(f, r) for (lay, kd, f), r in zip(tasks, done) if (lay, kd) == (layer, kind)]
+            y_true = np.concatenate([y[outer[f][1]] for f, _ in folds_done])
+            y_pred = np.concatenate([r["predicted"] for _, r in folds_done])
+            results.append({
+                "layer": layer, "classifier": kind,
+                "accuracy": interval([r["accuracy"] for _, r in folds_done], len(y) - n_test, n_test),
+                "macro_f1": interval([r["macro_f1"] for _, r in folds_done], len(y) - n_test, n_test),
+                "chosen_C": {f"{c:g}": n for c, n in Counter(r["C"] for _, r in folds_done).most_common()},
+                "per_class": per_class(y_true, y_pred, class_names),
+                "fit_seconds": float(sum(r["seconds"] for _, r in folds_done)),
+            })
+    return results, protocol
+
+
+def fit_final(kind: str, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
+              seed: int = 0):
+    """Choose C on all of ``X`` and refit; the SVM gets Platt-calibrated probabilities."""
+    C = choose_C(kind, X, y, normalise, class_weight, seed)
+    model = make_classifier(kind, C, normalise, class_weight)
+    if kind == "svm":
+        folds = min(3, int(np.bincount(y).min()))
+        model = CalibratedClassifierCV(model, method="sigmoid", cv=folds, ensemble=False)
+    return model.fit(X, y), C
+
+
+def split_test(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 < test_size < 1:
+        raise UserError(f"--test-size must be between 0 and 1, not {test_size}")
+    try:
+        return train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
+    except ValueError as e:
+        raise UserError(f"cannot hold out a stratified test split: {e}") from None
+
+
+def align_test_store(train: FeatureStore, test: FeatureStore) -> np.ndarray:
+    """Labels of ``test`` in ``train``'s class indices, refusing stores that cannot be compared."""
+    diff = [d for d in train.config.differences(test.config) if d != "layers"]
+    if diff:
+        raise UserError(f"test store {test.path} was made with a different {', '.join(diff)}")
+    if test.labels is None:
+        raise UserError(f"test store {test.path} has no labels")
+    unknown = sorted(set(test.class_names) - set(train.class_names))
+    if unknown:
+        raise UserError(f"test store {test.path} has classes the training store lacks: {', '.join(unknown)}")
+    index = {name: k for k, name in enumerate(train.class_names)}
+    return np.array([index[test.class_names[label]] for label in test.labels])
+
+
+def test_metrics(model, X, y, class_names) -> dict:
+    predicted = model.predict(X)
+    return {"images": int(len(y)), "accuracy": float(accuracy_score(y, predicted)),
+            "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
+            "per_class": per_class(y, predicted, class_names)}

@@ -1,0 +1,129 @@
+"""The fit stage as a whole: store(s) in, cross-validated figures, metrics.json and bundles out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import classify
+from .bundle import Bundle, save_bundle
+from .errors import UserError
+from .provenance import library_versions, now_iso
+from .store import read_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of one fit run; the defaults are what ``scripts/fit_svm.py`` uses."""
+
+    store: Path
+    out: Path
+    classifiers: tuple[str, ...] = classify.CLASSIFIERS
+    layers: tuple[str, ...] | None = None
+    normalise: str = "standard"
+    folds: int = 5
+    repeats: int | None = None
+    class_weight: str | None = None
+    test_size: float | None = None
+    test_store: Path | None = None
+    seed: int = 0
+    jobs: int | None = None
+
+
+def fit(cfg: FitConfig) -> dict:
+    """Cross-validate, refit, save one bundle per classifier and ``metrics.json``; returns the metrics."""
+    started = time.perf_counter()
+    for kind in cfg.classifiers:
+        classify.make_classifier(kind, 1.0, cfg.normalise)  # validates the names early
+    if cfg.folds < 2:
+        raise UserError("--folds must be at least 2")
+    store = read_store(cfg.store)
+    layers = list(cfg.layers or store.layers)
+    X = {layer: store.codes(layer) for layer in layers}
+    y, names = store.labels, store.class_names
+    for layer in layers:
+        classify.check_training_data(X[layer], y, names or [], str(cfg.store))
+
+    test = None
+    if cfg.test_store is not None and cfg.test_size is not None:
+        raise UserError("give either --test-size or --test, not both")
+    if cfg.test_size is not None:
+        train_idx, test_idx = classify.split_test(y, cfg.test_size, cfg.seed)
+        test = ({layer: X[layer][test_idx] for layer in layers}, y[test_idx], f"{len(test_idx)} held-out images")
+        X, y = {layer: X[layer][train_idx] for layer in layers}, y[train_idx]
+        for layer in layers:
+            classify.check_training_data(X[layer], y, names, f"{cfg.store} without its test split")
+    elif cfg.test_store is not None:
+        test_store = read_store(cfg.test_store)
+        test = ({layer: test_store.codes(layer) for layer in layers},
+                classify.align_test_store(store, test_store), str(cfg.test_store))
+
+    results, protocol = classify.cross_validate(
+        X, y, names, cfg.classifiers, cfg.folds, cfg.repeats, cfg.normalise, cfg.class_weight, cfg.seed, cfg.jobs)
+    best = max(results, key=lambda r: r["accuracy"]["mean"])
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    final = {}
+    for kind in cfg.classifiers:
+        mine = max((r for r in results if r["classifier"] == kind), key=lambda r: r["accuracy"]["mean"])
+        layer = mine["layer"]
+        model, C = classify.fit_final(kind, X[layer], y, cfg.normalise, cfg.class_weight, cfg.seed)
+        entry = {"layer": layer, "C": C, "bundle": f"{kind}.joblib"}
+        if test is not None:
+            entry["test"] = {"data": test[2], **classify.test_metrics(model, test[0][layer], test[1], names)}
+        save_bundle(Bundle(
+            estimator=model, classifier=kind, layer=layer, class_names=list(names),
+            store_config=store.config.to_json(), weights_source=str(store.attrs.get("weights_source", "")),
+            C=C, normalise=cfg.normalise, metrics={"cross_validation": mine, **entry},
+            versions=library_versions(), created=now_iso(),
+        ), cfg.out / entry["bundle"])
+        final[kind] = entry
+
+    counts = np.bincount(store.labels, minlength=len(names))
+    metrics = {
+        "store": str(cfg.store), "backbone": store.config.backbone,
+        "weights_checksum": store.config.weights_checksum,
+        "images": int(len(store)), "classes": len(names), "class_names": list(names),
+        "class_counts": {n: int(c) for n, c in zip(names, counts)},
+        "protocol": asdict(protocol), "results": results,
+        "best": {"layer": best["layer"], "classifier": best["classifier"]},
+        "final": final, "seconds": time.perf_counter() - started,
+        "versions": library_versions(), "created": now_iso(),
+    }
+    (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_metrics(metrics: dict) -> str:
+    """The human-readable summary printed by ``fit_svm.py`` (the same figures as metrics.json)."""
+    p = metrics["protocol"]
+    lines = [
+        f"{metrics['images']} images, {metrics['classes']} classes, backbone {metrics['backbone']}",
+        f"nested CV: {p['outer_folds']}-fold x {p['repeats']} repeat(s), C chosen by {p['inner']} "
+        f"(seed {p['seed']})",
+        *[f"note: {n}" for n in p["notes"]],
+        "",
+        f"{'layer':14} {'classifier':10} {'accuracy':>8}  {'95% interval':15} {'macro-F1':>8}  {'C (most chosen)':15}",
+    ]
+    for r in sorted(metrics["results"], key=lambda r: -r["accuracy"]["mean"]):
+        acc, f1 = r["accuracy"], r["macro_f1"]
+        lines.append(
+            f"{r['layer']:14} {r['classifier']:10} {acc['mean']:8.3f}  "
+            f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]  {f1['mean']:8.3f}  {next(iter(r['chosen_C'])):15}"
+        )
+    best = metrics["best"]
+    lines.append(f"\nbest: {best['classifier']} on {best['layer']}")
+    for kind, entry in metrics["final"].items():
+        line = f"saved {entry['bundle']} ({entry['layer']}, C={entry['C']:g})"
+        if "test" in entry:
+            t = entry["test"]
+            line += f"; test on {t['data']}: accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}"
+        lines.append(line)
+    lines.append(f"time: {metrics['seconds']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Classify new images with a bundle saved by fit_svm.py: top-k classes with probabilities."""
+
+from pathlib import Path
+
+from pipeline import cli
+from pipeline.bundle import load_bundle
+from pipeline.predict import describe, predict_images, write_csv
+
+EXAMPLES = """\
+  python scripts/predict.py runs/tuxpaint/svm.joblib photo.jpg
+  python scripts/predict.py runs/tuxpaint/softmax.joblib new_photos/ --top-k 3 --out predictions.csv
+  python scripts/predict.py runs/tuxpaint/svm.joblib 'shots/**/*.jpg'
+
+Images that cannot be decoded are listed with their reason, never dropped."""
+
+
+def main() -> int:
+    p = cli.parser(__doc__, EXAMPLES)
+    p.add_argument("bundle", type=Path, help="a .joblib bundle written by scripts/fit_svm.py")
+    p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
+    p.add_argument("--weights", type=Path, help="the local backbone weights the bundle was extracted with")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    args = p.parse_args()
+    cli.set_verbosity(args.quiet, False)
+    predictions = predict_images(args.bundle, args.images, args.top_k, args.batch_size, args.weights,
+                                 progress=not args.quiet)
+    print(describe(load_bundle(args.bundle)))
+    for pred in predictions:
+        if pred.skipped:
+            print(f"{pred.path}\tskipped: {pred.skipped}")
+        else:
+            print(f"{pred.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in pred.top))
+    if args.out:
+        write_csv(predictions, args.out, args.top_k)
+        print(f"wrote {args.out}")
+    skipped = sum(1 for p in predictions if p.skipped)
+    print(f"{len(predictions) - skipped} images classified, {skipped} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

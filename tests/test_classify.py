@@ -1,0 +1,165 @@
+"""The fit stage: the linear SVM, nested cross-validation, bundles, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.svm import LinearSVC
+from sklearn.utils.estimator_checks import check_estimator
+
+from conftest import ROOT, blobs, write_store
+from pipeline import classify
+from pipeline.bundle import load_bundle, save_bundle
+from pipeline.errors import UserError
+from pipeline.fit import FitConfig, fit, format_metrics
+from pipeline.linear_svm import LinearSVM, svm_path
+
+
+def test_linear_svm_passes_scikit_learn_checks():
+    failed = [r for r in check_estimator(LinearSVM(), on_fail=None) if r["status"] == "failed"]
+    assert not failed, [r["check_name"] for r in failed]
+
+
+@pytest.mark.parametrize("C", [1e-3, 1e-1, 1.0])
+def test_linear_svm_solves_linearsvc_objective(C):
+    X, _, y = blobs(spread=3.0)
+    ours = LinearSVM(C=C).fit(X, y)
+    # liblinear penalises the intercept; a large intercept_scaling makes that negligible.
+    theirs = LinearSVC(C=C, intercept_scaling=1000, tol=1e-8, max_iter=100_000).fit(X, y)
+    assert np.corrcoef(ours.coef_.ravel(), theirs.coef_.ravel())[0, 1] > 0.999
+    assert (ours.predict(X) == theirs.predict(X)).mean() > 0.98
+
+
+def test_linear_svm_warns_when_it_does_not_converge():
+    X, _, y = blobs(spread=3.0)
+    with pytest.warns(ConvergenceWarning):
+        LinearSVM(C=10.0, max_iter=20).fit(X, y)
+
+
+def test_svm_path_equals_separate_fits():
+    X, _, y = blobs()
+    for fitted in svm_path(X, y, [1e-3, 1e-2, 1e-1]):
+        alone = LinearSVM(C=fitted.C).fit(X, y)
+        np.testing.assert_allclose(fitted.coef_, alone.coef_, rtol=1e-3, atol=1e-4)
+
+
+def _fit(tmp_path, layers, y, names, **kwargs):
+    store = write_store(tmp_path / "f.h5", layers, y, names)
+    return fit(FitConfig(store=store, out=tmp_path / "run", jobs=1, **kwargs))
+
+
+def test_fit_picks_the_informative_layer_and_writes_everything(tmp_path):
+    X, noise, y = blobs()
+    metrics = _fit(tmp_path, {"noise": noise, "signal": X}, y, ["a", "b", "c"])
+    by = {(r["layer"], r["classifier"]): r for r in metrics["results"]}
+    assert len(by) == 4 and metrics["best"]["layer"] == "signal"
+    for kind in ("svm", "softmax"):
+        assert by[("signal", kind)]["accuracy"]["mean"] > 0.95
+        assert by[("noise", kind)]["accuracy"]["mean"] < 0.6
+        acc = by[("signal", kind)]["accuracy"]
+        assert len(acc["folds"]) == 15 and acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1]
+        assert set(by[("signal", kind)]["per_class"]) == {"a", "b", "c"}
+        bundle = load_bundle(tmp_path / "run" / f"{kind}.joblib")
+        assert bundle.layer == "signal" and bundle.class_names == ["a", "b", "c"]
+        probabilities = bundle.estimator.predict_proba(X[:5])
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(metrics["results"]))
+    assert on_disk["protocol"]["outer_folds"] == 5 and on_disk["protocol"]["repeats"] == 3
+    assert "best: " in format_metrics(metrics)
+
+
+def test_choice_of_C_never_sees_the_outer_test_fold(monkeypatch):
+    X, _, y = blobs()
+    seen = []
+    real = classify.choose_C
+
+    def spy(kind, Xs, ys, *args):
+        seen.append(len(ys))
+        return real(kind, Xs, ys, *args)
+
+    monkeypatch.setattr(classify, "choose_C", spy)
+    classify.cross_validate({"x": X}, y, ["a", "b", "c"], ("softmax",), folds=5, repeats=1, jobs=1)
+    assert seen == [72] * 5, "C is chosen on the 4/5 of the data that trains each outer fold"
+
+
+def test_folds_never_exceed_the_smallest_class(tmp_path):
+    X, _, y = blobs((20, 20, 3))
+    metrics = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("softmax",))
+    assert metrics["protocol"]["outer_folds"] == 3
+    assert "class c has 3 images" in metrics["protocol"]["notes"][0]
+
+
+def test_held_out_test_split_and_test_store(tmp_path):
+    X, _, y = blobs((40, 40, 40))
+    metrics = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("svm",), test_size=0.25)
+    assert metrics["final"]["svm"]["test"]["images"] == 30
+    assert metrics["final"]["svm"]["test"]["accuracy"] > 0.9
+    assert sum(metrics["results"][0]["per_class"][c]["support"] for c in "abc") == 90 * 3  # 3 repeats
+    Xt, _, yt = blobs((10, 10, 10), seed=0)
+    test_store = write_store(tmp_path / "t.h5", {"x": Xt}, yt, ["a", "b", "c"])
+    metrics = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run2", classifiers=("softmax",),
+                            test_store=test_store, jobs=1))
+    assert metrics["final"]["softmax"]["test"]["images"] == 30
+
+
+@pytest.mark.parametrize("case,message", [
+    ("one_class", "only one class"),
+    ("empty_class", "class c has no images"),
+    ("single_image", "class c has a single image"),
+    ("nan", "NaN or infinite"),
+    ("unlabelled", "has no labels"),
+])
+def test_bad_stores_are_refused_with_one_line(tmp_path, case, message):
+    X, _, y = blobs()
+    names = ["a", "b", "c"]
+    if case == "one_class":
+        X, y, names = X[:30], y[:30], ["a"]
+    elif case == "empty_class":
+        X, y, names = X[:60], y[:60], ["a", "b", "c"]
+    elif case == "single_image":
+        X, y = X[:61], y[:61]
+    elif case == "nan":
+        X[3, 2] = np.nan
+    elif case == "unlabelled":
+        y, names = None, None
+    with pytest.raises(UserError, match=message):
+        _fit(tmp_path, {"x": X}, y, names)
+
+
+def test_missing_and_corrupt_store(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        fit(FitConfig(store=tmp_path / "none.h5", out=tmp_path / "run"))
+    (tmp_path / "bad.h5").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot read"):
+        fit(FitConfig(store=tmp_path / "bad.h5", out=tmp_path / "run"))
+
+
+def test_bundle_checksum_is_checked(tmp_path):
+    X, _, y = blobs()
+    _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("softmax",))
+    path = tmp_path / "run" / "softmax.joblib"
+    bundle = load_bundle(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="fails its sha256 check"):
+        load_bundle(path)
+    save_bundle(bundle, path)
+    (tmp_path / "run" / "softmax.joblib.sha256").unlink()
+    with pytest.raises(UserError, match="sha256 is missing|integrity"):
+        load_bundle(path)
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    X, _, y = blobs((30, 30, 30))
+    write_store(tmp_path / "one.h5", {"x": X[:30]}, y[:30], ["a"])
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_svm.py"), str(tmp_path / "one.h5"),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in done.stderr
