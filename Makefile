@@ -23,12 +23,14 @@ data/foolbox/.complete: | $(STAMP)
 
 demo: $(STAMP) data/tuxpaint/.complete
 	$(PY) scripts/extract.py data/tuxpaint --out features/tuxpaint_efficientnet_lite0.h5
+	$(PY) scripts/fit_svm.py features/tuxpaint_efficientnet_lite0.h5 --out runs/tuxpaint_efficientnet_lite0
 
 test: $(STAMP) data/foolbox/.complete
 	$(PY) -m pytest
 
 bench: $(STAMP) data/tuxpaint/.complete
 	$(PY) benchmarks/extract_speed.py
+	$(PY) benchmarks/fit_speed.py
 
 clean:
-	rm -rf $(VENV) features data/tuxpaint data/foolbox data/.apt
+	rm -rf $(VENV) features runs data/tuxpaint data/foolbox data/.apt

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from . import classify
 from .bundle import Bundle, save_bundle
@@ -69,11 +71,15 @@ def fit(cfg: FitConfig) -> dict:
         X, y, names, cfg.classifiers, cfg.folds, cfg.repeats, cfg.normalise, cfg.class_weight, cfg.seed, cfg.jobs)
     best = max(results, key=lambda r: r["accuracy"]["mean"])
     cfg.out.mkdir(parents=True, exist_ok=True)
+    layer_of = {kind: max((r for r in results if r["classifier"] == kind),
+                          key=lambda r: r["accuracy"]["mean"])["layer"] for kind in cfg.classifiers}
+    refits = Parallel(n_jobs=min(len(cfg.classifiers), cfg.jobs or os.cpu_count() or 1))(
+        delayed(classify.fit_final)(kind, X[layer_of[kind]], y, cfg.normalise, cfg.class_weight, cfg.seed)
+        for kind in cfg.classifiers)
     final = {}
-    for kind in cfg.classifiers:
-        mine = max((r for r in results if r["classifier"] == kind), key=lambda r: r["accuracy"]["mean"])
-        layer = mine["layer"]
-        model, C = classify.fit_final(kind, X[layer], y, cfg.normalise, cfg.class_weight, cfg.seed)
+    for kind, (model, C) in zip(cfg.classifiers, refits):
+        layer = layer_of[kind]
+        mine = next(r for r in results if r["classifier"] == kind and r["layer"] == layer)
         entry = {"layer": layer, "C": C, "bundle": f"{kind}.joblib"}
         if test is not None:
             entry["test"] = {"data": test[2], **classify.test_metrics(model, test[0][layer], test[1], names)}

@@ -12,10 +12,11 @@ with ``y_ik = +1`` for class k and -1 otherwise and ``s_i`` the sample's class
 weight; the intercept is not penalised (liblinear penalises it).
 
 The optimal ``w`` lies in the row space of X (the loss only sees ``X w``), so
-it is solved exactly in the basis of X's thin SVD, each direction scaled by
+it is solved exactly in an orthonormal basis of that row space, each direction scaled by
 the Hessian's value there when every sample is active. That preconditioning
-makes L-BFGS converge in tens of iterations at any C, and one SVD serves a
-whole path of C values (:func:`svm_path`), as cross-validation needs.
+makes L-BFGS converge in tens of iterations at the small C that suit CNN
+codes, and one basis serves a whole path of C values (:func:`svm_path`), as
+cross-validation needs.
 """
 
 from __future__ import annotations
@@ -32,11 +33,27 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 
-def _solve(U, S, Vt, targets, weights, C, tol, max_iter, start=None):
-    """Minimise the objective for one C in the SVD basis; returns (coef [k, d], intercept [k], iterations)."""
+def _basis(X: np.ndarray):
+    """``(X V, S, V^T)`` with V an orthonormal basis of X's row space and S X's singular values.
+
+    A thin SVD when n < d; otherwise the eigenvectors of the d x d Gram matrix,
+    several times cheaper for many samples (X V is then U S without dividing by S).
+    """
+    n, d = X.shape
+    if n < d:
+        U, S, Vt = np.linalg.svd(X, full_matrices=False)
+        return U * S, S.astype(np.float64), Vt.astype(np.float64)
+    # With n >= d any orthonormal V spans the row space, so the Gram's float32
+    # rounding only touches the preconditioner, never the solution.
+    eigenvalues, V = np.linalg.eigh((X.T @ X).astype(np.float64))
+    return (X @ V.astype(np.float32)), np.sqrt(np.maximum(eigenvalues, 0.0)), V.T
+
+
+def _solve(XV, S, Vt, targets, weights, C, tol, max_iter, start=None):
+    """Minimise the objective for one C in the row-space basis; returns (coef [k, d], intercept [k], iterations)."""
     r, k = len(S), targets.shape[1]
     scale = 1.0 / np.sqrt(1.0 + 2.0 * C * weights.mean() * S * S)
-    Z = (U * (S * scale)).astype(np.float32)  # scores = Z @ u + b, with w = Vt.T @ (scale * u)
+    Z = (XV * scale).astype(np.float32)  # scores = Z @ u + b, with w = Vt.T @ (scale * u)
     sample_weights = (C * weights)[:, None]
     scale2 = (scale * scale)[:, None]
 
@@ -63,16 +80,15 @@ def _solve(U, S, Vt, targets, weights, C, tol, max_iter, start=None):
 
 
 def svm_path(X, y, Cs: Sequence[float], class_weight=None, tol=1e-5, max_iter=1000) -> Iterator["LinearSVM"]:
-    """Fitted :class:`LinearSVM` for each C in ``Cs`` (in order), sharing one SVD and warm starts."""
+    """Fitted :class:`LinearSVM` for each C in ``Cs`` (in order, lazily), sharing one basis and warm starts."""
     X = np.asarray(X, dtype=np.float32)
     classes, encoded = np.unique(y, return_inverse=True)
     targets = np.where(encoded[:, None] == np.arange(len(classes))[None, :], 1.0, -1.0)
     weights = compute_sample_weight(class_weight, encoded)
-    U, S, Vt = np.linalg.svd(X, full_matrices=False)
-    U, S, Vt = U, S.astype(np.float64), Vt.astype(np.float64)
+    XV, S, Vt = _basis(X)
     start = None
     for C in Cs:
-        coef, intercept, n_iter = _solve(U, S, Vt, targets, weights, C, tol, max_iter, start)
+        coef, intercept, n_iter = _solve(XV, S, Vt, targets, weights, C, tol, max_iter, start)
         start = coef, intercept
         model = LinearSVM(C=C, class_weight=class_weight, tol=tol, max_iter=max_iter)
         model.classes_, model.coef_, model.intercept_, model.n_iter_ = classes, coef, intercept, n_iter

@@ -6,7 +6,7 @@ import hashlib
 import importlib.resources
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -48,6 +48,7 @@ class Backbone:
     spec: BackboneSpec
     classifier: keras.Model
     weights_source: str
+    _feature_models: dict = field(default_factory=dict, repr=False)
 
     @cached_property
     def weights_checksum(self) -> str:
@@ -74,8 +75,16 @@ class Backbone:
         return keras.Model(pixels, outputs_of(x), name=f"{self.spec.name}_on_pixels")
 
     def feature_model(self, layers: Sequence[str]) -> keras.Model:
-        """Raw RGB pixels (uint8, input size) -> one globally pooled float32 code per layer."""
+        """Raw RGB pixels (uint8, input size) -> one globally pooled float32 code per layer.
+
+        Built once per layer set, so its compiled predict function is reused across calls.
+        """
         layers = self.check_layers(layers)
+        if tuple(layers) not in self._feature_models:
+            self._feature_models[tuple(layers)] = self._build_feature_model(layers)
+        return self._feature_models[tuple(layers)]
+
+    def _build_feature_model(self, layers: list[str]) -> keras.Model:
         trunk = keras.Model(
             self.classifier.inputs,
             [self.classifier.get_layer(self.spec.feature_layers[name]).output for name in layers],
