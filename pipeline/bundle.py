@@ -7,7 +7,6 @@ checked before loading, which catches corruption and accidental edits.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import joblib
 
 from .errors import UserError
+from .provenance import file_sha256
 
 BUNDLE_FORMAT = 1
 
@@ -41,14 +41,6 @@ class Bundle:
         return self.store_config["backbone"]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -59,7 +51,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     joblib.dump(bundle, tmp)
-    digest = _sha256(tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, path)
     checksum_path(path).write_text(f"{digest}  {path.name}\n")
     return path
@@ -73,7 +65,7 @@ def load_bundle(path: str | Path) -> Bundle:
     expected = checksum_path(path)
     if not expected.is_file():
         raise UserError(f"{expected.name} is missing: the bundle's integrity cannot be checked")
-    if expected.read_text().split()[0] != _sha256(path):
+    if expected.read_text().split()[0] != file_sha256(path):
         raise UserError(f"bundle {path} fails its sha256 check: it is corrupt or was modified")
     try:
         bundle = joblib.load(path)

@@ -17,7 +17,6 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed

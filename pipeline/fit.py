@@ -93,7 +93,7 @@ def fit(cfg: FitConfig) -> dict:
 
     counts = np.bincount(store.labels, minlength=len(names))
     metrics = {
-        "store": str(cfg.store), "backbone": store.config.backbone,
+        "store": str(cfg.store), "run_dir": str(cfg.out), "backbone": store.config.backbone,
         "weights_checksum": store.config.weights_checksum,
         "images": int(len(store)), "classes": len(names), "class_names": list(names),
         "class_counts": {n: int(c) for n, c in zip(names, counts)},
@@ -125,8 +125,8 @@ def format_metrics(metrics: dict) -> str:
         )
     best = metrics["best"]
     lines.append(f"\nbest: {best['classifier']} on {best['layer']}")
-    for kind, entry in metrics["final"].items():
-        line = f"saved {entry['bundle']} ({entry['layer']}, C={entry['C']:g})"
+    for entry in metrics["final"].values():
+        line = f"saved {Path(metrics['run_dir']) / entry['bundle']} ({entry['layer']}, C={entry['C']:g})"
         if "test" in entry:
             t = entry["test"]
             line += f"; test on {t['data']}: accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}"

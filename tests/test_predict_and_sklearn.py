@@ -7,7 +7,6 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline

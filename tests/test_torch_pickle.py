@@ -60,7 +60,7 @@ def _write_legacy(path, tensors, monkeypatch):
         pickle.dump(obj, buf, protocol=2)
     Pickler(buf, protocol=2).dump(state)
     pickle.dump(list(storages), buf, protocol=2)
-    for key, data in storages.items():
+    for data in storages.values():
         buf.write(np.int64(len(data)).tobytes() + data.tobytes())
     path.write_bytes(buf.getvalue())
 

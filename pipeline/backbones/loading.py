@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from ..errors import UserError
+from ..provenance import file_sha256
 from .layers import Preprocess
 from .registry import available, get_spec
 from .spec import BackboneSpec, KerasWeights, WheelWeights
@@ -31,14 +32,6 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "cnn-codes"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
