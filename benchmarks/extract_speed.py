@@ -13,6 +13,7 @@ image):
      ``model.predict`` + ``np.save``
 
 Goals on the 2-core CPU machine with efficientnet_lite0: b/a >= 0.9, b/c >= 1.0.
+Then b again on four times as many images: its peak memory must stay flat.
 
     python benchmarks/extract_speed.py [--images 300] [--backbone efficientnet_lite0]
 """
@@ -148,6 +149,8 @@ def main() -> None:
               f"{int(np.median([s[1] for s in sizes]))} px; backbone {args.backbone}, batch {args.batch_size}")
         results = {name: run_phase(name, data, args.backbone, args.batch_size) for name in "abc"}
         wall = command_wall_time(data, args.backbone, args.batch_size)
+        make_photos(Path(tmp) / "more", 4 * args.images)
+        more = run_phase("b", Path(tmp) / "more", args.backbone, args.batch_size)
     labels = {"a": "model alone (decoded arrays)", "b": "extract stage (decode + model + store)",
               "c": "keras way (image_dataset_from_directory + predict)"}
     for name, r in results.items():
@@ -159,6 +162,8 @@ def main() -> None:
     print(f"  whole scripts/extract.py command, start-up included: {wall:.1f} s wall")
     print(f"  b/a = {rate['b'] / rate['a']:.2f}   (goal >= 0.9)")
     print(f"  b/c = {rate['b'] / rate['c']:.2f}   (goal >= 1.0)")
+    print(f"  extract stage on {more['images']} images: peak RSS {more['peak_rss_mib']:.0f} MiB, "
+          f"{more['peak_rss_mib'] / results['b']['peak_rss_mib']:.2f} x that on {results['b']['images']} (flat: ~1.0)")
 
 
 if __name__ == "__main__":
