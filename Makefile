@@ -21,11 +21,17 @@ data/tuxpaint/.complete: | $(STAMP)
 data/foolbox/.complete: | $(STAMP)
 	$(PY) scripts/fetch_data.py foolbox
 
+data/mnist/.complete: | $(STAMP)
+	$(PY) scripts/fetch_data.py mnist
+
+data/fashion_mnist/.complete: | $(STAMP)
+	$(PY) scripts/fetch_data.py fashion_mnist
+
 demo: $(STAMP) data/tuxpaint/.complete
 	$(PY) scripts/extract.py data/tuxpaint --out features/tuxpaint_efficientnet_lite0.h5
 	$(PY) scripts/fit_svm.py features/tuxpaint_efficientnet_lite0.h5 --out runs/tuxpaint_efficientnet_lite0
 
-test: $(STAMP) data/foolbox/.complete
+test: $(STAMP) data/foolbox/.complete data/tuxpaint/.complete data/mnist/.complete data/fashion_mnist/.complete
 	$(PY) -m pytest
 
 bench: $(STAMP) data/tuxpaint/.complete
@@ -33,4 +39,4 @@ bench: $(STAMP) data/tuxpaint/.complete
 	$(PY) benchmarks/fit_speed.py
 
 clean:
-	rm -rf $(VENV) features runs data/tuxpaint data/foolbox data/.apt
+	rm -rf $(VENV) features runs data/tuxpaint data/foolbox data/mnist data/fashion_mnist data/.apt

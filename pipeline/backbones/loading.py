@@ -60,7 +60,8 @@ class Backbone:
             )
         return list(dict.fromkeys(layers))
 
-    def _on_pixels(self, outputs_of) -> keras.Model:
+    def on_pixels(self, outputs_of) -> keras.Model:
+        """A model from raw uint8 pixels: the spec's preprocessing, then ``outputs_of(preprocessed)``."""
         size = self.spec.input_size
         pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
         p = self.spec.preprocessing
@@ -91,13 +92,13 @@ class Backbone:
                 for name, o in zip(layers, outputs)
             ]
 
-        return self._on_pixels(pooled)
+        return self.on_pixels(pooled)
 
     def imagenet_model(self) -> keras.Model:
         """Raw RGB pixels (uint8, input size) -> ImageNet logits (1000)."""
         if not self.spec.has_imagenet_head:
             raise UserError(f"{self.spec.name} has no ImageNet head")
-        return self._on_pixels(lambda x: self.classifier(x, training=False))
+        return self.on_pixels(lambda x: self.classifier(x, training=False))
 
 
 def load_backbone(name: str | BackboneSpec, weights: str | os.PathLike | None = None) -> Backbone:

@@ -1,0 +1,174 @@
+"""The advisor: which of the four situations (small or large, like ImageNet or not) a dataset is in.
+
+Similarity to ImageNet is measured with the pretrained network alone: every
+BatchNorm layer holds the running mean and variance of its input over
+ImageNet, so the divergence between those statistics and the same statistics
+on the user's images says how far the images fall from what the network was
+trained on. Per layer, the median over channels of the KL divergence between
+the two per-channel Gaussians; averaged over layers. The mean normalised
+entropy of the ImageNet head is reported beside it but decides nothing: it
+separated the calibration sets much less well.
+
+Calibration (efficientnet_lite0; mobilenet_v2 in brackets), 100 images each:
+foolbox ImageNet photos 0.017 (0.011), Tux Paint 0.048 (0.057), Fashion-MNIST
+0.199 (0.228), MNIST 0.327 (0.391). The threshold 0.1 lies about a factor of two
+from the nearest set on either side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .backbones.loading import Backbone, load_backbone
+from .errors import UserError
+from .extract import DEFAULT_BACKBONE, resize_policy
+from .images import ResizePolicy, discover
+from .loader import decoded_batches
+from .store import read_store
+
+log = logging.getLogger(__name__)
+
+SMALL_IMAGES = 1000
+SMALL_MEDIAN_CLASS = 100
+SIMILAR_DIVERGENCE = 0.1
+CALIBRATED_ON = ("efficientnet_lite0", "mobilenet_v2")
+
+RECOMMENDATIONS = {
+    (True, True): "linear classifier on penultimate codes",
+    (True, False): "linear classifier on earlier-layer codes",
+    (False, True): "fine-tune the later layers",
+    (False, False): "fine-tune the whole network",
+}
+
+
+@dataclass
+class Advice:
+    """The figures, the thresholds and the verdict."""
+
+    images: int
+    classes: int
+    smallest_class: int
+    median_class: float
+    backbone: str
+    sampled: int
+    divergence: float
+    entropy: float
+    small: bool
+    similar: bool
+    recommendation: str
+    thresholds: dict
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        size = "small" if self.small else "large"
+        like = "similar to" if self.similar else "unlike"
+        t = self.thresholds
+        lines = [
+            f"dataset: {self.images} images, {self.classes} classes "
+            f"(smallest {self.smallest_class}, median {self.median_class:g})",
+            f"size: {size} (small means under {t['small_images']} images or a median class under "
+            f"{t['small_median_class']})",
+            f"similarity to ImageNet ({self.backbone}, {self.sampled} images): BatchNorm divergence "
+            f"{self.divergence:.3f} ({like} ImageNet; similar below {t['similar_divergence']}), "
+            f"ImageNet-head entropy {self.entropy:.2f}",
+            f"situation: {size} and {like} ImageNet",
+            f"recommendation: {self.recommendation}",
+        ]
+        if self.backbone not in CALIBRATED_ON:
+            lines.append(f"note: the threshold was calibrated on {', '.join(CALIBRATED_ON)}")
+        return "\n".join(lines)
+
+
+def _statistics_model(backbone: Backbone) -> tuple[keras.Model, list]:
+    """Pixels -> per-image channel means and mean squares at every BatchNorm input, and the ImageNet logits."""
+    norms = [layer for layer in backbone.classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        raise UserError(f"{backbone.spec.name} has no BatchNorm layers to measure similarity with")
+    stats = []
+    for layer in norms:
+        t = keras.ops.cast(layer.input, "float32")
+        stats += [keras.ops.mean(t, axis=(1, 2)), keras.ops.mean(t * t, axis=(1, 2))]
+    inner = keras.Model(backbone.classifier.inputs, stats + [backbone.classifier.output])
+    return backbone.on_pixels(lambda x: inner(x, training=False)), norms
+
+
+def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePolicy,
+                        batch_size: int = 32) -> tuple[float, float, int]:
+    """(BatchNorm divergence, mean normalised ImageNet-head entropy, images used) over ``files``."""
+    model, norms = _statistics_model(backbone)
+    sums = [np.zeros(2 * layer.input.shape[-1]) for layer in norms]
+    entropy, count = 0.0, 0
+    for batch in decoded_batches(files, policy, batch_size):
+        n = len(batch.ok)
+        if not n:
+            continue
+        outputs = [np.asarray(o, np.float64)[:n] for o in model.predict_on_batch(batch.pixels)]
+        for k in range(len(norms)):
+            sums[k] += np.concatenate([outputs[2 * k].sum(0), outputs[2 * k + 1].sum(0)])
+        logits = outputs[-1]
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        entropy += float((-(p * np.log(p + 1e-12)).sum(axis=1) / np.log(p.shape[1])).sum())
+        count += n
+    if count == 0:
+        raise UserError("none of the sampled images could be decoded")
+    divergences = []
+    for layer, s in zip(norms, sums):
+        c = len(s) // 2
+        mean, var = s[:c] / count, np.maximum(s[c:] / count - (s[:c] / count) ** 2, 0) + layer.epsilon
+        ref_mean = keras.ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
+        ref_var = keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64) + layer.epsilon
+        kl = 0.5 * (np.log(ref_var / var) + (var + (mean - ref_mean) ** 2) / ref_var - 1)
+        divergences.append(float(np.median(kl)))
+    return float(np.mean(divergences)), entropy / count, count
+
+
+def advise(source: str | Path, backbone: str | None = None, sample: int = 200, seed: int = 0,
+           weights: str | Path | None = None) -> Advice:
+    """Advice for an image folder / CSV manifest, or for the images behind a feature store."""
+    source = Path(source)
+    if source.suffix in (".h5", ".hdf5"):
+        store = read_store(source)
+        root = Path(store.attrs.get("dataset_root", source.parent))
+        paths, labels = store.paths, store.labels
+        backbone = backbone or store.config.backbone
+        resize_mode = store.config.resize.get("mode", "crop")
+    else:
+        dataset = discover(source)
+        root, paths = dataset.root, dataset.paths
+        labels = None if dataset.labels is None else np.unique(dataset.labels, return_inverse=True)[1]
+        backbone = backbone or DEFAULT_BACKBONE
+        resize_mode = "crop"
+    if not paths:
+        raise UserError(f"no images in {source}")
+    counts = np.bincount(labels) if labels is not None else np.array([len(paths)])
+    counts = counts[counts > 0]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(paths), size=min(sample, len(paths)), replace=False))
+    files = [root / paths[i] for i in chosen]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise UserError(f"the images behind {source} are not at {root} any more (e.g. {missing[0]})")
+    model = load_backbone(backbone, weights)
+    divergence, entropy, used = imagenet_similarity(model, files, resize_policy(model.spec, resize_mode))
+    small = len(paths) < SMALL_IMAGES or float(np.median(counts)) < SMALL_MEDIAN_CLASS
+    similar = divergence < SIMILAR_DIVERGENCE
+    return Advice(
+        images=len(paths), classes=len(counts), smallest_class=int(counts.min()),
+        median_class=float(np.median(counts)), backbone=backbone, sampled=used, divergence=divergence,
+        entropy=entropy, small=small, similar=similar, recommendation=RECOMMENDATIONS[(small, similar)],
+        thresholds={"small_images": SMALL_IMAGES, "small_median_class": SMALL_MEDIAN_CLASS,
+                    "similar_divergence": SIMILAR_DIVERGENCE},
+    )
+
+
+def write_advice(advice: Advice, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(advice.to_json(), indent=2))

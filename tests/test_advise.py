@@ -1,0 +1,42 @@
+"""The advisor on real data from both sides of ImageNet, and on the images behind a store."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import write_images
+from pipeline.advise import SIMILAR_DIVERGENCE, advise
+from pipeline.errors import UserError
+from pipeline.extract import ExtractConfig, extract
+
+
+@pytest.mark.parametrize("name,similar", [
+    ("tuxpaint", True), ("foolbox", True), ("mnist", False), ("fashion_mnist", False),
+])
+def test_similarity_to_imagenet_on_real_sets(real_sets, name, similar):
+    advice = advise(real_sets[name], sample=60)
+    assert advice.similar is similar
+    # Not just on the right side: clear of the threshold by a third of its value at least.
+    margin = abs(advice.divergence - SIMILAR_DIVERGENCE) / SIMILAR_DIVERGENCE
+    assert margin > 0.33, advice.divergence
+
+
+def test_verdicts_for_the_two_calibration_cases(real_sets):
+    tux = advise(real_sets["tuxpaint"], sample=40)
+    assert (tux.images, tux.classes, tux.smallest_class, tux.small) == (220, 7, 11, True)
+    assert tux.recommendation == "linear classifier on penultimate codes"
+    fashion = advise(real_sets["fashion_mnist"], sample=40)
+    assert (fashion.images, fashion.classes, fashion.small) == (3000, 10, False)
+    assert fashion.recommendation == "fine-tune the whole network"
+    text = fashion.format()
+    assert "BatchNorm divergence" in text and "similar below 0.1" in text and "under 1000 images" in text
+
+
+def test_advice_for_the_images_behind_a_store(tmp_path):
+    write_images(tmp_path / "data", {"a": 4, "b": 4})
+    extract(ExtractConfig(data=tmp_path / "data", out=tmp_path / "f.h5", backbone="mobilenet_v2", progress=False))
+    advice = advise(tmp_path / "f.h5", sample=8)
+    assert advice.backbone == "mobilenet_v2" and advice.images == 8 and advice.sampled == 8
+    (tmp_path / "data" / "a" / "img_0000.png").unlink()
+    with pytest.raises(UserError, match="not at"):
+        advise(tmp_path / "f.h5", sample=8)
