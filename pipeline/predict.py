@@ -1,22 +1,28 @@
-"""Predictions for new images from a saved bundle: backbone codes, then the classifier."""
+"""Predictions for new images from a saved bundle (codes, then the classifier) or a fine-tuned model."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import keras
 import numpy as np
+from tqdm.auto import tqdm
 
 from .backbones.loading import load_backbone
-from .bundle import Bundle, load_bundle
+from .backbones.registry import get_spec
+from .bundle import load_bundle
 from .device import configure_precision
 from .errors import UserError
-from .extract import iter_codes
+from .extract import resize_policy
 from .images import ResizePolicy, _is_candidate, _walk
+from .loader import decoded_batches
 
 log = logging.getLogger(__name__)
 
@@ -48,37 +54,72 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Predi
     return list(dict.fromkeys(files)), missing
 
 
-def load_for_prediction(bundle_path: str | Path, weights: str | Path | None = None):
-    """The bundle and a feature model for its layer, refusing a backbone whose weights differ."""
-    bundle = load_bundle(bundle_path)
+@dataclass
+class Predictor:
+    """What predicting needs, whatever the model: class names, the decoding policy, probabilities."""
+
+    class_names: list[str]
+    policy: ResizePolicy
+    description: str
+    probabilities: Callable[[np.ndarray, int], np.ndarray]  # (padded pixel batch, images in it) -> [n, classes]
+
+
+def _bundle_predictor(path: Path, weights) -> Predictor:
+    bundle = load_bundle(path)
     backbone = load_backbone(bundle.backbone, weights)
     if backbone.weights_checksum != bundle.store_config["weights_checksum"]:
         raise UserError(
             f"the installed {bundle.backbone} weights ({backbone.weights_source}) differ from those the bundle "
             f"was trained on ({bundle.weights_source}); install those or pass them with --weights"
         )
-    return bundle, backbone.feature_model([bundle.layer])
+    model = backbone.feature_model([bundle.layer])
+    kind = "calibrated SVM probabilities (Platt)" if bundle.classifier == "svm" else "softmax probabilities"
+    return Predictor(
+        bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
+        f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind}",
+        lambda pixels, n: bundle.estimator.predict_proba(np.asarray(model.predict_on_batch(pixels))[:n]))
 
 
-def predict_images(bundle_path: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32,
+def _keras_predictor(path: Path) -> Predictor:
+    """A model saved by the fine-tuning stage, with its ``classes.json`` and ``metrics.json`` beside it."""
+    try:
+        class_names = json.loads((path.parent / "classes.json").read_text())
+        backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]
+        model = keras.models.load_model(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load fine-tuned model {path}: {e}") from None
+    size = int(model.input_shape[1])
+    policy = dataclasses.replace(resize_policy(get_spec(backbone)), size=size)
+    return Predictor(class_names, policy, f"fine-tuned {backbone} at {size}px: softmax probabilities",
+                     lambda pixels, n: np.asarray(model.predict_on_batch(pixels))[:n])
+
+
+def load_predictor(path: str | Path, weights: str | Path | None = None) -> Predictor:
+    """A bundle from ``fit_svm.py`` (``.joblib``) or a model from ``finetune.py`` (``.keras``)."""
+    path = Path(path)
+    return _keras_predictor(path) if path.suffix == ".keras" else _bundle_predictor(path, weights)
+
+
+def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32,
                    weights: str | Path | None = None, precision: str = "auto",
-                   progress: bool = True) -> list[Prediction]:
+                   progress: bool = True) -> tuple[list[Prediction], str]:
+    """Top-k predictions for every image in ``inputs``, and a line saying what the probabilities are."""
     files, predictions = collect_images(inputs)
     if not files and not predictions:
         raise UserError("no images given")
     configure_precision(precision)
-    bundle, model = load_for_prediction(bundle_path, weights)
-    policy = ResizePolicy(**bundle.store_config["resize"])
-    k = max(1, min(top_k, len(bundle.class_names)))
-    for batch, codes in iter_codes(model, [bundle.layer], files, policy, batch_size, progress=progress,
-                                   desc="predict"):
-        if batch.ok:
-            probabilities = bundle.estimator.predict_proba(codes[bundle.layer])
-            for i, p in zip(batch.ok, probabilities):
-                order = np.argsort(-p)[:k]
-                predictions.append(Prediction(str(files[i]), [(bundle.class_names[c], float(p[c])) for c in order]))
-        predictions += [Prediction(str(files[i]), skipped=reason) for i, reason in batch.failed]
-    return predictions
+    predictor = load_predictor(model_path, weights)
+    k = max(1, min(top_k, len(predictor.class_names)))
+    with tqdm(total=len(files), unit="img", desc="predict", disable=not progress or not files) as bar:
+        for batch in decoded_batches(files, predictor.policy, batch_size):
+            if batch.ok:
+                for i, p in zip(batch.ok, predictor.probabilities(batch.pixels, len(batch.ok))):
+                    order = np.argsort(-p)[:k]
+                    predictions.append(Prediction(str(files[i]),
+                                                  [(predictor.class_names[c], float(p[c])) for c in order]))
+            predictions += [Prediction(str(files[i]), skipped=reason) for i, reason in batch.failed]
+            bar.update(len(batch.items))
+    return predictions, predictor.description
 
 
 def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int) -> None:
@@ -90,8 +131,3 @@ def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int) -
         for p in predictions:
             cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
             writer.writerow([p.path] + cells + [""] * (2 * top_k - len(cells)) + [p.skipped or ""])
-
-
-def describe(bundle: Bundle) -> str:
-    kind = "calibrated SVM probabilities (Platt)" if bundle.classifier == "svm" else "softmax probabilities"
-    return f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind}"

@@ -1,22 +1,22 @@
-"""Classify new images with a bundle saved by fit_svm.py: top-k classes with probabilities."""
+"""Classify new images with a bundle from fit_svm.py or a model from finetune.py: top-k classes, probabilities."""
 
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.bundle import load_bundle
-from pipeline.predict import describe, predict_images, write_csv
+from pipeline.predict import predict_images, write_csv
 
 EXAMPLES = """\
   python scripts/predict.py runs/tuxpaint/svm.joblib photo.jpg
   python scripts/predict.py runs/tuxpaint/softmax.joblib new_photos/ --top-k 3 --out predictions.csv
   python scripts/predict.py runs/tuxpaint/svm.joblib 'shots/**/*.jpg'
+  python scripts/predict.py runs/tuxpaint_finetuned/model.keras photo.jpg
 
 Images that cannot be decoded are listed with their reason, never dropped."""
 
 
 def main() -> int:
     p = cli.parser(__doc__, EXAMPLES)
-    p.add_argument("bundle", type=Path, help="a .joblib bundle written by scripts/fit_svm.py")
+    p.add_argument("model", type=Path, help="a .joblib bundle (fit_svm.py) or a .keras model (finetune.py)")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
@@ -25,9 +25,9 @@ def main() -> int:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     args = p.parse_args()
     cli.set_verbosity(args.quiet, False)
-    predictions = predict_images(args.bundle, args.images, args.top_k, args.batch_size, args.weights,
-                                 progress=not args.quiet)
-    print(describe(load_bundle(args.bundle)))
+    predictions, description = predict_images(args.model, args.images, args.top_k, args.batch_size, args.weights,
+                                              progress=not args.quiet)
+    print(description)
     for pred in predictions:
         if pred.skipped:
             print(f"{pred.path}\tskipped: {pred.skipped}")

@@ -38,7 +38,7 @@ def test_predict_files_folders_globs_and_bad_files(trained, tmp_path):
     write_images(tmp_path / "new", {"": 2}, seed=5)
     (tmp_path / "new" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     inputs = [tmp_path / "new", str(trained / "data" / "red" / "img_000*.png"), tmp_path / "missing.png"]
-    predictions = predict_images(trained / "run" / "softmax.joblib", inputs, top_k=2, progress=False)
+    predictions, _ = predict_images(trained / "run" / "softmax.joblib", inputs, top_k=2, progress=False)
     by_path = {p.path: p for p in predictions}
     assert len(predictions) == 2 + 1 + 10 + 1
     assert "cannot decode" in by_path[str(tmp_path / "new" / "broken.jpg")].skipped or \
@@ -53,7 +53,9 @@ def test_predict_files_folders_globs_and_bad_files(trained, tmp_path):
 
 
 def test_svm_bundle_predicts_calibrated_probabilities(trained):
-    predictions = predict_images(trained / "run" / "svm.joblib", [trained / "data" / "green"], progress=False)
+    predictions, description = predict_images(trained / "run" / "svm.joblib", [trained / "data" / "green"],
+                                             progress=False)
+    assert "calibrated" in description
     assert all(p.top[0][0] == "green" and 0.5 < p.top[0][1] <= 1 for p in predictions)
 
 

@@ -1,0 +1,75 @@
+"""Fine-tuning on tiny images: outputs comparable with the fit stage, prediction, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_images
+from pipeline.errors import UserError
+from pipeline.finetune import FinetuneConfig, finetune
+from pipeline.predict import predict_images
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    write_images(root / "data", {"red": 10, "green": 10}, size=48)
+    cfg = FinetuneConfig(data=root / "data", out=root / "run", image_size=64, head_epochs=2, finetune_epochs=1,
+                         unfreeze=10, batch_size=8, progress=False)
+    return cfg, finetune(cfg)
+
+
+def test_outputs_in_the_fit_stage_form(finetuned):
+    cfg, metrics = finetuned
+    for name in ("model.keras", "classes.json", "history.json", "curves.png", "metrics.json"):
+        assert (cfg.out / name).exists(), name
+    result = metrics["results"][0]
+    assert set(result) >= {"layer", "classifier", "accuracy", "per_class", "fit_seconds"}
+    acc = result["accuracy"]
+    assert 0 <= acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1] <= 1
+    assert metrics["image_size"] == 64 and metrics["final"]["finetune"]["validation_images"] == 4
+    history = json.loads((cfg.out / "history.json").read_text())
+    assert list(history) == ["head", "finetune"] and history["head"]["seconds_per_epoch"] > 0
+    assert metrics["protocol"]["learning_rates"] == [1e-3, 1e-4]
+
+
+def test_predict_accepts_the_finetuned_model(finetuned):
+    cfg, _ = finetuned
+    predictions, description = predict_images(cfg.out / "model.keras", [cfg.data / "red"], progress=False)
+    assert "fine-tuned" in description and len(predictions) == 10
+    assert all(abs(sum(p for _, p in pred.top) - 1) < 1e-4 for pred in predictions)  # 2 classes, top-2
+
+
+def test_rerun_after_phase_one_resumes(finetuned, caplog):
+    cfg, _ = finetuned
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        metrics = finetune(cfg)
+    assert "phase 1 already done" in caplog.text
+    assert np.isfinite(metrics["results"][0]["accuracy"]["mean"])
+
+
+def test_unlabelled_folder_is_refused(tmp_path):
+    write_images(tmp_path / "flat", {"": 4})
+    with pytest.raises(UserError, match="no labels"):
+        finetune(FinetuneConfig(data=tmp_path / "flat", out=tmp_path / "run", progress=False))
+
+
+def test_head_starts_as_the_linear_probe(backbones):
+    import keras
+
+    from pipeline.classify import fit_final
+    from pipeline.finetune import build_model, init_head_from_probe
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 64, 64, 3)).astype(np.uint8)
+    labels = np.repeat([0, 1, 2], 4)
+    model, base = build_model(backbones("efficientnet_lite0"), 3, 64, None, augment=True, seed=0)
+    init_head_from_probe(model, base, pixels, labels, batch_size=4, seed=0)
+    codes = keras.Model(model.inputs, model.get_layer("pool").output).predict(pixels, verbose=0)
+    probe, _ = fit_final("softmax", codes, labels)
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), probe.predict_proba(codes), atol=1e-4)
