@@ -24,6 +24,7 @@ def run(main: Callable[[], int | None]) -> None:
                         stream=sys.stderr)
     for noisy in ("absl", "h5py", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices are not the user's concern
     try:
         sys.exit(main() or 0)
     except UserError as e:

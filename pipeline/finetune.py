@@ -25,6 +25,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -62,6 +63,7 @@ class FinetuneConfig:
     patience: int = 3
     class_weight: str | None = "balanced"
     probe: bool = True
+    test_paths: tuple[str, ...] = ()
     batch_size: int = 32
     seed: int = 0
     precision: str = "auto"
@@ -156,10 +158,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
     backbone = load_backbone(cfg.backbone)
     size = cfg.image_size or backbone.spec.input_size
     policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
+    held_out = set(cfg.test_paths)
     files = [dataset.root / p for p in dataset.paths]
     pixels, ok, failed = _decode_all(files, policy, cfg.batch_size)
     names = dataset.class_names
     labels = np.array([names.index(dataset.labels[i]) for i in ok])
+    is_test = np.array([dataset.paths[i] in held_out for i in ok], dtype=bool)
+    test = (pixels[is_test], labels[is_test])
+    pixels, labels = pixels[~is_test], labels[~is_test]
     counts = np.bincount(labels, minlength=len(names))
     if len(names) < 2 or counts.min() < 2:
         raise UserError("fine-tuning needs at least two classes with at least 2 decodable images each")
@@ -206,8 +212,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     accuracy = float((predicted == val[1]).mean())
     metrics = {
         "data": str(cfg.data), "backbone": backbone.spec.name, "image_size": size,
-        "weights_checksum": backbone.weights_checksum, "images": int(len(labels)), "skipped": failed and
-        [(dataset.paths[i], reason) for i, reason in failed], "classes": len(names), "class_names": names,
+        "weights_checksum": backbone.weights_checksum, "images": int(len(labels)),
+        "skipped": [(dataset.paths[i], reason) for i, reason in failed], "classes": len(names), "class_names": names,
         "protocol": {"validation": f"stratified {cfg.val_size:.0%} split", "seed": cfg.seed,
                      "unfreeze_last_layers": cfg.unfreeze, "optimizer": cfg.optimizer,
                      "learning_rates": [cfg.learning_rate, cfg.learning_rate / 10], "augment": cfg.augment,
@@ -217,11 +223,19 @@ def finetune(cfg: FinetuneConfig) -> dict:
                                   "folds": [accuracy]},
                      "per_class": per_class(val[1], predicted, names),
                      "fit_seconds": sum(h["seconds"] for h in history.values())}],
-        "final": {"finetune": {"model": "model.keras", "validation_images": int(len(val[1]))}},
+        "final": {"finetune": {"model": "model.keras", "validation_images": int(len(val[1])),
+                               **({"test": _test_metrics(model, test, names, cfg.batch_size)} if len(test[1]) else {})}},
         "versions": library_versions(), "created": now_iso(),
     }
     (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _test_metrics(model, test, names, batch_size) -> dict:
+    predicted = np.argmax(model.predict(test[0], batch_size=batch_size, verbose=0), axis=1)
+    return {"images": int(len(test[1])), "accuracy": float((predicted == test[1]).mean()),
+            "macro_f1": float(f1_score(test[1], predicted, average="macro", zero_division=0)),
+            "per_class": per_class(test[1], predicted, names)}
 
 
 def _wilson(p: float, n: int, z: float = 1.96) -> list[float]:

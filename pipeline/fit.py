@@ -35,6 +35,7 @@ class FitConfig:
     class_weight: str | None = None
     test_size: float | None = None
     test_store: Path | None = None
+    test_paths: tuple[str, ...] | None = None
     seed: int = 0
     jobs: int | None = None
 
@@ -54,10 +55,15 @@ def fit(cfg: FitConfig) -> dict:
         classify.check_training_data(X[layer], y, names or [], str(cfg.store))
 
     test = None
-    if cfg.test_store is not None and cfg.test_size is not None:
-        raise UserError("give either --test-size or --test, not both")
-    if cfg.test_size is not None:
-        train_idx, test_idx = classify.split_test(y, cfg.test_size, cfg.seed)
+    if sum(t is not None for t in (cfg.test_store, cfg.test_size, cfg.test_paths)) > 1:
+        raise UserError("give one of --test-size and --test, not both")
+    if cfg.test_size is not None or cfg.test_paths is not None:
+        if cfg.test_paths is not None:
+            held_out = set(cfg.test_paths)
+            test_idx = np.array([i for i, p in enumerate(store.paths) if p in held_out], dtype=int)
+            train_idx = np.array([i for i, p in enumerate(store.paths) if p not in held_out], dtype=int)
+        else:
+            train_idx, test_idx = classify.split_test(y, cfg.test_size, cfg.seed)
         test = ({layer: X[layer][test_idx] for layer in layers}, y[test_idx], f"{len(test_idx)} held-out images")
         X, y = {layer: X[layer][train_idx] for layer in layers}, y[train_idx]
         for layer in layers:
