@@ -129,14 +129,19 @@ def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed):
             "macro_f1": f1_score(y[test], predicted, average="macro", zero_division=0)}
 
 
-def interval(values, n_train: int, n_test: int) -> dict:
-    """Mean, standard deviation and a 95% interval over folds (Nadeau-Bengio corrected t interval)."""
+def interval(values, n_train: int, n_test: int, bounded: bool = True) -> dict:
+    """Mean, standard deviation and a 95% interval over folds (Nadeau-Bengio corrected t interval).
+
+    ``bounded`` clips the interval to [0, 1], for accuracies and F1."""
     values = np.asarray(values, float)
     j = len(values)
     sd = float(values.std(ddof=1)) if j > 1 else 0.0
     half = float(stats.t.ppf(0.975, j - 1) * np.sqrt(1 / j + n_test / n_train) * sd) if j > 1 else 0.0
     mean = float(values.mean())
-    return {"mean": mean, "std": sd, "ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+    low, high = mean - half, mean + half
+    if bounded:
+        low, high = max(0.0, low), min(1.0, high)
+    return {"mean": mean, "std": sd, "ci95": [low, high],
             "folds": [round(float(v), 6) for v in values]}
 
 

@@ -12,11 +12,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .advise import advise
 from .backbones.registry import get_spec
 from .classify import split_test
+from .errors import UserError
 from .extract import DEFAULT_BACKBONE, ExtractConfig, extract
 from .finetune import FinetuneConfig, finetune
 from .fit import FitConfig, fit
@@ -57,6 +56,9 @@ def run(cfg: RunConfig) -> dict:
     extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=_layers(cfg.backbone),
                           progress=cfg.progress))
     store = read_store(store_path)
+    if store.labels is None:
+        raise UserError("run.py compares classifiers and needs class labels; for a numeric target use "
+                        "fit_svm.py and finetune.py")
     _, test_idx = split_test(store.labels, cfg.test_size, cfg.seed)
     test_paths = tuple(store.paths[i] for i in sorted(test_idx))
     fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed))
@@ -110,7 +112,7 @@ def format_summary(summary: dict) -> str:
         f"-> {a['recommendation']}.",
         f"Fine-tuning {'ran' if summary['finetune']['ran'] else 'skipped'}: {summary['finetune']['why']}.",
         "",
-        f"| candidate | held-out accuracy | held-out macro-F1 |",
+        "| candidate | held-out accuracy | held-out macro-F1 |",
         "|---|---|---|",
         *[f"| {c['name']} | {c['test_accuracy']:.3f} | {c['test_macro_f1']:.3f} |" for c in summary["candidates"]],
         "",

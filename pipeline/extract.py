@@ -163,20 +163,22 @@ def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[s
     if dataset.labelled:
         class_index = {c: k for k, c in enumerate(dataset.class_names)}
         labels = [class_index[dataset.labels[i]] for i in order]
+    targets = None if dataset.targets is None else [dataset.targets[i] for i in order]
     skipped = sorted(dataset.skipped + [(dataset.paths[i], reason) for i, reason in failures.items()])
     final_rows = [rows[i] for i in order]
     if kept:  # a cache: one canonical order, so an unchanged cache is not rewritten
         final_rows = sorted(final_rows + kept, key=lambda r: r.path)
     unchanged = old is not None and [(r.source, r.index) for r in final_rows] == [
         (out, i) for i in range(len(old))] and old.skipped == skipped and old.class_names == dataset.class_names \
-        and (labels is None) == (old.labels is None) and (labels is None or old.labels.tolist() == labels)
+        and (labels is None) == (old.labels is None) and (labels is None or old.labels.tolist() == labels) \
+        and (targets is None) == (old.targets is None) and (targets is None or old.targets.tolist() == targets)
     if not unchanged:
         assemble(out, config, final_rows, feature_dims, labels, dataset.class_names, skipped, {
             "weights_source": backbone.weights_source,
             "dataset_root": str(Path(dataset.root).resolve()),
             "versions": library_versions(),
             "created": now_iso(),
-        })
+        }, targets)
     shards.remove()
     removed = len({key[0] for key in previous} - current) if prune else 0
     result = ExtractResult(out, len(order) + len(kept), len(todo) - sum(1 for i in todo if i in failures),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -38,6 +38,7 @@ from .extract import DEFAULT_BACKBONE, resize_policy
 from .images import discover
 from .loader import decoded_batches
 from .provenance import library_versions, now_iso
+from .regress import make_regressor
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ def _decode_all(files, policy, batch_size) -> tuple[np.ndarray, list[int], list[
 
 
 def build_model(backbone, classes: int, size: int, hidden: int | None, augment: bool, seed: int):
-    """(model, base): uint8 pixels -> [augmentation] -> preprocessing -> base (inference mode) -> new softmax."""
+    """(model, base): uint8 pixels -> [augmentation] -> preprocessing -> base (inference mode) -> new head.
+
+    The head is a softmax over ``classes``, or with ``classes=0`` one linear unit for regression."""
     spec = dataclasses.replace(backbone.spec, input_size=size)
     base_full = spec.builder(spec)
     base_full.set_weights(backbone.classifier.get_weights())
@@ -101,7 +104,8 @@ def build_model(backbone, classes: int, size: int, hidden: int | None, augment: 
     if hidden:
         x = keras.layers.Dense(hidden, activation="relu", name="hidden")(x)
         x = keras.layers.Dropout(0.2, seed=seed)(x)
-    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32", name="head")(x)
+    outputs = keras.layers.Dense(classes or 1, activation="softmax" if classes else None, dtype="float32",
+                                 name="head")(x)
     return keras.Model(pixels, outputs, name=f"{spec.name}_finetuned"), base
 
 
@@ -113,11 +117,15 @@ def init_head_from_probe(model, base, pixels: np.ndarray, labels: np.ndarray, ba
     """
     probe = keras.Model(model.inputs, model.get_layer("pool").output)
     codes = probe.predict(pixels, batch_size=batch_size, verbose=0)
-    estimator, C = fit_final("softmax", codes, labels, "standard", class_weight, seed)
+    if labels.dtype.kind == "f":  # regression: ridge, penalty chosen by leave-one-out
+        estimator = make_regressor().fit(codes, labels)
+        C = 1 / float(estimator.named_steps["clf"].alpha_)
+    else:
+        estimator, C = fit_final("softmax", codes, labels, "standard", class_weight, seed)
     scaler, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
-    coef = clf.coef_ / scaler.scale_
-    bias = clf.intercept_ - coef @ scaler.mean_
-    if len(coef) == 1:  # two classes: one logit z; softmax over (-z/2, z/2) gives the same probabilities
+    coef = np.atleast_2d(clf.coef_) / scaler.scale_
+    bias = np.atleast_1d(clf.intercept_) - coef @ scaler.mean_
+    if len(coef) == 1 and model.get_layer("head").units == 2:  # one logit z; softmax over (-z/2, z/2) is the same
         coef, bias = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
     model.get_layer("head").set_weights([coef.T.astype("float32"), bias.astype("float32")])
     return C
@@ -132,11 +140,14 @@ def _optimizer(name: str, learning_rate: float):
 
 
 def _train_phase(model, name, epochs, learning_rate, cfg, train, val, class_weight, history):
-    model.compile(optimizer=_optimizer(cfg.optimizer, learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    regression = train[1].dtype.kind == "f"
+    model.compile(optimizer=_optimizer(cfg.optimizer, learning_rate),
+                  loss="mse" if regression else "sparse_categorical_crossentropy",
+                  metrics=["mae"] if regression else ["accuracy"])
+    monitor = "val_loss" if regression else "val_accuracy"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(cfg.out / "backup" / name)),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
     ]
     started = time.perf_counter()
     fitted = model.fit(*train, validation_data=val, epochs=epochs, batch_size=cfg.batch_size,
@@ -151,8 +162,10 @@ def _train_phase(model, name, epochs, learning_rate, cfg, train, val, class_weig
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train, save ``model.keras``, ``classes.json``, ``history.json``, ``curves.png`` and ``metrics.json``."""
     dataset = discover(cfg.data)
-    if not dataset.labelled:
-        raise UserError(f"{cfg.data} has no labels: fine-tuning needs one sub-folder per class or a manifest")
+    regression = dataset.targets is not None and not dataset.labelled
+    if not dataset.labelled and not regression:
+        raise UserError(f"{cfg.data} has no labels: fine-tuning needs one sub-folder per class, or a manifest "
+                        "with a label or a numeric target column")
     configure_precision(cfg.precision)
     keras.utils.set_random_seed(cfg.seed)
     backbone = load_backbone(cfg.backbone)
@@ -161,19 +174,22 @@ def finetune(cfg: FinetuneConfig) -> dict:
     held_out = set(cfg.test_paths)
     files = [dataset.root / p for p in dataset.paths]
     pixels, ok, failed = _decode_all(files, policy, cfg.batch_size)
-    names = dataset.class_names
-    labels = np.array([names.index(dataset.labels[i]) for i in ok])
+    names = [] if regression else dataset.class_names
+    labels = (np.array([dataset.targets[i] for i in ok], np.float32) if regression
+              else np.array([names.index(dataset.labels[i]) for i in ok]))
     is_test = np.array([dataset.paths[i] in held_out for i in ok], dtype=bool)
     test = (pixels[is_test], labels[is_test])
     pixels, labels = pixels[~is_test], labels[~is_test]
-    counts = np.bincount(labels, minlength=len(names))
-    if len(names) < 2 or counts.min() < 2:
+    if regression:
+        if len(labels) < 5:
+            raise UserError("fine-tuning a regression head needs at least 5 decodable images")
+    elif len(names) < 2 or np.bincount(labels, minlength=len(names)).min() < 2:
         raise UserError("fine-tuning needs at least two classes with at least 2 decodable images each")
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=cfg.val_size, stratify=labels,
-                                          random_state=cfg.seed)
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=cfg.val_size,
+                                          stratify=None if regression else labels, random_state=cfg.seed)
     train, val = (pixels[train_idx], labels[train_idx]), (pixels[val_idx], labels[val_idx])
     weights = None
-    if cfg.class_weight == "balanced":
+    if cfg.class_weight == "balanced" and not regression:
         w = compute_class_weight("balanced", classes=np.arange(len(names)), y=train[1])
         weights = {k: float(v) for k, v in enumerate(w)}
 
@@ -208,21 +224,28 @@ def finetune(cfg: FinetuneConfig) -> dict:
     (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
     _plot_curves(history, cfg.out / "curves.png")
 
-    predicted = np.argmax(model.predict(val[0], batch_size=cfg.batch_size, verbose=0), axis=1)
-    accuracy = float((predicted == val[1]).mean())
-    metrics = {
+    outputs = model.predict(val[0], batch_size=cfg.batch_size, verbose=0)
+    if regression:
+        result = {"layer": "finetuned", "classifier": "finetune",
+                  **{k: {"mean": v, "std": 0.0, "folds": [v]} for k, v in _regression_metrics(outputs, val[1]).items()}}
+    else:
+        predicted = np.argmax(outputs, axis=1)
+        accuracy = float((predicted == val[1]).mean())
+        result = {"layer": "finetuned", "classifier": "finetune",
+                  "accuracy": {"mean": accuracy, "std": 0.0, "ci95": _wilson(accuracy, len(val[1])),
+                               "folds": [accuracy]},
+                  "per_class": per_class(val[1], predicted, names)}
+    result["fit_seconds"] = sum(h["seconds"] for h in history.values())
+    metrics = {"task": "regression" if regression else "classification",
         "data": str(cfg.data), "backbone": backbone.spec.name, "image_size": size,
         "weights_checksum": backbone.weights_checksum, "images": int(len(labels)),
         "skipped": [(dataset.paths[i], reason) for i, reason in failed], "classes": len(names), "class_names": names,
-        "protocol": {"validation": f"stratified {cfg.val_size:.0%} split", "seed": cfg.seed,
+        "protocol": {"validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split",
+                     "seed": cfg.seed,
                      "unfreeze_last_layers": cfg.unfreeze, "optimizer": cfg.optimizer,
                      "learning_rates": [cfg.learning_rate, cfg.learning_rate / 10], "augment": cfg.augment,
                      "linear_probe_init": bool(cfg.probe and not cfg.hidden)},
-        "results": [{"layer": "finetuned", "classifier": "finetune",
-                     "accuracy": {"mean": accuracy, "std": 0.0, "ci95": _wilson(accuracy, len(val[1])),
-                                  "folds": [accuracy]},
-                     "per_class": per_class(val[1], predicted, names),
-                     "fit_seconds": sum(h["seconds"] for h in history.values())}],
+        "results": [result],
         "final": {"finetune": {"model": "model.keras", "validation_images": int(len(val[1])),
                                **({"test": _test_metrics(model, test, names, cfg.batch_size)} if len(test[1]) else {})}},
         "versions": library_versions(), "created": now_iso(),
@@ -231,8 +254,16 @@ def finetune(cfg: FinetuneConfig) -> dict:
     return metrics
 
 
+def _regression_metrics(outputs, y) -> dict:
+    predicted = np.asarray(outputs, np.float64).ravel()
+    return {"r2": float(r2_score(y, predicted)), "mae": float(mean_absolute_error(y, predicted))}
+
+
 def _test_metrics(model, test, names, batch_size) -> dict:
-    predicted = np.argmax(model.predict(test[0], batch_size=batch_size, verbose=0), axis=1)
+    outputs = model.predict(test[0], batch_size=batch_size, verbose=0)
+    if not names:
+        return {"images": int(len(test[1])), **_regression_metrics(outputs, test[1])}
+    predicted = np.argmax(outputs, axis=1)
     return {"images": int(len(test[1])), "accuracy": float((predicted == test[1]).mean()),
             "macro_f1": float(f1_score(test[1], predicted, average="macro", zero_division=0)),
             "per_class": per_class(test[1], predicted, names)}
@@ -255,7 +286,7 @@ def _plot_curves(history: dict, path: Path) -> None:
     start = 0
     for phase, h in history.items():
         epochs = np.arange(start + 1, start + 1 + len(h.get("loss", [])))
-        for ax, key in zip(axes, ("loss", "accuracy")):
+        for ax, key in zip(axes, ("loss", "mae" if "mae" in h else "accuracy")):
             ax.plot(epochs, h.get(key, []), marker="o", label=f"{phase} train")
             ax.plot(epochs, h.get(f"val_{key}", []), marker="s", linestyle="--", label=f"{phase} validation")
             ax.set_xlabel("epoch")

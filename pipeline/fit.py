@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from . import classify
+from . import classify, regress
 from .bundle import Bundle, save_bundle
 from .errors import UserError
 from .provenance import library_versions, now_iso
@@ -50,6 +50,8 @@ def fit(cfg: FitConfig) -> dict:
     store = read_store(cfg.store)
     layers = list(cfg.layers or store.layers)
     X = {layer: store.codes(layer) for layer in layers}
+    if store.labels is None and store.targets is not None:
+        return _fit_regression(cfg, store, X, started)
     y, names = store.labels, store.class_names
     for layer in layers:
         classify.check_training_data(X[layer], y, names or [], str(cfg.store))
@@ -112,8 +114,72 @@ def fit(cfg: FitConfig) -> dict:
     return metrics
 
 
+def _fit_regression(cfg: FitConfig, store, X: dict, started: float) -> dict:
+    """Ridge on a numeric target: nested CV (R², MAE), one bundle on the best layer."""
+    y = store.targets
+    if cfg.test_store is not None:
+        raise UserError("--test with a separate store is for classification; use --test-size for regression")
+    train_idx, test_idx = np.arange(len(y)), np.array([], dtype=int)
+    if cfg.test_paths is not None:
+        held_out = set(cfg.test_paths)
+        test_idx = np.array([i for i, p in enumerate(store.paths) if p in held_out], dtype=int)
+        train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
+    elif cfg.test_size is not None:
+        rng = np.random.default_rng(cfg.seed)
+        test_idx = np.sort(rng.choice(len(y), size=max(1, round(cfg.test_size * len(y))), replace=False))
+        train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
+    for codes in X.values():
+        regress.check_targets(codes[train_idx], y[train_idx], cfg.folds, str(cfg.store))
+    results, protocol = regress.cross_validate_regression(
+        {layer: codes[train_idx] for layer, codes in X.items()}, y[train_idx], cfg.folds, cfg.repeats,
+        cfg.normalise, cfg.seed, cfg.jobs)
+    best = max(results, key=lambda r: r["r2"]["mean"])
+    layer = best["layer"]
+    model = regress.make_regressor(cfg.normalise).fit(X[layer][train_idx], y[train_idx])
+    alpha = float(model.named_steps["clf"].alpha_)
+    entry = {"layer": layer, "C": 1 / alpha, "alpha": alpha, "bundle": "ridge.joblib"}
+    if len(test_idx):
+        entry["test"] = {"data": f"{len(test_idx)} held-out images",
+                         **regress.test_metrics(model, X[layer][test_idx], y[test_idx])}
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    save_bundle(Bundle(
+        estimator=model, classifier="ridge", layer=layer, class_names=[], store_config=store.config.to_json(),
+        weights_source=str(store.attrs.get("weights_source", "")), C=1 / alpha, normalise=cfg.normalise,
+        metrics={"cross_validation": best, **entry}, versions=library_versions(), created=now_iso(),
+    ), cfg.out / entry["bundle"])
+    metrics = {
+        "task": "regression", "store": str(cfg.store), "run_dir": str(cfg.out), "backbone": store.config.backbone,
+        "weights_checksum": store.config.weights_checksum, "images": int(len(y)),
+        "target": {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())},
+        "protocol": asdict(protocol), "results": results, "best": {"layer": layer, "classifier": "ridge"},
+        "final": {"ridge": entry}, "seconds": time.perf_counter() - started,
+        "versions": library_versions(), "created": now_iso(),
+    }
+    (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _format_regression(metrics: dict) -> str:
+    p = metrics["protocol"]
+    lines = [f"{metrics['images']} images, numeric target (mean {metrics['target']['mean']:.3g}, "
+             f"sd {metrics['target']['std']:.3g}), backbone {metrics['backbone']}",
+             f"nested CV: {p['outer_folds']}-fold x {p['repeats']} repeat(s), alpha chosen by {p['inner']}", "",
+             f"{'layer':14} {'model':8} {'R2':>7}  {'95% interval':17} {'MAE':>9}"]
+    for r in sorted(metrics["results"], key=lambda r: -r["r2"]["mean"]):
+        lines.append(f"{r['layer']:14} {'ridge':8} {r['r2']['mean']:7.3f}  [{r['r2']['ci95'][0]:.3f}, "
+                     f"{r['r2']['ci95'][1]:.3f}]  {r['mae']['mean']:9.4g}")
+    entry = metrics["final"]["ridge"]
+    line = f"\nsaved {Path(metrics['run_dir']) / entry['bundle']} ({entry['layer']}, alpha={entry['alpha']:g})"
+    if "test" in entry:
+        line += f"; test on {entry['test']['data']}: R2 {entry['test']['r2']:.3f}, MAE {entry['test']['mae']:.4g}"
+    lines += [line, f"time: {metrics['seconds']:.1f} s"]
+    return "\n".join(lines)
+
+
 def format_metrics(metrics: dict) -> str:
     """The human-readable summary printed by ``fit_svm.py`` (the same figures as metrics.json)."""
+    if metrics.get("task") == "regression":
+        return _format_regression(metrics)
     p = metrics["protocol"]
     lines = [
         f"{metrics['images']} images, {metrics['classes']} classes, backbone {metrics['backbone']}",

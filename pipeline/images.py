@@ -135,6 +135,7 @@ class Dataset:
     class_names: list[str] | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
+    targets: list[float] | None = None
 
     @property
     def labelled(self) -> bool:
@@ -165,7 +166,8 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
 
 
 def discover(source: str | Path, unlabelled: bool = False) -> Dataset:
-    """Find images in a class-per-sub-folder tree, a CSV manifest (``path,label``) or an unlabelled folder.
+    """Find images in a class-per-sub-folder tree, a CSV manifest (``path,label`` and/or a numeric
+    ``target`` for regression) or an unlabelled folder.
 
     A folder whose sub-folders hold images is labelled by its first-level
     sub-folder names (searched recursively); a folder with images only at its
@@ -204,10 +206,10 @@ def _from_manifest(manifest: Path) -> Dataset:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"cannot read manifest {manifest}: {e}") from None
     if not rows or "path" not in rows[0]:
-        raise UserError(f"manifest {manifest} needs a header row with a 'path' column (and 'label')")
-    labelled = "label" in rows[0]
-    paths, labels, skipped = [], [], []
-    for row in rows:
+        raise UserError(f"manifest {manifest} needs a header row with a 'path' column (and 'label' or 'target')")
+    labelled, regression = "label" in rows[0], "target" in rows[0]
+    paths, labels, targets, skipped = [], [], [], []
+    for line, row in enumerate(rows, start=2):
         rel = (row["path"] or "").strip()
         if not rel:
             continue
@@ -217,7 +219,13 @@ def _from_manifest(manifest: Path) -> Dataset:
         paths.append(rel)
         if labelled:
             labels.append((row["label"] or "").strip())
+        if regression:
+            try:
+                targets.append(float(row["target"]))
+            except (TypeError, ValueError):
+                raise UserError(f"manifest {manifest}, line {line}: target {row['target']!r} is not a number") from None
     if labelled and any(not label for label in labels):
         raise UserError(f"manifest {manifest} has rows with an empty label")
     class_names = sorted(set(labels)) if labelled else None
-    return Dataset(root, paths, labels if labelled else None, class_names, skipped=skipped)
+    return Dataset(root, paths, labels if labelled else None, class_names, skipped=skipped,
+                   targets=targets if regression else None)

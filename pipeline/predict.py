@@ -34,6 +34,7 @@ class Prediction:
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     skipped: str | None = None
+    value: float | None = None  # regression models predict a number instead of classes
 
 
 def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Prediction]]:
@@ -62,6 +63,7 @@ class Predictor:
     policy: ResizePolicy
     description: str
     probabilities: Callable[[np.ndarray, int], np.ndarray]  # (padded pixel batch, images in it) -> [n, classes]
+    regression: bool = False  # then "probabilities" are the predicted values, [n, 1]
 
 
 def _bundle_predictor(path: Path, weights) -> Predictor:
@@ -73,6 +75,11 @@ def _bundle_predictor(path: Path, weights) -> Predictor:
             f"was trained on ({bundle.weights_source}); install those or pass them with --weights"
         )
     model = backbone.feature_model([bundle.layer])
+    if bundle.classifier == "ridge":
+        return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
+                         f"ridge regression on {bundle.backbone}/{bundle.layer}: predicted values",
+                         lambda pixels, n: bundle.estimator.predict(
+                             np.asarray(model.predict_on_batch(pixels))[:n]).reshape(-1, 1), regression=True)
     kind = "calibrated SVM probabilities (Platt)" if bundle.classifier == "svm" else "softmax probabilities"
     return Predictor(
         bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
@@ -90,8 +97,10 @@ def _keras_predictor(path: Path) -> Predictor:
         raise UserError(f"cannot load fine-tuned model {path}: {e}") from None
     size = int(model.input_shape[1])
     policy = dataclasses.replace(resize_policy(get_spec(backbone)), size=size)
-    return Predictor(class_names, policy, f"fine-tuned {backbone} at {size}px: softmax probabilities",
-                     lambda pixels, n: np.asarray(model.predict_on_batch(pixels))[:n])
+    regression = class_names == []
+    what = "predicted values" if regression else "softmax probabilities"
+    return Predictor(class_names or ["value"], policy, f"fine-tuned {backbone} at {size}px: {what}",
+                     lambda pixels, n: np.asarray(model.predict_on_batch(pixels), np.float64)[:n], regression)
 
 
 def load_predictor(path: str | Path, weights: str | Path | None = None) -> Predictor:
@@ -114,6 +123,9 @@ def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: 
         for batch in decoded_batches(files, predictor.policy, batch_size):
             if batch.ok:
                 for i, p in zip(batch.ok, predictor.probabilities(batch.pixels, len(batch.ok))):
+                    if predictor.regression:
+                        predictions.append(Prediction(str(files[i]), value=float(p[0])))
+                        continue
                     order = np.argsort(-p)[:k]
                     predictions.append(Prediction(str(files[i]),
                                                   [(predictor.class_names[c], float(p[c])) for c in order]))
@@ -123,11 +135,16 @@ def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: 
 
 
 def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int) -> None:
-    """One row per image: path, then class and probability for each rank, then the skip reason."""
-    columns = ["path"] + [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "probability")]
+    """One row per image: path, class and probability for each rank (or the value), then the skip reason."""
+    regression = any(p.value is not None for p in predictions)
+    ranks = [] if regression else [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "probability")]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns + ["skipped"])
+        writer.writerow(["path"] + (["value"] if regression else ranks) + ["skipped"])
         for p in predictions:
-            cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
-            writer.writerow([p.path] + cells + [""] * (2 * top_k - len(cells)) + [p.skipped or ""])
+            if regression:
+                cells = ["" if p.value is None else f"{p.value:.6g}"]
+            else:
+                cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
+                cells += [""] * (2 * top_k - len(cells))
+            writer.writerow([p.path] + cells + [p.skipped or ""])

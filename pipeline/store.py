@@ -6,6 +6,7 @@ Layout of a store (format version 1), readable with plain h5py::
     paths              utf-8   [N]      image paths relative to the dataset root
     fingerprints       int64   [N, 2]   (size in bytes, mtime in ns) of each file
     labels             int64   [N]      index into class_names (labelled sets only)
+    targets            float64 [N]      numeric regression targets (manifests with a target column)
     class_names        utf-8   [C]      (labelled sets only)
     skipped/paths      utf-8   [M]      files that were not extracted ...
     skipped/reasons    utf-8   [M]      ... and why
@@ -103,6 +104,7 @@ class FeatureStore:
     class_names: list[str] | None
     skipped: list[tuple[str, str]]
     identity: tuple[int, int]
+    targets: np.ndarray | None = None
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -152,6 +154,7 @@ def read_store(path: str | Path) -> FeatureStore:
                 class_names=list(f["class_names"].asstr()[:]) if labelled else None,
                 skipped=list(zip(f["skipped/paths"].asstr()[:], f["skipped/reasons"].asstr()[:])),
                 identity=_identity(path),
+                targets=f["targets"][:] if "targets" in f else None,
             )
     except OSError as e:
         raise UserError(f"cannot read feature store {path}: {e}") from None
@@ -220,7 +223,7 @@ class Row:
 
 def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: dict[str, int],
              labels: Sequence[int] | None, class_names: Sequence[str] | None,
-             skipped: Iterable[tuple[str, str]], attrs: dict) -> None:
+             skipped: Iterable[tuple[str, str]], attrs: dict, targets: Sequence[float] | None = None) -> None:
     """Write the final store from ``rows`` block by block (memory stays flat), then rename into place."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     skipped = list(skipped)
@@ -240,6 +243,8 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
         if labels is not None:
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
             f.create_dataset("class_names", data=list(class_names), dtype=_STR)
+        if targets is not None:
+            f.create_dataset("targets", data=np.asarray(targets, dtype=np.float64))
         f.create_dataset("skipped/paths", data=[s[0] for s in skipped], dtype=_STR)
         f.create_dataset("skipped/reasons", data=[s[1] for s in skipped], dtype=_STR)
         for start in range(0, n, _BLOCK):

@@ -53,9 +53,14 @@ def main() -> int:
         batch_size=args.batch_size, seed=args.seed, precision=args.precision, progress=not args.quiet,
     ))
     result = metrics["results"][0]
-    acc = result["accuracy"]
-    print(f"validation accuracy {acc['mean']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] on "
-          f"{metrics['final']['finetune']['validation_images']} images; training took {result['fit_seconds']:.0f} s")
+    images = metrics["final"]["finetune"]["validation_images"]
+    if metrics["task"] == "regression":
+        print(f"validation R2 {result['r2']['mean']:.3f}, MAE {result['mae']['mean']:.4g} on {images} images; "
+              f"training took {result['fit_seconds']:.0f} s")
+    else:
+        acc = result["accuracy"]
+        print(f"validation accuracy {acc['mean']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] on "
+              f"{images} images; training took {result['fit_seconds']:.0f} s")
     print(f"saved {args.out / 'model.keras'}")
     return 0
 

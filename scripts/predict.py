@@ -31,6 +31,8 @@ def main() -> int:
     for pred in predictions:
         if pred.skipped:
             print(f"{pred.path}\tskipped: {pred.skipped}")
+        elif pred.value is not None:
+            print(f"{pred.path}\tvalue {pred.value:.6g}")
         else:
             print(f"{pred.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in pred.top))
     if args.out:
