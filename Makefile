@@ -28,8 +28,7 @@ data/fashion_mnist/.complete: | $(STAMP)
 	$(PY) scripts/fetch_data.py fashion_mnist
 
 demo: $(STAMP) data/tuxpaint/.complete
-	$(PY) scripts/extract.py data/tuxpaint --out features/tuxpaint_efficientnet_lite0.h5
-	$(PY) scripts/fit_svm.py features/tuxpaint_efficientnet_lite0.h5 --out runs/tuxpaint_efficientnet_lite0
+	$(PY) scripts/run.py data/tuxpaint --out runs/tuxpaint
 
 test: $(STAMP) data/foolbox/.complete data/tuxpaint/.complete data/mnist/.complete data/fashion_mnist/.complete
 	$(PY) -m pytest

@@ -47,7 +47,7 @@ def main() -> None:
         tmp = Path(tmp)
         X, y = synthetic()
         store = write_store(tmp / "synthetic.h5", {"penultimate": X}, y, [f"c{i}" for i in range(10)])
-        tux = ROOT / "features" / "tuxpaint_efficientnet_lite0.h5"
+        tux = tmp / "tuxpaint.h5"
         if not tux.exists():
             extract(ExtractConfig(data=ROOT / "data" / "tuxpaint", out=tux, progress=False))
         for name, path in (("synthetic 10,000 x 1,280, 10 classes", store), ("Tux Paint 220 x 1,280, 7 classes", tux)):

@@ -48,7 +48,7 @@ def _layers(backbone: str) -> tuple[str, ...]:
 
 
 def run(cfg: RunConfig) -> dict:
-    """Run everything into ``cfg.out``; returns (and writes) the summary."""
+    """Run everything into ``cfg.out``; returns the summary (as written) plus the fit stage's metrics as ``fit``."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     advice = advise(cfg.data, cfg.backbone, seed=cfg.seed)
     log.info("%s", advice.format())
@@ -99,7 +99,7 @@ def run(cfg: RunConfig) -> dict:
     }
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (cfg.out / "summary.md").write_text(format_summary(summary) + "\n")
-    return summary
+    return {**summary, "fit": fitted}
 
 
 def format_summary(summary: dict) -> str:

@@ -56,6 +56,7 @@ class FinetuneConfig:
     head_epochs: int = 5
     finetune_epochs: int = 5
     unfreeze: int = 30
+    unfreeze_from: str | None = None
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     hidden: int | None = None
@@ -129,6 +130,18 @@ def init_head_from_probe(model, base, pixels: np.ndarray, labels: np.ndarray, ba
         coef, bias = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
     model.get_layer("head").set_weights([coef.T.astype("float32"), bias.astype("float32")])
     return C
+
+
+def _frozen_in_phase_two(base, cfg: FinetuneConfig) -> list:
+    """Layers that stay frozen: all before ``unfreeze_from`` if given, else all but the last ``unfreeze`` weighted."""
+    if cfg.unfreeze_from:
+        names = [layer.name for layer in base.layers]
+        if cfg.unfreeze_from not in names:
+            hint = ", ".join(n for n in names if n.startswith("stage") or n == "penultimate") or ", ".join(names[-5:])
+            raise UserError(f"no layer {cfg.unfreeze_from!r} in the base; for example: {hint}")
+        return base.layers[: names.index(cfg.unfreeze_from)]
+    weighted = [layer for layer in base.layers if layer.weights]
+    return weighted[: -cfg.unfreeze] if cfg.unfreeze > 0 else []
 
 
 def _optimizer(name: str, learning_rate: float):
@@ -210,9 +223,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         _train_phase(model, "head", cfg.head_epochs, cfg.learning_rate, cfg, train, val, weights, history)
         (cfg.out / "history.json").write_text(json.dumps(history))
     base.trainable = True
-    weighted = [layer for layer in base.layers if layer.weights]
-    for layer in weighted[:-cfg.unfreeze] if cfg.unfreeze > 0 else []:
+    for layer in _frozen_in_phase_two(base, cfg):
         layer.trainable = False
+    weighted = [layer for layer in base.layers if layer.weights]
     for layer in weighted:  # BatchNorm stays frozen as well as in inference mode (keras.io's EfficientNet recipe)
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
@@ -242,7 +255,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "skipped": [(dataset.paths[i], reason) for i, reason in failed], "classes": len(names), "class_names": names,
         "protocol": {"validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split",
                      "seed": cfg.seed,
-                     "unfreeze_last_layers": cfg.unfreeze, "optimizer": cfg.optimizer,
+                     "unfreeze": cfg.unfreeze_from or f"last {cfg.unfreeze} weighted layers",
+                     "optimizer": cfg.optimizer,
                      "learning_rates": [cfg.learning_rate, cfg.learning_rate / 10], "augment": cfg.augment,
                      "linear_probe_init": bool(cfg.probe and not cfg.hidden)},
         "results": [result],

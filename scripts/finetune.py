@@ -30,6 +30,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
                    help="epochs of phase 1 and phase 2 (default 5 5)")
     p.add_argument("--unfreeze", type=int, default=30, help="weighted layers unfrozen in phase 2 (default 30)")
+    p.add_argument("--unfreeze-from", metavar="LAYER",
+                   help="instead, unfreeze everything from this layer on (e.g. stage5 for the offline backbones)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="phase 1; phase 2 uses a tenth (default 1e-3)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam, or sgd with momentum 0.9")
     p.add_argument("--hidden", type=int, help="add a hidden dense layer of this width before the softmax")
@@ -47,6 +49,7 @@ def main() -> int:
     metrics = finetune(FinetuneConfig(
         data=args.data, out=args.out, backbone=args.backbone, image_size=args.image_size,
         head_epochs=args.epochs[0], finetune_epochs=args.epochs[1], unfreeze=args.unfreeze,
+        unfreeze_from=args.unfreeze_from,
         learning_rate=args.learning_rate, optimizer=args.optimizer, hidden=args.hidden,
         augment=not args.no_augment, val_size=args.val_size, patience=args.patience,
         class_weight=None if args.class_weight == "none" else "balanced", probe=not args.no_probe,

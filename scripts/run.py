@@ -4,6 +4,7 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.end_to_end import FINETUNE_CHOICES, RunConfig, format_summary, run
+from pipeline.fit import format_metrics
 from pipeline.extract import DEFAULT_BACKBONE
 
 EXAMPLES = """\
@@ -34,6 +35,7 @@ def main() -> int:
     summary = run(RunConfig(data=args.data, out=out, backbone=args.backbone, test_size=args.test_size,
                             finetune=args.finetune, image_size=args.image_size, epochs=tuple(args.epochs),
                             seed=args.seed, progress=not args.quiet))
+    print(format_metrics(summary["fit"]) + "\n")
     print(format_summary(summary))
     print(f"\nwrote {out / 'summary.md'}")
     return 0

@@ -73,3 +73,16 @@ def test_head_starts_as_the_linear_probe(backbones):
     codes = keras.Model(model.inputs, model.get_layer("pool").output).predict(pixels, verbose=0)
     probe, _ = fit_final("softmax", codes, labels)
     np.testing.assert_allclose(model.predict(pixels, verbose=0), probe.predict_proba(codes), atol=1e-4)
+
+
+def test_phase_two_unfreezes_from_a_named_block(backbones):
+    from pipeline.finetune import _frozen_in_phase_two, build_model
+
+    _, base = build_model(backbones("efficientnet_lite0"), 2, 64, None, augment=False, seed=0)
+    names = [layer.name for layer in base.layers]
+    frozen = _frozen_in_phase_two(base, FinetuneConfig(data=None, out=None, unfreeze_from="stage5"))
+    assert [layer.name for layer in frozen] == names[: names.index("stage5")]
+    last = _frozen_in_phase_two(base, FinetuneConfig(data=None, out=None, unfreeze=4))
+    assert len([layer for layer in base.layers if layer.weights]) - len(last) == 4
+    with pytest.raises(UserError, match="no layer 'nope'.*stage5"):
+        _frozen_in_phase_two(base, FinetuneConfig(data=None, out=None, unfreeze_from="nope"))
