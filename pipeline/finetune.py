@@ -164,7 +164,7 @@ def _train_phase(model, name, epochs, learning_rate, cfg, train, val, class_weig
     ]
     started = time.perf_counter()
     fitted = model.fit(*train, validation_data=val, epochs=epochs, batch_size=cfg.batch_size,
-                       class_weight=class_weight, callbacks=callbacks, verbose=2 if cfg.progress else 0)
+                       class_weight=class_weight, callbacks=callbacks, verbose="auto" if cfg.progress else 0)
     seconds = time.perf_counter() - started
     epochs_run = len(fitted.history.get("loss", []))
     history[name] = {**{k: [float(v) for v in vals] for k, vals in fitted.history.items()},
