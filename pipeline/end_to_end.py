@@ -73,7 +73,6 @@ def run(cfg: RunConfig) -> dict:
         })
     wants_finetune = advice.recommendation.startswith("fine-tune")
     do_finetune = cfg.finetune == "always" or (cfg.finetune == "auto" and wants_finetune)
-    finetuned = None
     if do_finetune:
         finetuned = finetune(FinetuneConfig(
             data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, image_size=cfg.image_size,
@@ -94,7 +93,8 @@ def run(cfg: RunConfig) -> dict:
         "finetune": {"ran": do_finetune, "why": f"--finetune {cfg.finetune}" if cfg.finetune != "auto" else
                      f"the advisor recommends: {advice.recommendation}"},
         "candidates": candidates, "chosen": best, "why": reason,
-        "advisor_agreed": bool(not do_finetune or (best["name"] == "fine-tuned network") == wants_finetune),
+        # Did the candidate the advisor favoured win? Only known when both kinds ran.
+        "advisor_agreed": ((best["name"] == "fine-tuned network") == wants_finetune) if do_finetune else None,
         "created": now_iso(),
     }
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -31,6 +31,8 @@ def test_run_compares_candidates_on_the_same_held_out_images(data, monkeypatch):
     assert "fine-tuned network" in names and len(names) == 3
     assert summary["chosen"]["test_accuracy"] == max(c["test_accuracy"] for c in summary["candidates"])
     assert summary["held_out_images"] == 4
+    fine_tuning_won = summary["chosen"]["name"] == "fine-tuned network"
+    assert summary["advisor_agreed"] == (fine_tuning_won == summary["advice"]["recommendation"].startswith("fine"))
     on_disk = json.loads((data / "run" / "summary.json").read_text())
     assert on_disk["chosen"]["name"] == summary["chosen"]["name"]
     assert "Chosen:" in (data / "run" / "summary.md").read_text()
@@ -42,5 +44,5 @@ def test_fine_tuning_only_where_advised(data, monkeypatch):
 
     monkeypatch.setattr(end_to_end, "finetune", no_finetune)
     summary = run(RunConfig(data=data / "data", out=data / "run_auto", progress=False))
-    assert summary["advice"]["small"] and not summary["finetune"]["ran"]
+    assert summary["advice"]["small"] and not summary["finetune"]["ran"] and summary["advisor_agreed"] is None
     assert "advisor recommends" in summary["finetune"]["why"]
