@@ -29,6 +29,7 @@ data/fashion_mnist/.complete: | $(STAMP)
 
 demo: $(STAMP) data/tuxpaint/.complete
 	$(PY) scripts/run.py data/tuxpaint --out runs/tuxpaint
+	$(PY) scripts/evaluate.py --data data/tuxpaint --backbones efficientnet_lite0 mobilenet_v2 --out reports/tuxpaint
 
 test: $(STAMP) data/foolbox/.complete data/tuxpaint/.complete data/mnist/.complete data/fashion_mnist/.complete
 	$(PY) -m pytest
@@ -38,4 +39,4 @@ bench: $(STAMP) data/tuxpaint/.complete
 	$(PY) benchmarks/fit_speed.py
 
 clean:
-	rm -rf $(VENV) features runs data/tuxpaint data/foolbox data/mnist data/fashion_mnist data/.apt
+	rm -rf $(VENV) features runs reports data/tuxpaint data/foolbox data/mnist data/fashion_mnist data/.apt

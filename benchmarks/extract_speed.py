@@ -39,14 +39,14 @@ sys.path.insert(0, str(ROOT))
 def make_photos(dest: Path, count: int, seed: int = 0) -> None:
     """JPEGs of 640 to 1600 px on the long side from the real data sets, in two class folders."""
     from pipeline.datasets import fetch_foolbox, fetch_tuxpaint
-    from pipeline.images import _to_rgb
+    from pipeline.images import to_rgb
 
     sources = sorted(fetch_tuxpaint().rglob("*.png")) + sorted((fetch_foolbox() / "imagenet").glob("*.jpg"))
     rng = np.random.default_rng(seed)
     for i in range(count):
         src = sources[i % len(sources)]
         with Image.open(src) as im:
-            im = _to_rgb(im)
+            im = to_rgb(im)
         long_side = int(rng.integers(640, 1601))
         s = long_side / max(im.size)
         im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BICUBIC)

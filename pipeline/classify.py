@@ -178,6 +178,13 @@ def default_repeats(n: int) -> int:
     return 3 if n < 1000 else 1
 
 
+def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The outer (train, test) splits: they depend on the labels and the seed only, so every
+    configuration scored on the same labels is scored on the same folds (a paired comparison)."""
+    return list(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed).split(
+        np.zeros(len(y)), y))
+
+
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
                    normalise: str = "standard", class_weight: str | None = None, seed: int = 0,
@@ -192,8 +199,7 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
         notes.append(note)
         log.warning(note)
     repeats = repeats or default_repeats(len(y))
-    outer = list(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed).split(
-        np.zeros(len(y)), y))
+    outer = outer_folds(y, k, repeats, seed)
     inner = "one stratified 80/20 split" if len(y) * (k - 1) / k >= LARGE else "stratified 3-fold"
     protocol = Protocol(k, repeats, inner, {c: list(C_GRID[c]) for c in classifiers}, normalise,
                         class_weight, seed, notes)
@@ -260,3 +266,21 @@ def test_metrics(model, X, y, class_names) -> dict:
     return {"images": int(len(y)), "accuracy": float(accuracy_score(y, predicted)),
             "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
             "per_class": per_class(y, predicted, class_names)}
+
+
+def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="standard", class_weight=None,
+                      seed: int = 0, jobs: int | None = None) -> np.ndarray:
+    """Class probabilities of every row of ``X`` from the model of its fold that never saw it.
+
+    Each fold's model is made exactly as the saved one is (:func:`fit_final`: C chosen inside the
+    fold's training rows, Platt-calibrated SVM), so the probabilities are what the saved model would
+    say of unseen images. ``folds`` must partition the rows (one repeat of the outer folds).
+    """
+    proba = np.full((len(y), int(y.max()) + 1), np.nan)
+    fitted = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
+        delayed(fit_final)(kind, X[train], y[train], normalise, class_weight, seed) for train, _ in folds)
+    for (model, _), (_, test) in zip(fitted, folds):
+        proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test])
+    if np.isnan(proba).all(axis=1).any():
+        raise ValueError("the folds do not cover every row")
+    return np.nan_to_num(proba)

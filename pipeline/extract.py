@@ -172,17 +172,21 @@ def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[s
         (out, i) for i in range(len(old))] and old.skipped == skipped and old.class_names == dataset.class_names \
         and (labels is None) == (old.labels is None) and (labels is None or old.labels.tolist() == labels) \
         and (targets is None) == (old.targets is None) and (targets is None or old.targets.tolist() == targets)
+    extracted = len(todo) - sum(1 for i in todo if i in failures)
     if not unchanged:
+        # The speed of the last run that extracted anything, so reports on cached codes can quote it.
+        speed = (extracted / seconds if extracted and seconds > 0 else
+                 old.attrs.get("extract_images_per_second", 0.0) if old is not None else 0.0)
         assemble(out, config, final_rows, feature_dims, labels, dataset.class_names, skipped, {
             "weights_source": backbone.weights_source,
+            "extract_images_per_second": float(speed),
             "dataset_root": str(Path(dataset.root).resolve()),
             "versions": library_versions(),
             "created": now_iso(),
         }, targets)
     shards.remove()
     removed = len({key[0] for key in previous} - current) if prune else 0
-    result = ExtractResult(out, len(order) + len(kept), len(todo) - sum(1 for i in todo if i in failures),
-                           reused, len(skipped), removed, seconds)
+    result = ExtractResult(out, len(order) + len(kept), extracted, reused, len(skipped), removed, seconds)
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     return result

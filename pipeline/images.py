@@ -85,7 +85,7 @@ class ResizePolicy:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparency is composited on white."""
     mode = im.mode
     if mode.startswith("I") or mode == "F":
@@ -114,7 +114,7 @@ def decode_image(path: str | Path, policy: ResizePolicy) -> np.ndarray:
                 s = policy._scale(w, h)
                 im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
             im = ImageOps.exif_transpose(im)
-            return policy.apply(_to_rgb(im))
+            return policy.apply(to_rgb(im))
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:

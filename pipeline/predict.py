@@ -15,9 +15,9 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backbones.loading import load_backbone
+from .backbones.loading import Backbone, load_backbone
 from .backbones.registry import get_spec
-from .bundle import load_bundle
+from .bundle import Bundle, load_bundle
 from .device import configure_precision
 from .errors import UserError
 from .extract import resize_policy
@@ -66,14 +66,20 @@ class Predictor:
     regression: bool = False  # then "probabilities" are the predicted values, [n, 1]
 
 
-def _bundle_predictor(path: Path, weights) -> Predictor:
-    bundle = load_bundle(path)
+def bundle_backbone(bundle: Bundle, weights=None) -> Backbone:
+    """The backbone a bundle's codes came from, refusing other weights than those it was trained on."""
     backbone = load_backbone(bundle.backbone, weights)
     if backbone.weights_checksum != bundle.store_config["weights_checksum"]:
         raise UserError(
             f"the installed {bundle.backbone} weights ({backbone.weights_source}) differ from those the bundle "
             f"was trained on ({bundle.weights_source}); install those or pass them with --weights"
         )
+    return backbone
+
+
+def _bundle_predictor(path: Path, weights) -> Predictor:
+    bundle = load_bundle(path)
+    backbone = bundle_backbone(bundle, weights)
     model = backbone.feature_model([bundle.layer])
     if bundle.classifier == "ridge":
         return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),

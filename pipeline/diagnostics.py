@@ -1,0 +1,82 @@
+"""What a report shows of one model beyond its accuracy: where it errs, on which images, and how the codes lie.
+
+Everything here works from predicted probabilities the model made for images
+it never trained on (out-of-fold in the evaluation grid, a held-out folder for
+a saved bundle), so the confusion matrix and the gallery are honest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.preprocessing import StandardScaler
+
+from .classify import per_class
+
+log = logging.getLogger(__name__)
+
+TSNE_MAX_IMAGES = 3000  # above this t-SNE takes minutes on two cores; PCA alone is shown
+GALLERY_SIZE = 24
+
+
+def errors(paths: list[str], y: np.ndarray, proba: np.ndarray, class_names: list[str],
+           limit: int = GALLERY_SIZE) -> tuple[list[dict], int]:
+    """The misclassified images, most confidently wrong first (often mislabelled ones), and how many there are."""
+    predicted = proba.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != y)
+    confidence = proba[wrong, predicted[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")]
+    return [{"path": paths[i], "true": class_names[y[i]], "predicted": class_names[predicted[i]],
+             "confidence": float(proba[i, predicted[i]]), "true_probability": float(proba[i, y[i]])}
+            for i in order[:limit]], int(len(wrong))
+
+
+def model_details(paths: list[str], y: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict:
+    """Confusion matrix (counts; normalise rows for recall), per-class figures and the misclassified images."""
+    predicted = proba.argmax(axis=1)
+    labels = range(len(class_names))
+    gallery, wrong = errors(paths, y, proba, class_names)
+    return {
+        "images": int(len(y)),
+        "accuracy": float(accuracy_score(y, predicted)),
+        "macro_f1": float(f1_score(y, predicted, labels=np.unique(y), average="macro", zero_division=0)),
+        "confusion": confusion_matrix(y, predicted, labels=labels).tolist(),
+        "per_class": per_class(y, predicted, class_names),
+        "misclassified": gallery,
+        "misclassified_total": wrong,
+    }
+
+
+def code_map(codes: np.ndarray, seed: int = 0) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Two-dimensional embeddings of standardised codes (PCA always, t-SNE when the set is small enough),
+    and the share of variance the two principal components explain."""
+    X = StandardScaler().fit_transform(np.asarray(codes, np.float64))
+    pca = PCA(n_components=2, random_state=seed).fit(X)
+    embeddings = {"PCA": pca.transform(X)}
+    if 5 <= len(X) <= TSNE_MAX_IMAGES:
+        # t-SNE on the leading principal components: the usual practice, and much faster.
+        reduced = PCA(n_components=min(50, *X.shape), random_state=seed).fit_transform(X)
+        embeddings["t-SNE"] = TSNE(n_components=2, perplexity=min(30.0, (len(X) - 1) / 3), init="pca",
+                                   random_state=seed).fit_transform(reduced)
+    else:
+        log.info("t-SNE skipped: %d images (it runs up to %d)", len(X), TSNE_MAX_IMAGES)
+    return embeddings, [float(v) for v in pca.explained_variance_ratio_]
+
+
+def bootstrap_interval(y: np.ndarray, predicted: np.ndarray, resamples: int = 1000,
+                       seed: int = 0) -> dict[str, dict]:
+    """Accuracy and macro-F1 on a test set with 95% percentile bootstrap intervals over its images."""
+    rng = np.random.default_rng(seed)
+    present = np.unique(y)  # macro-F1 over the classes the test set has, as on the full set
+    draws = rng.integers(0, len(y), (resamples, len(y)))
+    acc = (y[draws] == predicted[draws]).mean(axis=1)
+    f1 = np.array([f1_score(y[d], predicted[d], labels=present, average="macro", zero_division=0) for d in draws])
+    full = {"accuracy": float(accuracy_score(y, predicted)),
+            "macro_f1": float(f1_score(y, predicted, labels=present, average="macro", zero_division=0))}
+    return {name: {"mean": full[name], "std": float(v.std(ddof=1)),
+                   "ci95": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]}
+            for name, v in (("accuracy", acc), ("macro_f1", f1))}

@@ -1,0 +1,239 @@
+"""The evaluation grid: every dataset x backbone x layer x classifier (and fine-tuning), on shared folds.
+
+Codes come from the extract stage's stores under ``features/`` (one per
+dataset, backbone and layer set), so a rerun with one more backbone extracts
+only that backbone. Every configuration of a dataset is scored by the fit
+stage's nested cross-validation on the same outer folds (they depend only on
+the labels and the seed), which makes the comparison paired: the report gives
+each configuration's difference from the best with an interval over the folds
+they share. Fine-tuning, far costlier, trains one network per fold of the
+first repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import classify
+from .advise import advise
+from .diagnostics import code_map, model_details
+from .errors import UserError
+from .extract import DEFAULT_BACKBONE, ExtractConfig, ExtractResult, extract
+from .finetune import FinetuneConfig, finetune
+from .predict import predict_images
+from .provenance import library_versions, now_iso
+from .store import FeatureStore, read_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of one grid; the defaults are what ``scripts/evaluate.py`` uses."""
+
+    data: tuple[Path, ...]
+    out: Path
+    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    classifiers: tuple[str, ...] = classify.CLASSIFIERS
+    layers: tuple[str, ...] = ("penultimate",)
+    finetune: bool = False
+    image_size: int | None = None
+    epochs: tuple[int, int] = (5, 5)
+    features: Path = Path("features")
+    folds: int = 5
+    repeats: int | None = None
+    normalise: str = "standard"
+    advise: bool = True
+    seed: int = 0
+    jobs: int | None = None
+    command: str = ""
+    progress: bool = True
+
+
+def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...]) -> Path:
+    """Where the codes of ``data`` through ``backbone`` are cached (extract.py's default name for the penultimate)."""
+    suffix = "" if tuple(layers) == ("penultimate",) else "_" + "+".join(layers)
+    return features / f"{Path(data).resolve().stem}_{backbone}{suffix}.h5"
+
+
+def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStore], dict[str, dict]]:
+    stores, extraction = {}, {}
+    for backbone in cfg.backbones:
+        path = store_path(cfg.features, data, backbone, cfg.layers)
+        result = extract(ExtractConfig(data=data, out=path, backbone=backbone, layers=cfg.layers,
+                                       progress=cfg.progress))
+        log.info("%s", result.summary())
+        stores[backbone] = read_store(path)
+        extraction[backbone] = extraction_record(result, stores[backbone])
+    return stores, extraction
+
+
+def extraction_record(result: ExtractResult, store: FeatureStore) -> dict:
+    """What the report says of a store's extraction; the speed is this run's, or the one cached with the codes."""
+    return {"store": str(store.path), "images": result.images, "extracted": result.extracted,
+            "reused": result.reused, "images_per_second": float(store.attrs.get("extract_images_per_second", 0.0)),
+            "measured": "this run" if result.extracted else "when the codes were cached"}
+
+
+def make_section(data: Path, root: Path, names: list[str], y: np.ndarray, protocol: dict, configs: list[dict],
+                 best: dict, codes: np.ndarray, advice, seed: int) -> tuple[dict, dict]:
+    """One dataset's part of a report (JSON-ready), and the arrays its figures need.
+
+    ``best`` names the configuration the details are about, with :func:`model_details` merged in;
+    ``codes`` are the codes its map shows."""
+    embeddings, explained = code_map(codes, seed)
+    section = {
+        "name": Path(data).resolve().stem, "data": str(data), "root": str(root), "images": int(len(y)),
+        "classes": len(names), "class_names": list(names),
+        "class_counts": dict(zip(names, np.bincount(y, minlength=len(names)).tolist())),
+        "protocol": protocol, "configs": configs, "best": best,
+        "map": {"backbone": best["backbone"], "layer": best["map_layer"], "methods": list(embeddings),
+                "pca_explained_variance": explained},
+        "advice": None if advice is None else {**advice.to_json(), "text": advice.format()},
+    }
+    return section, {"embeddings": embeddings, "y": y}
+
+
+def _common_rows(stores: dict[str, FeatureStore]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The images every store holds, in one order, and each store's row indices for them."""
+    first = next(iter(stores.values()))
+    if first.labels is None:
+        raise UserError(f"{first.attrs.get('dataset_root', first.path)} has no class labels; evaluate.py "
+                        "compares classifiers (one sub-folder per class, or a manifest with a label column)")
+    for store in stores.values():
+        if store.class_names != first.class_names:
+            raise UserError(f"{store.path} and {first.path} have different classes; extract them again")
+    shared = set.intersection(*(set(s.paths) for s in stores.values()))
+    paths = [p for p in first.paths if p in shared]
+    if len(paths) < len(first.paths) or any(len(s) != len(paths) for s in stores.values()):
+        log.warning("the backbones decoded different images; comparing on the %d all of them hold", len(paths))
+    rows = {name: np.array([s.paths.index(p) for p in paths]) if len(s) != len(paths) or s.paths != paths
+            else np.arange(len(paths)) for name, s in stores.items()}
+    return paths, rows
+
+
+def _finetune_config(data: Path, root: Path, backbone: str, paths: list[str], y: np.ndarray, names: list[str],
+                     folds, cfg: EvaluateConfig) -> tuple[dict, np.ndarray]:
+    """Fine-tune ``backbone`` once per fold; the fold figures and the out-of-fold probabilities."""
+    proba = np.zeros((len(y), len(names)))
+    accuracy, macro_f1, seconds = [], [], 0.0
+    for f, (_, test) in enumerate(folds):
+        out = cfg.out / "finetune" / f"{Path(data).resolve().stem}_{backbone}" / f"fold{f}"
+        log.info("fine-tuning %s, fold %d of %d", backbone, f + 1, len(folds))
+        metrics = finetune(FinetuneConfig(
+            data=data, out=out, backbone=backbone, image_size=cfg.image_size, head_epochs=cfg.epochs[0],
+            finetune_epochs=cfg.epochs[1], seed=cfg.seed, test_paths=tuple(paths[i] for i in test),
+            progress=cfg.progress))
+        accuracy.append(metrics["final"]["finetune"]["test"]["accuracy"])
+        macro_f1.append(metrics["final"]["finetune"]["test"]["macro_f1"])
+        seconds += metrics["results"][0]["fit_seconds"]
+        predictions, _ = predict_images(out / "model.keras", [root / paths[i] for i in test], top_k=len(names),
+                                        progress=False)
+        by_path = {p.path: p for p in predictions}
+        column = {name: k for k, name in enumerate(names)}
+        for i in test:
+            for name, probability in by_path[str(root / paths[i])].top:
+                proba[i, column[name]] = probability
+    n_test = len(y) // len(folds)
+    result = {"layer": "whole network", "classifier": "fine-tuned",
+              "accuracy": classify.interval(accuracy, len(y) - n_test, n_test),
+              "macro_f1": classify.interval(macro_f1, len(y) - n_test, n_test),
+              "fit_seconds": seconds, "chosen_C": {}}
+    return result, proba
+
+
+def _paired_deltas(configs: list[dict], n: int, k: int) -> None:
+    """Each configuration's accuracy minus the best's, over the folds both were scored on."""
+    best = configs[0]["accuracy"]["folds"]
+    configs[0]["vs_best"] = None
+    for c in configs[1:]:
+        mine = c["accuracy"]["folds"]
+        m = min(len(mine), len(best))
+        d = classify.interval(np.subtract(mine[:m], best[:m]), n - n // k, n // k, bounded=False)
+        c["vs_best"] = {"mean": d["mean"], "ci95": d["ci95"], "folds": m,
+                        "clearly_worse": d["ci95"][1] < 0}
+
+
+def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, dict]:
+    """One dataset's part of the report, and the arrays its figures need."""
+    stores, extraction = _extract_all(data, cfg)
+    paths, rows = _common_rows(stores)
+    first = next(iter(stores.values()))
+    root = Path(first.attrs.get("dataset_root", Path(data).resolve()))
+    y, names = first.labels[rows[cfg.backbones[0]]], list(first.class_names)
+    codes = {b: {layer: s.codes(layer)[rows[b]] for layer in cfg.layers} for b, s in stores.items()}
+    for b in codes:
+        for layer in cfg.layers:
+            classify.check_training_data(codes[b][layer], y, names, str(data))
+    configs, protocol = [], None
+    for backbone in cfg.backbones:
+        backbones[backbone] = {"weights_checksum": stores[backbone].config.weights_checksum,
+                               "weights_source": str(stores[backbone].attrs.get("weights_source", ""))}
+        results, protocol = classify.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds,
+                                                    cfg.repeats, cfg.normalise, None, cfg.seed, cfg.jobs)
+        configs += [{"backbone": backbone, **r, "extraction": extraction[backbone]} for r in results]
+    folds = classify.outer_folds(y, protocol.outer_folds, protocol.repeats, cfg.seed)[:protocol.outer_folds]
+    finetuned = {}
+    if cfg.finetune:
+        for backbone in cfg.backbones:
+            result, finetuned[backbone] = _finetune_config(data, root, backbone, paths, y, names, folds, cfg)
+            configs.append({"backbone": backbone, **result, "extraction": extraction[backbone]})
+    configs.sort(key=lambda c: (-c["accuracy"]["mean"], -c["macro_f1"]["mean"]))
+    _paired_deltas(configs, len(y), protocol.outer_folds)
+    best = configs[0]
+    if best["classifier"] == "fine-tuned":
+        proba, map_layer = finetuned[best["backbone"]], cfg.layers[-1]
+        how = "fine-tuned networks"
+    else:
+        map_layer = best["layer"]
+        proba = classify.out_of_fold_proba(best["classifier"], codes[best["backbone"]][map_layer], y, folds,
+                                           cfg.normalise, None, cfg.seed, cfg.jobs)
+        how = ("models made as fit_svm.py makes the saved one (C chosen inside the fold"
+               + (", Platt-calibrated probabilities)" if best["classifier"] == "svm" else ")"))
+    advice = advise(data, cfg.backbones[0], seed=cfg.seed) if cfg.advise else None
+    protocol = {
+        "kind": "cross-validation", **asdict(protocol),
+        "paired": "every configuration is scored on the same outer folds",
+        "interval": "Nadeau-Bengio corrected t interval over the outer folds",
+        **({"finetune_folds": f"one network per fold of the first repeat ({len(folds)} folds)"}
+           if cfg.finetune else {}),
+    }
+    details = {"backbone": best["backbone"], "layer": best["layer"], "classifier": best["classifier"],
+               "map_layer": map_layer,
+               "predictions": f"out-of-fold: every image predicted once, by one of the {len(folds)} {how} "
+                              "trained without it (first repeat's folds)",
+               **model_details(paths, y, proba, names)}
+    return make_section(data, root, names, y, protocol, configs, details, codes[best["backbone"]][map_layer],
+                        advice, cfg.seed)
+
+
+def evaluate(cfg: EvaluateConfig) -> tuple[dict, dict]:
+    """Run the grid on every dataset; the report (JSON-ready) and, per dataset, the arrays its figures need."""
+    if not cfg.data:
+        raise UserError("give at least one dataset with --data")
+    if not cfg.backbones:
+        raise UserError("give at least one backbone with --backbones")
+    for kind in cfg.classifiers:
+        classify.make_classifier(kind, 1.0, cfg.normalise)  # validates the names before any work
+    if cfg.folds < 2:
+        raise UserError("--folds must be at least 2")
+    for data in cfg.data:
+        if not Path(data).exists():
+            raise UserError(f"dataset {data} does not exist")
+    backbones: dict[str, dict] = {}
+    sections, arrays = [], []
+    for data in cfg.data:
+        section, extra = _section(Path(data), cfg, backbones)
+        sections.append(section)
+        arrays.append(extra)
+    report = {
+        "title": "Evaluation of " + ", ".join(s["name"] for s in sections),
+        "mode": "grid", "sections": sections,
+        "meta": {"created": now_iso(), "command": cfg.command, "seed": cfg.seed, "backbones": backbones,
+                 "versions": library_versions()},
+    }
+    return report, arrays

@@ -1,0 +1,117 @@
+"""The report's pictures, as PNG (charts) and JPEG (thumbnails) bytes: matplotlib without a display."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from ..images import to_rgb  # noqa: E402
+
+DPI = 110
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _colours(n: int):
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(k % cmap.N) for k in range(n)]
+
+
+def accuracy_chart(configs: list[dict]) -> bytes:
+    """Accuracy of every configuration with its 95% interval: one row per backbone (and layer), one colour per
+    classifier, the best marked; the question it answers is "which one should I use"."""
+    layered = len({c["layer"] for c in configs}) > 1
+    rows = list(dict.fromkeys((c["backbone"], c["layer"]) for c in configs))  # best group first
+    kinds = list(dict.fromkeys(c["classifier"] for c in configs))
+    colours = dict(zip(kinds, _colours(len(kinds))))
+    fig, ax = plt.subplots(figsize=(8.5, 0.9 + 0.32 * len(rows) * len(kinds) + 0.25 * len(rows)))
+    step = 0.8 / len(kinds)
+    for c in configs:
+        r = rows.index((c["backbone"], c["layer"]))
+        y = r + (kinds.index(c["classifier"]) - (len(kinds) - 1) / 2) * step
+        mean, (low, high) = c["accuracy"]["mean"], c["accuracy"]["ci95"]
+        best = c is configs[0]
+        ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="*" if best else "o",
+                    markersize=13 if best else 7, color=colours[c["classifier"]], capsize=3, lw=1.6)
+        ax.annotate(f"{mean:.3f}" + ("  best" if best else ""), (high, y), xytext=(5, 0),
+                    textcoords="offset points", va="center", fontsize=9, fontweight="bold" if best else None)
+    ax.axvline(configs[0]["accuracy"]["mean"], color="grey", ls=":", lw=1)
+    ax.set_yticks(range(len(rows)), [f"{b} · {lay}" if layered else b for b, lay in rows], fontsize=10)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    lows = min(c["accuracy"]["ci95"][0] for c in configs)
+    ax.set_xlim(max(0.0, lows - 0.05), min(1.0, max(c["accuracy"]["ci95"][1] for c in configs) + 0.08) + 0.02)
+    folds = len(configs[0]["accuracy"].get("folds", []))
+    ax.set_xlabel("accuracy: mean and 95% interval" + (f" over {folds} folds" if folds > 1 else ""))
+    ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[k], label=k) for k in kinds]
+    ax.legend(handles=handles, title="classifier", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return _png(fig)
+
+
+def confusion_chart(confusion: list[list[int]], class_names: list[str]) -> bytes:
+    """Counts and row-normalised (recall) confusion matrices side by side, annotated while they stay legible."""
+    counts = np.asarray(confusion)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    side = max(4.0, 0.42 * n + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.2, side), sharey=True)
+    for ax, values, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], rates, "normalised by true class",
+                                                                      ".2f")):
+        image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=11)
+        ax.set_xticks(range(n), class_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center",
+                      fontsize=9)
+        ax.set_yticks(range(n), class_names, fontsize=9)
+        ax.set_xlabel("predicted")
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8 if n > 10 else 9,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    axes[0].set_ylabel("true")
+    axes[1].tick_params(labelleft=False)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
+    return _png(fig)
+
+
+def map_chart(embeddings: dict[str, np.ndarray], y: np.ndarray, class_names: list[str]) -> bytes:
+    """The codes in two dimensions, one panel per method, coloured by class."""
+    colours = _colours(len(class_names))
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(5.2 * len(embeddings) + 1.6, 4.8), squeeze=False)
+    for ax, (method, xy) in zip(axes[0], embeddings.items()):
+        for k, name in enumerate(class_names):
+            mine = y == k
+            if mine.any():
+                ax.scatter(xy[mine, 0], xy[mine, 1], s=14, color=colours[k], label=name, alpha=0.8, linewidths=0)
+        ax.set_title(method, fontsize=11)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=9, markerscale=1.6,
+                       ncols=1 if len(class_names) <= 20 else 2)
+    return _png(fig)
+
+
+def thumbnail(path: Path, size: int = 128) -> bytes | None:
+    """A JPEG thumbnail of the image at ``path`` (None when it cannot be read any more)."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))
+            image = to_rgb(ImageOps.exif_transpose(image))
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=85)
+            return buffer.getvalue()
+    except (OSError, ValueError):
+        return None

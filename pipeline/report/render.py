@@ -1,0 +1,94 @@
+"""Write an evaluation's report three ways from one dict: report.json (for programs), report.md (for a
+repository or a terminal) and report.html (one self-contained file, every image embedded, for a browser).
+
+The three are rendered from the same numbers with the same formatting filters, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from pathlib import Path
+
+import jinja2
+
+from . import figures
+
+log = logging.getLogger(__name__)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "data"
+
+
+def _ci(value: dict) -> str:
+    return f"[{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]"
+
+
+def _signed(v: float) -> str:
+    return f"{round(v, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+
+
+def _signed_ci(value: dict) -> str:
+    return f"{_signed(value['mean'])} [{_signed(value['ci95'][0])}, {_signed(value['ci95'][1])}]"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters.update(f3=lambda v: f"{v:.3f}", ci=_ci, signed_ci=_signed_ci, pct=lambda v: f"{100 * v:.0f}%",
+                       b64=lambda b: base64.b64encode(b).decode())
+    return env
+
+
+def _figures(report: dict, arrays: list[dict], out: Path) -> list[dict]:
+    """Draw every section's figures, write them under ``out/figures`` and return them per section."""
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    drawn = []
+    used = set()
+    for section, extra in zip(report["sections"], arrays):
+        slug = _slug(section["name"])
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        best = section["best"]
+        pictures = {
+            "accuracy": figures.accuracy_chart(section["configs"]),
+            "confusion": figures.confusion_chart(best["confusion"], section["class_names"]),
+            "map": figures.map_chart(extra["embeddings"], extra["y"], section["class_names"]),
+        }
+        files = {}
+        for name, data in pictures.items():
+            files[name] = f"figures/{slug}_{name}.png"
+            (out / files[name]).write_bytes(data)
+        section["figures"] = files
+        thumbs = [figures.thumbnail(Path(section["root"]) / item["path"]) for item in best["misclassified"]]
+        drawn.append({"png": pictures, "thumbnails": thumbs})
+    return drawn
+
+
+def write_report(report: dict, arrays: list[dict], out: Path) -> dict[str, Path]:
+    """Write ``out/report.{json,md,html}`` and ``out/figures/``; returns the three paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = _figures(report, arrays, out)
+    env = _environment()
+    paths = {kind: out / f"report.{kind}" for kind in ("json", "md", "html")}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["md"].write_text(env.get_template("report.md.j2").render(report=report))
+    paths["html"].write_text(env.get_template("report.html.j2").render(report=report, drawn=drawn))
+    log.info("wrote %s, %s and %s", *paths.values())
+    return paths
+
+
+def format_summary(report: dict) -> str:
+    """One line per dataset: its best configuration and accuracy, as ``evaluate.py`` prints it."""
+    lines = []
+    for section in report["sections"]:
+        best = section["configs"][0]
+        lines.append(f"{section['name']}: best {best['backbone']} · {best['layer']} · {best['classifier']}, "
+                     f"accuracy {best['accuracy']['mean']:.3f} {_ci(best['accuracy'])}")
+    return "\n".join(lines)

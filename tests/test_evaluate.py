@@ -1,0 +1,230 @@
+"""The evaluation grid and its report: the numbers are the fit stage's, the folds are shared, codes are reused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+from conftest import ROOT, write_images
+
+from pipeline.evaluate import EvaluateConfig, evaluate, store_path
+from pipeline.fit import FitConfig, fit
+from pipeline.report import write_report
+
+MISLABELLED = ["b/mislabelled_0.png", "b/mislabelled_1.png"]
+
+
+def _dataset(root):
+    write_images(root, {"a": 8, "b": 8, "c": 8}, size=40, seed=3)
+    for k, name in enumerate(MISLABELLED):  # two images of class a filed under b: the gallery must show them
+        shutil.copy(root / "a" / f"img_{k:04d}.png", root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A grid run with one backbone, then again with a second one; both reports."""
+    base = tmp_path_factory.mktemp("grid")
+    data = _dataset(base / "shapes")
+    common = dict(data=(data,), features=base / "features", folds=3, repeats=1, progress=False)
+    first, arrays = evaluate(EvaluateConfig(out=base / "report1", backbones=("efficientnet_lite0",), **common))
+    lite0_store = store_path(base / "features", data, "efficientnet_lite0", ("penultimate",))
+    mtime = lite0_store.stat().st_mtime_ns
+    second, arrays = evaluate(EvaluateConfig(out=base / "report2", backbones=("efficientnet_lite0", "mobilenet_v2"),
+                                             command="evaluate.py --data shapes", **common))
+    paths = write_report(second, arrays, base / "report2")
+    return {"base": base, "data": data, "first": first, "second": second, "paths": paths,
+            "lite0_mtime": (mtime, lite0_store.stat().st_mtime_ns)}
+
+
+def test_second_run_extracts_only_the_new_backbone(grid):
+    (lite0,) = {c["backbone"]: c["extraction"] for c in grid["first"]["sections"][0]["configs"]}.values()
+    assert lite0["extracted"] == 26 and lite0["images_per_second"] > 0
+    again = {c["backbone"]: c["extraction"] for c in grid["second"]["sections"][0]["configs"]}
+    assert again["efficientnet_lite0"]["extracted"] == 0 and again["efficientnet_lite0"]["reused"] == 26
+    assert again["efficientnet_lite0"]["images_per_second"] == lite0["images_per_second"]  # quoted from the cache
+    assert again["mobilenet_v2"]["extracted"] == 26
+    assert grid["lite0_mtime"][0] == grid["lite0_mtime"][1]
+
+
+def test_report_numbers_equal_the_fit_stage_on_the_same_folds(grid, tmp_path):
+    report = json.loads(grid["paths"]["json"].read_text())
+    section = report["sections"][0]
+    assert len(section["configs"]) == 4
+    for backbone in ("efficientnet_lite0", "mobilenet_v2"):
+        store = store_path(grid["base"] / "features", grid["data"], backbone, ("penultimate",))
+        metrics = fit(FitConfig(store=store, out=tmp_path / backbone, folds=3, repeats=1, seed=0))
+        for r in metrics["results"]:
+            mine = next(c for c in section["configs"]
+                        if (c["backbone"], c["classifier"]) == (backbone, r["classifier"]))
+            for key in ("accuracy", "macro_f1"):
+                assert mine[key]["folds"] == r[key]["folds"]
+                assert mine[key]["mean"] == pytest.approx(r[key]["mean"], abs=1e-12)
+                assert mine[key]["ci95"] == pytest.approx(r[key]["ci95"], abs=1e-12)
+            assert mine["chosen_C"] == r["chosen_C"]
+
+
+def test_configurations_are_ranked_and_paired(grid):
+    configs = grid["second"]["sections"][0]["configs"]
+    means = [c["accuracy"]["mean"] for c in configs]
+    assert means == sorted(means, reverse=True)
+    best = np.array(configs[0]["accuracy"]["folds"])
+    assert configs[0]["vs_best"] is None
+    for c in configs[1:]:
+        assert c["vs_best"]["folds"] == 3
+        assert c["vs_best"]["mean"] == pytest.approx(float(np.mean(np.array(c["accuracy"]["folds"]) - best)))
+        assert c["vs_best"]["ci95"][0] <= c["vs_best"]["mean"] <= c["vs_best"]["ci95"][1]
+
+
+def test_best_configuration_details(grid):
+    section = grid["second"]["sections"][0]
+    d = section["best"]
+    confusion = np.array(d["confusion"])
+    assert confusion.sum() == section["images"] == 26
+    assert confusion.sum(axis=1).tolist() == list(section["class_counts"].values())
+    assert d["misclassified_total"] == confusion.sum() - np.trace(confusion)
+    assert d["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert [m["support"] for m in d["per_class"].values()] == confusion.sum(axis=1).tolist()
+    confidences = [m["confidence"] for m in d["misclassified"]]
+    assert confidences == sorted(confidences, reverse=True)
+    shown = {m["path"]: m for m in d["misclassified"]}
+    for path in MISLABELLED:  # the label errors are found, with the class they really belong to
+        assert shown[path]["true"] == "b" and shown[path]["predicted"] == "a"
+    assert section["map"]["methods"] == ["PCA", "t-SNE"]
+    assert section["advice"]["recommendation"] and section["advice"]["images"] == 26
+
+
+def test_report_files_hold_the_same_numbers(grid):
+    paths, section = grid["paths"], grid["second"]["sections"][0]
+    html, md = paths["html"].read_text(), paths["md"].read_text()
+    for c in section["configs"]:
+        cell = f"{c['accuracy']['mean']:.3f} [{c['accuracy']['ci95'][0]:.3f}, {c['accuracy']['ci95'][1]:.3f}]"
+        assert cell in html and cell in md
+    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/jpeg;base64,") == len(section["best"]["misclassified"]) > 0
+    assert "src=\"figures/" not in html and "http" not in html.split("<body>")[1]  # self-contained, offline
+    for figure in section["figures"].values():
+        assert (paths["md"].parent / figure).stat().st_size > 1000 and f"]({figure})" in md
+    meta = json.loads(paths["json"].read_text())["meta"]
+    assert set(meta["backbones"]) == {"efficientnet_lite0", "mobilenet_v2"}
+    assert all(len(b["weights_checksum"]) == 64 for b in meta["backbones"].values())
+    assert meta["command"] == "evaluate.py --data shapes" and meta["seed"] == 0 and "keras" in meta["versions"]
+
+
+def test_bundle_report_agrees_with_predict(grid, tmp_path):
+    from pipeline.evaluate_bundle import evaluate_bundle
+    from pipeline.predict import predict_images
+
+    store = store_path(grid["base"] / "features", grid["data"], "efficientnet_lite0", ("penultimate",))
+    fit(FitConfig(store=store, out=tmp_path / "fit", classifiers=("softmax",), folds=3, repeats=1))
+    test = tmp_path / "new"
+    write_images(test, {"a": 5, "c": 5}, size=40, seed=11)  # a class missing from the test set is fine
+    report, arrays = evaluate_bundle(tmp_path / "fit" / "softmax.joblib", test, tmp_path / "features",
+                                     run_advisor=False, progress=False)
+    paths = write_report(report, arrays, tmp_path / "report")
+    section = report["sections"][0]
+    predictions, _ = predict_images(tmp_path / "fit" / "softmax.joblib", [test], progress=False)
+    expected = np.mean([p.top[0][0] == p.path.split("/")[-2] for p in predictions])
+    assert section["configs"][0]["accuracy"]["mean"] == pytest.approx(expected)
+    low, high = section["configs"][0]["accuracy"]["ci95"]
+    assert low <= expected <= high
+    assert section["best"]["per_class"]["b"]["support"] == 0 and section["images"] == 10
+    assert report["meta"]["bundle"]["sha256"] == (tmp_path / "fit" / "softmax.joblib.sha256").read_text().split()[0]
+    assert "Cross-validated accuracy when the bundle was trained" in paths["html"].read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "no/such/folder"], "dataset no/such/folder does not exist"),
+    (["--data", "x", "--bundle", "no/such.joblib"], "bundle no/such.joblib does not exist"),
+    (["--data", "x", "--classifiers", "svm", "--folds", "1"], "--folds must be at least 2"),
+    (["--data", "x", "--bundle", "model.keras"], "--bundle takes a bundle from fit_svm.py (.joblib); compare "
+     "fine-tuned networks with --finetune, or predict with one through predict.py"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), *args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert "Traceback" not in done.stderr
+
+
+def _browser():
+    """Headless Chromium through Debian's chromedriver; None where it is not installed (CI installs it)."""
+    chromedriver = shutil.which("chromedriver")
+    if chromedriver is None or shutil.which("chromium") is None:
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail("REQUIRE_BROWSER is set but chromium / chromedriver are not installed")
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--hide-scrollbars", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    return webdriver.Chrome(options=options, service=Service(chromedriver))
+
+
+def test_report_renders_in_a_browser(grid, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        driver.set_window_size(1280, 900)
+        driver.get(grid["paths"]["html"].resolve().as_uri())
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, height + 200)
+        screenshot = tmp_path / "report.png"
+        driver.save_screenshot(str(screenshot))
+        width = driver.execute_script("return document.documentElement.clientWidth")
+        tables = {t.get_attribute("class"): t for t in driver.find_elements(By.TAG_NAME, "table")}
+        assert {"configs", "per-class", "advice", "meta", "backbones"} <= set(tables)
+        for table in tables.values():
+            assert table.is_displayed() and table.size["height"] > 20
+            # nothing cut off: every table fits inside its container and the page
+            right, room = driver.execute_script(
+                "return [arguments[0].getBoundingClientRect().right,"
+                " arguments[0].parentElement.getBoundingClientRect().right]", table)
+            assert right <= min(room, width) + 0.5
+        rows = tables["configs"].find_elements(By.TAG_NAME, "tr")
+        assert len(rows) == 1 + 4 and "efficientnet_lite0" in tables["configs"].text
+        images = driver.find_elements(By.TAG_NAME, "img")
+        section = grid["second"]["sections"][0]
+        assert len(images) == 3 + len(section["best"]["misclassified"])
+        for image in images:
+            assert image.is_displayed()
+            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 0
+        charts = [i for i in images if "chart" in i.get_attribute("class")]
+        assert len(charts) == 3 and all(c.size["width"] > 300 for c in charts)
+    finally:
+        driver.quit()
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(screenshot).convert("L"), float)
+    assert pixels.shape[0] > 2000 and pixels.std() > 20  # a long page with content, not a blank one
+
+
+def test_finetuning_joins_the_grid_on_the_same_folds(grid, tmp_path):
+    report, _ = evaluate(EvaluateConfig(
+        data=(grid["data"],), out=tmp_path, backbones=("efficientnet_lite0",), classifiers=("softmax",),
+        finetune=True, image_size=64, epochs=(1, 1), features=grid["base"] / "features", folds=3, repeats=1,
+        advise=False, progress=False))
+    section = report["sections"][0]
+    kinds = {c["classifier"]: c for c in section["configs"]}
+    assert set(kinds) == {"softmax", "fine-tuned"}
+    tuned = kinds["fine-tuned"]
+    assert len(tuned["accuracy"]["folds"]) == 3 and tuned["fit_seconds"] > 0
+    assert sorted(p.name for p in (tmp_path / "finetune" / "shapes_efficientnet_lite0").iterdir()) == [
+        "fold0", "fold1", "fold2"]
+    other = section["configs"][1]
+    assert other["vs_best"]["mean"] == pytest.approx(
+        float(np.mean(np.subtract(other["accuracy"]["folds"], section["configs"][0]["accuracy"]["folds"]))))
+    assert "finetune_folds" in section["protocol"]
