@@ -53,6 +53,8 @@ def accuracy_chart(configs: list[dict]) -> bytes:
     lows = min(c["accuracy"]["ci95"][0] for c in configs)
     ax.set_xlim(max(0.0, lows - 0.05), min(1.0, max(c["accuracy"]["ci95"][1] for c in configs) + 0.08) + 0.02)
     folds = len(configs[0]["accuracy"].get("folds", []))
+    low, high = ax.get_xlim()
+    ax.set_xticks([t for t in ax.get_xticks() if low - 1e-9 <= t <= min(high, 1.0) + 1e-9])  # none past 1
     ax.set_xlabel("accuracy: mean and 95% interval" + (f" over {folds} folds" if folds > 1 else ""))
     ax.grid(axis="x", alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=colours[k], label=k) for k in kinds]
