@@ -16,16 +16,16 @@ $(STAMP): pyproject.toml requirements-weights.txt
 	touch $@
 
 data/tuxpaint/.complete: | $(STAMP)
-	$(PY) scripts/fetch_data.py tuxpaint
+	$(PY) data/fetch_data.py tuxpaint
 
 data/foolbox/.complete: | $(STAMP)
-	$(PY) scripts/fetch_data.py foolbox
+	$(PY) data/fetch_data.py foolbox
 
 data/mnist/.complete: | $(STAMP)
-	$(PY) scripts/fetch_data.py mnist
+	$(PY) data/fetch_data.py mnist
 
 data/fashion_mnist/.complete: | $(STAMP)
-	$(PY) scripts/fetch_data.py fashion_mnist
+	$(PY) data/fetch_data.py fashion_mnist
 
 demo: $(STAMP) data/tuxpaint/.complete
 	$(PY) scripts/run.py data/tuxpaint --out runs/tuxpaint

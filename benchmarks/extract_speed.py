@@ -34,11 +34,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "data"))  # fetch_data.py
 
 
 def make_photos(dest: Path, count: int, seed: int = 0) -> None:
     """JPEGs of 640 to 1600 px on the long side from the real data sets, in two class folders."""
-    from pipeline.datasets import fetch_foolbox, fetch_tuxpaint
+    from fetch_data import fetch_foolbox, fetch_tuxpaint
     from pipeline.images import to_rgb
 
     sources = sorted(fetch_tuxpaint().rglob("*.png")) + sorted((fetch_foolbox() / "imagenet").glob("*.jpg"))
@@ -58,6 +59,7 @@ def make_photos(dest: Path, count: int, seed: int = 0) -> None:
 
 
 def phase_model_alone(data: Path, backbone_name: str, batch: int) -> dict:
+    from pipeline.backbones.factory import create_model
     from pipeline.backbones.loading import load_backbone
     from pipeline.extract import resize_policy
     from pipeline.images import decode_image
@@ -68,7 +70,7 @@ def phase_model_alone(data: Path, backbone_name: str, batch: int) -> dict:
     pixels = np.stack([decode_image(p, policy) for p in sorted(data.rglob("*.jpg"))])
     n = len(pixels)
     pixels = np.concatenate([pixels, np.zeros((-n % batch, *pixels.shape[1:]), np.uint8)])
-    model = backbone.feature_model(["penultimate"])
+    model = create_model(backbone)
     start = time.perf_counter()
     for i in range(0, len(pixels), batch):
         np.asarray(model.predict_on_batch(pixels[i:i + batch]))
@@ -91,11 +93,12 @@ def phase_keras_way(data: Path, backbone_name: str, batch: int) -> dict:
     import keras
     import tensorflow as tf
 
+    from pipeline.backbones.factory import create_model
     from pipeline.backbones.loading import load_backbone
 
     backbone = load_backbone(backbone_name)
     size = backbone.spec.input_size
-    model = backbone.feature_model(["penultimate"])
+    model = create_model(backbone)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         ds = keras.utils.image_dataset_from_directory(

@@ -35,7 +35,7 @@ def timed_fit(store: Path, out: Path) -> tuple[float, dict]:
     from pipeline.fit import FitConfig, fit
 
     started = time.perf_counter()
-    metrics = fit(FitConfig(store=store, out=out))
+    metrics = fit(FitConfig(store=store, out=out)).to_json()
     return time.perf_counter() - started, metrics
 
 

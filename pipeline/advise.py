@@ -17,14 +17,16 @@ from the nearest set on either side.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from .backbones.factory import batchnorm_layers, create_model
 from .backbones.loading import Backbone, load_backbone
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, resize_policy
@@ -39,17 +41,30 @@ SMALL_MEDIAN_CLASS = 100
 SIMILAR_DIVERGENCE = 0.1
 CALIBRATED_ON = ("efficientnet_lite0", "mobilenet_v2")
 
-RECOMMENDATIONS = {
-    (True, True): "linear classifier on penultimate codes",
-    (True, False): "linear classifier on earlier-layer codes",
-    (False, True): "fine-tune the later layers",
-    (False, False): "fine-tune the whole network",
-}
+
+
+class Strategy(enum.Enum):
+    """The four situations' strategies; the value is the recommendation as shown to people."""
+
+    LINEAR_PENULTIMATE = "linear classifier on penultimate codes"
+    LINEAR_EARLIER = "linear classifier on earlier-layer codes"
+    FINETUNE_LATER = "fine-tune the later layers"
+    FINETUNE_WHOLE = "fine-tune the whole network"
+
+    @classmethod
+    def for_situation(cls, small: bool, similar: bool) -> "Strategy":
+        if small:
+            return cls.LINEAR_PENULTIMATE if similar else cls.LINEAR_EARLIER
+        return cls.FINETUNE_LATER if similar else cls.FINETUNE_WHOLE
+
+    @property
+    def finetunes(self) -> bool:
+        return self in (Strategy.FINETUNE_LATER, Strategy.FINETUNE_WHOLE)
 
 
 @dataclass
 class Advice:
-    """The figures, the thresholds and the verdict."""
+    """The figures, the thresholds and the verdict (:attr:`strategy`)."""
 
     images: int
     classes: int
@@ -61,11 +76,21 @@ class Advice:
     entropy: float
     small: bool
     similar: bool
-    recommendation: str
     thresholds: dict
 
+    @property
+    def strategy(self) -> Strategy:
+        return Strategy.for_situation(self.small, self.similar)
+
+    @property
+    def recommendation(self) -> str:
+        return self.strategy.value
+
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"images": self.images, "classes": self.classes, "smallest_class": self.smallest_class,
+                "median_class": self.median_class, "backbone": self.backbone, "sampled": self.sampled,
+                "divergence": self.divergence, "entropy": self.entropy, "small": self.small,
+                "similar": self.similar, "recommendation": self.recommendation, "thresholds": self.thresholds}
 
     def format(self) -> str:
         size = "small" if self.small else "large"
@@ -87,23 +112,10 @@ class Advice:
         return "\n".join(lines)
 
 
-def _statistics_model(backbone: Backbone) -> tuple[keras.Model, list]:
-    """Pixels -> per-image channel means and mean squares at every BatchNorm input, and the ImageNet logits."""
-    norms = [layer for layer in backbone.classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if not norms:
-        raise UserError(f"{backbone.spec.name} has no BatchNorm layers to measure similarity with")
-    stats = []
-    for layer in norms:
-        t = keras.ops.cast(layer.input, "float32")
-        stats += [keras.ops.mean(t, axis=(1, 2)), keras.ops.mean(t * t, axis=(1, 2))]
-    inner = keras.Model(backbone.classifier.inputs, stats + [backbone.classifier.output])
-    return backbone.on_pixels(lambda x: inner(x, training=False)), norms
-
-
 def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePolicy,
                         batch_size: int = 32) -> tuple[float, float, int]:
     """(BatchNorm divergence, mean normalised ImageNet-head entropy, images used) over ``files``."""
-    model, norms = _statistics_model(backbone)
+    model, norms = create_model(backbone, "statistics"), batchnorm_layers(backbone)
     sums = [np.zeros(2 * layer.input.shape[-1]) for layer in norms]
     entropy, count = 0.0, 0
     for batch in decoded_batches(files, policy, batch_size):
@@ -164,7 +176,7 @@ def advise(source: str | Path, backbone: str | None = None, sample: int = 200, s
     return Advice(
         images=len(paths), classes=len(counts), smallest_class=int(counts.min()),
         median_class=float(np.median(counts)), backbone=backbone, sampled=used, divergence=divergence,
-        entropy=entropy, small=small, similar=similar, recommendation=RECOMMENDATIONS[(small, similar)],
+        entropy=entropy, small=small, similar=similar,
         thresholds={"small_images": SMALL_IMAGES, "small_median_class": SMALL_MEDIAN_CLASS,
                     "similar_divergence": SIMILAR_DIVERGENCE},
     )

@@ -16,22 +16,21 @@ import os
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 from joblib import Parallel, delayed
-from scipy import stats
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from sklearn.model_selection import (RepeatedStratifiedKFold, StratifiedKFold, StratifiedShuffleSplit,
                                      train_test_split)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
+from . import metrics
 from .errors import UserError
 from .linear_svm import LinearSVM, svm_path
+from .results import CVResult, HeldOut, Protocol
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -42,23 +41,9 @@ C_GRID = {"svm": tuple(np.logspace(-5, -1, 5)), "softmax": tuple(np.logspace(-4,
 LARGE = 2000  # from this many training images, one inner validation split is precise enough
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """How the figures are obtained; recorded with them."""
-
-    outer_folds: int
-    repeats: int
-    inner: str
-    c_grid: dict
-    normalise: str
-    class_weight: str | None
-    seed: int
-    notes: list = field(default_factory=list)
-
-
 def scaler(normalise: str):
     if normalise not in NORMALISATIONS:
-        raise UserError(f"normalisation must be one of {', '.join(NORMALISATIONS)}")
+        raise UserError(f"must be one of {', '.join(NORMALISATIONS)}, not {normalise!r}", param="normalise")
     return StandardScaler() if normalise == "standard" else Normalizer()
 
 
@@ -69,7 +54,7 @@ def make_classifier(kind: str, C: float, normalise: str = "standard", class_weig
     elif kind == "softmax":
         model = LogisticRegression(C=C, class_weight=class_weight, max_iter=2000)
     else:
-        raise UserError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {kind!r}")
+        raise UserError(f"must be one of {', '.join(CLASSIFIERS)}, not {kind!r}", param="classifiers")
     return Pipeline([("scale", scaler(normalise)), ("clf", model)])
 
 
@@ -92,7 +77,7 @@ def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_we
     with warnings.catch_warnings():  # an unconverged large-C candidate is still a fair candidate
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i, model in enumerate(models):
-            scores[i] = accuracy_score(y_val, model.predict(X_val))
+            scores[i] = metrics.accuracy(y_val, model.predict(X_val))
             below = below + 1 if scores[i] < scores[:i + 1].max() else 0
             if below == 2:
                 break
@@ -125,31 +110,7 @@ def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed):
     model = make_classifier(kind, C, normalise, class_weight).fit(X[train], y[train])
     predicted = model.predict(X[test])
     return {"C": C, "predicted": predicted, "seconds": time.perf_counter() - started,
-            "accuracy": accuracy_score(y[test], predicted),
-            "macro_f1": f1_score(y[test], predicted, average="macro", zero_division=0)}
-
-
-def interval(values, n_train: int, n_test: int, bounded: bool = True) -> dict:
-    """Mean, standard deviation and a 95% interval over folds (Nadeau-Bengio corrected t interval).
-
-    ``bounded`` clips the interval to [0, 1], for accuracies and F1."""
-    values = np.asarray(values, float)
-    j = len(values)
-    sd = float(values.std(ddof=1)) if j > 1 else 0.0
-    half = float(stats.t.ppf(0.975, j - 1) * np.sqrt(1 / j + n_test / n_train) * sd) if j > 1 else 0.0
-    mean = float(values.mean())
-    low, high = mean - half, mean + half
-    if bounded:
-        low, high = max(0.0, low), min(1.0, high)
-    return {"mean": mean, "std": sd, "ci95": [low, high],
-            "folds": [round(float(v), 6) for v in values]}
-
-
-def per_class(y_true, y_pred, class_names) -> dict:
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(len(class_names)),
-                                                 zero_division=0)
-    return {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
-            for k, name in enumerate(class_names)}
+            **metrics.classification_scores(y[test], predicted)}
 
 
 def check_training_data(X: np.ndarray, y: np.ndarray | None, class_names, what: str) -> None:
@@ -188,7 +149,7 @@ def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int) -> list[tuple[np
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
                    normalise: str = "standard", class_weight: str | None = None, seed: int = 0,
-                   jobs: int | None = None) -> tuple[list[dict], Protocol]:
+                   jobs: int | None = None) -> tuple[list[CVResult], Protocol]:
     """Nested cross-validation of every (layer, classifier) on the same outer folds."""
     counts = np.bincount(y)
     notes = []
@@ -216,56 +177,60 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
             folds_done = [(f, r) for (lay, kd, f), r in zip(tasks, done) if (lay, kd) == (layer, kind)]
             y_true = np.concatenate([y[outer[f][1]] for f, _ in folds_done])
             y_pred = np.concatenate([r["predicted"] for _, r in folds_done])
-            results.append({
-                "layer": layer, "classifier": kind,
-                "accuracy": interval([r["accuracy"] for _, r in folds_done], len(y) - n_test, n_test),
-                "macro_f1": interval([r["macro_f1"] for _, r in folds_done], len(y) - n_test, n_test),
-                "chosen_C": {f"{c:g}": n for c, n in Counter(r["C"] for _, r in folds_done).most_common()},
-                "per_class": per_class(y_true, y_pred, class_names),
-                "fit_seconds": float(sum(r["seconds"] for _, r in folds_done)),
-            })
+            results.append(CVResult(
+                layer, kind,
+                {name: metrics.nadeau_bengio([r[name] for _, r in folds_done], len(y) - n_test, n_test)
+                 for name in ("accuracy", "macro_f1")},
+                {f"{c:g}": n for c, n in Counter(r["C"] for _, r in folds_done).most_common()},
+                per_class=metrics.per_class(y_true, y_pred, class_names),
+                fit_seconds=float(sum(r["seconds"] for _, r in folds_done))))
     return results, protocol
 
 
 def fit_final(kind: str, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
               seed: int = 0):
-    """Choose C on all of ``X`` and refit; the SVM gets Platt-calibrated probabilities."""
+    """Choose C on all of ``X`` and refit; the model and ``{"C": C}``. The SVM gets Platt-calibrated probabilities."""
     C = choose_C(kind, X, y, normalise, class_weight, seed)
     model = make_classifier(kind, C, normalise, class_weight)
     if kind == "svm":
         folds = min(3, int(np.bincount(y).min()))
         model = CalibratedClassifierCV(model, method="sigmoid", cv=folds, ensemble=False)
-    return model.fit(X, y), C
+    return model.fit(X, y), {"C": C}
+
+
+def check_test_size(test_size: float) -> None:
+    if not 0 < test_size < 1:
+        raise UserError(f"must be between 0 and 1, not {test_size}", param="test_size")
 
 
 def split_test(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if not 0 < test_size < 1:
-        raise UserError(f"--test-size must be between 0 and 1, not {test_size}")
+    """A stratified held-out split fixed by ``seed``: (training rows, test rows)."""
+    check_test_size(test_size)
     try:
         return train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
     except ValueError as e:
-        raise UserError(f"cannot hold out a stratified test split: {e}") from None
+        raise UserError(f"cannot hold out a stratified test split: {e}", param="test_size") from None
 
 
 def align_test_store(train: FeatureStore, test: FeatureStore) -> np.ndarray:
     """Labels of ``test`` in ``train``'s class indices, refusing stores that cannot be compared."""
     diff = [d for d in train.config.differences(test.config) if d != "layers"]
     if diff:
-        raise UserError(f"test store {test.path} was made with a different {', '.join(diff)}")
+        raise UserError(f"{test.path} was made with a different {', '.join(diff)}", param="test_store")
     if test.labels is None:
-        raise UserError(f"test store {test.path} has no labels")
+        raise UserError(f"{test.path} has no labels", param="test_store")
     unknown = sorted(set(test.class_names) - set(train.class_names))
     if unknown:
-        raise UserError(f"test store {test.path} has classes the training store lacks: {', '.join(unknown)}")
+        raise UserError(f"{test.path} has classes the training store lacks: {', '.join(unknown)}",
+                        param="test_store")
     index = {name: k for k, name in enumerate(train.class_names)}
     return np.array([index[test.class_names[label]] for label in test.labels])
 
 
-def test_metrics(model, X, y, class_names) -> dict:
+def held_out(model, X, y, class_names, data: str) -> HeldOut:
     predicted = model.predict(X)
-    return {"images": int(len(y)), "accuracy": float(accuracy_score(y, predicted)),
-            "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
-            "per_class": per_class(y, predicted, class_names)}
+    return HeldOut(data, int(len(y)), metrics.classification_scores(y, predicted),
+                   metrics.per_class(y, predicted, class_names))
 
 
 def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="standard", class_weight=None,

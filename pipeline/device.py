@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import keras
@@ -29,8 +30,8 @@ def accelerators() -> list[str]:
     return []
 
 
-def configure_precision(precision: str = "auto") -> str:
-    """Set Keras' global dtype policy before models are built; returns the policy used.
+def resolve_precision(precision: str = "auto") -> str:
+    """The Keras dtype policy for ``precision``.
 
     ``auto`` picks mixed float16 on a GPU (tensor cores roughly double
     throughput) and float32 on a CPU, where mixed precision was measured
@@ -40,6 +41,20 @@ def configure_precision(precision: str = "auto") -> str:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "auto":
         precision = "mixed_float16" if accelerators() else "float32"
-    keras.mixed_precision.set_global_policy(precision)
-    log.info("running on %s with dtype policy %s", ", ".join(accelerators()) or "the CPU", precision)
     return precision
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str = "auto"):
+    """Build the layers made inside the block under ``precision``'s dtype policy, restoring the global one after.
+
+    Keras reads the policy when a layer is created, so models built here keep
+    it; nothing outside the block changes.
+    """
+    policy = resolve_precision(precision)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -12,10 +12,10 @@ import logging
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import StandardScaler
 
-from .classify import per_class
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,9 @@ def model_details(paths: list[str], y: np.ndarray, proba: np.ndarray, class_name
     gallery, wrong = errors(paths, y, proba, class_names)
     return {
         "images": int(len(y)),
-        "accuracy": float(accuracy_score(y, predicted)),
-        "macro_f1": float(f1_score(y, predicted, labels=np.unique(y), average="macro", zero_division=0)),
+        **metrics.classification_scores(y, predicted),
         "confusion": confusion_matrix(y, predicted, labels=labels).tolist(),
-        "per_class": per_class(y, predicted, class_names),
+        "per_class": metrics.per_class(y, predicted, class_names),
         "misclassified": gallery,
         "misclassified_total": wrong,
     }
@@ -65,18 +64,3 @@ def code_map(codes: np.ndarray, seed: int = 0) -> tuple[dict[str, np.ndarray], l
     else:
         log.info("t-SNE skipped: %d images (it runs up to %d)", len(X), TSNE_MAX_IMAGES)
     return embeddings, [float(v) for v in pca.explained_variance_ratio_]
-
-
-def bootstrap_interval(y: np.ndarray, predicted: np.ndarray, resamples: int = 1000,
-                       seed: int = 0) -> dict[str, dict]:
-    """Accuracy and macro-F1 on a test set with 95% percentile bootstrap intervals over its images."""
-    rng = np.random.default_rng(seed)
-    present = np.unique(y)  # macro-F1 over the classes the test set has, as on the full set
-    draws = rng.integers(0, len(y), (resamples, len(y)))
-    acc = (y[draws] == predicted[draws]).mean(axis=1)
-    f1 = np.array([f1_score(y[d], predicted[d], labels=present, average="macro", zero_division=0) for d in draws])
-    full = {"accuracy": float(accuracy_score(y, predicted)),
-            "macro_f1": float(f1_score(y, predicted, labels=present, average="macro", zero_division=0))}
-    return {name: {"mean": full[name], "std": float(v.std(ddof=1)),
-                   "ci95": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]}
-            for name, v in (("accuracy", acc), ("macro_f1", f1))}

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .advise import advise
+from .advise import Advice, Strategy, advise
 from .backbones.registry import get_spec
 from .classify import split_test
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, ExtractConfig, extract
 from .finetune import FinetuneConfig, finetune
-from .fit import FitConfig, fit
+from .fit import FitConfig, FitResult, fit
 from .provenance import now_iso
 from .store import read_store
 
@@ -47,8 +47,49 @@ def _layers(backbone: str) -> tuple[str, ...]:
     return (*earlier, "penultimate")
 
 
-def run(cfg: RunConfig) -> dict:
-    """Run everything into ``cfg.out``; returns the summary (as written) plus the fit stage's metrics as ``fit``."""
+@dataclass
+class Candidate:
+    """A model scored on the held-out images."""
+
+    name: str
+    model: str
+    test_accuracy: float
+    test_macro_f1: float
+    cv_accuracy_by_layer: dict | None = None  # linear candidates
+    train_seconds: float | None = None  # the fine-tuned network
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class RunResult:
+    """What ``run`` did, chose and why; ``fit`` is the fit stage's result."""
+
+    data: str
+    backbone: str
+    seed: int
+    held_out_images: int
+    advice: Advice
+    finetune_ran: bool
+    finetune_why: str
+    candidates: list[Candidate]
+    chosen: Candidate
+    why: str
+    advisor_agreed: bool | None
+    created: str
+    fit: FitResult
+
+    def to_json(self) -> dict:
+        return {"data": self.data, "backbone": self.backbone, "seed": self.seed,
+                "held_out_images": self.held_out_images, "advice": self.advice.to_json(),
+                "finetune": {"ran": self.finetune_ran, "why": self.finetune_why},
+                "candidates": [c.to_json() for c in self.candidates], "chosen": self.chosen.to_json(),
+                "why": self.why, "advisor_agreed": self.advisor_agreed, "created": self.created}
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Run everything into ``cfg.out``; writes summary.json and summary.md."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     advice = advise(cfg.data, cfg.backbone, seed=cfg.seed)
     log.info("%s", advice.format())
@@ -57,49 +98,44 @@ def run(cfg: RunConfig) -> dict:
                           progress=cfg.progress))
     store = read_store(store_path)
     if store.labels is None:
-        raise UserError("run.py compares classifiers and needs class labels; for a numeric target use "
-                        "fit_svm.py and finetune.py")
+        raise UserError("comparing candidates needs class labels; fit and fine-tune a numeric target "
+                        "separately", param="data")
     _, test_idx = split_test(store.labels, cfg.test_size, cfg.seed)
     test_paths = tuple(store.paths[i] for i in sorted(test_idx))
     fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed))
 
     candidates = []
-    for kind, entry in fitted["final"].items():
-        layer_results = [r for r in fitted["results"] if r["classifier"] == kind]
-        candidates.append({
-            "name": f"{kind} on {entry['layer']} codes", "model": str(cfg.out / "linear" / entry["bundle"]),
-            "test_accuracy": entry["test"]["accuracy"], "test_macro_f1": entry["test"]["macro_f1"],
-            "cv_accuracy_by_layer": {r["layer"]: r["accuracy"]["mean"] for r in layer_results},
-        })
-    wants_finetune = advice.recommendation.startswith("fine-tune")
-    do_finetune = cfg.finetune == "always" or (cfg.finetune == "auto" and wants_finetune)
+    for kind, final in fitted.final.items():
+        candidates.append(Candidate(
+            f"{kind} on {final.layer} codes", str(cfg.out / "linear" / final.bundle),
+            final.test.scores["accuracy"], final.test.scores["macro_f1"],
+            cv_accuracy_by_layer={r.layer: r.primary.mean for r in fitted.results if r.classifier == kind}))
+    strategy = advice.strategy
+    do_finetune = cfg.finetune == "always" or (cfg.finetune == "auto" and strategy.finetunes)
     if do_finetune:
         finetuned = finetune(FinetuneConfig(
             data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, image_size=cfg.image_size,
             head_epochs=cfg.epochs[0], finetune_epochs=cfg.epochs[1], seed=cfg.seed, test_paths=test_paths,
-            unfreeze=10_000 if advice.recommendation == "fine-tune the whole network" else 30,
-            progress=cfg.progress))
-        test = finetuned["final"]["finetune"]["test"]
-        candidates.append({"name": "fine-tuned network", "model": str(cfg.out / "finetune" / "model.keras"),
-                           "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-                           "train_seconds": finetuned["results"][0]["fit_seconds"]})
-    best = max(candidates, key=lambda c: (c["test_accuracy"], c["test_macro_f1"]))
+            unfreeze=10_000 if strategy is Strategy.FINETUNE_WHOLE else 30, progress=cfg.progress))
+        test = finetuned.test
+        candidates.append(Candidate("fine-tuned network", str(cfg.out / "finetune" / "model.keras"),
+                                    test.scores["accuracy"], test.scores["macro_f1"],
+                                    train_seconds=finetuned.validation.fit_seconds))
+    best = max(candidates, key=lambda c: (c.test_accuracy, c.test_macro_f1))
     reason = (f"highest accuracy on the {len(test_paths)} held-out images "
-              f"({best['test_accuracy']:.3f}; " + ", ".join(
-                  f"{c['name']} {c['test_accuracy']:.3f}" for c in candidates if c is not best) + ")")
-    summary = {
-        "data": str(cfg.data), "backbone": cfg.backbone, "seed": cfg.seed, "held_out_images": len(test_paths),
-        "advice": advice.to_json(),
-        "finetune": {"ran": do_finetune, "why": f"--finetune {cfg.finetune}" if cfg.finetune != "auto" else
-                     f"the advisor recommends: {advice.recommendation}"},
-        "candidates": candidates, "chosen": best, "why": reason,
+              f"({best.test_accuracy:.3f}; " + ", ".join(
+                  f"{c.name} {c.test_accuracy:.3f}" for c in candidates if c is not best) + ")")
+    result = RunResult(
+        str(cfg.data), cfg.backbone, cfg.seed, len(test_paths), advice, do_finetune,
+        f"finetune={cfg.finetune}" if cfg.finetune != "auto" else f"the advisor recommends: {advice.recommendation}",
+        candidates, best, reason,
         # Did the candidate the advisor favoured win? Only known when both kinds ran.
-        "advisor_agreed": ((best["name"] == "fine-tuned network") == wants_finetune) if do_finetune else None,
-        "created": now_iso(),
-    }
+        ((best.name == "fine-tuned network") == strategy.finetunes) if do_finetune else None,
+        now_iso(), fitted)
+    summary = result.to_json()
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (cfg.out / "summary.md").write_text(format_summary(summary) + "\n")
-    return {**summary, "fit": fitted}
+    return result
 
 
 def format_summary(summary: dict) -> str:

@@ -2,4 +2,12 @@
 
 
 class UserError(Exception):
-    """Bad input or settings: shown as one line (no traceback) and exit code 2."""
+    """Bad input or settings: shown as one line (no traceback) and exit code 2.
+
+    ``param`` names the setting at fault (a config field, such as ``test_size``);
+    the command line shows it as its flag. The library never names flags or scripts.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(f"{param}: {message}" if param else message)
+        self.message, self.param = message, param

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import classify
+from . import classify, metrics
 from .advise import advise
 from .diagnostics import code_map, model_details
 from .errors import UserError
@@ -26,6 +26,7 @@ from .extract import DEFAULT_BACKBONE, ExtractConfig, ExtractResult, extract
 from .finetune import FinetuneConfig, finetune
 from .predict import predict_images
 from .provenance import library_versions, now_iso
+from .results import CVResult
 from .store import FeatureStore, read_store
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Settings of one grid; the defaults are what ``scripts/evaluate.py`` uses."""
+    """Settings of one grid; the defaults are the command line's."""
 
     data: tuple[Path, ...]
     out: Path
@@ -55,7 +56,8 @@ class EvaluateConfig:
 
 
 def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...]) -> Path:
-    """Where the codes of ``data`` through ``backbone`` are cached (extract.py's default name for the penultimate)."""
+    """Where the codes of ``data`` through ``backbone`` are cached (the extract command's default name for the
+    penultimate)."""
     suffix = "" if tuple(layers) == ("penultimate",) else "_" + "+".join(layers)
     return features / f"{Path(data).resolve().stem}_{backbone}{suffix}.h5"
 
@@ -102,11 +104,13 @@ def _common_rows(stores: dict[str, FeatureStore]) -> tuple[list[str], dict[str, 
     """The images every store holds, in one order, and each store's row indices for them."""
     first = next(iter(stores.values()))
     if first.labels is None:
-        raise UserError(f"{first.attrs.get('dataset_root', first.path)} has no class labels; evaluate.py "
-                        "compares classifiers (one sub-folder per class, or a manifest with a label column)")
+        raise UserError(f"{first.attrs.get('dataset_root', first.path)} has no class labels; the evaluation "
+                        "compares classifiers (one sub-folder per class, or a manifest with a label column)",
+                        param="data")
     for store in stores.values():
         if store.class_names != first.class_names:
-            raise UserError(f"{store.path} and {first.path} have different classes; extract them again")
+            raise UserError(f"{store.path} and {first.path} have different classes; extract them again",
+                            param="data")
     shared = set.intersection(*(set(s.paths) for s in stores.values()))
     paths = [p for p in first.paths if p in shared]
     if len(paths) < len(first.paths) or any(len(s) != len(paths) for s in stores.values()):
@@ -124,13 +128,13 @@ def _finetune_config(data: Path, root: Path, backbone: str, paths: list[str], y:
     for f, (_, test) in enumerate(folds):
         out = cfg.out / "finetune" / f"{Path(data).resolve().stem}_{backbone}" / f"fold{f}"
         log.info("fine-tuning %s, fold %d of %d", backbone, f + 1, len(folds))
-        metrics = finetune(FinetuneConfig(
+        result = finetune(FinetuneConfig(
             data=data, out=out, backbone=backbone, image_size=cfg.image_size, head_epochs=cfg.epochs[0],
             finetune_epochs=cfg.epochs[1], seed=cfg.seed, test_paths=tuple(paths[i] for i in test),
             progress=cfg.progress))
-        accuracy.append(metrics["final"]["finetune"]["test"]["accuracy"])
-        macro_f1.append(metrics["final"]["finetune"]["test"]["macro_f1"])
-        seconds += metrics["results"][0]["fit_seconds"]
+        accuracy.append(result.test.scores["accuracy"])
+        macro_f1.append(result.test.scores["macro_f1"])
+        seconds += result.validation.fit_seconds
         predictions, _ = predict_images(out / "model.keras", [root / paths[i] for i in test], top_k=len(names),
                                         progress=False)
         by_path = {p.path: p for p in predictions}
@@ -139,10 +143,10 @@ def _finetune_config(data: Path, root: Path, backbone: str, paths: list[str], y:
             for name, probability in by_path[str(root / paths[i])].top:
                 proba[i, column[name]] = probability
     n_test = len(y) // len(folds)
-    result = {"layer": "whole network", "classifier": "fine-tuned",
-              "accuracy": classify.interval(accuracy, len(y) - n_test, n_test),
-              "macro_f1": classify.interval(macro_f1, len(y) - n_test, n_test),
-              "fit_seconds": seconds, "chosen_C": {}}
+    result = CVResult("whole network", "fine-tuned",
+                      {"accuracy": metrics.nadeau_bengio(accuracy, len(y) - n_test, n_test),
+                       "macro_f1": metrics.nadeau_bengio(macro_f1, len(y) - n_test, n_test)},
+                      {}, fit_seconds=seconds)
     return result, proba
 
 
@@ -153,9 +157,8 @@ def _paired_deltas(configs: list[dict], n: int, k: int) -> None:
     for c in configs[1:]:
         mine = c["accuracy"]["folds"]
         m = min(len(mine), len(best))
-        d = classify.interval(np.subtract(mine[:m], best[:m]), n - n // k, n // k, bounded=False)
-        c["vs_best"] = {"mean": d["mean"], "ci95": d["ci95"], "folds": m,
-                        "clearly_worse": d["ci95"][1] < 0}
+        d = metrics.nadeau_bengio(np.subtract(mine[:m], best[:m]), n - n // k, n // k, bounded=False)
+        c["vs_best"] = {"mean": d.mean, "ci95": list(d.ci95), "folds": m, "clearly_worse": d.ci95[1] < 0}
 
 
 def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, dict]:
@@ -175,13 +178,13 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
                                "weights_source": str(stores[backbone].attrs.get("weights_source", ""))}
         results, protocol = classify.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds,
                                                     cfg.repeats, cfg.normalise, None, cfg.seed, cfg.jobs)
-        configs += [{"backbone": backbone, **r, "extraction": extraction[backbone]} for r in results]
+        configs += [{"backbone": backbone, **r.to_json(), "extraction": extraction[backbone]} for r in results]
     folds = classify.outer_folds(y, protocol.outer_folds, protocol.repeats, cfg.seed)[:protocol.outer_folds]
     finetuned = {}
     if cfg.finetune:
         for backbone in cfg.backbones:
             result, finetuned[backbone] = _finetune_config(data, root, backbone, paths, y, names, folds, cfg)
-            configs.append({"backbone": backbone, **result, "extraction": extraction[backbone]})
+            configs.append({"backbone": backbone, **result.to_json(), "extraction": extraction[backbone]})
     configs.sort(key=lambda c: (-c["accuracy"]["mean"], -c["macro_f1"]["mean"]))
     _paired_deltas(configs, len(y), protocol.outer_folds)
     best = configs[0]
@@ -214,16 +217,16 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
 def evaluate(cfg: EvaluateConfig) -> tuple[dict, dict]:
     """Run the grid on every dataset; the report (JSON-ready) and, per dataset, the arrays its figures need."""
     if not cfg.data:
-        raise UserError("give at least one dataset with --data")
+        raise UserError("give at least one dataset", param="data")
     if not cfg.backbones:
-        raise UserError("give at least one backbone with --backbones")
+        raise UserError("give at least one backbone", param="backbones")
     for kind in cfg.classifiers:
         classify.make_classifier(kind, 1.0, cfg.normalise)  # validates the names before any work
     if cfg.folds < 2:
-        raise UserError("--folds must be at least 2")
+        raise UserError("must be at least 2", param="folds")
     for data in cfg.data:
         if not Path(data).exists():
-            raise UserError(f"dataset {data} does not exist")
+            raise UserError(f"dataset {data} does not exist", param="data")
     backbones: dict[str, dict] = {}
     sections, arrays = [], []
     for data in cfg.data:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import metrics
 from .advise import advise
 from .bundle import load_bundle
-from .device import configure_precision
-from .diagnostics import bootstrap_interval, model_details
+from .diagnostics import model_details
 from .errors import UserError
 from .evaluate import extraction_record, make_section, store_path
 from .extract import update_store
@@ -32,19 +32,18 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
                     weights: Path | None = None) -> tuple[dict, list[dict]]:
     """The report (JSON-ready) of ``bundle_path`` on the labelled folder ``data``, and the arrays its figures need."""
     if Path(bundle_path).suffix == ".keras":
-        raise UserError("--bundle takes a bundle from fit_svm.py (.joblib); compare fine-tuned networks with "
-                        "--finetune, or predict with one through predict.py")
+        raise UserError("takes a fitted classifier bundle (.joblib); compare fine-tuned networks in the grid, "
+                        "or predict with one", param="bundle")
     bundle = load_bundle(bundle_path)
     if bundle.classifier == "ridge":
-        raise UserError(f"{bundle_path} is a regression bundle; evaluate.py reports classifiers")
+        raise UserError(f"{bundle_path} is a regression bundle; the report is for classifiers", param="bundle")
     dataset = discover(data)
     if not dataset.labelled:
         raise UserError(f"{data} has no class labels: give a folder with one sub-folder per class, or a manifest "
-                        "with a label column")
+                        "with a label column", param="data")
     unknown = sorted(set(dataset.class_names) - set(bundle.class_names))
     if unknown:
-        raise UserError(f"{data} has classes the bundle was not trained on: {', '.join(unknown)}")
-    configure_precision("auto")
+        raise UserError(f"{data} has classes the bundle was not trained on: {', '.join(unknown)}", param="data")
     backbone = bundle_backbone(bundle, weights)
     path = store_path(features, data, bundle.backbone, (bundle.layer,))
     result = update_store(dataset, path, backbone, [bundle.layer], ResizePolicy(**bundle.store_config["resize"]),
@@ -60,7 +59,7 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
     cv = bundle.metrics.get("cross_validation", {})
     config = {
         "backbone": bundle.backbone, "layer": bundle.layer, "classifier": bundle.classifier,
-        **bootstrap_interval(y, proba.argmax(axis=1), seed=seed),
+        **{name: s.to_json() for name, s in metrics.bootstrap(y, proba.argmax(axis=1), seed=seed).items()},
         "chosen_C": {f"{bundle.C:g}": 1}, "fit_seconds": float(cv.get("fit_seconds", 0.0)),
         "training_cv_accuracy": cv.get("accuracy"),
         "extraction": extraction_record(result, store),

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .backbones.factory import create_model
 from .backbones.loading import Backbone, load_backbone
-from .device import configure_precision
 from .errors import UserError
 from .images import Dataset, ResizePolicy, discover
 from .loader import decoded_batches
@@ -31,7 +31,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Settings of one extraction; the defaults are what ``scripts/extract.py`` uses."""
+    """Settings of one extraction; the defaults are the command line's."""
 
     data: Path
     out: Path
@@ -78,15 +78,14 @@ def _fingerprint(path: Path) -> tuple[int, int]:
 def extract(cfg: ExtractConfig) -> ExtractResult:
     """Run (or resume, or update) the extraction described by ``cfg``."""
     if cfg.batch_size < 1:
-        raise UserError("batch size must be at least 1")
+        raise UserError("must be at least 1", param="batch_size")
     out = Path(cfg.out)
     if out.suffix not in (".h5", ".hdf5"):
-        raise UserError(f"--out must name an .h5 file, not {out}")
+        raise UserError(f"must name an .h5 file, not {out}", param="out")
     dataset = discover(cfg.data, unlabelled=cfg.unlabelled)
     if not dataset.paths and not dataset.skipped:
-        raise UserError(f"no images found in {cfg.data}")
-    configure_precision(cfg.precision)
-    backbone = load_backbone(cfg.backbone, cfg.weights)
+        raise UserError(f"no images found in {cfg.data}", param="data")
+    backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision)
     layers = backbone.check_layers(cfg.layers)
     policy = resize_policy(backbone.spec, cfg.resize)
     return update_store(dataset, out, backbone, layers, policy, batch_size=cfg.batch_size,
@@ -142,7 +141,7 @@ def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[s
     log.info("%d images: %d to extract, %d reused from %s, %d from an interrupted run",
              len(dataset), len(todo), reused, out.name, len(rows) - reused)
 
-    model = backbone.feature_model(layers)
+    model = create_model(backbone, "features", layers=layers)
     feature_dims = {name: int(o.shape[-1]) for name, o in zip(layers, model.outputs)}
     started = time.perf_counter()
     files = [dataset.root / dataset.paths[i] for i in todo]

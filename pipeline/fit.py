@@ -1,4 +1,8 @@
-"""The fit stage as a whole: store(s) in, cross-validated figures, metrics.json and bundles out."""
+"""The fit stage: store(s) in, cross-validated figures, metrics.json and bundles out.
+
+Classification (a linear SVM and a softmax) and regression (ridge on a numeric
+target) share one flow; a :class:`Task` holds what differs between them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -16,14 +21,17 @@ from . import classify, regress
 from .bundle import Bundle, save_bundle
 from .errors import UserError
 from .provenance import library_versions, now_iso
-from .store import read_store
+from .results import CVResult, FinalModel, Protocol
+from .store import FeatureStore, read_store
 
 log = logging.getLogger(__name__)
+
+_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "r2": "R2", "mae": "MAE"}
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Settings of one fit run; the defaults are what ``scripts/fit_svm.py`` uses."""
+    """Settings of one fit run; the defaults are the command line's."""
 
     store: Path
     out: Path
@@ -40,168 +48,186 @@ class FitConfig:
     jobs: int | None = None
 
 
-def fit(cfg: FitConfig) -> dict:
-    """Cross-validate, refit, save one bundle per classifier and ``metrics.json``; returns the metrics."""
-    started = time.perf_counter()
+def _classifiers(cfg: FitConfig) -> tuple[str, ...]:
     for kind in cfg.classifiers:
-        classify.make_classifier(kind, 1.0, cfg.normalise)  # validates the names early
+        classify.make_classifier(kind, 1.0, cfg.normalise)  # validates the names before any work
+    return tuple(cfg.classifiers)
+
+
+def _ridge(cfg: FitConfig) -> tuple[str, ...]:
+    if cfg.test_store is not None:
+        raise UserError("a separate test store is for classification; hold out a fraction for regression",
+                        param="test_store")
+    return ("ridge",)
+
+
+def _class_counts(store: FeatureStore, y) -> dict:
+    counts = np.bincount(y, minlength=len(store.class_names))
+    return {"classes": len(store.class_names), "class_names": list(store.class_names),
+            "class_counts": {n: int(c) for n, c in zip(store.class_names, counts)}}
+
+
+def _target_statistics(store: FeatureStore, y) -> dict:
+    return {"target": {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}}
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between classifying (labels) and regressing (numeric targets); :func:`fit`'s flow is one."""
+
+    name: str
+    kinds: Callable  # (cfg) -> model kinds, validated
+    targets: Callable  # (store) -> y
+    check: Callable  # (X, y, store, cfg, what) raises UserError
+    split: Callable  # (y, test_size, seed) -> (training rows, test rows)
+    cross_validate: Callable  # (X_by_layer, y, store, cfg) -> ([CVResult], Protocol)
+    fit_final: Callable  # (kind, X, y, cfg) -> (model, hyper-parameters)
+    held_out: Callable  # (model, X, y, store, data) -> HeldOut
+    describe: Callable  # (store, y) -> what metrics.json says of the data
+
+
+CLASSIFICATION = Task(
+    "classification", _classifiers, lambda store: store.labels,
+    lambda X, y, store, cfg, what: classify.check_training_data(X, y, store.class_names or [], what),
+    classify.split_test,
+    lambda X, y, store, cfg: classify.cross_validate(X, y, store.class_names, cfg.classifiers, cfg.folds,
+                                                     cfg.repeats, cfg.normalise, cfg.class_weight, cfg.seed, cfg.jobs),
+    lambda kind, X, y, cfg: classify.fit_final(kind, X, y, cfg.normalise, cfg.class_weight, cfg.seed),
+    lambda model, X, y, store, data: classify.held_out(model, X, y, store.class_names, data), _class_counts)
+
+REGRESSION = Task(
+    "regression", _ridge, lambda store: store.targets,
+    lambda X, y, store, cfg, what: regress.check_targets(X, y, cfg.folds, what), regress.split_test,
+    lambda X, y, store, cfg: regress.cross_validate(X, y, cfg.folds, cfg.repeats, cfg.normalise, cfg.seed,
+                                                    cfg.jobs),
+    lambda kind, X, y, cfg: regress.fit_final(X, y, cfg.normalise),
+    lambda model, X, y, store, data: regress.held_out(model, X, y, data), _target_statistics)
+
+
+@dataclass
+class FitResult:
+    """Everything the fit stage found and saved, as written to ``metrics.json``."""
+
+    task: str
+    store: str
+    run_dir: str
+    backbone: str
+    weights_checksum: str
+    images: int
+    dataset: dict  # classes and their counts, or the target's statistics
+    protocol: Protocol
+    results: list[CVResult]
+    best: CVResult
+    final: dict[str, FinalModel]
+    seconds: float
+    versions: dict
+    created: str
+
+    def to_json(self) -> dict:
+        return {**({"task": self.task} if self.task != "classification" else {}),
+                "store": self.store, "run_dir": self.run_dir, "backbone": self.backbone,
+                "weights_checksum": self.weights_checksum, "images": self.images, **self.dataset,
+                "protocol": asdict(self.protocol), "results": [r.to_json() for r in self.results],
+                "best": {"layer": self.best.layer, "classifier": self.best.classifier},
+                "final": {kind: m.to_json() for kind, m in self.final.items()}, "seconds": self.seconds,
+                "versions": self.versions, "created": self.created}
+
+    def format(self) -> str:
+        """The human-readable summary (the same figures as metrics.json)."""
+        p = self.protocol
+        regression = self.task == "regression"
+        first, second = ("r2", "mae") if regression else ("accuracy", "macro_f1")
+        if regression:
+            t = self.dataset["target"]
+            head = [f"{self.images} images, numeric target (mean {t['mean']:.3g}, sd {t['std']:.3g}), "
+                    f"backbone {self.backbone}",
+                    f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), alpha chosen by {p.inner}"]
+            columns = f"{'layer':14} {'model':10} {'R2':>8}  {'95% interval':15} {'MAE':>8}  {'alpha (most chosen)':15}"
+        else:
+            head = [f"{self.images} images, {self.dataset['classes']} classes, backbone {self.backbone}",
+                    f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), C chosen by {p.inner} "
+                    f"(seed {p.seed})"]
+            columns = (f"{'layer':14} {'classifier':10} {'accuracy':>8}  {'95% interval':15} {'macro-F1':>8}  "
+                       f"{'C (most chosen)':15}")
+        lines = [*head, *[f"note: {n}" for n in p.notes], "", columns]
+        for r in sorted(self.results, key=lambda r: -r.primary.mean):
+            a, b = r.scores[first], r.scores[second]
+            lines.append(f"{r.layer:14} {r.classifier:10} {a.mean:8.3f}  [{a.ci95[0]:.3f}, {a.ci95[1]:.3f}]  "
+                         f"{b.mean:{'8.4g' if regression else '8.3f'}}  {next(iter(r.chosen)):15}")
+        lines.append(f"\nbest: {self.best.classifier} on {self.best.layer}")
+        for m in self.final.values():
+            hyper = ", ".join(f"{k}={v:g}" for k, v in m.hyper.items())
+            line = f"saved {Path(self.run_dir) / m.bundle} ({m.layer}, {hyper})"
+            if m.test is not None:
+                line += f"; test on {m.test.data}: " + ", ".join(
+                    f"{_LABELS[name]} {value:.4g}" for name, value in m.test.scores.items())
+            lines.append(line)
+        lines.append(f"time: {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _held_out_rows(task: Task, store: FeatureStore, y, cfg: FitConfig):
+    """(training rows, test rows) for ``--test-size`` or explicit test paths; None without either."""
+    if cfg.test_paths is not None:
+        held = set(cfg.test_paths)
+        test = np.array([i for i, p in enumerate(store.paths) if p in held], dtype=int)
+        return np.setdiff1d(np.arange(len(y)), test), test
+    if cfg.test_size is not None:
+        return task.split(y, cfg.test_size, cfg.seed)
+    return None
+
+
+def fit(cfg: FitConfig) -> FitResult:
+    """Cross-validate, refit, save one bundle per model kind and ``metrics.json``."""
+    started = time.perf_counter()
     if cfg.folds < 2:
-        raise UserError("--folds must be at least 2")
+        raise UserError("must be at least 2", param="folds")
+    if sum(t is not None for t in (cfg.test_store, cfg.test_size, cfg.test_paths)) > 1:
+        raise UserError("give one way of testing: a test fraction, a test store or test paths", param="test_store")
     store = read_store(cfg.store)
+    task = REGRESSION if store.labels is None and store.targets is not None else CLASSIFICATION
+    kinds = task.kinds(cfg)
     layers = list(cfg.layers or store.layers)
     X = {layer: store.codes(layer) for layer in layers}
-    if store.labels is None and store.targets is not None:
-        return _fit_regression(cfg, store, X, started)
-    y, names = store.labels, store.class_names
+    y = task.targets(store)
     for layer in layers:
-        classify.check_training_data(X[layer], y, names or [], str(cfg.store))
+        task.check(X[layer], y, store, cfg, str(cfg.store))
 
     test = None
-    if sum(t is not None for t in (cfg.test_store, cfg.test_size, cfg.test_paths)) > 1:
-        raise UserError("give one of --test-size and --test, not both")
-    if cfg.test_size is not None or cfg.test_paths is not None:
-        if cfg.test_paths is not None:
-            held_out = set(cfg.test_paths)
-            test_idx = np.array([i for i, p in enumerate(store.paths) if p in held_out], dtype=int)
-            train_idx = np.array([i for i, p in enumerate(store.paths) if p not in held_out], dtype=int)
-        else:
-            train_idx, test_idx = classify.split_test(y, cfg.test_size, cfg.seed)
-        test = ({layer: X[layer][test_idx] for layer in layers}, y[test_idx], f"{len(test_idx)} held-out images")
-        X, y = {layer: X[layer][train_idx] for layer in layers}, y[train_idx]
+    rows = _held_out_rows(task, store, y, cfg)
+    if rows is not None:
+        train, held = rows
+        test = ({layer: X[layer][held] for layer in layers}, y[held], f"{len(held)} held-out images")
+        X, y = {layer: X[layer][train] for layer in layers}, y[train]
         for layer in layers:
-            classify.check_training_data(X[layer], y, names, f"{cfg.store} without its test split")
+            task.check(X[layer], y, store, cfg, f"{cfg.store} without its test split")
     elif cfg.test_store is not None:
         test_store = read_store(cfg.test_store)
         test = ({layer: test_store.codes(layer) for layer in layers},
                 classify.align_test_store(store, test_store), str(cfg.test_store))
 
-    results, protocol = classify.cross_validate(
-        X, y, names, cfg.classifiers, cfg.folds, cfg.repeats, cfg.normalise, cfg.class_weight, cfg.seed, cfg.jobs)
-    best = max(results, key=lambda r: r["accuracy"]["mean"])
+    results, protocol = task.cross_validate(X, y, store, cfg)
+    best = max(results, key=lambda r: r.primary.mean)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    layer_of = {kind: max((r for r in results if r["classifier"] == kind),
-                          key=lambda r: r["accuracy"]["mean"])["layer"] for kind in cfg.classifiers}
-    refits = Parallel(n_jobs=min(len(cfg.classifiers), cfg.jobs or os.cpu_count() or 1))(
-        delayed(classify.fit_final)(kind, X[layer_of[kind]], y, cfg.normalise, cfg.class_weight, cfg.seed)
-        for kind in cfg.classifiers)
+    chosen = {kind: max((r for r in results if r.classifier == kind), key=lambda r: r.primary.mean)
+              for kind in kinds}
+    refits = Parallel(n_jobs=min(len(kinds), cfg.jobs or os.cpu_count() or 1))(
+        delayed(task.fit_final)(kind, X[chosen[kind].layer], y, cfg) for kind in kinds)
     final = {}
-    for kind, (model, C) in zip(cfg.classifiers, refits):
-        layer = layer_of[kind]
-        mine = next(r for r in results if r["classifier"] == kind and r["layer"] == layer)
-        entry = {"layer": layer, "C": C, "bundle": f"{kind}.joblib"}
-        if test is not None:
-            entry["test"] = {"data": test[2], **classify.test_metrics(model, test[0][layer], test[1], names)}
+    for kind, (model, hyper) in zip(kinds, refits):
+        cv = chosen[kind]
+        final[kind] = FinalModel(cv.layer, hyper, f"{kind}.joblib", None if test is None else
+                                 task.held_out(model, test[0][cv.layer], test[1], store, test[2]))
         save_bundle(Bundle(
-            estimator=model, classifier=kind, layer=layer, class_names=list(names),
+            estimator=model, classifier=kind, layer=cv.layer, class_names=list(store.class_names or []),
             store_config=store.config.to_json(), weights_source=str(store.attrs.get("weights_source", "")),
-            C=C, normalise=cfg.normalise, metrics={"cross_validation": mine, **entry},
+            C=hyper["C"], normalise=cfg.normalise, metrics={"cross_validation": cv.to_json(),
+                                                            **final[kind].to_json()},
             versions=library_versions(), created=now_iso(),
-        ), cfg.out / entry["bundle"])
-        final[kind] = entry
+        ), cfg.out / final[kind].bundle)
 
-    counts = np.bincount(store.labels, minlength=len(names))
-    metrics = {
-        "store": str(cfg.store), "run_dir": str(cfg.out), "backbone": store.config.backbone,
-        "weights_checksum": store.config.weights_checksum,
-        "images": int(len(store)), "classes": len(names), "class_names": list(names),
-        "class_counts": {n: int(c) for n, c in zip(names, counts)},
-        "protocol": asdict(protocol), "results": results,
-        "best": {"layer": best["layer"], "classifier": best["classifier"]},
-        "final": final, "seconds": time.perf_counter() - started,
-        "versions": library_versions(), "created": now_iso(),
-    }
-    (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-def _fit_regression(cfg: FitConfig, store, X: dict, started: float) -> dict:
-    """Ridge on a numeric target: nested CV (R², MAE), one bundle on the best layer."""
-    y = store.targets
-    if cfg.test_store is not None:
-        raise UserError("--test with a separate store is for classification; use --test-size for regression")
-    train_idx, test_idx = np.arange(len(y)), np.array([], dtype=int)
-    if cfg.test_paths is not None:
-        held_out = set(cfg.test_paths)
-        test_idx = np.array([i for i, p in enumerate(store.paths) if p in held_out], dtype=int)
-        train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
-    elif cfg.test_size is not None:
-        rng = np.random.default_rng(cfg.seed)
-        test_idx = np.sort(rng.choice(len(y), size=max(1, round(cfg.test_size * len(y))), replace=False))
-        train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
-    for codes in X.values():
-        regress.check_targets(codes[train_idx], y[train_idx], cfg.folds, str(cfg.store))
-    results, protocol = regress.cross_validate_regression(
-        {layer: codes[train_idx] for layer, codes in X.items()}, y[train_idx], cfg.folds, cfg.repeats,
-        cfg.normalise, cfg.seed, cfg.jobs)
-    best = max(results, key=lambda r: r["r2"]["mean"])
-    layer = best["layer"]
-    model = regress.make_regressor(cfg.normalise).fit(X[layer][train_idx], y[train_idx])
-    alpha = float(model.named_steps["clf"].alpha_)
-    entry = {"layer": layer, "C": 1 / alpha, "alpha": alpha, "bundle": "ridge.joblib"}
-    if len(test_idx):
-        entry["test"] = {"data": f"{len(test_idx)} held-out images",
-                         **regress.test_metrics(model, X[layer][test_idx], y[test_idx])}
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    save_bundle(Bundle(
-        estimator=model, classifier="ridge", layer=layer, class_names=[], store_config=store.config.to_json(),
-        weights_source=str(store.attrs.get("weights_source", "")), C=1 / alpha, normalise=cfg.normalise,
-        metrics={"cross_validation": best, **entry}, versions=library_versions(), created=now_iso(),
-    ), cfg.out / entry["bundle"])
-    metrics = {
-        "task": "regression", "store": str(cfg.store), "run_dir": str(cfg.out), "backbone": store.config.backbone,
-        "weights_checksum": store.config.weights_checksum, "images": int(len(y)),
-        "target": {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())},
-        "protocol": asdict(protocol), "results": results, "best": {"layer": layer, "classifier": "ridge"},
-        "final": {"ridge": entry}, "seconds": time.perf_counter() - started,
-        "versions": library_versions(), "created": now_iso(),
-    }
-    (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-def _format_regression(metrics: dict) -> str:
-    p = metrics["protocol"]
-    lines = [f"{metrics['images']} images, numeric target (mean {metrics['target']['mean']:.3g}, "
-             f"sd {metrics['target']['std']:.3g}), backbone {metrics['backbone']}",
-             f"nested CV: {p['outer_folds']}-fold x {p['repeats']} repeat(s), alpha chosen by {p['inner']}", "",
-             f"{'layer':14} {'model':8} {'R2':>7}  {'95% interval':17} {'MAE':>9}"]
-    for r in sorted(metrics["results"], key=lambda r: -r["r2"]["mean"]):
-        lines.append(f"{r['layer']:14} {'ridge':8} {r['r2']['mean']:7.3f}  [{r['r2']['ci95'][0]:.3f}, "
-                     f"{r['r2']['ci95'][1]:.3f}]  {r['mae']['mean']:9.4g}")
-    entry = metrics["final"]["ridge"]
-    line = f"\nsaved {Path(metrics['run_dir']) / entry['bundle']} ({entry['layer']}, alpha={entry['alpha']:g})"
-    if "test" in entry:
-        line += f"; test on {entry['test']['data']}: R2 {entry['test']['r2']:.3f}, MAE {entry['test']['mae']:.4g}"
-    lines += [line, f"time: {metrics['seconds']:.1f} s"]
-    return "\n".join(lines)
-
-
-def format_metrics(metrics: dict) -> str:
-    """The human-readable summary printed by ``fit_svm.py`` (the same figures as metrics.json)."""
-    if metrics.get("task") == "regression":
-        return _format_regression(metrics)
-    p = metrics["protocol"]
-    lines = [
-        f"{metrics['images']} images, {metrics['classes']} classes, backbone {metrics['backbone']}",
-        f"nested CV: {p['outer_folds']}-fold x {p['repeats']} repeat(s), C chosen by {p['inner']} "
-        f"(seed {p['seed']})",
-        *[f"note: {n}" for n in p["notes"]],
-        "",
-        f"{'layer':14} {'classifier':10} {'accuracy':>8}  {'95% interval':15} {'macro-F1':>8}  {'C (most chosen)':15}",
-    ]
-    for r in sorted(metrics["results"], key=lambda r: -r["accuracy"]["mean"]):
-        acc, f1 = r["accuracy"], r["macro_f1"]
-        lines.append(
-            f"{r['layer']:14} {r['classifier']:10} {acc['mean']:8.3f}  "
-            f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]  {f1['mean']:8.3f}  {next(iter(r['chosen_C'])):15}"
-        )
-    best = metrics["best"]
-    lines.append(f"\nbest: {best['classifier']} on {best['layer']}")
-    for entry in metrics["final"].values():
-        line = f"saved {Path(metrics['run_dir']) / entry['bundle']} ({entry['layer']}, C={entry['C']:g})"
-        if "test" in entry:
-            t = entry["test"]
-            line += f"; test on {t['data']}: accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}"
-        lines.append(line)
-    lines.append(f"time: {metrics['seconds']:.1f} s")
-    return "\n".join(lines)
+    result = FitResult(task.name, str(cfg.store), str(cfg.out), store.config.backbone,
+                       store.config.weights_checksum, int(len(store)), task.describe(store, task.targets(store)),
+                       protocol, results, best, final, time.perf_counter() - started, library_versions(), now_iso())
+    (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result

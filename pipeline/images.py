@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,6 @@ IMAGE_EXTENSIONS = frozenset(
 )
 _JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 RESIZE_MODES = ("crop", "pad", "stretch")
-# Bombs are refused by ResizePolicy.max_pixels with a recorded reason; Pillow's own warning would only be noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
@@ -54,7 +51,7 @@ class ResizePolicy:
 
     def __post_init__(self):
         if self.mode not in RESIZE_MODES:
-            raise UserError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, not {self.mode!r}")
+            raise UserError(f"must be one of {', '.join(RESIZE_MODES)}, not {self.mode!r}", param="resize")
         if not 0 < self.crop_fraction <= 1:
             raise UserError(f"crop fraction must be in (0, 1], not {self.crop_fraction}")
         if self.interpolation not in _RESAMPLE:

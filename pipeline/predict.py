@@ -15,10 +15,10 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from .backbones.factory import create_model
 from .backbones.loading import Backbone, load_backbone
 from .backbones.registry import get_spec
 from .bundle import Bundle, load_bundle
-from .device import configure_precision
 from .errors import UserError
 from .extract import resize_policy
 from .images import ResizePolicy, _is_candidate, _walk
@@ -66,21 +66,20 @@ class Predictor:
     regression: bool = False  # then "probabilities" are the predicted values, [n, 1]
 
 
-def bundle_backbone(bundle: Bundle, weights=None) -> Backbone:
+def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Backbone:
     """The backbone a bundle's codes came from, refusing other weights than those it was trained on."""
-    backbone = load_backbone(bundle.backbone, weights)
+    backbone = load_backbone(bundle.backbone, weights, precision)
     if backbone.weights_checksum != bundle.store_config["weights_checksum"]:
         raise UserError(
             f"the installed {bundle.backbone} weights ({backbone.weights_source}) differ from those the bundle "
-            f"was trained on ({bundle.weights_source}); install those or pass them with --weights"
-        )
+            f"was trained on ({bundle.weights_source}); install those or give their file", param="weights")
     return backbone
 
 
-def _bundle_predictor(path: Path, weights) -> Predictor:
+def _bundle_predictor(path: Path, weights, precision: str) -> Predictor:
     bundle = load_bundle(path)
-    backbone = bundle_backbone(bundle, weights)
-    model = backbone.feature_model([bundle.layer])
+    backbone = bundle_backbone(bundle, weights, precision)
+    model = create_model(backbone, layers=[bundle.layer])
     if bundle.classifier == "ridge":
         return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
                          f"ridge regression on {bundle.backbone}/{bundle.layer}: predicted values",
@@ -100,7 +99,7 @@ def _keras_predictor(path: Path) -> Predictor:
         backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]
         model = keras.models.load_model(path)
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot load fine-tuned model {path}: {e}") from None
+        raise UserError(f"cannot load fine-tuned model {path}: {e}", param="model") from None
     size = int(model.input_shape[1])
     policy = dataclasses.replace(resize_policy(get_spec(backbone)), size=size)
     regression = class_names == []
@@ -109,10 +108,10 @@ def _keras_predictor(path: Path) -> Predictor:
                      lambda pixels, n: np.asarray(model.predict_on_batch(pixels), np.float64)[:n], regression)
 
 
-def load_predictor(path: str | Path, weights: str | Path | None = None) -> Predictor:
-    """A bundle from ``fit_svm.py`` (``.joblib``) or a model from ``finetune.py`` (``.keras``)."""
+def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto") -> Predictor:
+    """A bundle from the fit stage (``.joblib``) or a model from the fine-tuning stage (``.keras``)."""
     path = Path(path)
-    return _keras_predictor(path) if path.suffix == ".keras" else _bundle_predictor(path, weights)
+    return _keras_predictor(path) if path.suffix == ".keras" else _bundle_predictor(path, weights, precision)
 
 
 def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32,
@@ -121,9 +120,8 @@ def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: 
     """Top-k predictions for every image in ``inputs``, and a line saying what the probabilities are."""
     files, predictions = collect_images(inputs)
     if not files and not predictions:
-        raise UserError("no images given")
-    configure_precision(precision)
-    predictor = load_predictor(model_path, weights)
+        raise UserError("no images given", param="images")
+    predictor = load_predictor(model_path, weights, precision)
     k = max(1, min(top_k, len(predictor.class_names)))
     with tqdm(total=len(files), unit="img", desc="predict", disable=not progress or not files) as bar:
         for batch in decoded_batches(files, predictor.policy, batch_size):

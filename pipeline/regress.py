@@ -14,18 +14,26 @@ from collections import Counter
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.linear_model import RidgeCV
-from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import RepeatedKFold
 from sklearn.pipeline import Pipeline
 
-from .classify import Protocol, default_repeats, interval, scaler
+from . import metrics
+from .classify import check_test_size, default_repeats, scaler
 from .errors import UserError
+from .results import CVResult, HeldOut, Protocol
 
 ALPHAS = tuple(np.logspace(-2, 5, 8))
 
 
 def make_regressor(normalise: str = "standard") -> Pipeline:
     return Pipeline([("scale", scaler(normalise)), ("clf", RidgeCV(alphas=ALPHAS))])
+
+
+def fit_final(X: np.ndarray, y: np.ndarray, normalise: str = "standard") -> tuple[Pipeline, dict[str, float]]:
+    """Ridge on all of ``X``, its penalty chosen by leave-one-out; the model and ``{C: 1/alpha, alpha}``."""
+    model = make_regressor(normalise).fit(X, y)
+    alpha = float(model.named_steps["clf"].alpha_)
+    return model, {"C": 1 / alpha, "alpha": alpha}
 
 
 def check_targets(X: np.ndarray, y: np.ndarray, folds: int, what: str) -> None:
@@ -39,15 +47,23 @@ def check_targets(X: np.ndarray, y: np.ndarray, folds: int, what: str) -> None:
         raise UserError(f"{what}: every target is {y[0]}; there is nothing to regress")
 
 
+def split_test(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random held-out split fixed by ``seed``: (training rows, test rows)."""
+    check_test_size(test_size)
+    rng = np.random.default_rng(seed)
+    test = np.sort(rng.choice(len(y), size=max(1, round(test_size * len(y))), replace=False))
+    return np.setdiff1d(np.arange(len(y)), test), test
+
+
 def _outer_fold(X, y, train, test, normalise):
     started = time.perf_counter()
     model = make_regressor(normalise).fit(X[train], y[train])
-    predicted = model.predict(X[test])
-    return {"alpha": float(model.named_steps["clf"].alpha_), "r2": r2_score(y[test], predicted),
-            "mae": mean_absolute_error(y[test], predicted), "seconds": time.perf_counter() - started}
+    return {"alpha": float(model.named_steps["clf"].alpha_), "seconds": time.perf_counter() - started,
+            **metrics.regression_scores(y[test], model.predict(X[test]))}
 
 
-def cross_validate_regression(X_by_layer, y, folds=5, repeats=None, normalise="standard", seed=0, jobs=None):
+def cross_validate(X_by_layer, y, folds=5, repeats=None, normalise="standard", seed=0,
+                   jobs=None) -> tuple[list[CVResult], Protocol]:
     """Nested cross-validation of ridge on every layer, on the same outer folds."""
     repeats = repeats or default_repeats(len(y))
     outer = list(RepeatedKFold(n_splits=folds, n_repeats=repeats, random_state=seed).split(y))
@@ -60,17 +76,14 @@ def cross_validate_regression(X_by_layer, y, folds=5, repeats=None, normalise="s
     results = []
     for layer in X_by_layer:
         mine = [r for (lay, _), r in zip(tasks, done) if lay == layer]
-        results.append({
-            "layer": layer, "classifier": "ridge",
-            "r2": interval([r["r2"] for r in mine], len(y) - n_test, n_test, bounded=False),
-            "mae": interval([r["mae"] for r in mine], len(y) - n_test, n_test, bounded=False),
-            "chosen_alpha": {f"{a:g}": n for a, n in Counter(r["alpha"] for r in mine).most_common()},
-            "fit_seconds": float(sum(r["seconds"] for r in mine)),
-        })
+        results.append(CVResult(
+            layer, "ridge",
+            {name: metrics.nadeau_bengio([r[name] for r in mine], len(y) - n_test, n_test, bounded=False)
+             for name in ("r2", "mae")},
+            {f"{a:g}": n for a, n in Counter(r["alpha"] for r in mine).most_common()}, hyper="alpha",
+            fit_seconds=float(sum(r["seconds"] for r in mine))))
     return results, protocol
 
 
-def test_metrics(model, X, y) -> dict:
-    predicted = model.predict(X)
-    return {"images": int(len(y)), "r2": float(r2_score(y, predicted)),
-            "mae": float(mean_absolute_error(y, predicted))}
+def held_out(model, X, y, data: str) -> HeldOut:
+    return HeldOut(data, int(len(y)), metrics.regression_scores(y, model.predict(X)))

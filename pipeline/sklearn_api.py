@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .backbones.factory import create_model
 from .backbones.loading import cache_dir, load_backbone
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, resize_policy, update_store
@@ -62,7 +63,7 @@ class CodesTransformer(TransformerMixin, BaseEstimator):
         _as_paths(X)
         backbone = _backbone(self.backbone, None if self.weights is None else str(self.weights))
         backbone.check_layers([self.layer])
-        self.n_features_out_ = int(backbone.feature_model([self.layer]).outputs[0].shape[-1])
+        self.n_features_out_ = int(create_model(backbone, layers=[self.layer]).outputs[0].shape[-1])
         return self
 
     def transform(self, X):

@@ -87,8 +87,7 @@ def refuse_mismatch(existing: StoreConfig, wanted: StoreConfig, where: Path) -> 
         raise UserError(
             f"{where} was made with a different {', '.join(diff)} "
             f"(backbone {existing.backbone}, layers {','.join(existing.layers)}); "
-            "use another --out or delete it"
-        )
+            "write to another file or delete it", param="out")
 
 
 @dataclass

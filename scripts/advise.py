@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import cli
 from pipeline.advise import advise, write_advice
 
 EXAMPLES = """\
-  python scripts/advise.py data/tuxpaint
-  python scripts/advise.py features/tuxpaint_efficientnet_lite0.h5      # the images behind a store
-  python scripts/advise.py data/fashion_mnist --sample 300 --json advice.json
+  {prog} data/tuxpaint
+  {prog} features/tuxpaint_efficientnet_lite0.h5      # the images behind a store
+  {prog} data/fashion_mnist --sample 300 --json advice.json
 
 small:   under 1,000 images or a median class under 100 images
 similar: BatchNorm divergence from ImageNet statistics under 0.1
@@ -18,15 +18,18 @@ similar: BatchNorm divergence from ImageNet statistics under 0.1
   large + unlike   -> fine-tune the whole network"""
 
 
-def main() -> int:
-    p = cli.parser(__doc__, EXAMPLES)
+def build_parser(prog: str | None = None):
+    p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("source", type=Path, help="image folder, CSV manifest, or a feature store (.h5)")
     p.add_argument("--backbone", help="backbone to measure with (default: the store's, or efficientnet_lite0)")
     p.add_argument("--sample", type=int, default=200, help="images used for the similarity (default 200)")
     p.add_argument("--seed", type=int, default=0, help="fixes the sample (default 0)")
     p.add_argument("--weights", type=Path, help="local weights file for the backbone")
     p.add_argument("--json", type=Path, help="also write the figures and verdict as JSON")
-    args = p.parse_args()
+    return p
+
+
+def main(args) -> int:
     advice = advise(args.source, args.backbone, args.sample, args.seed, args.weights)
     print(advice.format())
     if args.json:
@@ -35,4 +38,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(build_parser, main)

@@ -1,11 +1,13 @@
-"""Compare backbones, layers, classifiers (and fine-tuning) on labelled image folders, or report how a saved
-bundle does on a new labelled folder, in one report: report.html (self-contained), report.md, report.json."""
+"""Compare backbones, layers, classifiers and fine-tuning in one report, or report a saved bundle on new images.
+
+Writes report.html (self-contained), report.md and report.json with the same numbers."""
 
 import shlex
 import sys
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import cli
+from pipeline.errors import UserError
 from pipeline.classify import CLASSIFIERS
 from pipeline.evaluate import EvaluateConfig, evaluate
 from pipeline.evaluate_bundle import evaluate_bundle
@@ -13,11 +15,11 @@ from pipeline.extract import DEFAULT_BACKBONE
 from pipeline.report import format_summary, write_report
 
 EXAMPLES = """\
-  python scripts/evaluate.py --data data/tuxpaint --backbones efficientnet_lite0 mobilenet_v2 --out reports/tuxpaint
-  python scripts/evaluate.py --data data/a data/b --backbones efficientnet_lite0 efficientnet_lite2 \\
+  {prog} --data data/tuxpaint --backbones efficientnet_lite0 mobilenet_v2 --out reports/tuxpaint
+  {prog} --data data/a data/b --backbones efficientnet_lite0 efficientnet_lite2 \\
       --layers stage6 penultimate --classifiers svm softmax --out reports/ab
-  python scripts/evaluate.py --data data/tuxpaint --finetune --epochs 3 3 --image-size 160 --out reports/ft
-  python scripts/evaluate.py --bundle runs/tuxpaint/linear/svm.joblib --data new_photos/ --out reports/new
+  {prog} --data data/tuxpaint --finetune --epochs 3 3 --image-size 160 --out reports/ft
+  {prog} --bundle runs/tuxpaint/linear/svm.joblib --data new_photos/ --out reports/new
 
 Codes are cached in --features (one store per dataset, backbone and layer set): a rerun with one
 more backbone extracts only that backbone. Every configuration of a dataset is scored on the same
@@ -25,8 +27,8 @@ cross-validation folds, so the report can say which differences are real. --fine
 network per fold of the first repeat, which takes long without a GPU."""
 
 
-def main() -> int:
-    p = cli.parser(__doc__, EXAMPLES)
+def build_parser(prog: str | None = None):
+    p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("--data", type=Path, nargs="+", required=True,
                    help="labelled folders (one sub-folder per class) or CSV manifests; with --bundle, one test folder")
     p.add_argument("--out", type=Path, help="report folder (default reports/<data>)")
@@ -46,13 +48,15 @@ def main() -> int:
     p.add_argument("--no-advice", action="store_true", help="skip the advisor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    args = p.parse_args()
-    cli.set_verbosity(args.quiet, False)
+    return p
+
+
+def main(args) -> int:
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
     out = args.out or Path("reports") / "_".join(d.resolve().stem for d in args.data)
     if args.bundle:
         if len(args.data) != 1:
-            p.error("--bundle takes one --data folder")
+            raise UserError("takes one dataset folder", param="bundle")
         report, arrays = evaluate_bundle(args.bundle, args.data[0], args.features, args.seed, not args.no_advice,
                                          command, not args.quiet)
     else:
@@ -68,4 +72,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(build_parser, main)

@@ -2,18 +2,19 @@
 
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import cli
+from pipeline.errors import UserError
 from pipeline.backbones.registry import available, get_spec
 from pipeline.device import PRECISIONS
 from pipeline.extract import DEFAULT_BACKBONE, ExtractConfig, extract
 from pipeline.images import RESIZE_MODES
 
 EXAMPLES = """\
-  python scripts/extract.py data/tuxpaint --out features/tuxpaint.h5
-  python scripts/extract.py photos/ --backbone mobilenet_v2 --layers stage4 penultimate --out f.h5
-  python scripts/extract.py labels.csv --out f.h5          # CSV manifest with columns path,label
-  python scripts/extract.py data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
-  python scripts/extract.py --list-backbones
+  {prog} data/tuxpaint --out features/tuxpaint.h5
+  {prog} photos/ --backbone mobilenet_v2 --layers stage4 penultimate --out f.h5
+  {prog} labels.csv --out f.h5          # CSV manifest with columns path,label
+  {prog} data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
+  {prog} --list-backbones
 
 Rerunning the same command resumes an interrupted run and, on a changed folder,
 extracts only new and changed images; removed images leave the store."""
@@ -23,11 +24,12 @@ def list_backbones() -> None:
     for name in available():
         spec = get_spec(name)
         where = "offline" if spec.offline else "download"
-        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)}")
+        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)}\n"
+              f"{'':24} {spec.description}")
 
 
-def main() -> int:
-    p = cli.parser(__doc__, EXAMPLES)
+def build_parser(prog: str | None = None):
+    p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("data", nargs="?", type=Path,
                    help="folder with one sub-folder per class, an unlabelled folder, or a CSV manifest")
     p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>.h5)")
@@ -45,13 +47,15 @@ def main() -> int:
     p.add_argument("--list-backbones", action="store_true", help="list the registered backbones and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = p.parse_args()
-    cli.set_verbosity(args.quiet, args.verbose)
+    return p
+
+
+def main(args) -> int:
     if args.list_backbones:
         list_backbones()
         return 0
     if args.data is None:
-        p.error("the DATA argument is required")
+        raise UserError("required (or --list-backbones)", param="data")
     out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}.h5"
     result = extract(ExtractConfig(
         data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers), weights=args.weights,
@@ -63,4 +67,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(build_parser, main)

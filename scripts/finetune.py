@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import cli
 from pipeline.device import PRECISIONS
 from pipeline.extract import DEFAULT_BACKBONE
 from pipeline.finetune import OPTIMIZERS, FinetuneConfig, finetune
 
 EXAMPLES = """\
-  python scripts/finetune.py data/tuxpaint --out runs/tuxpaint_finetuned --image-size 128
-  python scripts/finetune.py data/fashion_mnist --out runs/fashion --unfreeze 60 --optimizer sgd
+  {prog} data/tuxpaint --out runs/tuxpaint_finetuned --image-size 128
+  {prog} data/fashion_mnist --out runs/fashion --unfreeze 60 --optimizer sgd
   python scripts/predict.py runs/tuxpaint_finetuned/model.keras photo.jpg
 
 Phase 1 trains the head (started from a linear probe on the training split's
@@ -20,8 +20,8 @@ Writes model.keras, classes.json, history.json, curves.png and metrics.json
 (the same form as fit_svm.py's, so the two compare directly)."""
 
 
-def main() -> int:
-    p = cli.parser(__doc__, EXAMPLES)
+def build_parser(prog: str | None = None):
+    p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
@@ -44,9 +44,11 @@ def main() -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines, warnings only")
-    args = p.parse_args()
-    cli.set_verbosity(args.quiet, False)
-    metrics = finetune(FinetuneConfig(
+    return p
+
+
+def main(args) -> int:
+    result = finetune(FinetuneConfig(
         data=args.data, out=args.out, backbone=args.backbone, image_size=args.image_size,
         head_epochs=args.epochs[0], finetune_epochs=args.epochs[1], unfreeze=args.unfreeze,
         unfreeze_from=args.unfreeze_from,
@@ -55,18 +57,17 @@ def main() -> int:
         class_weight=None if args.class_weight == "none" else "balanced", probe=not args.no_probe,
         batch_size=args.batch_size, seed=args.seed, precision=args.precision, progress=not args.quiet,
     ))
-    result = metrics["results"][0]
-    images = metrics["final"]["finetune"]["validation_images"]
-    if metrics["task"] == "regression":
-        print(f"validation R2 {result['r2']['mean']:.3f}, MAE {result['mae']['mean']:.4g} on {images} images; "
-              f"training took {result['fit_seconds']:.0f} s")
+    v, images = result.validation, result.validation_images
+    if result.task == "regression":
+        print(f"validation R2 {v.scores['r2'].mean:.3f}, MAE {v.scores['mae'].mean:.4g} on {images} images; "
+              f"training took {v.fit_seconds:.0f} s")
     else:
-        acc = result["accuracy"]
-        print(f"validation accuracy {acc['mean']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] on "
-              f"{images} images; training took {result['fit_seconds']:.0f} s")
+        acc = v.scores["accuracy"]
+        print(f"validation accuracy {acc.mean:.3f} [{acc.ci95[0]:.3f}, {acc.ci95[1]:.3f}] on "
+              f"{images} images; training took {v.fit_seconds:.0f} s")
     print(f"saved {args.out / 'model.keras'}")
     return 0
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(build_parser, main)

@@ -2,22 +2,22 @@
 
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import cli
 from pipeline.classify import CLASSIFIERS, NORMALISATIONS
-from pipeline.fit import FitConfig, fit, format_metrics
+from pipeline.fit import FitConfig, fit
 
 EXAMPLES = """\
-  python scripts/fit_svm.py features/tuxpaint.h5 --out runs/tuxpaint
-  python scripts/fit_svm.py f.h5 --out runs/x --classifier softmax --class-weight balanced
-  python scripts/fit_svm.py f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
-  python scripts/fit_svm.py train.h5 --out runs/x --test test.h5         # plus a separate test store
+  {prog} features/tuxpaint.h5 --out runs/tuxpaint
+  {prog} f.h5 --out runs/x --classifier softmax --class-weight balanced
+  {prog} f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
+  {prog} train.h5 --out runs/x --test test.h5         # plus a separate test store
 
 Writes RUN_DIR/metrics.json (every figure printed), and RUN_DIR/svm.joblib and/or
 RUN_DIR/softmax.joblib with their .sha256; predict with scripts/predict.py."""
 
 
-def main() -> int:
-    p = cli.parser(__doc__, EXAMPLES)
+def build_parser(prog: str | None = None):
+    p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("store", type=Path, help="feature store written by scripts/extract.py")
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and the bundles")
     p.add_argument("--classifier", choices=[*CLASSIFIERS, "both"], default="both", help="default: both")
@@ -28,23 +28,25 @@ def main() -> int:
     p.add_argument("--repeats", type=int, help="outer repeats (default: 3 under 1,000 images, else 1)")
     p.add_argument("--class-weight", choices=["balanced"], help="weight classes inversely to their size")
     p.add_argument("--test-size", type=float, help="also hold out this fraction as a stratified test split")
-    p.add_argument("--test", type=Path, help="also evaluate on this labelled test store")
+    p.add_argument("--test", dest="test_store", type=Path, help="also evaluate on this labelled test store")
     p.add_argument("--seed", type=int, default=0, help="fixes every split (default 0)")
     p.add_argument("--jobs", type=int, help="parallel processes for the folds (default: number of CPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = p.parse_args()
-    cli.set_verbosity(args.quiet, args.verbose)
+    return p
+
+
+def main(args) -> int:
     metrics = fit(FitConfig(
         store=args.store, out=args.out,
         classifiers=CLASSIFIERS if args.classifier == "both" else (args.classifier,),
         layers=tuple(args.layers) if args.layers else None, normalise=args.normalise, folds=args.folds,
         repeats=args.repeats, class_weight=args.class_weight, test_size=args.test_size,
-        test_store=args.test, seed=args.seed, jobs=args.jobs,
+        test_store=args.test_store, seed=args.seed, jobs=args.jobs,
     ))
-    print(format_metrics(metrics))
+    print(metrics.format())
     return 0
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(build_parser, main)

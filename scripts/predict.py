@@ -2,20 +2,20 @@
 
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import cli
 from pipeline.predict import predict_images, write_csv
 
 EXAMPLES = """\
-  python scripts/predict.py runs/tuxpaint/svm.joblib photo.jpg
-  python scripts/predict.py runs/tuxpaint/softmax.joblib new_photos/ --top-k 3 --out predictions.csv
-  python scripts/predict.py runs/tuxpaint/svm.joblib 'shots/**/*.jpg'
-  python scripts/predict.py runs/tuxpaint_finetuned/model.keras photo.jpg
+  {prog} runs/tuxpaint/svm.joblib photo.jpg
+  {prog} runs/tuxpaint/softmax.joblib new_photos/ --top-k 3 --out predictions.csv
+  {prog} runs/tuxpaint/svm.joblib 'shots/**/*.jpg'
+  {prog} runs/tuxpaint_finetuned/model.keras photo.jpg
 
 Images that cannot be decoded are listed with their reason, never dropped."""
 
 
-def main() -> int:
-    p = cli.parser(__doc__, EXAMPLES)
+def build_parser(prog: str | None = None):
+    p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("model", type=Path, help="a .joblib bundle (fit_svm.py) or a .keras model (finetune.py)")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
@@ -23,8 +23,10 @@ def main() -> int:
     p.add_argument("--weights", type=Path, help="the local backbone weights the bundle was extracted with")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
-    args = p.parse_args()
-    cli.set_verbosity(args.quiet, False)
+    return p
+
+
+def main(args) -> int:
     predictions, description = predict_images(args.model, args.images, args.top_k, args.batch_size, args.weights,
                                               progress=not args.quiet)
     print(description)
@@ -44,4 +46,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(build_parser, main)

@@ -2,23 +2,22 @@
 
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import cli
 from pipeline.end_to_end import FINETUNE_CHOICES, RunConfig, format_summary, run
-from pipeline.fit import format_metrics
 from pipeline.extract import DEFAULT_BACKBONE
 
 EXAMPLES = """\
-  python scripts/run.py data/tuxpaint
-  python scripts/run.py data/fashion_mnist --image-size 64 --epochs 3 3
-  python scripts/run.py photos/ --finetune always --out runs/photos
+  {prog} data/tuxpaint
+  {prog} data/fashion_mnist --image-size 64 --epochs 3 3
+  {prog} photos/ --finetune always --out runs/photos
 
 Writes OUT/summary.md and OUT/summary.json (what was chosen and why, with the
 figures), OUT/features.h5, OUT/linear/ (fit_svm.py's outputs) and, when it ran,
 OUT/finetune/ (finetune.py's). Every candidate is scored on the same held-out images."""
 
 
-def main() -> int:
-    p = cli.parser(__doc__, EXAMPLES)
+def build_parser(prog: str | None = None):
+    p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a CSV manifest")
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
@@ -29,17 +28,19 @@ def main() -> int:
     p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
-    args = p.parse_args()
-    cli.set_verbosity(args.quiet, False)
+    return p
+
+
+def main(args) -> int:
     out = args.out or Path("runs") / args.data.resolve().name
-    summary = run(RunConfig(data=args.data, out=out, backbone=args.backbone, test_size=args.test_size,
+    result = run(RunConfig(data=args.data, out=out, backbone=args.backbone, test_size=args.test_size,
                             finetune=args.finetune, image_size=args.image_size, epochs=tuple(args.epochs),
                             seed=args.seed, progress=not args.quiet))
-    print(format_metrics(summary["fit"]) + "\n")
-    print(format_summary(summary))
+    print(result.fit.format() + "\n")
+    print(format_summary(result.to_json()))
     print(f"\nwrote {out / 'summary.md'}")
     return 0
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(build_parser, main)

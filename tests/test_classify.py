@@ -16,7 +16,7 @@ from conftest import ROOT, blobs, write_store
 from pipeline import classify
 from pipeline.bundle import load_bundle, save_bundle
 from pipeline.errors import UserError
-from pipeline.fit import FitConfig, fit, format_metrics
+from pipeline.fit import FitConfig, fit
 from pipeline.linear_svm import LinearSVM, svm_path
 
 
@@ -50,7 +50,7 @@ def test_svm_path_equals_separate_fits():
 
 def _fit(tmp_path, layers, y, names, **kwargs):
     store = write_store(tmp_path / "f.h5", layers, y, names)
-    return fit(FitConfig(store=store, out=tmp_path / "run", jobs=1, **kwargs))
+    return fit(FitConfig(store=store, out=tmp_path / "run", jobs=1, **kwargs)).to_json()
 
 
 def test_fit_picks_the_informative_layer_and_writes_everything(tmp_path):
@@ -69,9 +69,10 @@ def test_fit_picks_the_informative_layer_and_writes_everything(tmp_path):
         probabilities = bundle.estimator.predict_proba(X[:5])
         np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert on_disk["results"] == json.loads(json.dumps(metrics["results"]))
+    assert on_disk == json.loads(json.dumps(metrics))
     assert on_disk["protocol"]["outer_folds"] == 5 and on_disk["protocol"]["repeats"] == 3
-    assert "best: " in format_metrics(metrics)
+    assert "best: svm on signal" in fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "again", jobs=1,
+                                                  classifiers=("svm",))).format()
 
 
 def test_choice_of_C_never_sees_the_outer_test_fold(monkeypatch):
@@ -103,9 +104,9 @@ def test_held_out_test_split_and_test_store(tmp_path):
     assert sum(metrics["results"][0]["per_class"][c]["support"] for c in "abc") == 90 * 3  # 3 repeats
     Xt, _, yt = blobs((10, 10, 10), seed=0)
     test_store = write_store(tmp_path / "t.h5", {"x": Xt}, yt, ["a", "b", "c"])
-    metrics = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run2", classifiers=("softmax",),
-                            test_store=test_store, jobs=1))
-    assert metrics["final"]["softmax"]["test"]["images"] == 30
+    result = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run2", classifiers=("softmax",),
+                           test_store=test_store, jobs=1))
+    assert result.final["softmax"].test.images == 30
 
 
 @pytest.mark.parametrize("case,message", [

@@ -59,7 +59,7 @@ def test_report_numbers_equal_the_fit_stage_on_the_same_folds(grid, tmp_path):
     assert len(section["configs"]) == 4
     for backbone in ("efficientnet_lite0", "mobilenet_v2"):
         store = store_path(grid["base"] / "features", grid["data"], backbone, ("penultimate",))
-        metrics = fit(FitConfig(store=store, out=tmp_path / backbone, folds=3, repeats=1, seed=0))
+        metrics = fit(FitConfig(store=store, out=tmp_path / backbone, folds=3, repeats=1, seed=0)).to_json()
         for r in metrics["results"]:
             mine = next(c for c in section["configs"]
                         if (c["backbone"], c["classifier"]) == (backbone, r["classifier"]))
@@ -140,11 +140,11 @@ def test_bundle_report_agrees_with_predict(grid, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "no/such/folder"], "dataset no/such/folder does not exist"),
+    (["--data", "no/such/folder"], "--data: dataset no/such/folder does not exist"),
     (["--data", "x", "--bundle", "no/such.joblib"], "bundle no/such.joblib does not exist"),
-    (["--data", "x", "--classifiers", "svm", "--folds", "1"], "--folds must be at least 2"),
-    (["--data", "x", "--bundle", "model.keras"], "--bundle takes a bundle from fit_svm.py (.joblib); compare "
-     "fine-tuned networks with --finetune, or predict with one through predict.py"),
+    (["--data", "x", "--classifiers", "svm", "--folds", "1"], "--folds: must be at least 2"),
+    (["--data", "x", "--bundle", "model.keras"], "--bundle: takes a fitted classifier bundle (.joblib); compare "
+     "fine-tuned networks in the grid, or predict with one"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), *args, "--out", str(tmp_path)],

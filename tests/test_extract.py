@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, write_images
-from pipeline.device import configure_precision
+from pipeline.backbones.factory import create_model
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract, resize_policy
 from pipeline.images import decode_image
@@ -65,7 +65,7 @@ def test_extract_writes_codes_labels_and_skipped_files(dataset, tmp_path, backbo
     backbone = backbones(BACKBONE)
     spec = backbone.spec
     pixels = decode_image(dataset / store.paths[3], resize_policy(spec))
-    direct = backbone.feature_model(["penultimate"]).predict_on_batch(np.repeat(pixels[None], 8, axis=0))
+    direct = create_model(backbone).predict_on_batch(np.repeat(pixels[None], 8, axis=0))
     np.testing.assert_allclose(codes[3], np.asarray(direct)[0], rtol=1e-4, atol=1e-5)
 
 
@@ -139,13 +139,10 @@ def test_input_errors(tmp_path):
 def test_mixed_precision_policy_gives_the_same_codes(dataset, tmp_path):
     """The GPU path's mixed precision, exercised on the CPU with bfloat16: codes stay float32 and close."""
     run(dataset, tmp_path / "f32.h5", precision="float32")
-    try:
-        run(dataset, tmp_path / "bf16.h5", precision="mixed_bfloat16")
-        assert keras.config.dtype_policy().name == "mixed_bfloat16"
-    finally:
-        configure_precision("float32")
+    run(dataset, tmp_path / "bf16.h5", precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32", "the policy applies to the run's models only"
     a, b = read_store(tmp_path / "f32.h5").codes(), read_store(tmp_path / "bf16.h5").codes()
-    assert b.dtype == np.float32
+    assert b.dtype == np.float32 and not np.array_equal(a, b), "bfloat16 was really used"
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.98
 

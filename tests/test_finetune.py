@@ -19,7 +19,7 @@ def finetuned(tmp_path_factory):
     write_images(root / "data", {"red": 10, "green": 10}, size=48)
     cfg = FinetuneConfig(data=root / "data", out=root / "run", image_size=64, head_epochs=2, finetune_epochs=1,
                          unfreeze=10, batch_size=8, progress=False)
-    return cfg, finetune(cfg)
+    return cfg, finetune(cfg).to_json()
 
 
 def test_outputs_in_the_fit_stage_form(finetuned):
@@ -48,9 +48,9 @@ def test_rerun_after_phase_one_resumes(finetuned, caplog):
     import logging
 
     with caplog.at_level(logging.INFO):
-        metrics = finetune(cfg)
+        result = finetune(cfg)
     assert "phase 1 already done" in caplog.text
-    assert np.isfinite(metrics["results"][0]["accuracy"]["mean"])
+    assert np.isfinite(result.validation.scores["accuracy"].mean)
 
 
 def test_unlabelled_folder_is_refused(tmp_path):
@@ -62,27 +62,41 @@ def test_unlabelled_folder_is_refused(tmp_path):
 def test_head_starts_as_the_linear_probe(backbones):
     import keras
 
+    from pipeline.backbones.factory import create_model
     from pipeline.classify import fit_final
-    from pipeline.finetune import build_model, init_head_from_probe
+    from pipeline.finetune import augmentation, init_head_from_probe
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (12, 64, 64, 3)).astype(np.uint8)
     labels = np.repeat([0, 1, 2], 4)
-    model, base = build_model(backbones("efficientnet_lite0"), 3, 64, None, augment=True, seed=0)
-    init_head_from_probe(model, base, pixels, labels, batch_size=4, seed=0)
+    model = create_model(backbones("efficientnet_lite0"), "finetune", classes=3, input_size=64,
+                         augmentation=augmentation(0))
+    init_head_from_probe(model, pixels, labels, batch_size=4, seed=0)
     codes = keras.Model(model.inputs, model.get_layer("pool").output).predict(pixels, verbose=0)
     probe, _ = fit_final("softmax", codes, labels)
     np.testing.assert_allclose(model.predict(pixels, verbose=0), probe.predict_proba(codes), atol=1e-4)
 
 
 def test_phase_two_unfreezes_from_a_named_block(backbones):
-    from pipeline.finetune import _frozen_in_phase_two, build_model
+    import keras
 
-    _, base = build_model(backbones("efficientnet_lite0"), 2, 64, None, augment=False, seed=0)
+    from pipeline.backbones.factory import create_model, set_trainable
+    from pipeline.finetune import first_trainable
+
+    model = create_model(backbones("efficientnet_lite0"), "finetune", classes=2, input_size=64)
+    base = model.get_layer("base")
     names = [layer.name for layer in base.layers]
-    frozen = _frozen_in_phase_two(base, FinetuneConfig(data=None, out=None, unfreeze_from="stage5"))
-    assert [layer.name for layer in frozen] == names[: names.index("stage5")]
-    last = _frozen_in_phase_two(base, FinetuneConfig(data=None, out=None, unfreeze=4))
-    assert len([layer for layer in base.layers if layer.weights]) - len(last) == 4
+    assert not base.trainable_weights and model.trainable_weights, "phase 1: only the head trains"
+
+    def trained(cfg):
+        set_trainable(model, first_trainable(base, cfg))
+        return [layer.name for layer in base.layers if layer.trainable_weights]
+
+    from_stage5 = trained(FinetuneConfig(data=None, out=None, unfreeze_from="stage5"))
+    assert from_stage5 and all(names.index(n) > names.index("stage5") for n in from_stage5)
+    assert not any(isinstance(base.get_layer(n), keras.layers.BatchNormalization) for n in from_stage5)
+    weighted = [layer.name for layer in base.layers if layer.weights]
+    last = trained(FinetuneConfig(data=None, out=None, unfreeze=4))
+    assert set(last) == {n for n in weighted[-4:] if not n.startswith("_bn") and "_bn" not in n}
     with pytest.raises(UserError, match="no layer 'nope'.*stage5"):
-        _frozen_in_phase_two(base, FinetuneConfig(data=None, out=None, unfreeze_from="nope"))
+        trained(FinetuneConfig(data=None, out=None, unfreeze_from="nope"))

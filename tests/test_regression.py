@@ -9,7 +9,7 @@ from PIL import Image
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
 from pipeline.finetune import FinetuneConfig, finetune
-from pipeline.fit import FitConfig, fit, format_metrics
+from pipeline.fit import FitConfig, fit
 from pipeline.images import discover
 from pipeline.predict import predict_images, write_csv
 from pipeline.store import read_store
@@ -46,12 +46,13 @@ def test_manifest_targets_reach_the_store(brightness, tmp_path):
 
 def test_ridge_with_cross_validation_and_value_predictions(brightness, tmp_path):
     extract(ExtractConfig(data=brightness / "targets.csv", out=tmp_path / "f.h5", progress=False))
-    metrics = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", test_size=0.25, jobs=1))
+    fitted = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", test_size=0.25, jobs=1))
+    metrics = fitted.to_json()
     result = metrics["results"][0]
     assert metrics["task"] == "regression" and result["classifier"] == "ridge"
     assert result["r2"]["mean"] > 0.5 and 0 < result["mae"]["mean"] < 0.6  # chance: R2 about 0
     assert metrics["final"]["ridge"]["test"]["images"] == 10
-    assert "R2" in format_metrics(metrics)
+    assert "R2" in fitted.format()
     predictions, description = predict_images(tmp_path / "run" / "ridge.joblib",
                                                [brightness / "img_00.png", brightness / "img_01.png"], progress=False)
     assert "predicted values" in description
@@ -65,7 +66,8 @@ def test_ridge_with_cross_validation_and_value_predictions(brightness, tmp_path)
 
 def test_finetuning_a_regression_head(brightness, tmp_path):
     metrics = finetune(FinetuneConfig(data=brightness / "targets.csv", out=tmp_path / "ft", image_size=64,
-                                      head_epochs=2, finetune_epochs=1, unfreeze=5, batch_size=8, progress=False))
+                                      head_epochs=2, finetune_epochs=1, unfreeze=5, batch_size=8,
+                                      progress=False)).to_json()
     result = metrics["results"][0]
     assert metrics["task"] == "regression" and set(result) >= {"r2", "mae"}
     assert result["mae"]["mean"] < 0.6, "the head starts from ridge on the codes, so it is close already"

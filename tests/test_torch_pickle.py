@@ -6,14 +6,16 @@ import collections
 import importlib.resources
 import io
 import pickle
+import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
 
+from conftest import ROOT, write_images
 from pipeline.backbones.torch_pickle import (
-    MAGIC_NUMBER, PROTOCOL_VERSION, UnsafePickleError, load_legacy_state_dict,
+    MAGIC_NUMBER, PROTOCOL_VERSION, TorchFileError, UnsafePickleError, load_legacy_state_dict,
 )
 
 
@@ -119,3 +121,56 @@ def test_reads_the_real_efficientnet_lite0_file():
     assert sd["_fc.weight"].shape == (1000, 1280)
     assert sd["_bn0.num_batches_tracked"].dtype == np.int64
     assert np.isfinite(sd["_bn1.running_var"]).all() and (sd["_bn1.running_var"] > 0).all()
+
+
+def test_tensors_reaching_past_their_storage_are_refused(tmp_path, monkeypatch):
+    """Size, stride and offset are checked against the storage: no segfault, no heap bytes as weights."""
+    for spec in [("s0", 0, (4, 4), (4, 1)), ("s0", 8, (2, 2), (2, 1)), ("s0", 0, (3,), (5,)),
+                 ("s0", -1, (2,), (1,)), ("s0", 0, (2,), (-1,)), ("s0", 0, (1 << 40,), (0,))]:
+        path = tmp_path / "crafted.pth"
+        _write_legacy(path, {"storages": {"s0": np.arange(9)}, "tensors": {"w": spec}}, monkeypatch)
+        with pytest.raises(TorchFileError):
+            load_legacy_state_dict(path)
+
+
+def test_fuzzed_files_fail_cleanly(tmp_path, monkeypatch):
+    """A few thousand byte-level mutations of a small file: each loads or raises TorchFileError, in seconds."""
+    path = tmp_path / "small.pth"
+    _write_legacy(path, {"storages": {"a": np.arange(12), "b": np.arange(6)},
+                         "tensors": {"x": ("a", 0, (3, 4), (4, 1)), "y": ("a", 2, (2, 2), (1, 3)),
+                                     "z": ("b", 1, (5,), (1,))}}, monkeypatch)
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "torch._utils")
+    original = path.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = collections.Counter()
+    for i in range(3000):
+        data = bytearray(original)
+        for _ in range(int(rng.integers(1, 4))):
+            pos = int(rng.integers(0, len(data)))
+            data[pos] = int(rng.integers(0, 256)) if rng.random() < 0.8 else data[pos] ^ (1 << int(rng.integers(8)))
+        if rng.random() < 0.1:
+            data = data[: int(rng.integers(1, len(data)))]
+        path.write_bytes(bytes(data))
+        try:
+            tensors = load_legacy_state_dict(path)
+            assert all(isinstance(v, np.ndarray) for v in tensors.values())
+            outcomes["loaded"] += 1
+        except TorchFileError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 1000 and sum(outcomes.values()) == 3000
+
+
+def test_refused_global_is_one_line_from_the_command_line(tmp_path):
+    evil = tmp_path / "evil.pth"
+    buf = io.BytesIO()
+    for obj in (MAGIC_NUMBER, PROTOCOL_VERSION, {}):
+        pickle.dump(obj, buf, protocol=2)
+    buf.write(b"cos\nsystem\n(S'true'\ntR.")
+    evil.write_bytes(buf.getvalue())
+    write_images(tmp_path / "data", {"a": 2})
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "extract.py"), str(tmp_path / "data"), "--out",
+                           str(tmp_path / "f.h5"), "--backbone", "mobilenet_v2", "--weights", str(evil)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "refusing to load global os.system" in done.stderr.strip().splitlines()[-1]

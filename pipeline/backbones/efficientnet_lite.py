@@ -13,7 +13,9 @@ import math
 import keras
 from keras import layers
 
-from .layers import conv_bn, imagenet_classifier
+from .layers import FEATURE_LAYERS, close_backbone, conv_bn, mark_stage
+
+__all__ = ["FEATURE_LAYERS", "VARIANTS", "build"]
 
 EPSILON = 1e-3
 
@@ -30,9 +32,6 @@ _STAGES = (
 
 # Width and depth multipliers per variant (the resolution lives in the spec).
 VARIANTS = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
-
-# Endpoints offered for extraction: the output of block groups 3 to 6.
-STAGE_ENDPOINTS = ("stage3", "stage4", "stage5", "stage6")
 
 
 def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -57,10 +56,12 @@ def _block(x, index, kernel, stride, expand, filters_out):
     return x
 
 
-def build(spec, weights=None, *, variant: str) -> keras.Model:
-    """ImageNet classifier (logits) on preprocessed input, for ``variant`` in :data:`VARIANTS`."""
+def build(spec, weights=None, *, variant: str, input_size: int | None = None, include_top: bool = True) -> keras.Model:
+    """``variant`` (see :data:`VARIANTS`) on preprocessed input: ImageNet logits, or without the top the
+    last feature map (``penultimate``)."""
     width, depth = VARIANTS[variant]
-    inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
+    size = input_size or spec.input_size
+    inputs = keras.Input((size, size, 3), name="image")
     x = conv_bn(inputs, 32, 3, 2, "_conv_stem", "_bn0", epsilon=EPSILON, torch_padding=False)
     index = 0
     last_stage = len(_STAGES) - 1
@@ -71,7 +72,6 @@ def build(spec, weights=None, *, variant: str) -> keras.Model:
         for r in range(repeats):
             x = _block(x, index, kernel, stride if r == 0 else 1, expand, filters)
             index += 1
-        if f"stage{stage + 1}" in STAGE_ENDPOINTS:
-            x = layers.Identity(name=f"stage{stage + 1}")(x)
+        x = mark_stage(x, stage + 1)
     x = conv_bn(x, 1280, 1, 1, "_conv_head", "_bn1", epsilon=EPSILON, torch_padding=False)
-    return imagenet_classifier(inputs, x, "_fc", spec.name, weights)
+    return close_backbone(inputs, x, "_fc", spec.name, weights, include_top)

@@ -98,12 +98,24 @@ def assign_torch_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray
         layer.set_weights(values)
 
 
-def imagenet_classifier(inputs, features, fc_name: str, name: str, weights=None) -> keras.Model:
-    """Close a converted backbone: mark ``penultimate``, pool, 1000-way logits; load Keras weights if given."""
+# The endpoints every converted backbone offers for extraction, early to late: the
+# outputs of block groups 3 to 6 and the last convolutional feature map.
+FEATURE_LAYERS = {f"stage{i}": f"stage{i}" for i in (3, 4, 5, 6)} | {"penultimate": "penultimate"}
+
+
+def mark_stage(x, stage: int):
+    """Name the output of block group ``stage`` (1-based) when it is one of :data:`FEATURE_LAYERS`."""
+    name = f"stage{stage}"
+    return layers.Identity(name=name)(x) if name in FEATURE_LAYERS else x
+
+
+def close_backbone(inputs, features, fc_name: str, name: str, weights=None, include_top=True) -> keras.Model:
+    """Mark ``penultimate``; with ``include_top`` pool and add the 1000-way logits. Loads Keras weights if given."""
     x = layers.Identity(name="penultimate")(features)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    logits = layers.Dense(1000, name=keras_name(fc_name))(x)
-    model = keras.Model(inputs, logits, name=name)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dense(1000, name=keras_name(fc_name))(x)
+    model = keras.Model(inputs, x, name=name)
     if weights is not None:
         model.load_weights(weights)
     return model

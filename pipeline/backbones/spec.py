@@ -52,16 +52,17 @@ class KerasWeights:
 class BackboneSpec:
     """Everything needed to build a backbone, load its weights and feed it correctly.
 
-    ``builder(spec, weights)`` returns the full ImageNet classifier (logits, no
-    softmax) taking *preprocessed* input; ``weights`` is ``None``, ``"imagenet"``
-    (keras.applications families) or a local Keras weights file.
-    ``feature_layers`` maps user-facing layer names (early to late, the last
-    one ``penultimate``) to the Keras layer whose output is globally pooled.
-    ``converter(model, path)`` loads a foreign weights file (a torch ``.pth``).
+    ``builder(spec, weights, *, input_size=None, include_top=True)`` builds the
+    network on *preprocessed* input, as keras.applications' builders do: the
+    ImageNet logits (no softmax), or without the top the last feature map;
+    ``weights`` is ``None``, ``"imagenet"`` (keras.applications) or a local
+    Keras weights file. ``feature_layers`` maps user-facing layer names (early
+    to late, the last one ``penultimate``) to the Keras layer whose output is
+    globally pooled; each builder module publishes them. ``converter(model,
+    state_dict)`` loads a foreign weights file (a torch ``.pth``).
     """
 
     name: str
-    family: str
     builder: Callable
     input_size: int
     preprocessing: Preprocessing
@@ -69,13 +70,8 @@ class BackboneSpec:
     weights: WheelWeights | KerasWeights
     description: str = ""
     converter: Callable | None = None
-    has_imagenet_head: bool = True
     crop_fraction: float = 0.875
     interpolation: str = "bilinear"
-
-    @property
-    def default_layer(self) -> str:
-        return "penultimate"
 
     @property
     def offline(self) -> bool:

@@ -12,6 +12,7 @@ globals such a file legitimately names and refuses every other one.
 from __future__ import annotations
 
 import collections
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,11 @@ _STORAGE_DTYPES = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class TorchFileError(ValueError):
+    """The file is not a legacy state_dict this reader can trust: malformed, truncated or crafted."""
+
+
+class UnsafePickleError(TorchFileError, pickle.UnpicklingError):
     """The file names a global outside the allow-list: refused, never executed."""
 
 
@@ -87,42 +92,69 @@ def _load_one(f):
 
 
 def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Return the tensors of a legacy-format ``.pth`` file as numpy arrays, by key."""
+    """Return the tensors of a legacy-format ``.pth`` file as numpy arrays, by key.
+
+    Anything wrong with the file, however crafted, raises :class:`TorchFileError`
+    (its message says what); no global outside the allow-list is resolved, and no
+    tensor is read outside the bytes of its storage.
+    """
+    try:
+        return _load(Path(path))
+    except TorchFileError:
+        raise
+    except OSError:
+        raise
+    except Exception as e:  # a malformed pickle fails in many ways; each means the same: not a file to use
+        raise TorchFileError(f"{path} is not a readable legacy state_dict ({type(e).__name__}: {e})") from None
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    size = path.stat().st_size
     with open(path, "rb") as f:
         if f.read(2) == b"PK":
-            raise ValueError(f"{path} is a zip-format torch file; only the legacy format is supported")
+            raise TorchFileError(f"{path} is a zip-format torch file; only the legacy format is supported")
         f.seek(0)
         if _load_one(f) != MAGIC_NUMBER:
-            raise ValueError(f"{path} is not a legacy torch file (bad magic number)")
+            raise TorchFileError(f"{path} is not a legacy torch file (bad magic number)")
         if _load_one(f) != PROTOCOL_VERSION:
-            raise ValueError(f"{path}: unsupported torch protocol version")
+            raise TorchFileError(f"{path}: unsupported torch protocol version")
         _load_one(f)  # sys_info: endianness and type sizes
         obj = _load_one(f)
         keys = _load_one(f)
-        storages: dict[str, np.ndarray] = {}
+        if not isinstance(obj, dict) or not isinstance(keys, list):
+            raise TorchFileError(f"{path} does not hold a state_dict")
         dtypes = _storage_dtypes(obj)
+        storages: dict[str, np.ndarray] = {}
         for key in keys:
-            count = int(np.frombuffer(f.read(8), dtype="<i8")[0])
-            dtype = np.dtype(dtypes[key]).newbyteorder("<")
-            raw = f.read(count * dtype.itemsize)
-            if len(raw) != count * dtype.itemsize:
-                raise ValueError(f"{path} is truncated")
-            storages[key] = np.frombuffer(raw, dtype=dtype)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a state_dict")
-    return {name: _materialise(t, storages) for name, t in obj.items() if isinstance(t, _TensorRef)}
+            if str(key) not in dtypes:
+                raise TorchFileError(f"{path}: storage {key!r} belongs to no tensor")
+            count = int(np.frombuffer(f.read(8).ljust(8, b"\0"), dtype="<i8")[0])
+            dtype = np.dtype(dtypes[str(key)]).newbyteorder("<")
+            if not 0 <= count * dtype.itemsize <= size - f.tell():
+                raise TorchFileError(f"{path} is truncated or declares a storage larger than the file")
+            storages[str(key)] = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+    return {str(name): _materialise(path, t, storages) for name, t in obj.items() if isinstance(t, _TensorRef)}
 
 
 def _storage_dtypes(obj) -> dict[str, type]:
     return {t.storage.key: t.storage.dtype for t in obj.values() if isinstance(t, _TensorRef)}
 
 
-def _materialise(t: _TensorRef, storages: dict[str, np.ndarray]) -> np.ndarray:
-    flat = storages[t.storage.key]
-    if not t.size:
-        return flat[t.offset].copy()
+def _materialise(path: Path, t: _TensorRef, storages: dict[str, np.ndarray]) -> np.ndarray:
+    """The tensor's elements, after checking that its size, stride and offset stay inside its storage."""
+    flat = storages.get(t.storage.key)
+    if flat is None:
+        raise TorchFileError(f"{path}: a tensor refers to storage {t.storage.key!r}, which the file lacks")
+    size, stride, offset = t.size, t.stride, t.offset
+    if (len(size) != len(stride) or not all(isinstance(v, int) for v in (*size, *stride))
+            or min((*size, *stride, offset), default=0) < 0):
+        raise TorchFileError(f"{path}: a tensor has an invalid size {size}, stride {stride} or offset {offset}")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if last >= len(flat) or (not size and offset >= len(flat)) or math.prod(size) > len(flat):
+        raise TorchFileError(f"{path}: a tensor reaches past the end of its storage")
+    if not size:
+        return flat[offset].copy()
     item = flat.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        flat[t.offset:], shape=t.size, strides=tuple(s * item for s in t.stride), writeable=False
-    )
+    view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=tuple(s * item for s in stride),
+                                           writeable=False)
     return np.array(view, dtype=flat.dtype.newbyteorder("="))

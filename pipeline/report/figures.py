@@ -1,4 +1,8 @@
-"""The report's pictures, as PNG (charts) and JPEG (thumbnails) bytes: matplotlib without a display."""
+"""The pictures of reports and training runs, as PNG (charts) and JPEG (thumbnails) bytes.
+
+Figures are made with matplotlib's object-oriented API (``Figure``, no
+pyplot), which draws without a display and leaves the process's backend alone.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,29 @@ import io
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from PIL import Image, ImageOps
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
-
-from ..images import to_rgb  # noqa: E402
+from ..images import to_rgb
 
 DPI = 110
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()
 
 
+def _subplots(*args, **kwargs):
+    fig = Figure(figsize=kwargs.pop("figsize"))
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def _colours(n: int):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(k % cmap.N) for k in range(n)]
 
 
@@ -36,7 +43,7 @@ def accuracy_chart(configs: list[dict]) -> bytes:
     rows = list(dict.fromkeys((c["backbone"], c["layer"]) for c in configs))  # best group first
     kinds = list(dict.fromkeys(c["classifier"] for c in configs))
     colours = dict(zip(kinds, _colours(len(kinds))))
-    fig, ax = plt.subplots(figsize=(8.5, 0.9 + 0.32 * len(rows) * len(kinds) + 0.25 * len(rows)))
+    fig, ax = _subplots(figsize=(8.5, 0.9 + 0.32 * len(rows) * len(kinds) + 0.25 * len(rows)))
     step = 0.8 / len(kinds)
     for c in configs:
         r = rows.index((c["backbone"], c["layer"]))
@@ -57,7 +64,7 @@ def accuracy_chart(configs: list[dict]) -> bytes:
     ax.set_xticks([t for t in ax.get_xticks() if low - 1e-9 <= t <= min(high, 1.0) + 1e-9])  # none past 1
     ax.set_xlabel("accuracy: mean and 95% interval" + (f" over {folds} folds" if folds > 1 else ""))
     ax.grid(axis="x", alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[k], label=k) for k in kinds]
+    handles = [Line2D([], [], marker="o", ls="", color=colours[k], label=k) for k in kinds]
     ax.legend(handles=handles, title="classifier", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return _png(fig)
 
@@ -68,7 +75,7 @@ def confusion_chart(confusion: list[list[int]], class_names: list[str]) -> bytes
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
     side = max(4.0, 0.42 * n + 1.5)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.2, side), sharey=True)
+    fig, axes = _subplots(1, 2, figsize=(2 * side + 1.2, side), sharey=True)
     for ax, values, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], rates, "normalised by true class",
                                                                       ".2f")):
         image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -91,7 +98,7 @@ def confusion_chart(confusion: list[list[int]], class_names: list[str]) -> bytes
 def map_chart(embeddings: dict[str, np.ndarray], y: np.ndarray, class_names: list[str]) -> bytes:
     """The codes in two dimensions, one panel per method, coloured by class."""
     colours = _colours(len(class_names))
-    fig, axes = plt.subplots(1, len(embeddings), figsize=(5.2 * len(embeddings) + 1.6, 4.8), squeeze=False)
+    fig, axes = _subplots(1, len(embeddings), figsize=(5.2 * len(embeddings) + 1.6, 4.8), squeeze=False)
     for ax, (method, xy) in zip(axes[0], embeddings.items()):
         for k, name in enumerate(class_names):
             mine = y == k
@@ -117,3 +124,20 @@ def thumbnail(path: Path, size: int = 128) -> bytes | None:
             return buffer.getvalue()
     except (OSError, ValueError):
         return None
+
+
+def training_curves(history: dict) -> bytes:
+    """Loss and accuracy (or MAE) per epoch, training and validation, phase after phase."""
+    fig, axes = _subplots(1, 2, figsize=(10, 3.5))
+    start = 0
+    for phase, h in history.items():
+        epochs = np.arange(start + 1, start + 1 + len(h.get("loss", [])))
+        for ax, key in zip(axes, ("loss", "mae" if "mae" in h else "accuracy")):
+            ax.plot(epochs, h.get(key, []), marker="o", label=f"{phase} train")
+            ax.plot(epochs, h.get(f"val_{key}", []), marker="s", linestyle="--", label=f"{phase} validation")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(key)
+        start += len(h.get("loss", []))
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

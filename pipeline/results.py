@@ -1,0 +1,83 @@
+"""Typed results the stages return; they become JSON only where a stage writes them (``to_json``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .metrics import Score
+
+
+@dataclass
+class CVResult:
+    """One candidate (a layer's codes and a model kind) scored by nested cross-validation.
+
+    ``scores`` holds accuracy and macro-F1 for a classifier, R² and MAE for
+    ridge, the first one deciding; ``chosen`` counts how often each value of
+    the hyper-parameter ``hyper`` (C, or ridge's alpha) was chosen over the folds.
+    """
+
+    layer: str
+    classifier: str
+    scores: dict[str, Score]
+    chosen: dict[str, int]
+    hyper: str = "C"
+    per_class: dict | None = None
+    fit_seconds: float = 0.0
+
+    @property
+    def primary(self) -> Score:
+        return next(iter(self.scores.values()))
+
+    def to_json(self) -> dict:
+        out = {"layer": self.layer, "classifier": self.classifier,
+               **{name: s.to_json() for name, s in self.scores.items()}, f"chosen_{self.hyper}": self.chosen}
+        if self.per_class is not None:
+            out["per_class"] = self.per_class
+        out["fit_seconds"] = self.fit_seconds
+        return out
+
+
+@dataclass
+class HeldOut:
+    """A model's figures on images no training or model choice saw."""
+
+    data: str
+    images: int
+    scores: dict[str, float]
+    per_class: dict | None = None
+
+    def to_json(self) -> dict:
+        out = {"data": self.data, "images": self.images, **self.scores}
+        if self.per_class is not None:
+            out["per_class"] = self.per_class
+        return out
+
+
+@dataclass
+class FinalModel:
+    """The model refitted on all the training data for one model kind, and where it was saved."""
+
+    layer: str
+    hyper: dict[str, float]
+    bundle: str
+    test: HeldOut | None = None
+
+    def to_json(self) -> dict:
+        out = {"layer": self.layer, **self.hyper, "bundle": self.bundle}
+        if self.test is not None:
+            out["test"] = self.test.to_json()
+        return out
+
+
+@dataclass
+class Protocol:
+    """How cross-validated figures were obtained; recorded with them."""
+
+    outer_folds: int
+    repeats: int
+    inner: str
+    c_grid: dict
+    normalise: str
+    class_weight: str | None
+    seed: int
+    notes: list = field(default_factory=list)
