@@ -32,7 +32,7 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
                     weights: Path | None = None) -> tuple[dict, list[dict]]:
     """The report (JSON-ready) of ``bundle_path`` on the labelled folder ``data``, and the arrays its figures need."""
     if Path(bundle_path).suffix == ".keras":
-        raise UserError("takes a fitted classifier bundle (.joblib); compare fine-tuned networks in the grid, "
+        raise UserError("takes a fitted classifier bundle (.skops); compare fine-tuned networks in the grid, "
                         "or predict with one", param="bundle")
     bundle = load_bundle(bundle_path)
     if bundle.classifier == "ridge":

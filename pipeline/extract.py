@@ -22,7 +22,7 @@ from .errors import UserError
 from .images import Dataset, ResizePolicy, discover
 from .loader import decoded_batches
 from .provenance import library_versions, now_iso
-from .store import Row, Shards, StoreConfig, assemble, read_store, refuse_mismatch
+from .store import Row, Shards, StoreConfig, assemble, read_store, refuse_mismatch, writing
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,13 @@ def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[s
 
     With ``prune=False`` rows of files outside ``dataset`` are kept (a cache of
     codes, as the scikit-learn transformer uses); by default they leave the store.
+    One process writes a store at a time (:func:`~pipeline.store.writing`).
     """
+    with writing(out):
+        return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune)
+
+
+def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune) -> ExtractResult:
     spec = backbone.spec
     config = StoreConfig(spec.name, backbone.weights_checksum, tuple(layers), spec.input_size,
                          spec.preprocessing.to_dict(), policy.to_dict())
@@ -137,9 +143,10 @@ def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[s
             failures[i] = shard_failures[key]
         else:
             todo.append(i)
-    reused = sum(1 for r in rows.values() if r.source == out)
+    reused = len(rows)
+    from_store = sum(1 for r in rows.values() if r.source == out)
     log.info("%d images: %d to extract, %d reused from %s, %d from an interrupted run",
-             len(dataset), len(todo), reused, out.name, len(rows) - reused)
+             len(dataset), len(todo), from_store, out.name, reused - from_store)
 
     model = create_model(backbone, "features", layers=layers)
     feature_dims = {name: int(o.shape[-1]) for name, o in zip(layers, model.outputs)}

@@ -18,7 +18,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from . import classify, regress
-from .bundle import Bundle, save_bundle
+from .bundle import Bundle, replace_folder, save_bundle
 from .errors import UserError
 from .provenance import library_versions, now_iso
 from .results import CVResult, FinalModel, Protocol
@@ -208,26 +208,27 @@ def fit(cfg: FitConfig) -> FitResult:
 
     results, protocol = task.cross_validate(X, y, store, cfg)
     best = max(results, key=lambda r: r.primary.mean)
-    cfg.out.mkdir(parents=True, exist_ok=True)
     chosen = {kind: max((r for r in results if r.classifier == kind), key=lambda r: r.primary.mean)
               for kind in kinds}
     refits = Parallel(n_jobs=min(len(kinds), cfg.jobs or os.cpu_count() or 1))(
         delayed(task.fit_final)(kind, X[chosen[kind].layer], y, cfg) for kind in kinds)
-    final = {}
-    for kind, (model, hyper) in zip(kinds, refits):
-        cv = chosen[kind]
-        final[kind] = FinalModel(cv.layer, hyper, f"{kind}.joblib", None if test is None else
-                                 task.held_out(model, test[0][cv.layer], test[1], store, test[2]))
-        save_bundle(Bundle(
-            estimator=model, classifier=kind, layer=cv.layer, class_names=list(store.class_names or []),
-            store_config=store.config.to_json(), weights_source=str(store.attrs.get("weights_source", "")),
-            C=hyper["C"], normalise=cfg.normalise, metrics={"cross_validation": cv.to_json(),
-                                                            **final[kind].to_json()},
-            versions=library_versions(), created=now_iso(),
-        ), cfg.out / final[kind].bundle)
-
+    final = {kind: FinalModel(chosen[kind].layer, hyper, f"{kind}.skops", None if test is None else
+                              task.held_out(model, test[0][chosen[kind].layer], test[1], store, test[2]))
+             for kind, (model, hyper) in zip(kinds, refits)}
     result = FitResult(task.name, str(cfg.store), str(cfg.out), store.config.backbone,
                        store.config.weights_checksum, int(len(store)), task.describe(store, task.targets(store)),
                        protocol, results, best, final, time.perf_counter() - started, library_versions(), now_iso())
-    (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+
+    def write(folder: Path) -> None:  # bundles, checksums and metrics.json are replaced together
+        for kind, (model, hyper) in zip(kinds, refits):
+            save_bundle(Bundle(
+                estimator=model, classifier=kind, layer=final[kind].layer, class_names=list(store.class_names or []),
+                store_config=store.config.to_json(), weights_source=str(store.attrs.get("weights_source", "")),
+                C=hyper["C"], normalise=cfg.normalise, metrics={"cross_validation": chosen[kind].to_json(),
+                                                                **final[kind].to_json()},
+                versions=library_versions(), created=now_iso(),
+            ), folder / final[kind].bundle)
+        (folder / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+
+    replace_folder(cfg.out, write)
     return result

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,10 +102,22 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _open_regular(path: str | Path):
+    """A binary file object for ``path`` if it is a regular file (after symlinks); a FIFO or device never blocks."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DecodeError("not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def decode_image(path: str | Path, policy: ResizePolicy) -> np.ndarray:
-    """Decode ``path`` into a ``uint8`` array of shape ``(size, size, 3)``, or raise :class:`DecodeError`."""
+    """Decode ``path`` into a ``uint8`` array of shape ``(size, size, 3)``, or raise :class:`DecodeError`.
+
+    Any failure while decoding one file, whatever the decoder raises, becomes that file's reason.
+    """
     try:
-        with Image.open(path) as im:
+        with _open_regular(path) as f, Image.open(f) as im:
             w, h = im.size
             if w * h > policy.max_pixels:
                 raise DecodeError(f"decompression bomb: {w}x{h} pixels is over the limit of {policy.max_pixels}")
@@ -118,7 +132,9 @@ def decode_image(path: str | Path, policy: ResizePolicy) -> np.ndarray:
         raise DecodeError(f"decompression bomb: {e}") from None
     except UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised or empty file)") from None
-    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, MemoryError) as e:
+    except OSError as e:
+        raise DecodeError(f"unreadable: {e.strerror or e}" if e.errno else f"cannot decode: {e}") from None
+    except Exception as e:  # a decoder's bug on a crafted file is still one file's problem
         raise DecodeError(f"cannot decode: {type(e).__name__}: {e}") from None
 
 
@@ -177,6 +193,7 @@ def discover(source: str | Path, unlabelled: bool = False) -> Dataset:
         raise UserError(f"{source} is neither a folder of images nor a CSV manifest")
     files, ignored = _walk(source)
     relative = [p.relative_to(source) for p in files]
+    _refuse_undecodable_names([r.as_posix() for r in relative], source)
     in_subfolders = [r for r in relative if len(r.parts) > 1]
     if unlabelled or not in_subfolders:
         return Dataset(source, [r.as_posix() for r in relative], None, None, ignored=ignored)
@@ -195,6 +212,22 @@ def discover(source: str | Path, unlabelled: bool = False) -> Dataset:
     )
 
 
+def _refuse_undecodable_names(paths: list[str], source: Path) -> None:
+    """Names the store cannot hold (not valid UTF-8) are refused before any work, not after it."""
+    bad = [p for p in paths if _not_utf8(p)]
+    if bad:
+        raise UserError(f"{len(bad)} file name(s) under {source} are not valid UTF-8, e.g. "
+                        f"{bad[0].encode('utf-8', 'surrogateescape')!r}; rename them", param="data")
+
+
+def _not_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
 def _from_manifest(manifest: Path) -> Dataset:
     root = manifest.parent
     try:
@@ -206,10 +239,20 @@ def _from_manifest(manifest: Path) -> Dataset:
         raise UserError(f"manifest {manifest} needs a header row with a 'path' column (and 'label' or 'target')")
     labelled, regression = "label" in rows[0], "target" in rows[0]
     paths, labels, targets, skipped = [], [], [], []
+    seen: dict[str, tuple] = {}
     for line, row in enumerate(rows, start=2):
         rel = (row["path"] or "").strip()
         if not rel:
             continue
+        if "\0" in rel:
+            raise UserError(f"manifest {manifest}, line {line}: the path contains a NUL byte", param="data")
+        entry = (row.get("label"), row.get("target"))
+        if rel in seen:
+            if seen[rel] != entry:
+                raise UserError(f"manifest {manifest}, line {line}: {rel} is listed again with another label",
+                                param="data")
+            continue
+        seen[rel] = entry
         if not (root / rel).exists():
             skipped.append((rel, "file not found"))
             continue

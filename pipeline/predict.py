@@ -109,7 +109,7 @@ def _keras_predictor(path: Path) -> Predictor:
 
 
 def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto") -> Predictor:
-    """A bundle from the fit stage (``.joblib``) or a model from the fine-tuning stage (``.keras``)."""
+    """A bundle from the fit stage (``.skops``) or a model from the fine-tuning stage (``.keras``)."""
     path = Path(path)
     return _keras_predictor(path) if path.suffix == ".keras" else _bundle_predictor(path, weights, precision)
 

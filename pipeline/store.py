@@ -14,6 +14,12 @@ Layout of a store (format version 1), readable with plain h5py::
            feature_dims, input_size, preprocessing, resize, dataset_root,
            versions, created (JSON strings where structured)
 
+The numeric datasets carry HDF5's fletcher32 checksum per chunk (format 2), which
+h5py verifies on every read: a corrupted byte is an error, never a wrong code.
+Opening a store checks its schema (datasets, dtypes, shapes, attributes) first.
+One writer at a time: extraction holds ``<store>.lock`` (``flock``, released by the
+kernel when the process ends, even killed), and shard names are unique per run.
+
 HDF5 is not safe against a kill during a write, so extraction never writes the
 store incrementally: each completed batch goes to a small ``.npz`` shard in
 ``<store>.parts/`` (written to a temporary name, then renamed), and the store is
@@ -23,10 +29,13 @@ file that replaces the old one in one rename.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,7 +47,7 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fletcher32 checksums on the numeric datasets; 1 is still read
 _STR = h5py.string_dtype("utf-8")
 _BLOCK = 2048  # rows per write when assembling
 
@@ -119,9 +128,12 @@ class FeatureStore:
             raise UserError(f"{self.path} has no layer {layer!r}; it holds {', '.join(self.layers)}")
         if _identity(self.path) != self.identity:
             raise UserError(f"{self.path} was replaced since it was opened; open it again")
-        with h5py.File(self.path, "r") as f:
-            dset = f["features"][layer]
-            return dset[:] if rows is None else dset[np.asarray(rows)]
+        try:
+            with h5py.File(self.path, "r") as f:
+                dset = f["features"][layer]
+                return dset[:] if rows is None else dset[np.asarray(rows)]
+        except OSError as e:
+            raise UserError(f"{self.path} is corrupt ({e}); extract it again") from None
 
 
 def _identity(path: Path) -> tuple[int, int]:
@@ -130,20 +142,16 @@ def _identity(path: Path) -> tuple[int, int]:
 
 
 def read_store(path: str | Path) -> FeatureStore:
-    """Open a feature store, checking that it is one and of a known format version."""
+    """Open a feature store after checking its schema; anything wrong is one :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"feature store {path} does not exist")
     try:
         with h5py.File(path, "r") as f:
-            version = f.attrs.get("format_version")
-            if version is None or "features" not in f:
-                raise UserError(f"{path} is not a feature store (no format_version or features)")
-            if int(version) > FORMAT_VERSION:
-                raise UserError(f"{path} has store format {version}; this version reads up to {FORMAT_VERSION}")
+            _check_schema(f, path)
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
             labelled = "labels" in f
-            return FeatureStore(
+            store = FeatureStore(
                 path=path,
                 config=_config_from_attrs(f.attrs),
                 attrs=attrs,
@@ -155,8 +163,41 @@ def read_store(path: str | Path) -> FeatureStore:
                 identity=_identity(path),
                 targets=f["targets"][:] if "targets" in f else None,
             )
-    except OSError as e:
-        raise UserError(f"cannot read feature store {path}: {e}") from None
+    except UserError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read feature store {path}: {type(e).__name__}: {e}") from None
+    if store.labels is not None and len(store.labels) and not 0 <= store.labels.min() <= store.labels.max() < len(
+            store.class_names):
+        raise UserError(f"{path} is corrupt: labels point outside class_names")
+    return store
+
+
+def _check_schema(f: h5py.File, path: Path) -> None:
+    """Check every dataset's presence, dtype and shape against the number of rows, before reading any."""
+    version = f.attrs.get("format_version")
+    if version is None or "features" not in f:
+        raise UserError(f"{path} is not a feature store (no format_version or features)")
+    if not isinstance(version, (int, np.integer)) or not 1 <= int(version) <= FORMAT_VERSION:
+        raise UserError(f"{path} has store format {version!r}; this version reads 1 to {FORMAT_VERSION}")
+    missing = [k for k in ("paths", "fingerprints", "skipped/paths", "skipped/reasons") if k not in f]
+    layers = json.loads(f.attrs["layers"])
+    missing += [f"features/{layer}" for layer in layers if layer not in f["features"]]
+    if missing:
+        raise UserError(f"{path} is corrupt: it lacks {', '.join(missing)}")
+    n = f["paths"].shape[0] if f["paths"].ndim == 1 else -1
+    expected = {"fingerprints": ((n, 2), "i"), "labels": ((n,), "i"), "targets": ((n,), "f"),
+                **{f"features/{layer}": (None, "f") for layer in layers}}
+    for name, (shape, kind) in expected.items():
+        if name not in f:
+            continue
+        d = f[name]
+        if d.dtype.kind != kind or (shape is not None and d.shape != shape) or d.shape[0] != n or (
+                name.startswith("features/") and (d.ndim != 2 or d.id.get_storage_size() < d.nbytes)):
+            raise UserError(f"{path} is corrupt: {name} has shape {d.shape} and dtype {d.dtype}, "
+                            f"for {n} images")
+    if ("labels" in f) != ("class_names" in f) or f["skipped/paths"].shape != f["skipped/reasons"].shape:
+        raise UserError(f"{path} is corrupt: labels, class_names or skipped do not match")
 
 
 class Shards:
@@ -173,6 +214,7 @@ class Shards:
             self.dir.mkdir(parents=True, exist_ok=True)
             _write_atomically(meta, lambda tmp: tmp.write_text(json.dumps(config.to_json())))
         self.files = sorted(self.dir.glob("shard-*.npz"))
+        self.run = uuid.uuid4().hex[:12]  # this run's shards never take another run's names
 
     def index(self) -> tuple[dict, dict]:
         """``(path, size, mtime) -> (shard, row)`` for extracted rows, and ``-> reason`` for failures."""
@@ -187,7 +229,7 @@ class Shards:
 
     def write(self, paths: Sequence[str], fingerprints: np.ndarray, codes: dict[str, np.ndarray],
               failed: Sequence[tuple[str, tuple[int, int], str]]) -> None:
-        target = self.dir / f"shard-{len(self.files):07d}.npz"
+        target = self.dir / f"shard-{self.run}-{len(self.files):07d}.npz"
         arrays = {
             "paths": np.asarray(paths, dtype=str).reshape(-1),
             "fingerprints": np.asarray(fingerprints, dtype=np.int64).reshape(-1, 2),
@@ -201,6 +243,27 @@ class Shards:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing(store: Path):
+    """Hold ``<store>.lock`` while writing ``store``: a second writer is refused in one line.
+
+    ``flock`` locks die with their process, so a killed run never leaves the
+    store locked; with the lock held, temporary files of killed runs are stale
+    and are removed.
+    """
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.with_name(store.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another process is writing {store}; wait for it to finish or write to another file",
+                            param="out") from None
+        parts = store.with_name(store.name + ".parts")
+        for stale in [*store.parent.glob(f".{store.name}.*.tmp"), *parts.glob(".*.tmp*")]:
+            stale.unlink(missing_ok=True)
+        yield
 
 
 def _write_atomically(target: Path, write) -> None:
@@ -232,18 +295,20 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
         f.attrs.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()})
         f.attrs["feature_dims"] = json.dumps(feature_dims)
         group = f.create_group("features")
+        checked = {"fletcher32": True} if n else {}  # a checksum per chunk, verified on every read
         dsets = {
             layer: group.create_dataset(layer, shape=(n, d), dtype="float32",
-                                        chunks=(max(1, min(n, 256)), d) if n else None)
+                                        chunks=(max(1, min(n, 256)), d) if n else None, **checked)
             for layer, d in feature_dims.items()
         }
         f.create_dataset("paths", data=[r.path for r in rows], dtype=_STR)
-        f.create_dataset("fingerprints", data=np.asarray([r.fingerprint for r in rows], np.int64).reshape(n, 2))
+        f.create_dataset("fingerprints", data=np.asarray([r.fingerprint for r in rows], np.int64).reshape(n, 2),
+                         **checked)
         if labels is not None:
-            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64), **checked)
             f.create_dataset("class_names", data=list(class_names), dtype=_STR)
         if targets is not None:
-            f.create_dataset("targets", data=np.asarray(targets, dtype=np.float64))
+            f.create_dataset("targets", data=np.asarray(targets, dtype=np.float64), **checked)
         f.create_dataset("skipped/paths", data=[s[0] for s in skipped], dtype=_STR)
         f.create_dataset("skipped/reasons", data=[s[1] for s in skipped], dtype=_STR)
         for start in range(0, n, _BLOCK):

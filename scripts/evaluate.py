@@ -19,7 +19,7 @@ EXAMPLES = """\
   {prog} --data data/a data/b --backbones efficientnet_lite0 efficientnet_lite2 \\
       --layers stage6 penultimate --classifiers svm softmax --out reports/ab
   {prog} --data data/tuxpaint --finetune --epochs 3 3 --image-size 160 --out reports/ft
-  {prog} --bundle runs/tuxpaint/linear/svm.joblib --data new_photos/ --out reports/new
+  {prog} --bundle runs/tuxpaint/linear/svm.skops --data new_photos/ --out reports/new
 
 Codes are cached in --features (one store per dataset, backbone and layer set): a rerun with one
 more backbone extracts only that backbone. Every configuration of a dataset is scored on the same
@@ -41,7 +41,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--image-size", type=int, help="fine-tuning resolution (default: the backbone's)")
     p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
                    help="fine-tuning epochs per phase (default 5 5)")
-    p.add_argument("--bundle", type=Path, help="report a saved bundle (fit_svm.py's .joblib) on the --data folder")
+    p.add_argument("--bundle", type=Path, help="report a saved bundle (fit_svm.py's .skops) on the --data folder")
     p.add_argument("--features", type=Path, default=Path("features"), help="code cache folder (default features/)")
     p.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (default 5)")
     p.add_argument("--repeats", type=int, help="repeats of the outer folds (default 3 under 1,000 images, else 1)")

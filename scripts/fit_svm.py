@@ -12,8 +12,8 @@ EXAMPLES = """\
   {prog} f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
   {prog} train.h5 --out runs/x --test test.h5         # plus a separate test store
 
-Writes RUN_DIR/metrics.json (every figure printed), and RUN_DIR/svm.joblib and/or
-RUN_DIR/softmax.joblib with their .sha256; predict with scripts/predict.py."""
+Writes RUN_DIR/metrics.json (every figure printed), and RUN_DIR/svm.skops and/or
+RUN_DIR/softmax.skops with their .sha256; predict with scripts/predict.py."""
 
 
 def build_parser(prog: str | None = None):

@@ -6,9 +6,9 @@ from pipeline.commands import cli
 from pipeline.predict import predict_images, write_csv
 
 EXAMPLES = """\
-  {prog} runs/tuxpaint/svm.joblib photo.jpg
-  {prog} runs/tuxpaint/softmax.joblib new_photos/ --top-k 3 --out predictions.csv
-  {prog} runs/tuxpaint/svm.joblib 'shots/**/*.jpg'
+  {prog} runs/tuxpaint/svm.skops photo.jpg
+  {prog} runs/tuxpaint/softmax.skops new_photos/ --top-k 3 --out predictions.csv
+  {prog} runs/tuxpaint/svm.skops 'shots/**/*.jpg'
   {prog} runs/tuxpaint_finetuned/model.keras photo.jpg
 
 Images that cannot be decoded are listed with their reason, never dropped."""
@@ -16,7 +16,7 @@ Images that cannot be decoded are listed with their reason, never dropped."""
 
 def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
-    p.add_argument("model", type=Path, help="a .joblib bundle (fit_svm.py) or a .keras model (finetune.py)")
+    p.add_argument("model", type=Path, help="a .skops bundle (fit_svm.py) or a .keras model (finetune.py)")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--out", type=Path, help="also write the predictions to this CSV file")

@@ -64,7 +64,7 @@ def test_fit_picks_the_informative_layer_and_writes_everything(tmp_path):
         acc = by[("signal", kind)]["accuracy"]
         assert len(acc["folds"]) == 15 and acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1]
         assert set(by[("signal", kind)]["per_class"]) == {"a", "b", "c"}
-        bundle = load_bundle(tmp_path / "run" / f"{kind}.joblib")
+        bundle = load_bundle(tmp_path / "run" / f"{kind}.skops")
         assert bundle.layer == "signal" and bundle.class_names == ["a", "b", "c"]
         probabilities = bundle.estimator.predict_proba(X[:5])
         np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
@@ -144,7 +144,7 @@ def test_missing_and_corrupt_store(tmp_path):
 def test_bundle_checksum_is_checked(tmp_path):
     X, _, y = blobs()
     _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("softmax",))
-    path = tmp_path / "run" / "softmax.joblib"
+    path = tmp_path / "run" / "softmax.skops"
     bundle = load_bundle(path)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -152,7 +152,7 @@ def test_bundle_checksum_is_checked(tmp_path):
     with pytest.raises(UserError, match="fails its sha256 check"):
         load_bundle(path)
     save_bundle(bundle, path)
-    (tmp_path / "run" / "softmax.joblib.sha256").unlink()
+    (tmp_path / "run" / "softmax.skops.sha256").unlink()
     with pytest.raises(UserError, match="sha256 is missing|integrity"):
         load_bundle(path)
 
@@ -164,3 +164,68 @@ def test_command_line_error_is_one_line(tmp_path):
                            "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in done.stderr
+
+
+def _checksum(path):
+    from pipeline.provenance import file_sha256
+
+    path.with_name(path.name + ".sha256").write_text(f"{file_sha256(path)}  {path.name}\n")
+
+
+def test_crafted_bundles_are_refused_without_running(tmp_path):
+    """A matching checksum is no licence: a pickle or a skops file naming other types never runs."""
+    import os
+    import pickle
+
+    import skops.io as sio
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    old = tmp_path / "old.skops"
+    old.write_bytes(pickle.dumps(Payload()))
+    _checksum(old)
+    with pytest.raises(UserError, match="older version as a pickle"):
+        load_bundle(old)
+    crafted = tmp_path / "crafted.skops"
+    sio.dump({"meta": "{}", "estimator": os.system}, crafted)
+    _checksum(crafted)
+    with pytest.raises(UserError, match="not trusted.*system"):
+        load_bundle(crafted)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00garbage"])
+def test_empty_or_binary_checksum_file_is_one_line(tmp_path, content):
+    X, _, y = blobs()
+    _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("softmax",))
+    (tmp_path / "run" / "softmax.skops.sha256").write_bytes(content)
+    with pytest.raises(UserError, match="empty or not a checksum file"):
+        load_bundle(tmp_path / "run" / "softmax.skops")
+
+
+def test_run_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
+    """A failure (or kill) while writing the new run leaves the old run whole and loadable."""
+    from pipeline import bundle as bundle_module
+
+    X, _, y = blobs()
+    first = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"])
+    real, calls = bundle_module.save_bundle, []
+
+    def dies_on_the_second(b, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(b, path)
+
+    monkeypatch.setattr("pipeline.fit.save_bundle", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", jobs=1, seed=1))
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["created"] == first["created"]
+    for kind in ("svm", "softmax"):
+        assert load_bundle(tmp_path / "run" / f"{kind}.skops").created <= first["created"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

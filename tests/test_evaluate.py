@@ -125,25 +125,25 @@ def test_bundle_report_agrees_with_predict(grid, tmp_path):
     fit(FitConfig(store=store, out=tmp_path / "fit", classifiers=("softmax",), folds=3, repeats=1))
     test = tmp_path / "new"
     write_images(test, {"a": 5, "c": 5}, size=40, seed=11)  # a class missing from the test set is fine
-    report, arrays = evaluate_bundle(tmp_path / "fit" / "softmax.joblib", test, tmp_path / "features",
+    report, arrays = evaluate_bundle(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
                                      run_advisor=False, progress=False)
     paths = write_report(report, arrays, tmp_path / "report")
     section = report["sections"][0]
-    predictions, _ = predict_images(tmp_path / "fit" / "softmax.joblib", [test], progress=False)
+    predictions, _ = predict_images(tmp_path / "fit" / "softmax.skops", [test], progress=False)
     expected = np.mean([p.top[0][0] == p.path.split("/")[-2] for p in predictions])
     assert section["configs"][0]["accuracy"]["mean"] == pytest.approx(expected)
     low, high = section["configs"][0]["accuracy"]["ci95"]
     assert low <= expected <= high
     assert section["best"]["per_class"]["b"]["support"] == 0 and section["images"] == 10
-    assert report["meta"]["bundle"]["sha256"] == (tmp_path / "fit" / "softmax.joblib.sha256").read_text().split()[0]
+    assert report["meta"]["bundle"]["sha256"] == (tmp_path / "fit" / "softmax.skops.sha256").read_text().split()[0]
     assert "Cross-validated accuracy when the bundle was trained" in paths["html"].read_text()
 
 
 @pytest.mark.parametrize("args, message", [
     (["--data", "no/such/folder"], "--data: dataset no/such/folder does not exist"),
-    (["--data", "x", "--bundle", "no/such.joblib"], "bundle no/such.joblib does not exist"),
+    (["--data", "x", "--bundle", "no/such.skops"], "bundle no/such.skops does not exist"),
     (["--data", "x", "--classifiers", "svm", "--folds", "1"], "--folds: must be at least 2"),
-    (["--data", "x", "--bundle", "model.keras"], "--bundle: takes a fitted classifier bundle (.joblib); compare "
+    (["--data", "x", "--bundle", "model.keras"], "--bundle: takes a fitted classifier bundle (.skops); compare "
      "fine-tuned networks in the grid, or predict with one"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):

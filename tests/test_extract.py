@@ -172,6 +172,8 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, stderr
     assert f"{done * 8} from an interrupted run" in stderr
     assert "400 images" in stdout and f"{400 - done * 8} extracted" in stdout
+    assert f"{done * 8} reused" in stdout, "rows from the interrupted run's shards count as reused"
+    assert not list(tmp_path.glob(".*.tmp")) and not list(parts.glob(".*"))  # no temporary file survives
 
     run(tmp_path / "data", tmp_path / "reference.h5")
     killed, reference = read_store(out), read_store(tmp_path / "reference.h5")
@@ -189,3 +191,22 @@ def test_command_line(tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert bad.returncode == 2
     assert lines[-1].startswith("error:") and "Traceback" not in stderr
+
+
+def test_two_extractions_into_one_store_never_mix_codes(tmp_path):
+    """The second writer is refused in one line while the first holds the store; the first's codes are right."""
+    write_images(tmp_path / "data", {"a": 400, "b": 400}, size=32)
+    out = tmp_path / "f.h5"
+    first = _script(tmp_path / "data", "--out", out, "--batch-size", "8", "--quiet")
+    parts = tmp_path / "f.h5.parts"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(parts.glob("shard-*.npz")) and first.poll() is None:
+        time.sleep(0.02)
+    second = _script(tmp_path / "data", "--out", out, "--batch-size", "8", "--quiet")
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 2 and "Traceback" not in stderr
+    assert "another process is writing" in stderr.strip().splitlines()[-1]
+    assert first.wait(timeout=300) == 0
+    run(tmp_path / "data", tmp_path / "reference.h5")
+    np.testing.assert_allclose(read_store(out).codes(), read_store(tmp_path / "reference.h5").codes(),
+                               rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def _bad_files(folder):
     ("truncated.jpg", "cannot decode"),
     ("text.png", "not an image"),
     ("bomb.png", "decompression bomb"),
-    ("dangling.jpg", "cannot decode"),
+    ("dangling.jpg", "unreadable"),
 ])
 def test_bad_files_raise_with_a_reason(tmp_path, name, reason):
     _bad_files(tmp_path)
@@ -192,3 +193,88 @@ def test_discover_manifest(tmp_path):
 def test_discover_missing_folder(tmp_path):
     with pytest.raises(UserError, match="neither a folder"):
         discover(tmp_path / "nope")
+
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def _decodes_or_has_a_reason(path, policy) -> str:
+    try:
+        pixels = decode_image(path, policy)
+    except DecodeError as e:
+        assert str(e), path
+        return "reason"
+    assert pixels.shape == (policy.size, policy.size, 3) and pixels.dtype == np.uint8
+    return "decoded"
+
+
+def test_committed_corpus_of_mutated_files():
+    """Mutated JPEG, PNG, GIF, TIFF, WebP and BMP files: every one decodes or gets a recorded reason."""
+    files = sorted(CORPUS.iterdir())
+    assert {f.suffix for f in files} == {".jpg", ".png", ".gif", ".tif", ".webp", ".bmp"}
+    outcomes = [_decodes_or_has_a_reason(f, ResizePolicy(16)) for f in files]
+    assert outcomes.count("reason") >= 6
+
+
+def test_any_decoder_exception_becomes_the_files_reason(tmp_path, monkeypatch):
+    """EXIF orientation 6 with a text value in an integer tag once raised struct.error out of the decoder."""
+    import struct
+
+    from PIL import ImageOps
+
+    def broken(im):
+        raise struct.error("unpack requires a buffer of 2 bytes")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    with pytest.raises(DecodeError, match="struct.error|unpack"):
+        decode_image(CORPUS / "jpeg_exif_orientation_text.jpg", ResizePolicy(16))
+
+
+def test_fuzzed_images_decode_or_fail_cleanly(tmp_path):
+    """Thousands of byte mutations of tiny images in every format, in seconds: no exception escapes."""
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (12, 12, 3)).astype(np.uint8))
+    originals = []
+    for fmt in ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP"):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        originals.append(buffer.getvalue())
+    path, policy, outcomes = tmp_path / "fuzz.img", ResizePolicy(8), []
+    for i in range(3000):
+        data = bytearray(originals[i % len(originals)])
+        for pos in rng.integers(0, len(data), int(rng.integers(1, 4))):
+            data[pos] = int(rng.integers(0, 256))
+        if rng.random() < 0.1:
+            data = data[: int(rng.integers(1, len(data)))]
+        path.write_bytes(bytes(data))
+        outcomes.append(_decodes_or_has_a_reason(path, policy))
+    assert outcomes.count("reason") > 300 and outcomes.count("decoded") > 100
+
+
+def test_fifo_or_symlink_to_one_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink(tmp_path / "pipe.jpg", tmp_path / "link.jpg")
+    for name in ("pipe.jpg", "link.jpg"):
+        with pytest.raises(DecodeError, match="not a regular file"):
+            decode_image(tmp_path / name, POLICY)
+
+
+def test_names_the_store_cannot_hold_are_refused_before_any_work(tmp_path):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    gradient().save(tmp_path / "data" / "a" / "fine.png")
+    gradient().save(os.fsencode(tmp_path / "data" / "a") + b"/bad\xff.png")
+    with pytest.raises(UserError, match="not valid UTF-8.*bad"):
+        discover(tmp_path / "data")
+    gradient().save(tmp_path / "x.png")
+    (tmp_path / "nul.csv").write_text("path,label\nx.png,a\nx\0y.png,b\n")
+    with pytest.raises(UserError, match="line 3: the path contains a NUL byte"):
+        discover(tmp_path / "nul.csv")
+
+
+def test_manifest_listing_a_file_twice_with_two_labels_is_refused(tmp_path):
+    gradient().save(tmp_path / "x.png")
+    (tmp_path / "twice.csv").write_text("path,label\nx.png,cat\nx.png,dog\n")
+    with pytest.raises(UserError, match="line 3: x.png is listed again with another label"):
+        discover(tmp_path / "twice.csv")
+    (tmp_path / "same.csv").write_text("path,label\nx.png,cat\nx.png,cat\n")
+    assert discover(tmp_path / "same.csv").paths == ["x.png"]

@@ -38,7 +38,7 @@ def test_predict_files_folders_globs_and_bad_files(trained, tmp_path):
     write_images(tmp_path / "new", {"": 2}, seed=5)
     (tmp_path / "new" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     inputs = [tmp_path / "new", str(trained / "data" / "red" / "img_000*.png"), tmp_path / "missing.png"]
-    predictions, _ = predict_images(trained / "run" / "softmax.joblib", inputs, top_k=2, progress=False)
+    predictions, _ = predict_images(trained / "run" / "softmax.skops", inputs, top_k=2, progress=False)
     by_path = {p.path: p for p in predictions}
     assert len(predictions) == 2 + 1 + 10 + 1
     assert "cannot decode" in by_path[str(tmp_path / "new" / "broken.jpg")].skipped or \
@@ -53,18 +53,18 @@ def test_predict_files_folders_globs_and_bad_files(trained, tmp_path):
 
 
 def test_svm_bundle_predicts_calibrated_probabilities(trained):
-    predictions, description = predict_images(trained / "run" / "svm.joblib", [trained / "data" / "green"],
+    predictions, description = predict_images(trained / "run" / "svm.skops", [trained / "data" / "green"],
                                              progress=False)
     assert "calibrated" in description
     assert all(p.top[0][0] == "green" and 0.5 < p.top[0][1] <= 1 for p in predictions)
 
 
 def test_bundle_for_other_weights_is_refused(trained, tmp_path):
-    bundle = load_bundle(trained / "run" / "softmax.joblib")
+    bundle = load_bundle(trained / "run" / "softmax.skops")
     bundle.store_config = {**bundle.store_config, "weights_checksum": "0" * 64}
-    save_bundle(bundle, tmp_path / "other.joblib")
+    save_bundle(bundle, tmp_path / "other.skops")
     with pytest.raises(UserError, match="weights .* differ"):
-        predict_images(tmp_path / "other.joblib", [trained / "data" / "red"], progress=False)
+        predict_images(tmp_path / "other.skops", [trained / "data" / "red"], progress=False)
 
 
 def test_new_class_without_starting_over(trained, tmp_path):
@@ -75,7 +75,7 @@ def test_new_class_without_starting_over(trained, tmp_path):
     result = extract(ExtractConfig(data=data, out=tmp_path / "f.h5", progress=False))
     assert (result.extracted, result.reused) == (8, 24), "only the new class's images are extracted"
     fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", classifiers=("softmax",), jobs=1))
-    bundle = load_bundle(tmp_path / "run" / "softmax.joblib")
+    bundle = load_bundle(tmp_path / "run" / "softmax.skops")
     assert bundle.class_names == ["blue", "green", "red"]
 
 

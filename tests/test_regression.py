@@ -53,7 +53,7 @@ def test_ridge_with_cross_validation_and_value_predictions(brightness, tmp_path)
     assert result["r2"]["mean"] > 0.5 and 0 < result["mae"]["mean"] < 0.6  # chance: R2 about 0
     assert metrics["final"]["ridge"]["test"]["images"] == 10
     assert "R2" in fitted.format()
-    predictions, description = predict_images(tmp_path / "run" / "ridge.joblib",
+    predictions, description = predict_images(tmp_path / "run" / "ridge.skops",
                                                [brightness / "img_00.png", brightness / "img_01.png"], progress=False)
     assert "predicted values" in description
     truth = {f"img_{i:02d}.png": float(line.split(",")[1]) for i, line in

@@ -28,7 +28,11 @@ def test_shards_round_trip_and_leave_no_temporary_files(tmp_path):
     rows, failures = Shards(out, CONFIG).index()
     assert rows[("c.png", 10, 20)] == (shards.files[1], 0)
     assert failures == {("bad0.jpg", 1, 2): "not an image", ("bad100.jpg", 1, 2): "not an image"}
-    assert sorted(p.name for p in shards.dir.iterdir()) == ["config.json", "shard-0000000.npz", "shard-0000001.npz"]
+    assert sorted(p.name for p in shards.dir.iterdir()) == [
+        "config.json", f"shard-{shards.run}-0000000.npz", f"shard-{shards.run}-0000001.npz"]
+    other = Shards(out, CONFIG)  # a second run never takes the first run's names
+    _shard(other, ["d.png"], 200)
+    assert len(set(Shards(out, CONFIG).files)) == 3
 
 
 def test_shards_of_another_configuration_are_refused(tmp_path):
@@ -98,3 +102,68 @@ def test_refuse_mismatch_names_what_differs(tmp_path):
     with pytest.raises(UserError, match="different backbone, weights_checksum"):
         refuse_mismatch(CONFIG, other, tmp_path / "f.h5")
     refuse_mismatch(CONFIG, StoreConfig.from_json(CONFIG.to_json()), tmp_path / "f.h5")
+
+
+def _good_store(tmp_path, n=6):
+    from conftest import write_store
+
+    rng = np.random.default_rng(0)
+    return write_store(tmp_path / "good.h5", {"penultimate": rng.normal(size=(n, 8))}, [0, 1] * (n // 2), ["a", "b"])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f["features"].__delitem__("penultimate"), "lacks features/penultimate"),
+    (lambda f: (f["features"].__delitem__("penultimate"),
+                f["features"].create_dataset("penultimate", shape=(10**9, 8), dtype="f4", chunks=(256, 8))),
+     "corrupt: features/penultimate has shape"),
+    (lambda f: (f.__delitem__("labels"), f.create_dataset("labels", data=np.zeros(3, np.int64))),
+     "corrupt: labels has shape"),
+    (lambda f: (f.__delitem__("fingerprints"), f.create_dataset("fingerprints", data=np.zeros((6, 2), "f4"))),
+     "corrupt: fingerprints"),
+    (lambda f: f.attrs.__setitem__("format_version", "two"), "store format"),
+    (lambda f: f.attrs.__setitem__("format_version", 99), "store format"),
+    (lambda f: f.__delitem__("paths"), "lacks paths"),
+    (lambda f: (f.__delitem__("labels"), f.create_dataset("labels", data=np.array([0, 1, 7, 0, 1, 0]))),
+     "labels point outside"),
+])
+def test_crafted_or_broken_stores_are_one_line(tmp_path, damage, message):
+    path = _good_store(tmp_path)
+    with h5py.File(path, "a") as f:
+        damage(f)
+    with pytest.raises(UserError, match=message):
+        read_store(path)
+
+
+def test_a_flipped_byte_in_the_codes_is_detected(tmp_path):
+    path = _good_store(tmp_path)
+    with h5py.File(path, "r") as f:
+        offset = f["features/penultimate"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 5] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupt"):
+        read_store(path).codes()
+
+
+def test_one_writer_at_a_time_and_stale_temporary_files_go(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.store import writing
+
+    out = tmp_path / "f.h5"
+    (tmp_path / f".{out.name}.4242.tmp").write_text("left by a killed run")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, sys, time
+f = open({str(out) + ".lock"!r}, "a"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match="another process is writing"):
+            with writing(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with writing(out):  # the lock died with its process
+        assert not list(tmp_path.glob(".*.tmp"))
