@@ -1,19 +1,22 @@
-"""Extraction speed, run by hand: is the pipeline as fast as the model alone, and faster than the Keras-guide way?
+"""Extraction speed, run by hand: each engine against itself and the other, and the Keras-guide way.
 
 On a few hundred real photos re-encoded as camera-sized JPEGs (Tux Paint
 stamps and foolbox's ImageNet photos, composited on white and scaled to
 several hundred pixels), each phase runs in a fresh process (own peak memory;
-every phase pays its own tracing once, from a built model to codes for every
-image):
+every phase pays its own tracing once, from a built network to codes for every
+image), on both engines (``keras``, ``onnx``):
 
-  a  the model alone: ``predict_on_batch`` on images already decoded in memory
-  b  the extract stage: decoding, model and shard writes (``ExtractResult.seconds``),
+  a  the network alone, on images already decoded in memory
+  b  the extract stage: decoding, network and shard writes (``ExtractResult.seconds``),
      plus the whole ``scripts/extract.py`` command's wall time for reference
   c  the Keras guides' way: ``keras.utils.image_dataset_from_directory`` +
      ``model.predict`` + ``np.save``
 
-Goals on the 2-core CPU machine with efficientnet_lite0: b/a >= 0.9, b/c >= 1.0.
-Then b again on four times as many images: its peak memory must stay flat.
+Goals on the 2-core CPU machine with efficientnet_lite0: onnx/keras >= 2 for a
+and b; b/a >= 0.9 on keras; b/c >= 1.0. Then b (onnx) with 1, 2 and 4 decoding
+threads (the cores shared between decoding and ONNX Runtime), b again on four
+times as many images (its peak memory must stay flat), and single-thread
+decoding speed of the JPEGs and of PNG copies, with and without libspng.
 
     python benchmarks/extract_speed.py [--images 300] [--backbone efficientnet_lite0]
 """
@@ -58,8 +61,8 @@ def make_photos(dest: Path, count: int, seed: int = 0) -> None:
         im.save(folder / f"photo_{i:04d}.jpg", quality=90)
 
 
-def phase_model_alone(data: Path, backbone_name: str, batch: int) -> dict:
-    from pipeline.backbones.factory import create_model
+def phase_model_alone(data: Path, backbone_name: str, batch: int, engine: str, workers: int | None) -> dict:
+    from pipeline.backbones.engine import frozen_network
     from pipeline.backbones.loading import load_backbone
     from pipeline.extract import resize_policy
     from pipeline.images import decode_image
@@ -70,26 +73,26 @@ def phase_model_alone(data: Path, backbone_name: str, batch: int) -> dict:
     pixels = np.stack([decode_image(p, policy) for p in sorted(data.rglob("*.jpg"))])
     n = len(pixels)
     pixels = np.concatenate([pixels, np.zeros((-n % batch, *pixels.shape[1:]), np.uint8)])
-    model = create_model(backbone)
+    network = frozen_network(backbone, engine=engine)
     start = time.perf_counter()
     for i in range(0, len(pixels), batch):
-        np.asarray(model.predict_on_batch(pixels[i:i + batch]))
+        network(pixels[i:i + batch])
         if i == 0:
             first = time.perf_counter() - start
     seconds = time.perf_counter() - start
     return {"images": n, "seconds": seconds, "steady": (len(pixels) - batch) / (seconds - first)}
 
 
-def phase_extract(data: Path, backbone_name: str, batch: int) -> dict:
+def phase_extract(data: Path, backbone_name: str, batch: int, engine: str, workers: int | None) -> dict:
     from pipeline.extract import ExtractConfig, extract
 
     with tempfile.TemporaryDirectory() as tmp:
         result = extract(ExtractConfig(data=data, out=Path(tmp) / "codes.h5", backbone=backbone_name,
-                                       batch_size=batch, progress=False))
+                                       batch_size=batch, progress=False, engine=engine, workers=workers))
     return {"images": result.extracted, "seconds": result.seconds}
 
 
-def phase_keras_way(data: Path, backbone_name: str, batch: int) -> dict:
+def phase_keras_way(data: Path, backbone_name: str, batch: int, engine: str, workers: int | None) -> dict:
     import keras
     import tensorflow as tf
 
@@ -113,13 +116,39 @@ def phase_keras_way(data: Path, backbone_name: str, batch: int) -> dict:
 PHASES = {"a": phase_model_alone, "b": phase_extract, "c": phase_keras_way}
 
 
-def run_phase(name: str, data: Path, backbone: str, batch: int) -> dict:
+def run_phase(name: str, data: Path, backbone: str, batch: int, engine: str = "keras",
+              workers: int | None = None) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--phase", name, "--data", str(data), "--backbone", backbone,
-         "--batch-size", str(batch)], capture_output=True, text=True)
+         "--batch-size", str(batch), "--engine", engine, *(["--workers", str(workers)] if workers else [])],
+        capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"phase {name} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def decode_rates(data: Path, size: int) -> dict[str, float]:
+    """Images/s of one thread decoding the JPEGs, and PNG copies of them with Pillow and with libspng."""
+    from pipeline import images
+    from pipeline.images import ResizePolicy, decode_image
+
+    jpegs = sorted(data.rglob("*.jpg"))[:60]
+    pngs = []
+    for f in jpegs:
+        with Image.open(f) as im:
+            im.save(f.with_suffix(".png"))
+        pngs.append(f.with_suffix(".png"))
+    policy, rates, spng = ResizePolicy(size, interpolation="bicubic"), {}, images.pyspng
+    for name, files, fast in (("JPEG", jpegs, spng), ("PNG, Pillow", pngs, None), ("PNG, libspng", pngs, spng)):
+        images.pyspng = fast
+        start = time.perf_counter()
+        for f in files:
+            decode_image(f, policy)
+        rates[name] = len(files) / (time.perf_counter() - start)
+    images.pyspng = spng
+    for f in pngs:
+        f.unlink()
+    return rates
 
 
 def command_wall_time(data: Path, backbone: str, batch: int) -> float:
@@ -138,9 +167,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--engine", default="keras", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:
-        result = PHASES[args.phase](args.data, args.backbone, args.batch_size)
+        result = PHASES[args.phase](args.data, args.backbone, args.batch_size, args.engine, args.workers)
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -150,23 +181,37 @@ def main() -> None:
         sizes = [Image.open(f).size for f in sorted(data.rglob("*.jpg"))]
         print(f"{len(sizes)} JPEGs, median {int(np.median([s[0] for s in sizes]))}x"
               f"{int(np.median([s[1] for s in sizes]))} px; backbone {args.backbone}, batch {args.batch_size}")
-        results = {name: run_phase(name, data, args.backbone, args.batch_size) for name in "abc"}
+        results = {f"{name} {engine}": run_phase(name, data, args.backbone, args.batch_size, engine)
+                   for name in "ab" for engine in ("keras", "onnx")}
+        results["c keras"] = run_phase("c", data, args.backbone, args.batch_size)
+        threads = {w: run_phase("b", data, args.backbone, args.batch_size, "onnx", w) for w in (1, 2, 4)}
         wall = command_wall_time(data, args.backbone, args.batch_size)
+        from pipeline.backbones.registry import get_spec
+
+        decoding = decode_rates(data, get_spec(args.backbone).input_size)
         make_photos(Path(tmp) / "more", 4 * args.images)
-        more = run_phase("b", Path(tmp) / "more", args.backbone, args.batch_size)
-    labels = {"a": "model alone (decoded arrays)", "b": "extract stage (decode + model + store)",
+        more = run_phase("b", Path(tmp) / "more", args.backbone, args.batch_size, "onnx")
+    labels = {"a": "network alone (decoded arrays)", "b": "extract stage (decode + network + store)",
               "c": "keras way (image_dataset_from_directory + predict)"}
     for name, r in results.items():
-        print(f"  {name}  {labels[name]:52} {r['images'] / r['seconds']:7.1f} images/s   "
+        print(f"  {name:8} {labels[name[0]]:52} {r['images'] / r['seconds']:7.1f} images/s   "
               f"peak RSS {r['peak_rss_mib']:6.0f} MiB")
     rate = {name: r["images"] / r["seconds"] for name, r in results.items()}
-    print(f"  (model alone after its first batch, i.e. without the one-time tracing: "
-          f"{results['a']['steady']:.1f} images/s)")
-    print(f"  whole scripts/extract.py command, start-up included: {wall:.1f} s wall")
-    print(f"  b/a = {rate['b'] / rate['a']:.2f}   (goal >= 0.9)")
-    print(f"  b/c = {rate['b'] / rate['c']:.2f}   (goal >= 1.0)")
+    print("  (network alone after its first batch, without the one-time tracing: "
+          + ", ".join(f"{e} {results['a ' + e]['steady']:.1f}" for e in ("keras", "onnx")) + " images/s)")
+    print(f"  whole scripts/extract.py command (auto engine), start-up included: {wall:.1f} s wall")
+    for phase in "ab":
+        print(f"  {phase}: onnx/keras = {rate[phase + ' onnx'] / rate[phase + ' keras']:.2f}   (goal >= 2)")
+    for engine in ("keras", "onnx"):
+        print(f"  b/a on {engine} = {rate['b ' + engine] / rate['a ' + engine]:.2f}   (goal >= 0.9 on keras)")
+    print(f"  b onnx / c = {rate['b onnx'] / rate['c keras']:.2f}   (goal >= 1.0)")
+    print("  extract stage on onnx by decoding threads: "
+          + ", ".join(f"{w}: {r['images'] / r['seconds']:.1f}" for w, r in threads.items()) + " images/s")
+    print("  one thread decoding to the input size: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in decoding.items()) + " images/s")
     print(f"  extract stage on {more['images']} images: peak RSS {more['peak_rss_mib']:.0f} MiB, "
-          f"{more['peak_rss_mib'] / results['b']['peak_rss_mib']:.2f} x that on {results['b']['images']} (flat: ~1.0)")
+          f"{more['peak_rss_mib'] / results['b onnx']['peak_rss_mib']:.2f} x that on {results['b onnx']['images']} "
+          "(flat: ~1.0)")
 
 
 if __name__ == "__main__":

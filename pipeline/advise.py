@@ -26,7 +26,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .backbones.factory import batchnorm_layers, create_model
+from .backbones.engine import frozen_network
+from .backbones.factory import batchnorm_layers
 from .backbones.loading import Backbone, load_backbone
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, resize_policy
@@ -112,17 +113,17 @@ class Advice:
         return "\n".join(lines)
 
 
-def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePolicy,
-                        batch_size: int = 32) -> tuple[float, float, int]:
+def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePolicy, batch_size: int = 32,
+                        engine: str = "auto") -> tuple[float, float, int]:
     """(BatchNorm divergence, mean normalised ImageNet-head entropy, images used) over ``files``."""
-    model, norms = create_model(backbone, "statistics"), batchnorm_layers(backbone)
+    network, norms = frozen_network(backbone, "statistics", engine=engine), batchnorm_layers(backbone)
     sums = [np.zeros(2 * layer.input.shape[-1]) for layer in norms]
     entropy, count = 0.0, 0
     for batch in decoded_batches(files, policy, batch_size):
         n = len(batch.ok)
         if not n:
             continue
-        outputs = [np.asarray(o, np.float64)[:n] for o in model.predict_on_batch(batch.pixels)]
+        outputs = [np.asarray(o, np.float64)[:n] for o in network(batch.pixels)]
         for k in range(len(norms)):
             sums[k] += np.concatenate([outputs[2 * k].sum(0), outputs[2 * k + 1].sum(0)])
         logits = outputs[-1]
@@ -144,7 +145,7 @@ def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePol
 
 
 def advise(source: str | Path, backbone: str | None = None, sample: int = 200, seed: int = 0,
-           weights: str | Path | None = None) -> Advice:
+           weights: str | Path | None = None, engine: str = "auto") -> Advice:
     """Advice for an image folder / CSV manifest, or for the images behind a feature store."""
     source = Path(source)
     if source.suffix in (".h5", ".hdf5"):
@@ -170,7 +171,8 @@ def advise(source: str | Path, backbone: str | None = None, sample: int = 200, s
     if missing:
         raise UserError(f"the images behind {source} are not at {root} any more (e.g. {missing[0]})")
     model = load_backbone(backbone, weights)
-    divergence, entropy, used = imagenet_similarity(model, files, resize_policy(model.spec, resize_mode))
+    divergence, entropy, used = imagenet_similarity(model, files, resize_policy(model.spec, resize_mode),
+                                                    engine=engine)
     small = len(paths) < SMALL_IMAGES or float(np.median(counts)) < SMALL_MEDIAN_CLASS
     similar = divergence < SIMILAR_DIVERGENCE
     return Advice(

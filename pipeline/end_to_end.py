@@ -37,6 +37,7 @@ class RunConfig:
     image_size: int | None = None
     epochs: tuple[int, int] = (5, 5)
     seed: int = 0
+    engine: str = "auto"
     progress: bool = True
 
 
@@ -91,11 +92,11 @@ class RunResult:
 def run(cfg: RunConfig) -> RunResult:
     """Run everything into ``cfg.out``; writes summary.json and summary.md."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    advice = advise(cfg.data, cfg.backbone, seed=cfg.seed)
+    advice = advise(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine)
     log.info("%s", advice.format())
     store_path = cfg.out / "features.h5"
     extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=_layers(cfg.backbone),
-                          progress=cfg.progress))
+                          engine=cfg.engine, progress=cfg.progress))
     store = read_store(store_path)
     if store.labels is None:
         raise UserError("comparing candidates needs class labels; fit and fine-tune a numeric target "

@@ -12,6 +12,7 @@ first repeat.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class EvaluateConfig:
     advise: bool = True
     seed: int = 0
     jobs: int | None = None
+    engine: str = "auto"
     command: str = ""
     progress: bool = True
 
@@ -67,7 +69,7 @@ def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStor
     for backbone in cfg.backbones:
         path = store_path(cfg.features, data, backbone, cfg.layers)
         result = extract(ExtractConfig(data=data, out=path, backbone=backbone, layers=cfg.layers,
-                                       progress=cfg.progress))
+                                       engine=cfg.engine, progress=cfg.progress))
         log.info("%s", result.summary())
         stores[backbone] = read_store(path)
         extraction[backbone] = extraction_record(result, stores[backbone])
@@ -77,7 +79,8 @@ def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStor
 def extraction_record(result: ExtractResult, store: FeatureStore) -> dict:
     """What the report says of a store's extraction; the speed is this run's, or the one cached with the codes."""
     return {"store": str(store.path), "images": result.images, "extracted": result.extracted,
-            "reused": result.reused, "images_per_second": float(store.attrs.get("extract_images_per_second", 0.0)),
+            "reused": result.reused, "engine": (json.loads(store.attrs.get("runs", "[]")) or [{}])[-1].get("engine"),
+            "images_per_second": float(store.attrs.get("extract_images_per_second", 0.0)),
             "measured": "this run" if result.extracted else "when the codes were cached"}
 
 
@@ -197,7 +200,7 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
                                            cfg.normalise, None, cfg.seed, cfg.jobs)
         how = ("models made as fit_svm.py makes the saved one (C chosen inside the fold"
                + (", Platt-calibrated probabilities)" if best["classifier"] == "svm" else ")"))
-    advice = advise(data, cfg.backbones[0], seed=cfg.seed) if cfg.advise else None
+    advice = advise(data, cfg.backbones[0], seed=cfg.seed, engine=cfg.engine) if cfg.advise else None
     protocol = {
         "kind": "cross-validation", **asdict(protocol),
         "paired": "every configuration is scored on the same outer folds",

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("features"), seed: int = 0,
                     run_advisor: bool = True, command: str = "", progress: bool = True,
-                    weights: Path | None = None) -> tuple[dict, list[dict]]:
+                    weights: Path | None = None, engine: str = "auto") -> tuple[dict, list[dict]]:
     """The report (JSON-ready) of ``bundle_path`` on the labelled folder ``data``, and the arrays its figures need."""
     if Path(bundle_path).suffix == ".keras":
         raise UserError("takes a fitted classifier bundle (.skops); compare fine-tuned networks in the grid, "
@@ -47,7 +47,7 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
     backbone = bundle_backbone(bundle, weights)
     path = store_path(features, data, bundle.backbone, (bundle.layer,))
     result = update_store(dataset, path, backbone, [bundle.layer], ResizePolicy(**bundle.store_config["resize"]),
-                          progress=progress)
+                          progress=progress, engine=engine)
     log.info("%s", result.summary())
     store = read_store(path)
     names = list(bundle.class_names)
@@ -64,7 +64,7 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
         "training_cv_accuracy": cv.get("accuracy"),
         "extraction": extraction_record(result, store),
     }
-    advice = advise(data, bundle.backbone, seed=seed) if run_advisor else None
+    advice = advise(data, bundle.backbone, seed=seed, engine=engine) if run_advisor else None
     protocol = {"kind": "held-out test", "bundle": str(bundle_path), "trained": bundle.created, "seed": seed,
                 "interval": "95% percentile bootstrap over the test images (1000 resamples)"}
     details = {"backbone": bundle.backbone, "layer": bundle.layer, "classifier": bundle.classifier,

@@ -7,6 +7,7 @@ interrupted run, so only new and changed images go through the network.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backbones.factory import create_model
+from .backbones.engine import FrozenNetwork, frozen_network
 from .backbones.loading import Backbone, load_backbone
 from .errors import UserError
 from .images import Dataset, ResizePolicy, discover
@@ -41,6 +42,7 @@ class ExtractConfig:
     batch_size: int = 32
     workers: int | None = None
     precision: str = "auto"
+    engine: str = "auto"
     resize: str = "crop"
     unlabelled: bool = False
     progress: bool = True
@@ -57,6 +59,7 @@ class ExtractResult:
     skipped: int
     removed: int
     seconds: float
+    engine: str = "keras"
 
     @property
     def images_per_second(self) -> float:
@@ -65,7 +68,7 @@ class ExtractResult:
     def summary(self) -> str:
         return (
             f"{self.images} images in {self.out}: {self.extracted} extracted "
-            f"({self.images_per_second:.1f} images/s), {self.reused} reused, "
+            f"({self.images_per_second:.1f} images/s on {self.engine}), {self.reused} reused, "
             f"{self.skipped} skipped, {self.removed} removed"
         )
 
@@ -89,7 +92,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     layers = backbone.check_layers(cfg.layers)
     policy = resize_policy(backbone.spec, cfg.resize)
     return update_store(dataset, out, backbone, layers, policy, batch_size=cfg.batch_size,
-                        workers=cfg.workers, progress=cfg.progress)
+                        workers=cfg.workers, progress=cfg.progress, engine=cfg.engine)
 
 
 def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
@@ -98,18 +101,20 @@ def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
 
 def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[str], policy: ResizePolicy, *,
                  batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                 prune: bool = True) -> ExtractResult:
+                 prune: bool = True, engine: str = "auto") -> ExtractResult:
     """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed.
 
     With ``prune=False`` rows of files outside ``dataset`` are kept (a cache of
     codes, as the scikit-learn transformer uses); by default they leave the store.
     One process writes a store at a time (:func:`~pipeline.store.writing`).
+    The store's ``runs`` attribute records each run that extracted codes, with its ``engine``.
     """
     with writing(out):
-        return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune)
+        return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune, engine)
 
 
-def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune) -> ExtractResult:
+def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune,
+                  engine) -> ExtractResult:
     spec = backbone.spec
     config = StoreConfig(spec.name, backbone.weights_checksum, tuple(layers), spec.input_size,
                          spec.preprocessing.to_dict(), policy.to_dict())
@@ -148,11 +153,11 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
     log.info("%d images: %d to extract, %d reused from %s, %d from an interrupted run",
              len(dataset), len(todo), from_store, out.name, reused - from_store)
 
-    model = create_model(backbone, "features", layers=layers)
-    feature_dims = {name: int(o.shape[-1]) for name, o in zip(layers, model.outputs)}
+    network = frozen_network(backbone, "features", layers, engine)
+    feature_dims = dict(zip(layers, network.dims))
     started = time.perf_counter()
     files = [dataset.root / dataset.paths[i] for i in todo]
-    for batch, codes in iter_codes(model, layers, files, policy, batch_size, workers, progress, spec.name):
+    for batch, codes in iter_codes(network, files, policy, batch_size, workers, progress, spec.name):
         items = [todo[k] for k in batch.ok]
         failed = [(dataset.paths[todo[k]], fingerprints[todo[k]], reason) for k, reason in batch.failed]
         shards.write([dataset.paths[i] for i in items], [fingerprints[i] for i in items], codes, failed)
@@ -183,8 +188,13 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
         # The speed of the last run that extracted anything, so reports on cached codes can quote it.
         speed = (extracted / seconds if extracted and seconds > 0 else
                  old.attrs.get("extract_images_per_second", 0.0) if old is not None else 0.0)
+        runs = json.loads(old.attrs.get("runs", "[]")) if old is not None else []
+        if extracted or not runs:
+            runs.append({"created": now_iso(), "engine": network.engine, "extracted": extracted,
+                         "images_per_second": round(extracted / seconds, 2) if extracted and seconds > 0 else 0.0})
         assemble(out, config, final_rows, feature_dims, labels, dataset.class_names, skipped, {
             "weights_source": backbone.weights_source,
+            "runs": runs,
             "extract_images_per_second": float(speed),
             "dataset_root": str(Path(dataset.root).resolve()),
             "versions": library_versions(),
@@ -192,22 +202,22 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
         }, targets)
     shards.remove()
     removed = len({key[0] for key in previous} - current) if prune else 0
-    result = ExtractResult(out, len(order) + len(kept), extracted, reused, len(skipped), removed, seconds)
+    result = ExtractResult(out, len(order) + len(kept), extracted, reused, len(skipped), removed, seconds,
+                           network.engine)
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     return result
 
 
-def iter_codes(model, layers: list[str], files: list[Path], policy: ResizePolicy, batch_size: int,
+def iter_codes(network: FrozenNetwork, files: list[Path], policy: ResizePolicy, batch_size: int,
                workers: int | None = None, progress: bool = True, desc: str = "extract"):
-    """Yield ``(batch, {layer: codes of batch.ok})`` for ``files``, decoding in parallel with the model."""
+    """Yield ``(batch, {layer: codes of batch.ok})`` for ``files``, decoding in parallel with the network."""
     bar = tqdm(total=len(files), unit="img", desc=desc, disable=not progress or not files, dynamic_ncols=True)
     skipped = 0
     try:
         for batch in decoded_batches(files, policy, batch_size, workers):
-            outputs = model.predict_on_batch(batch.pixels)
-            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            yield batch, {name: np.asarray(o[:len(batch.ok)], np.float32) for name, o in zip(layers, outputs)}
+            outputs = network(batch.pixels)
+            yield batch, {name: np.asarray(o[:len(batch.ok)], np.float32) for name, o in zip(network.outputs, outputs)}
             bar.update(len(batch.items))
             if batch.failed:
                 skipped += len(batch.failed)

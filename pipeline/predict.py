@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backbones.factory import create_model
+from .backbones.engine import frozen_network
 from .backbones.loading import Backbone, load_backbone
 from .backbones.registry import get_spec
 from .bundle import Bundle, load_bundle
@@ -76,20 +76,20 @@ def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Ba
     return backbone
 
 
-def _bundle_predictor(path: Path, weights, precision: str) -> Predictor:
+def _bundle_predictor(path: Path, weights, precision: str, engine: str) -> Predictor:
     bundle = load_bundle(path)
     backbone = bundle_backbone(bundle, weights, precision)
-    model = create_model(backbone, layers=[bundle.layer])
+    network = frozen_network(backbone, "features", [bundle.layer], engine)
     if bundle.classifier == "ridge":
         return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
                          f"ridge regression on {bundle.backbone}/{bundle.layer}: predicted values",
-                         lambda pixels, n: bundle.estimator.predict(
-                             np.asarray(model.predict_on_batch(pixels))[:n]).reshape(-1, 1), regression=True)
+                         lambda pixels, n: bundle.estimator.predict(network(pixels)[0][:n]).reshape(-1, 1),
+                         regression=True)
     kind = "calibrated SVM probabilities (Platt)" if bundle.classifier == "svm" else "softmax probabilities"
     return Predictor(
         bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
         f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind}",
-        lambda pixels, n: bundle.estimator.predict_proba(np.asarray(model.predict_on_batch(pixels))[:n]))
+        lambda pixels, n: bundle.estimator.predict_proba(network(pixels)[0][:n]))
 
 
 def _keras_predictor(path: Path) -> Predictor:
@@ -108,20 +108,25 @@ def _keras_predictor(path: Path) -> Predictor:
                      lambda pixels, n: np.asarray(model.predict_on_batch(pixels), np.float64)[:n], regression)
 
 
-def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto") -> Predictor:
-    """A bundle from the fit stage (``.skops``) or a model from the fine-tuning stage (``.keras``)."""
+def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto",
+                   engine: str = "auto") -> Predictor:
+    """A bundle from the fit stage (``.skops``) or a model from the fine-tuning stage (``.keras``, run by Keras)."""
     path = Path(path)
-    return _keras_predictor(path) if path.suffix == ".keras" else _bundle_predictor(path, weights, precision)
+    if path.suffix == ".keras":
+        if engine == "onnx":
+            log.info("fine-tuned networks run on Keras")
+        return _keras_predictor(path)
+    return _bundle_predictor(path, weights, precision, engine)
 
 
 def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32,
-                   weights: str | Path | None = None, precision: str = "auto",
-                   progress: bool = True) -> tuple[list[Prediction], str]:
+                   weights: str | Path | None = None, precision: str = "auto", progress: bool = True,
+                   engine: str = "auto") -> tuple[list[Prediction], str]:
     """Top-k predictions for every image in ``inputs``, and a line saying what the probabilities are."""
     files, predictions = collect_images(inputs)
     if not files and not predictions:
         raise UserError("no images given", param="images")
-    predictor = load_predictor(model_path, weights, precision)
+    predictor = load_predictor(model_path, weights, precision, engine)
     k = max(1, min(top_k, len(predictor.class_names)))
     with tqdm(total=len(files), unit="img", desc="predict", disable=not progress or not files) as bar:
         for batch in decoded_batches(files, predictor.policy, batch_size):

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones.factory import create_model
+from .backbones.engine import frozen_network
 from .backbones.loading import cache_dir, load_backbone
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, resize_policy, update_store
@@ -46,14 +46,17 @@ class CodesTransformer(TransformerMixin, BaseEstimator):
     cache : HDF5 store for the codes; default ``<weights cache>/codes/<backbone>-<layer>.h5``.
     weights : optional local weights file for the backbone.
     batch_size : images per forward pass.
+    engine : ``auto``, ``keras`` or ``onnx`` (see :mod:`pipeline.backbones.engine`).
     """
 
-    def __init__(self, backbone=DEFAULT_BACKBONE, layer="penultimate", cache=None, weights=None, batch_size=32):
+    def __init__(self, backbone=DEFAULT_BACKBONE, layer="penultimate", cache=None, weights=None, batch_size=32,
+                 engine="auto"):
         self.backbone = backbone
         self.layer = layer
         self.cache = cache
         self.weights = weights
         self.batch_size = batch_size
+        self.engine = engine
 
     def _cache_path(self) -> Path:
         return Path(self.cache) if self.cache else cache_dir() / "codes" / f"{self.backbone}-{self.layer}.h5"
@@ -63,7 +66,7 @@ class CodesTransformer(TransformerMixin, BaseEstimator):
         _as_paths(X)
         backbone = _backbone(self.backbone, None if self.weights is None else str(self.weights))
         backbone.check_layers([self.layer])
-        self.n_features_out_ = int(create_model(backbone, layers=[self.layer]).outputs[0].shape[-1])
+        self.n_features_out_ = frozen_network(backbone, "features", [self.layer], self.engine).dims[0]
         return self
 
     def transform(self, X):
@@ -76,7 +79,7 @@ class CodesTransformer(TransformerMixin, BaseEstimator):
         dataset = Dataset(root, sorted(set(wanted)), None, None)
         store_path = self._cache_path()
         update_store(dataset, store_path, backbone, [self.layer], resize_policy(backbone.spec),
-                     batch_size=self.batch_size, progress=False, prune=False)
+                     batch_size=self.batch_size, progress=False, prune=False, engine=self.engine)
         store = read_store(store_path)
         failed = dict(store.skipped)
         bad = [w for w in wanted if w in failed]

@@ -12,7 +12,8 @@ Layout of a store (format version 1), readable with plain h5py::
     skipped/reasons    utf-8   [M]      ... and why
     attrs: format_version, backbone, weights_checksum, weights_source, layers,
            feature_dims, input_size, preprocessing, resize, dataset_root,
-           versions, created (JSON strings where structured)
+           versions, created, runs (each extracting run: created, engine,
+           extracted, images_per_second) (JSON strings where structured)
 
 The numeric datasets carry HDF5's fletcher32 checksum per chunk (format 2), which
 h5py verifies on every read: a corrupted byte is an error, never a wrong code.

@@ -25,12 +25,13 @@ def build_parser(prog: str | None = None):
     p.add_argument("--sample", type=int, default=200, help="images used for the similarity (default 200)")
     p.add_argument("--seed", type=int, default=0, help="fixes the sample (default 0)")
     p.add_argument("--weights", type=Path, help="local weights file for the backbone")
+    cli.add_engine(p)
     p.add_argument("--json", type=Path, help="also write the figures and verdict as JSON")
     return p
 
 
 def main(args) -> int:
-    advice = advise(args.source, args.backbone, args.sample, args.seed, args.weights)
+    advice = advise(args.source, args.backbone, args.sample, args.seed, args.weights, args.engine)
     print(advice.format())
     if args.json:
         write_advice(advice, args.json)

@@ -36,6 +36,14 @@ def parser(description: str, examples: str, prog: str | None = None) -> argparse
     )
 
 
+def add_engine(p: argparse.ArgumentParser) -> None:
+    """The ``--engine`` option of every command that runs the frozen network."""
+    from pipeline.backbones.engine import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="what runs the frozen network: auto (default): ONNX Runtime on a CPU, Keras on a GPU")
+
+
 def _flag(p: argparse.ArgumentParser, param: str | None) -> str | None:
     """The option (or positional name) the user types for the setting ``param``."""
     for action in p._actions:
@@ -51,7 +59,7 @@ def run(build_parser: Callable[[str | None], argparse.ArgumentParser], main: Cal
     p = build_parser(prog)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("absl", "h5py", "PIL"):
+    for noisy in ("absl", "h5py", "PIL", "tf2onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices are not the user's concern
     from PIL import Image

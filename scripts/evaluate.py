@@ -47,6 +47,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--repeats", type=int, help="repeats of the outer folds (default 3 under 1,000 images, else 1)")
     p.add_argument("--no-advice", action="store_true", help="skip the advisor")
     p.add_argument("--seed", type=int, default=0)
+    cli.add_engine(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     return p
 
@@ -58,13 +59,14 @@ def main(args) -> int:
         if len(args.data) != 1:
             raise UserError("takes one dataset folder", param="bundle")
         report, arrays = evaluate_bundle(args.bundle, args.data[0], args.features, args.seed, not args.no_advice,
-                                         command, not args.quiet)
+                                         command, not args.quiet, engine=args.engine)
     else:
         report, arrays = evaluate(EvaluateConfig(
             data=tuple(args.data), out=out, backbones=tuple(args.backbones), classifiers=tuple(args.classifiers),
             layers=tuple(args.layers), finetune=args.finetune, image_size=args.image_size,
             epochs=tuple(args.epochs), features=args.features, folds=args.folds, repeats=args.repeats,
-            advise=not args.no_advice, seed=args.seed, command=command, progress=not args.quiet))
+            advise=not args.no_advice, seed=args.seed, engine=args.engine, command=command,
+            progress=not args.quiet))
     paths = write_report(report, arrays, out)
     print(format_summary(report))
     print(f"report: {paths['html']}")

@@ -14,6 +14,7 @@ EXAMPLES = """\
   {prog} photos/ --backbone mobilenet_v2 --layers stage4 penultimate --out f.h5
   {prog} labels.csv --out f.h5          # CSV manifest with columns path,label
   {prog} data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
+  {prog} data/tuxpaint --engine keras --out f.h5   # Keras even on a CPU (auto: ONNX Runtime)
   {prog} --list-backbones
 
 Rerunning the same command resumes an interrupted run and, on a changed folder,
@@ -41,6 +42,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--workers", type=int, help="decoding threads (default: number of CPUs)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: mixed float16 on a GPU, float32 on the CPU (default)")
+    cli.add_engine(p)
     p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                    help="crop: aspect-preserving resize + centre crop (default); pad; stretch")
     p.add_argument("--unlabelled", action="store_true", help="treat sub-folders as plain folders, not classes")
@@ -59,8 +61,8 @@ def main(args) -> int:
     out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}.h5"
     result = extract(ExtractConfig(
         data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers), weights=args.weights,
-        batch_size=args.batch_size, workers=args.workers, precision=args.precision, resize=args.resize,
-        unlabelled=args.unlabelled, progress=not args.quiet,
+        batch_size=args.batch_size, workers=args.workers, precision=args.precision, engine=args.engine,
+        resize=args.resize, unlabelled=args.unlabelled, progress=not args.quiet,
     ))
     print(result.summary())
     return 0

@@ -22,13 +22,14 @@ def build_parser(prog: str | None = None):
     p.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
     p.add_argument("--weights", type=Path, help="the local backbone weights the bundle was extracted with")
     p.add_argument("--batch-size", type=int, default=32)
+    cli.add_engine(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     return p
 
 
 def main(args) -> int:
     predictions, description = predict_images(args.model, args.images, args.top_k, args.batch_size, args.weights,
-                                              progress=not args.quiet)
+                                              progress=not args.quiet, engine=args.engine)
     print(description)
     for pred in predictions:
         if pred.skipped:

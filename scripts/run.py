@@ -27,6 +27,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--image-size", type=int, help="fine-tuning resolution (default: the backbone's)")
     p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"))
     p.add_argument("--seed", type=int, default=0)
+    cli.add_engine(p)
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -35,7 +36,7 @@ def main(args) -> int:
     out = args.out or Path("runs") / args.data.resolve().name
     result = run(RunConfig(data=args.data, out=out, backbone=args.backbone, test_size=args.test_size,
                             finetune=args.finetune, image_size=args.image_size, epochs=tuple(args.epochs),
-                            seed=args.seed, progress=not args.quiet))
+                            seed=args.seed, engine=args.engine, progress=not args.quiet))
     print(result.fit.format() + "\n")
     print(format_summary(result.to_json()))
     print(f"\nwrote {out / 'summary.md'}")

@@ -278,3 +278,46 @@ def test_manifest_listing_a_file_twice_with_two_labels_is_refused(tmp_path):
         discover(tmp_path / "twice.csv")
     (tmp_path / "same.csv").write_text("path,label\nx.png,cat\nx.png,cat\n")
     assert discover(tmp_path / "same.csv").paths == ["x.png"]
+
+
+def test_fast_png_decoding_gives_pillows_pixels_and_outcomes(tmp_path, monkeypatch):
+    """libspng is used only where its pixels equal Pillow's; every other PNG, and every bad one, fares the same."""
+    from pipeline import images
+
+    assert images.pyspng is not None, "the fast extra is installed by make test"
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (50, 70, 4)).astype(np.uint8)
+    variants = {
+        "rgb": Image.fromarray(rgba[..., :3]), "rgba": Image.fromarray(rgba), "grey": Image.fromarray(rgba[..., 0]),
+        "grey_alpha": Image.fromarray(rgba[..., :2]), "palette": Image.fromarray(rgba[..., :3]).quantize(16),
+        "grey16": Image.fromarray(rgba[..., 0].astype(np.uint16) * 257), "bilevel": Image.fromarray(rgba[..., 0] > 99),
+    }
+    for name, im in variants.items():
+        im.save(tmp_path / f"{name}.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "keyed.png", transparency=(1, 2, 3))
+    turned = Image.fromarray(rgba[..., :3])
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned.save(tmp_path / "turned.png", exif=exif)
+    files = sorted(tmp_path.glob("*.png")) + sorted(CORPUS.glob("*.png"))
+    calls = []
+    real = images.pyspng.load
+    monkeypatch.setattr(images.pyspng, "load", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for policy in (ResizePolicy(24), ResizePolicy(24, "pad")):
+        fast = [_outcome(f, policy) for f in files]
+        with monkeypatch.context() as m:
+            m.setattr(images, "pyspng", None)
+            slow = [_outcome(f, policy) for f in files]
+        for f, a, b in zip(files, fast, slow):
+            assert type(a) is type(b), f.name
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(a, b, f.name)
+    assert len(calls) >= 2 * 3, "rgb, rgba and grey took the fast path"
+    assert _outcome(tmp_path / "turned.png", ResizePolicy(24)).shape == (24, 24, 3)
+
+
+def _outcome(path, policy):
+    try:
+        return decode_image(path, policy)
+    except DecodeError as e:
+        return str(e)

@@ -5,7 +5,8 @@ call gives one of four heads on raw uint8 pixels of the backbone's input size,
 the spec's preprocessing inside the graph:
 
 - ``features``: one globally pooled float32 code per requested feature layer
-  (the extract stage, prediction from codes, the scikit-learn transformer);
+  (the extract stage, prediction from codes, the scikit-learn transformer),
+  and with ``logits=True`` the ImageNet logits after them (the ONNX engine's graph);
 - ``imagenet``: the 1000 ImageNet logits;
 - ``statistics``: per-image channel means and mean squares at every
   BatchNorm input, then the ImageNet logits (what the advisor compares with the
@@ -34,7 +35,7 @@ HEADS = ("features", "imagenet", "statistics", "finetune")
 def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence[str] = ("penultimate",),
                  classes: int = 0, input_size: int | None = None, trainable_from: str | None = None,
                  augmentation: keras.layers.Layer | None = None, hidden: int | None = None,
-                 seed: int = 0) -> keras.Model:
+                 seed: int = 0, logits: bool = False) -> keras.Model:
     """A network of ``head`` kind (see the module's docstring) derived from ``backbone``.
 
     The ``features`` models are built once per layer set and reused, so their
@@ -44,10 +45,10 @@ def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
     if head == "features":
         layers = tuple(backbone.check_layers(layers))
-        key = ("features", layers)
+        key = ("features", layers, logits)
         if key not in backbone.models:
             with dtype_policy(backbone.precision):
-                backbone.models[key] = _features(backbone, layers)
+                backbone.models[key] = _features(backbone, layers, logits)
         return backbone.models[key]
     with dtype_policy(backbone.precision):
         if head == "imagenet":
@@ -69,19 +70,17 @@ def _on_pixels(backbone: Backbone, outputs_of, size: int | None = None, augmenta
     return keras.Model(pixels, outputs_of(x), name=name or f"{backbone.spec.name}_on_pixels")
 
 
-def _trunk(backbone: Backbone, layer_names: Sequence[str]) -> keras.Model:
+def _features(backbone: Backbone, layers: tuple[str, ...], logits: bool) -> keras.Model:
     classifier = backbone.classifier
-    return keras.Model(classifier.inputs, [classifier.get_layer(name).output for name in layer_names])
-
-
-def _features(backbone: Backbone, layers: tuple[str, ...]) -> keras.Model:
-    trunk = _trunk(backbone, [backbone.spec.feature_layers[name] for name in layers])
+    maps = [classifier.get_layer(backbone.spec.feature_layers[name]).output for name in layers]
+    trunk = keras.Model(classifier.inputs, maps + [classifier.output] * logits)
 
     def pooled(x):
         outputs = trunk(x, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return [keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"codes_{name}")(o)
-                for name, o in zip(layers, outputs)]
+        codes = [keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"codes_{name}")(o)
+                 for name, o in zip(layers, outputs)]
+        return codes + [keras.ops.cast(outputs[-1], "float32")] * logits
 
     return _on_pixels(backbone, pooled)
 

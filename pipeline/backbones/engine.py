@@ -1,0 +1,208 @@
+"""Engines that run the factory's frozen networks: Keras, or the same graph in ONNX Runtime.
+
+On a CPU, ONNX Runtime runs these convnets two to three times faster than
+Keras on TensorFlow (``benchmarks/extract_speed.py``); on a GPU, Keras (with
+mixed precision) is the engine. ``auto`` picks between them.
+
+The ONNX graph is the project's own Keras model (uint8 pixels in; the pooled
+codes of every feature layer and the ImageNet logits out, or the advisor's
+statistics), converted once with tf2onnx and cached beside the converted
+weights. The file's name holds the key (weights checksum, outputs, input size,
+converter and library versions) and the sha256 of its own bytes: a write goes
+to a temporary file renamed into place, so concurrent or killed conversions
+never leave a half file under a valid name, and a file whose bytes do not match
+its name is rebuilt.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from ..device import accelerators
+from ..errors import UserError
+from ..provenance import file_sha256
+from .factory import create_model
+from .loading import Backbone, cache_dir
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "keras", "onnx")
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class FrozenNetwork:
+    """A frozen network on one engine: ``network(pixels)`` maps a uint8 batch to a list of float32 arrays."""
+
+    engine: str
+    outputs: tuple[str, ...]
+    dims: tuple[int, ...]
+    run: Callable[[np.ndarray], list[np.ndarray]]
+
+    def __call__(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return self.run(pixels)
+
+
+def onnx_available() -> bool:
+    return keras.backend.backend() == "tensorflow" and all(
+        importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tf2onnx"))
+
+
+def resolve_engine(engine: str = "auto", precision: str = "float32") -> str:
+    """``keras`` or ``onnx``: ``auto`` is ONNX Runtime on a CPU and Keras where a GPU is seen."""
+    if engine not in ENGINES:
+        raise UserError(f"must be one of {', '.join(ENGINES)}, not {engine!r}", param="engine")
+    if engine == "onnx":
+        if not onnx_available():
+            raise UserError("the ONNX engine needs the TensorFlow backend, onnxruntime and tf2onnx "
+                            "(pip install 'cnn-codes[fast]')", param="engine")
+        if precision != "float32":
+            raise UserError(f"the ONNX engine runs float32, not {precision}", param="engine")
+        return engine
+    if engine == "auto":
+        engine = "onnx" if onnx_available() and precision == "float32" and not accelerators() else "keras"
+    return engine
+
+
+def describe(engine: str) -> str:
+    if engine == "onnx":
+        return f"ONNX Runtime on the CPU ({_threads()} threads)"
+    return f"Keras on {keras.backend.backend()} ({', '.join(accelerators()) or 'CPU'})"
+
+
+def frozen_network(backbone: Backbone, head: str = "features", layers: Sequence[str] = ("penultimate",),
+                   engine: str = "auto") -> FrozenNetwork:
+    """The ``features`` (pooled codes of ``layers``), ``imagenet`` or ``statistics`` network on ``engine``.
+
+    Networks are built once per backbone, head, layers and engine.
+    """
+    engine = resolve_engine(engine, backbone.precision)
+    layers = tuple(backbone.check_layers(layers)) if head == "features" else ()
+    key = ("frozen", head, layers, engine)
+    if key not in backbone.models:
+        backbone.models[key] = (_onnx if engine == "onnx" else _keras)(backbone, head, layers)
+        log.info("%s (%s) runs on %s", backbone.spec.name, head, describe(engine))
+    return backbone.models[key]
+
+
+def _keras(backbone: Backbone, head: str, layers: tuple[str, ...]) -> FrozenNetwork:
+    model = create_model(backbone, head, layers=layers or ("penultimate",))
+
+    def run(pixels):
+        out = model.predict_on_batch(pixels)
+        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+    names = layers or tuple(f"output_{k}" for k in range(len(model.outputs)))
+    return FrozenNetwork("keras", names, tuple(int(o.shape[-1]) for o in model.outputs), run)
+
+
+def _graph_model(backbone: Backbone, head: str) -> tuple[keras.Model, tuple[str, ...]]:
+    """The Keras model that becomes one ONNX graph, and its outputs' names."""
+    if head == "statistics":
+        model = create_model(backbone, "statistics")
+        return model, tuple(f"output_{k}" for k in range(len(model.outputs)))
+    layers = tuple(backbone.spec.feature_layers)
+    return create_model(backbone, "features", layers=layers, logits=True), (*layers, "imagenet")
+
+
+def _onnx(backbone: Backbone, head: str, layers: tuple[str, ...]) -> FrozenNetwork:
+    import onnxruntime as ort
+
+    graph = "statistics" if head == "statistics" else "codes"
+    session, names = _session(backbone, graph, ort)
+    wanted = layers if head == "features" else ("imagenet",) if head == "imagenet" else names
+    index = [names.index(n) for n in wanted]
+    dims = tuple(int(session.get_outputs()[i].shape[-1]) for i in index)
+    output_names = [session.get_outputs()[i].name for i in index]
+    input_name = session.get_inputs()[0].name
+
+    def run(pixels):
+        return session.run(output_names, {input_name: np.ascontiguousarray(pixels, np.uint8)})
+
+    return FrozenNetwork("onnx", wanted, dims, run)
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _session(backbone: Backbone, graph: str, ort):
+    """An ONNX Runtime session on the cached graph, converting it first when no valid file is cached."""
+    import tf2onnx
+
+    spec = backbone.spec
+    key = {"backbone": spec.name, "graph": graph, "weights": backbone.weights_checksum,
+           "layers": list(spec.feature_layers), "input_size": spec.input_size, "opset": OPSET,
+           "tf2onnx": tf2onnx.__version__, "keras": keras.__version__}
+    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "onnx"
+    prefix = f"{spec.name}-{graph}-{key_hash}"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _threads()
+    options.inter_op_num_threads = 1
+    # Idle threads sleep rather than spin, so the decoding threads get the cores between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for path in sorted(folder.glob(f"{glob.escape(prefix)}-*.onnx")):
+        if _intact(path):
+            try:
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                return session, tuple(json.loads(session.get_modelmeta().custom_metadata_map["outputs"]))
+            except Exception as e:  # noqa: BLE001 - any unreadable cached graph is rebuilt
+                log.warning("rebuilding %s: %s", path.name, e)
+        path.unlink(missing_ok=True)
+    path = _convert(backbone, graph, folder, prefix)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, tuple(json.loads(session.get_modelmeta().custom_metadata_map["outputs"]))
+
+
+def _intact(path: Path) -> bool:
+    """Whether the file's bytes hash to the sha256 prefix its name ends with."""
+    match = re.search(r"-([0-9a-f]{16})\.onnx$", path.name)
+    ok = bool(match) and file_sha256(path)[:16] == match.group(1)
+    if not ok:
+        log.warning("the cached graph %s is corrupt; converting again", path.name)
+    return ok
+
+
+def _convert(backbone: Backbone, graph: str, folder: Path, prefix: str) -> Path:
+    import tensorflow as tf
+    import tf2onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale(folder)
+    log.info("converting %s to ONNX (once; cached in %s)", backbone.spec.name, folder)
+    model, names = _graph_model(backbone, graph)
+    size = backbone.spec.input_size
+    signature = [tf.TensorSpec((None, size, size, 3), tf.uint8, name="pixels")]
+    function = tf.function(lambda pixels: model(pixels, training=False))
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "outputs", json.dumps(list(names))
+    tmp = folder / f".{prefix}.{os.getpid()}.tmp"
+    tmp.write_bytes(proto.SerializeToString())
+    target = folder / f"{prefix}-{file_sha256(tmp)[:16]}.onnx"
+    os.replace(tmp, target)
+    return target
+
+
+def _remove_stale(folder: Path) -> None:
+    """Temporary files of conversions whose process has ended."""
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            os.kill(int(tmp.name.rsplit(".", 2)[1]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
