@@ -1,18 +1,9 @@
 """The advisor: which of the four situations (small or large, like ImageNet or not) a dataset is in.
 
-Similarity to ImageNet is measured with the pretrained network alone: every
-BatchNorm layer holds the running mean and variance of its input over
-ImageNet, so the divergence between those statistics and the same statistics
-on the user's images says how far the images fall from what the network was
-trained on. Per layer, the median over channels of the KL divergence between
-the two per-channel Gaussians; averaged over layers. The mean normalised
-entropy of the ImageNet head is reported beside it but decides nothing: it
-separated the calibration sets much less well.
-
-Calibration (efficientnet_lite0; mobilenet_v2 in brackets), 100 images each:
-foolbox ImageNet photos 0.017 (0.011), Tux Paint 0.048 (0.057), Fashion-MNIST
-0.199 (0.228), MNIST 0.327 (0.391). The threshold 0.1 lies about a factor of two
-from the nearest set on either side.
+Similarity is the pretrained network's own: per BatchNorm layer, the median over
+channels of the KL divergence between its ImageNet running statistics and the
+same statistics on the user's images, averaged over layers. Calibration and
+threshold: README, "Advise".
 """
 
 from __future__ import annotations

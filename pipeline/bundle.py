@@ -118,11 +118,8 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def replace_folder(out: Path, write) -> None:
-    """Fill a new folder through ``write(folder)``, then swap it in for ``out`` in one step.
-
-    A kill at any point leaves ``out`` as it was (or, before the first run,
-    absent); leftovers of killed runs are removed by the next one.
-    """
+    """Fill a new folder through ``write(folder)``, then swap it in for ``out`` in one step: a kill at any point
+    leaves ``out`` as it was (or absent); leftovers of killed runs are removed by the next one."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.*.tmp"):

@@ -1,12 +1,8 @@
 """The fit stage: a linear SVM and a softmax on cached codes, C chosen by nested cross-validation.
 
-Protocol: the outer folds (stratified k-fold, repeated for small sets) give
-the reported figures; inside each outer training set an inner split chooses C
-over a log grid, and the model refitted with that C is scored on the outer
-test fold, which the choice never saw. The 95% intervals use the
-Nadeau-Bengio correction for the overlap between cross-validation training
-sets, so they are not falsely narrow. The final model chooses C the same way
-on all the training data and is refitted on it.
+The outer folds give the figures (Nadeau-Bengio 95% intervals); inside each
+outer training set an inner split chooses C, so the outer test fold never sees
+the choice. The final model chooses C the same way on all the training data.
 """
 
 from __future__ import annotations
@@ -59,12 +55,8 @@ def make_classifier(kind: str, C: float, normalise: str = "standard", class_weig
 
 
 def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_weight) -> np.ndarray:
-    """Validation accuracy along the C path (ascending, warm-started).
-
-    The path stops once accuracy has stayed below its best for two consecutive
-    C values (the remaining ones score -inf): larger C only overfit more, and
-    they are the slowest to fit.
-    """
+    """Validation accuracy along the C path (ascending, warm-started), stopped (the rest scoring -inf) after two
+    C values below the best: larger C only overfit more, and are the slowest to fit."""
     scale = scaler(normalise).fit(X_train)
     X_train, X_val = scale.transform(X_train), scale.transform(X_val)
     if kind == "svm":
@@ -235,12 +227,8 @@ def held_out(model, X, y, class_names, data: str) -> HeldOut:
 
 def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="standard", class_weight=None,
                       seed: int = 0, jobs: int | None = None) -> np.ndarray:
-    """Class probabilities of every row of ``X`` from the model of its fold that never saw it.
-
-    Each fold's model is made exactly as the saved one is (:func:`fit_final`: C chosen inside the
-    fold's training rows, Platt-calibrated SVM), so the probabilities are what the saved model would
-    say of unseen images. ``folds`` must partition the rows (one repeat of the outer folds).
-    """
+    """Class probabilities of every row of ``X`` from its fold's model, made as the saved one is
+    (:func:`fit_final`) on the rows without it; ``folds`` must partition the rows (one repeat)."""
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
     fitted = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
         delayed(fit_final)(kind, X[train], y[train], normalise, class_weight, seed) for train, _ in folds)

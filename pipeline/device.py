@@ -31,12 +31,8 @@ def accelerators() -> list[str]:
 
 
 def resolve_precision(precision: str = "auto") -> str:
-    """The Keras dtype policy for ``precision``.
-
-    ``auto`` picks mixed float16 on a GPU (tensor cores roughly double
-    throughput) and float32 on a CPU, where mixed precision was measured
-    slower for these convnets.
-    """
+    """The Keras dtype policy for ``precision``: ``auto`` is mixed float16 on a GPU (tensor cores), float32 on
+    a CPU (where mixed precision was measured slower for these convnets)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "auto":
@@ -46,11 +42,8 @@ def resolve_precision(precision: str = "auto") -> str:
 
 @contextlib.contextmanager
 def dtype_policy(precision: str = "auto"):
-    """Build the layers made inside the block under ``precision``'s dtype policy, restoring the global one after.
-
-    Keras reads the policy when a layer is created, so models built here keep
-    it; nothing outside the block changes.
-    """
+    """Layers created inside the block take ``precision``'s dtype policy (and keep it); the global one is
+    restored after."""
     policy = resolve_precision(precision)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)

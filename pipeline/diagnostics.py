@@ -1,8 +1,7 @@
 """What a report shows of one model beyond its accuracy: where it errs, on which images, and how the codes lie.
 
-Everything here works from predicted probabilities the model made for images
-it never trained on (out-of-fold in the evaluation grid, a held-out folder for
-a saved bundle), so the confusion matrix and the gallery are honest.
+It works from probabilities for images the model never trained on (out-of-fold,
+or a held-out folder for a bundle), so the confusion matrix and gallery are honest.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The whole pipeline in one call: advise, extract, fit, fine-tune where advised, keep the better model.
 
-Every candidate is scored on the same held-out images (a stratified split
-fixed by the seed, never seen by any training or model choice), so the
-comparison is paired and the choice honest.
+Every candidate is scored on the same held-out images (a stratified split fixed
+by the seed, unseen by any training or choice): a paired, honest comparison.
 """
 
 from __future__ import annotations

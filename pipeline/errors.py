@@ -2,11 +2,8 @@
 
 
 class UserError(Exception):
-    """Bad input or settings: shown as one line (no traceback) and exit code 2.
-
-    ``param`` names the setting at fault (a config field, such as ``test_size``);
-    the command line shows it as its flag. The library never names flags or scripts.
-    """
+    """Bad input or settings: one line (no traceback) and exit code 2. ``param`` names the setting at fault (a
+    config field, such as ``test_size``), which the command line shows as its flag; messages name no flags."""
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(f"{param}: {message}" if param else message)

@@ -102,13 +102,8 @@ def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
 def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[str], policy: ResizePolicy, *,
                  batch_size: int = 32, workers: int | None = None, progress: bool = True,
                  prune: bool = True, engine: str = "auto") -> ExtractResult:
-    """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed.
-
-    With ``prune=False`` rows of files outside ``dataset`` are kept (a cache of
-    codes, as the scikit-learn transformer uses); by default they leave the store.
-    One process writes a store at a time (:func:`~pipeline.store.writing`).
-    The store's ``runs`` attribute records each run that extracted codes, with its ``engine``.
-    """
+    """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed, as the one
+    writer (:func:`~pipeline.store.writing`); ``prune=False`` keeps rows of other files (a cache of codes)."""
     with writing(out):
         return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune, engine)
 

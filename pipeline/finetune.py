@@ -1,17 +1,9 @@
 """The fine-tuning stage: a new softmax on the pretrained base, trained head first, then the later layers.
 
-The ImageNet head is replaced by a softmax for
-the task's classes (optionally behind one hidden layer); phase 1 trains the
-head with the base frozen; phase 2 unfreezes the last layers at a learning
-rate ten times smaller; the base always runs with ``training=False`` so its
-BatchNorm statistics do not drift on a small set; augmentation (flip, small
-rotation, translation, zoom) is on by default; a stratified validation split
-drives early stopping and keeps the best weights. By default the new head
-starts from a softmax fitted on the training split's penultimate codes (linear
-probe, then fine-tune), with C chosen by cross-validation as in the fit stage;
-fitting it here, on the training split only, keeps the validation images out
-of it. Interrupted training resumes from its last epoch
-(``keras.callbacks.BackupAndRestore``).
+The recipe (README, "Fine-tune"): the head starts from a linear probe on the
+training split, phase 2 unfreezes the later layers at a ten times smaller
+learning rate, BatchNorm stays in inference mode, a stratified validation split
+drives early stopping, and interrupted training resumes (``BackupAndRestore``).
 """
 
 from __future__ import annotations

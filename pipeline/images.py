@@ -44,13 +44,9 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class ResizePolicy:
-    """How a decoded image becomes a ``size`` x ``size`` input.
-
-    ``crop`` (default): aspect-preserving resize so the shorter side is
-    ``size / crop_fraction``, then the centre ``size`` x ``size`` crop, as in
-    ImageNet evaluation. ``pad``: the whole image fitted inside the square and
-    padded with white. ``stretch``: resized to the square, aspect ignored.
-    """
+    """How a decoded image becomes a ``size`` x ``size`` input: ``crop`` (the shorter side to ``size /
+    crop_fraction``, then the centre square, as in ImageNet evaluation), ``pad`` (fitted, white bars) or
+    ``stretch`` (aspect ignored)."""
 
     size: int
     mode: str = "crop"
@@ -217,13 +213,8 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
 
 
 def discover(source: str | Path, unlabelled: bool = False) -> Dataset:
-    """Find images in a class-per-sub-folder tree, a CSV manifest (``path,label`` and/or a numeric
-    ``target`` for regression) or an unlabelled folder.
-
-    A folder whose sub-folders hold images is labelled by its first-level
-    sub-folder names (searched recursively); a folder with images only at its
-    top level, or any folder with ``unlabelled=True``, is unlabelled.
-    """
+    """Images of a CSV manifest (``path``, ``label`` and/or a numeric ``target``) or a folder: labelled by its
+    first-level sub-folders (searched recursively) if they hold images and not ``unlabelled``."""
     source = Path(source)
     if source.suffix.lower() == ".csv" and source.is_file():
         return _from_manifest(source)
@@ -240,14 +231,8 @@ def discover(source: str | Path, unlabelled: bool = False) -> Dataset:
     if loose:
         log.warning("%d image(s) directly in %s are not in a class folder; recorded as skipped",
                     len(loose), source)
-    return Dataset(
-        source,
-        [r.as_posix() for r in in_subfolders],
-        [r.parts[0] for r in in_subfolders],
-        class_names,
-        skipped=loose,
-        ignored=ignored,
-    )
+    return Dataset(source, [r.as_posix() for r in in_subfolders], [r.parts[0] for r in in_subfolders], class_names,
+                   skipped=loose, ignored=ignored)
 
 
 def _refuse_undecodable_names(paths: list[str], source: Path) -> None:
@@ -259,11 +244,7 @@ def _refuse_undecodable_names(paths: list[str], source: Path) -> None:
 
 
 def _not_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
+    return any("\ud800" <= ch <= "\udfff" for ch in name)  # a surrogate: what UTF-8 cannot encode
 
 
 def _from_manifest(manifest: Path) -> Dataset:

@@ -1,8 +1,7 @@
 """Decoding images on a thread pool, a bounded number of batches ahead of the model.
 
-Pillow releases the GIL while decoding and resizing, so threads decode in
-parallel with each other and with the model, and memory is bounded by the
-number of images in flight, not by the size of the data set.
+Pillow releases the GIL, so threads decode in parallel with each other and the
+model, and memory is bounded by the images in flight, not the data set's size.
 """
 
 from __future__ import annotations

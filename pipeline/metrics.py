@@ -60,12 +60,8 @@ def regression_scores(y_true, y_pred) -> dict[str, float]:
 
 
 def nadeau_bengio(values, n_train: int, n_test: int, bounded: bool = True) -> Score:
-    """Mean over folds with the Nadeau-Bengio corrected t interval (95%).
-
-    The correction widens the naive interval by ``sqrt(1/J + n_test/n_train)``
-    for the overlap between cross-validation training sets. ``bounded`` clips
-    it to [0, 1], for accuracies and F1.
-    """
+    """Mean over folds with the Nadeau-Bengio corrected 95% t interval: the naive one widened by ``sqrt(1/J +
+    n_test/n_train)`` for overlapping training sets; ``bounded`` clips it to [0, 1]."""
     values = np.asarray(values, float)
     j = len(values)
     sd = float(values.std(ddof=1)) if j > 1 else 0.0

@@ -1,8 +1,7 @@
 """Ridge regression on cached codes: the fit stage's answer to a numeric target.
 
-Nested like the classifiers: outer (repeated) k-fold gives R² and mean
-absolute error; inside each outer training set ``RidgeCV`` chooses the penalty
-by efficient leave-one-out over a log grid, never seeing the outer test fold.
+Nested like the classifiers: the outer folds give R² and MAE; inside each outer
+training set ``RidgeCV`` chooses alpha by leave-one-out, never seeing the test fold.
 """
 
 from __future__ import annotations

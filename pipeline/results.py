@@ -9,12 +9,8 @@ from .metrics import Score
 
 @dataclass
 class CVResult:
-    """One candidate (a layer's codes and a model kind) scored by nested cross-validation.
-
-    ``scores`` holds accuracy and macro-F1 for a classifier, R² and MAE for
-    ridge, the first one deciding; ``chosen`` counts how often each value of
-    the hyper-parameter ``hyper`` (C, or ridge's alpha) was chosen over the folds.
-    """
+    """One candidate (a layer's codes and a model kind) scored by nested cross-validation: ``scores`` (the first
+    decides), and how often each value of the hyper-parameter ``hyper`` (C, or alpha) was ``chosen``."""
 
     layer: str
     classifier: str

@@ -1,31 +1,10 @@
-"""The HDF5 feature store, and the crash-safe shards it is assembled from.
+"""The HDF5 feature store (layout: README, "The feature store"), and the crash-safe shards it is assembled from.
 
-Layout of a store (format version 1), readable with plain h5py::
-
-    features/<layer>   float32 [N, D]   globally pooled codes, one dataset per layer
-    paths              utf-8   [N]      image paths relative to the dataset root
-    fingerprints       int64   [N, 2]   (size in bytes, mtime in ns) of each file
-    labels             int64   [N]      index into class_names (labelled sets only)
-    targets            float64 [N]      numeric regression targets (manifests with a target column)
-    class_names        utf-8   [C]      (labelled sets only)
-    skipped/paths      utf-8   [M]      files that were not extracted ...
-    skipped/reasons    utf-8   [M]      ... and why
-    attrs: format_version, backbone, weights_checksum, weights_source, layers,
-           feature_dims, input_size, preprocessing, resize, dataset_root,
-           versions, created, runs (each extracting run: created, engine,
-           extracted, images_per_second) (JSON strings where structured)
-
-The numeric datasets carry HDF5's fletcher32 checksum per chunk (format 2), which
-h5py verifies on every read: a corrupted byte is an error, never a wrong code.
-Opening a store checks its schema (datasets, dtypes, shapes, attributes) first.
-One writer at a time: extraction holds ``<store>.lock`` (``flock``, released by the
-kernel when the process ends, even killed), and shard names are unique per run.
-
-HDF5 is not safe against a kill during a write, so extraction never writes the
-store incrementally: each completed batch goes to a small ``.npz`` shard in
-``<store>.parts/`` (written to a temporary name, then renamed), and the store is
-assembled from shards (and the previous store's reusable rows) into a temporary
-file that replaces the old one in one rename.
+Numeric datasets carry fletcher32 checksums (format 2), verified by h5py on
+every read; opening a store checks its schema first. One writer at a time
+(``flock`` on ``<store>.lock``). A kill never leaves a half store: each batch
+goes to a ``.npz`` shard in ``<store>.parts/``, and the store is assembled from
+shards and reusable old rows into a temporary file renamed into place.
 """
 
 from __future__ import annotations
@@ -248,12 +227,8 @@ class Shards:
 
 @contextlib.contextmanager
 def writing(store: Path):
-    """Hold ``<store>.lock`` while writing ``store``: a second writer is refused in one line.
-
-    ``flock`` locks die with their process, so a killed run never leaves the
-    store locked; with the lock held, temporary files of killed runs are stale
-    and are removed.
-    """
+    """Hold ``<store>.lock`` while writing ``store`` (a second writer is refused in one line), and remove the
+    temporary files of killed runs; an ``flock`` dies with its process, so a kill never leaves it locked."""
     store.parent.mkdir(parents=True, exist_ok=True)
     with open(store.with_name(store.name + ".lock"), "a") as lock:
         try:

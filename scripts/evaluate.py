@@ -9,8 +9,7 @@ from pathlib import Path
 from pipeline.commands import cli
 from pipeline.errors import UserError
 from pipeline.classify import CLASSIFIERS
-from pipeline.evaluate import EvaluateConfig, evaluate
-from pipeline.evaluate_bundle import evaluate_bundle
+from pipeline.evaluate import EvaluateConfig, evaluate, evaluate_bundle
 from pipeline.extract import DEFAULT_BACKBONE
 from pipeline.report import format_summary, write_report
 

@@ -118,7 +118,7 @@ def test_report_files_hold_the_same_numbers(grid):
 
 
 def test_bundle_report_agrees_with_predict(grid, tmp_path):
-    from pipeline.evaluate_bundle import evaluate_bundle
+    from pipeline.evaluate import evaluate_bundle
     from pipeline.predict import predict_images
 
     store = store_path(grid["base"] / "features", grid["data"], "efficientnet_lite0", ("penultimate",))

@@ -1,17 +1,9 @@
-"""Engines that run the factory's frozen networks: Keras, or the same graph in ONNX Runtime.
+"""Engines that run the factory's frozen networks: Keras, or the same graph in ONNX Runtime (README, "Engines").
 
-On a CPU, ONNX Runtime runs these convnets two to three times faster than
-Keras on TensorFlow (``benchmarks/extract_speed.py``); on a GPU, Keras (with
-mixed precision) is the engine. ``auto`` picks between them.
-
-The ONNX graph is the project's own Keras model (uint8 pixels in; the pooled
-codes of every feature layer and the ImageNet logits out, or the advisor's
-statistics), converted once with tf2onnx and cached beside the converted
-weights. The file's name holds the key (weights checksum, outputs, input size,
-converter and library versions) and the sha256 of its own bytes: a write goes
-to a temporary file renamed into place, so concurrent or killed conversions
-never leave a half file under a valid name, and a file whose bytes do not match
-its name is rebuilt.
+The ONNX graph is the project's own Keras model, converted once with tf2onnx
+and cached; its file name holds the key and the sha256 of its bytes, and it is
+written under a temporary name then renamed, so a concurrent, killed or damaged
+conversion never passes for a valid graph.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """The network factory: every network the pipeline runs is derived here from a loaded backbone.
 
-In the manner of timm's ``create_model`` and keras.applications' builders, one
-call gives one of four heads on raw uint8 pixels of the backbone's input size,
-the spec's preprocessing inside the graph:
-
-- ``features``: one globally pooled float32 code per requested feature layer
-  (the extract stage, prediction from codes, the scikit-learn transformer),
-  and with ``logits=True`` the ImageNet logits after them (the ONNX engine's graph);
-- ``imagenet``: the 1000 ImageNet logits;
-- ``statistics``: per-image channel means and mean squares at every
-  BatchNorm input, then the ImageNet logits (what the advisor compares with the
-  BatchNorm layers' ImageNet statistics);
-- ``finetune``: a trainable network: optional augmentation, the base up to its
-  last feature map (always run in inference mode, so BatchNorm statistics never
-  drift), pooling, an optional hidden layer and a new head of ``classes`` units
-  (softmax) or one linear unit for regression (``classes=0``); everything
-  before ``trainable_from`` is frozen (see :func:`set_trainable`).
+As timm's ``create_model``, one call gives one head, on uint8 pixels with the
+spec's preprocessing inside the graph: ``features`` (a pooled float32 code per
+feature layer, and with ``logits=True`` the ImageNet logits after them),
+``imagenet`` (the logits), ``statistics`` (channel means and mean squares at
+every BatchNorm input, then the logits: the advisor's) or ``finetune`` (a new
+head on a copy of the base, in inference mode, frozen below ``trainable_from``;
+``classes=0`` gives one linear unit for regression).
 """
 
 from __future__ import annotations
@@ -36,11 +27,7 @@ def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence
                  classes: int = 0, input_size: int | None = None, trainable_from: str | None = None,
                  augmentation: keras.layers.Layer | None = None, hidden: int | None = None,
                  seed: int = 0, logits: bool = False) -> keras.Model:
-    """A network of ``head`` kind (see the module's docstring) derived from ``backbone``.
-
-    The ``features`` models are built once per layer set and reused, so their
-    compiled predict function serves every later call.
-    """
+    """A network of ``head`` kind (see the module's docstring); ``features`` models are built once and reused."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
     if head == "features":
@@ -132,11 +119,8 @@ def _finetune(backbone, classes, size, trainable_from, augmentation, hidden, see
 
 
 def set_trainable(model: keras.Model, trainable_from: str | None) -> None:
-    """Freeze a fine-tuning network's base below the layer ``trainable_from`` (all of it when None).
-
-    BatchNorm layers stay frozen throughout, as well as in inference mode
-    (keras.io's fine-tuning recipe); the layers after the base always train.
-    """
+    """Freeze a fine-tuning network's base below ``trainable_from`` (all of it when None), BatchNorm always
+    (keras.io's fine-tuning recipe); the layers after the base always train."""
     base = model.get_layer("base")
     names = [layer.name for layer in base.layers]
     if trainable_from is not None and trainable_from not in names:

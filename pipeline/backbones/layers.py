@@ -9,12 +9,8 @@ from keras import layers, ops
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class Preprocess(layers.Layer):
-    """Applies a backbone's :class:`~pipeline.backbones.spec.Preprocessing` inside the model.
-
-    Taking raw 0..255 pixels (uint8 or float) and scaling in the graph keeps the
-    preprocessing in one place, next to the weights it belongs to, on whatever
-    device the model runs.
-    """
+    """A backbone's :class:`~pipeline.backbones.spec.Preprocessing` of 0..255 pixels inside the model, next to
+    the weights it belongs to, on whatever device the model runs."""
 
     def __init__(self, mean, std, bgr=False, **kwargs):
         super().__init__(**kwargs)
@@ -75,11 +71,8 @@ def _convert(layer, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def assign_torch_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray]) -> None:
-    """Copy a torch ``state_dict`` into a model whose layers are named after the torch modules.
-
-    Every tensor must land in a layer and every weighted layer must be filled,
-    with matching shapes: a partial load would silently give wrong codes.
-    """
+    """Copy a torch ``state_dict`` into a model whose layers are named after the torch modules; every tensor
+    must land and every weighted layer be filled, shapes matching: a partial load gives wrong codes silently."""
     modules: dict[str, dict[str, np.ndarray]] = {}
     for key, value in state_dict.items():
         module, _, param = key.rpartition(".")

@@ -65,13 +65,8 @@ class Backbone:
 
 def load_backbone(name: str | BackboneSpec, weights: str | os.PathLike | None = None,
                   precision: str = "auto") -> Backbone:
-    """Build ``name`` with its default ImageNet weights, or with the local file ``weights``.
-
-    A local file may be Keras weights (``.weights.h5``/``.h5``) for the same
-    architecture, or for the torch-converted backbones a ``.pth`` state_dict.
-    ``precision`` (see :mod:`pipeline.device`) applies to this backbone and the
-    networks derived from it, and to nothing else.
-    """
+    """Build ``name`` with its ImageNet weights, or the local file ``weights`` (Keras ``.h5``, or a ``.pth``
+    for the torch-converted backbones); ``precision`` applies to this backbone and its networks only."""
     spec = name if isinstance(name, BackboneSpec) else get_spec(name)
     with dtype_policy(precision) as policy:
         if weights is not None:

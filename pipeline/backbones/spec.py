@@ -8,14 +8,8 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Input scaling a backbone was trained with, applied to RGB pixels in 0..255.
-
-    ``x' = (x[..., ::-1] if bgr else x) - mean) / std``, per channel. Every
-    convention in use reduces to this: ``(x-127)/128`` for EfficientNet-Lite,
-    ImageNet mean/std times 255 for torchvision, ``x/127.5-1`` for Keras' "tf"
-    mode, BGR mean subtraction for Keras' "caffe" mode, identity where the
-    model rescales internally.
-    """
+    """Input scaling of RGB pixels in 0..255: ``((x[..., ::-1] if bgr else x) - mean) / std`` per channel,
+    to which every convention in use reduces (EfficientNet-Lite, torchvision, Keras' "tf" and "caffe")."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -52,14 +46,11 @@ class KerasWeights:
 class BackboneSpec:
     """Everything needed to build a backbone, load its weights and feed it correctly.
 
-    ``builder(spec, weights, *, input_size=None, include_top=True)`` builds the
-    network on *preprocessed* input, as keras.applications' builders do: the
-    ImageNet logits (no softmax), or without the top the last feature map;
-    ``weights`` is ``None``, ``"imagenet"`` (keras.applications) or a local
-    Keras weights file. ``feature_layers`` maps user-facing layer names (early
-    to late, the last one ``penultimate``) to the Keras layer whose output is
-    globally pooled; each builder module publishes them. ``converter(model,
-    state_dict)`` loads a foreign weights file (a torch ``.pth``).
+    ``builder(spec, weights, *, input_size=None, include_top=True)`` builds it on
+    preprocessed input, as keras.applications' builders do (``weights``: None,
+    ``"imagenet"`` or a Keras weights file); ``feature_layers`` maps layer names
+    (early to late, ending with ``penultimate``) to the Keras layers pooled;
+    ``converter(model, state_dict)`` loads a torch ``.pth``.
     """
 
     name: str
