@@ -1,4 +1,8 @@
-"""Predictions for new images from a saved bundle (codes, then the classifier) or a fine-tuned model."""
+"""Predictions for new images from a saved bundle (codes, then the classifier), a fine-tuned or an exported model.
+
+Keras, TensorFlow and scikit-learn are imported only for the models that need
+them, so an exported ``.onnx`` model predicts with the ``runtime`` extra alone.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,21 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backbones.engine import frozen_network
-from .backbones.loading import Backbone, load_backbone
-from .backbones.registry import get_spec
-from .bundle import Bundle, load_bundle
 from .errors import UserError
-from .extract import resize_policy
 from .images import ResizePolicy, _is_candidate, _walk
 from .loader import decoded_batches
+from .runtime import EXTENSIONS, ExportedModel
+
+if TYPE_CHECKING:
+    import keras
+
+    from .backbones.loading import Backbone
+    from .bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ class Predictor:
 
 def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Backbone:
     """The backbone a bundle's codes came from, refusing other weights than those it was trained on."""
+    from .backbones.loading import load_backbone
+
     backbone = load_backbone(bundle.backbone, weights, precision)
     if backbone.weights_checksum != bundle.store_config["weights_checksum"]:
         raise UserError(
@@ -77,6 +84,9 @@ def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Ba
 
 
 def _bundle_predictor(path: Path, weights, precision: str, engine: str) -> Predictor:
+    from .backbones.engine import frozen_network
+    from .bundle import load_bundle
+
     bundle = load_bundle(path)
     backbone = bundle_backbone(bundle, weights, precision)
     network = frozen_network(backbone, "features", [bundle.layer], engine)
@@ -92,8 +102,14 @@ def _bundle_predictor(path: Path, weights, precision: str, engine: str) -> Predi
         lambda pixels, n: bundle.estimator.predict_proba(network(pixels)[0][:n]))
 
 
-def _keras_predictor(path: Path) -> Predictor:
-    """A model saved by the fine-tuning stage, with its ``classes.json`` and ``metrics.json`` beside it."""
+def fine_tuned_network(path: Path) -> tuple[keras.Model, list[str], ResizePolicy, str]:
+    """A network saved by the fine-tuning stage, its class names (none for regression), decoding policy and
+    backbone, read from the ``classes.json`` and ``metrics.json`` beside it."""
+    import keras
+
+    from .backbones.registry import get_spec
+    from .extract import resize_policy
+
     try:
         class_names = json.loads((path.parent / "classes.json").read_text())
         backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]
@@ -101,7 +117,12 @@ def _keras_predictor(path: Path) -> Predictor:
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot load fine-tuned model {path}: {e}", param="model") from None
     size = int(model.input_shape[1])
-    policy = dataclasses.replace(resize_policy(get_spec(backbone)), size=size)
+    return model, class_names, dataclasses.replace(resize_policy(get_spec(backbone)), size=size), backbone
+
+
+def _keras_predictor(path: Path) -> Predictor:
+    model, class_names, policy, backbone = fine_tuned_network(path)
+    size = policy.size
     regression = class_names == []
     what = "predicted values" if regression else "softmax probabilities"
     return Predictor(class_names or ["value"], policy, f"fine-tuned {backbone} at {size}px: {what}",
@@ -110,8 +131,15 @@ def _keras_predictor(path: Path) -> Predictor:
 
 def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto",
                    engine: str = "auto") -> Predictor:
-    """A bundle from the fit stage (``.skops``) or a model from the fine-tuning stage (``.keras``, run by Keras)."""
+    """A bundle from the fit stage (``.skops``), a model from the fine-tuning stage (``.keras``, run by Keras) or
+    an exported model (``.onnx``, ``.tflite``: see :mod:`pipeline.export`)."""
     path = Path(path)
+    if path.suffix in EXTENSIONS:
+        model = ExportedModel(path)
+        card = model.card
+        return Predictor(card["class_names"], ResizePolicy(**card["resize"]),
+                         f"exported {path.suffix[1:]} model ({card['source']}): class probabilities",
+                         lambda pixels, n: model(pixels)[:n])
     if path.suffix == ".keras":
         if engine == "onnx":
             log.info("fine-tuned networks run on Keras")

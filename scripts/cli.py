@@ -24,7 +24,7 @@ from pipeline.errors import UserError  # noqa: E402
 
 # cnn-codes NAME -> its module in scripts/ (pipeline.commands)
 COMMANDS = {"extract": "extract", "fit": "fit_svm", "predict": "predict", "advise": "advise",
-            "finetune": "finetune", "run": "run", "evaluate": "evaluate"}
+            "finetune": "finetune", "run": "run", "evaluate": "evaluate", "export": "export"}
 
 
 def parser(description: str, examples: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -37,10 +37,9 @@ def parser(description: str, examples: str, prog: str | None = None) -> argparse
 
 
 def add_engine(p: argparse.ArgumentParser) -> None:
-    """The ``--engine`` option of every command that runs the frozen network."""
-    from pipeline.backbones.engine import ENGINES
-
-    p.add_argument("--engine", choices=ENGINES, default="auto",
+    """The ``--engine`` option of every command that runs the frozen network (the names of
+    ``pipeline.backbones.engine.ENGINES``, written out so that ``--help`` imports no Keras)."""
+    p.add_argument("--engine", choices=("auto", "keras", "onnx"), default="auto",
                    help="what runs the frozen network: auto (default): ONNX Runtime on a CPU, Keras on a GPU")
 
 

@@ -1,4 +1,4 @@
-"""Classify new images with a bundle from fit_svm.py or a model from finetune.py: top-k classes, probabilities."""
+"""Classify new images with a bundle (fit_svm.py), a fine-tuned (finetune.py) or an exported model (export.py)."""
 
 from pathlib import Path
 
@@ -10,13 +10,15 @@ EXAMPLES = """\
   {prog} runs/tuxpaint/softmax.skops new_photos/ --top-k 3 --out predictions.csv
   {prog} runs/tuxpaint/svm.skops 'shots/**/*.jpg'
   {prog} runs/tuxpaint_finetuned/model.keras photo.jpg
+  {prog} tuxpaint.onnx photo.jpg          # exported: needs only numpy, pillow, onnxruntime
 
 Images that cannot be decoded are listed with their reason, never dropped."""
 
 
 def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
-    p.add_argument("model", type=Path, help="a .skops bundle (fit_svm.py) or a .keras model (finetune.py)")
+    p.add_argument("model", type=Path,
+                   help="a .skops bundle (fit_svm.py), .keras model (finetune.py), .onnx or .tflite (export.py)")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--out", type=Path, help="also write the predictions to this CSV file")

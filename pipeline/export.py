@@ -1,0 +1,197 @@
+"""Export a trained classifier as one graph from uint8 pixels to class probabilities (README, "Export").
+
+A bundle becomes the backbone's feature network followed by one Dense layer
+that folds the code scaling and the linear classifier (read off the fitted
+estimator as an affine map), then its probabilities as layers: a softmax, or
+the SVM's Platt sigmoids (folded into the same Dense) and their normalisation.
+A fine-tuned ``.keras`` network already is such a graph. The class names, input
+size and resize policy travel with the model (:class:`ModelCard`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .backbones.factory import create_model
+from .bundle import load_bundle
+from .errors import UserError
+from .images import ResizePolicy
+from .loader import decoded_batches
+from .predict import bundle_backbone, collect_images, fine_tuned_network
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "tflite", "savedmodel", "keras")
+QUANTIZATIONS = ("float16", "int8")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a user of the exported model must know: its classes, and how to turn an image into its input."""
+
+    class_names: list[str]
+    input_size: int
+    resize: dict  # a ResizePolicy: decode, resize and crop as extraction did
+    source: str
+    input: str = "uint8 pixels, shape [batch, size, size, 3], RGB"
+    output: str = "float32 class probabilities, shape [batch, classes], in class_names order"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelCard":
+        return cls(**data)
+
+
+def card_path(model: Path) -> Path:
+    """The card beside an exported model (``model.onnx.json``; inside a SavedModel folder)."""
+    return model / "cnn_codes.json" if model.is_dir() else model.with_name(model.name + ".json")
+
+
+def _affine(decision, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` with ``decision(X) == X @ W + b`` for a linear model's decision function."""
+    b = np.atleast_1d(decision(np.zeros((1, d)))[0]).astype(np.float64)
+    W = np.asarray(decision(np.eye(d)), np.float64).reshape(d, -1) - b
+    return W, b
+
+
+def _head(estimator, codes, d: int):
+    """The fitted scikit-learn classifier on ``codes`` (a Keras tensor) as layers: class probabilities."""
+    platt = None
+    if hasattr(estimator, "calibrated_classifiers_"):  # the SVM: Platt sigmoids over its decision values
+        (calibrated,) = estimator.calibrated_classifiers_
+        platt = [(c.a_, c.b_) for c in calibrated.calibrators]
+        estimator = calibrated.estimator
+    scale, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
+    W, b = _affine(clf.decision_function, d)
+    if hasattr(scale, "mean_"):  # StandardScaler folds into the Dense layer
+        W, b = W / scale.scale_[:, None], b - (scale.mean_ / scale.scale_) @ W
+    else:  # Normalizer (l2), as sklearn's normalize: zero norms left alone
+        norm = keras.ops.sqrt(keras.ops.sum(codes * codes, axis=-1, keepdims=True))
+        codes = codes / keras.ops.where(norm == 0, 1.0, norm)
+    if platt is not None:  # sigmoid(-(a f + b)) per decision column, folded into the Dense layer
+        a, c = np.array([p[0] for p in platt]), np.array([p[1] for p in platt])
+        W, b = -W * a, -(b * a + c)
+    binary = W.shape[1] == 1
+    activation = "sigmoid" if platt is not None or binary else "softmax"
+    dense = keras.layers.Dense(W.shape[1], activation=activation, dtype="float32", name="classifier")
+    p = dense(codes)
+    dense.set_weights([W.astype(np.float32), b.astype(np.float32)])
+    if binary:
+        return keras.ops.concatenate([1.0 - p, p], axis=-1)
+    if platt is not None:  # one-vs-rest sigmoids normalised, uniform where all of them vanish
+        total = keras.ops.sum(p, axis=-1, keepdims=True)
+        return keras.ops.where(total > 0, p / keras.ops.where(total > 0, total, 1.0), 1.0 / W.shape[1])
+    return p
+
+
+def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Model, ModelCard]:
+    """A fit-stage bundle or a fine-tuned ``.keras`` model as one Keras network, and its card."""
+    model_path = Path(model_path)
+    if model_path.suffix == ".keras":
+        network, class_names, policy, backbone = fine_tuned_network(model_path)
+        if not class_names:
+            raise UserError(f"{model_path} predicts a numeric target; export takes classifiers", param="model")
+        return network, ModelCard(class_names, policy.size, policy.to_dict(), f"fine-tuned {backbone}")
+    bundle = load_bundle(model_path)
+    if bundle.classifier == "ridge":
+        raise UserError(f"{model_path} is a regression bundle; export takes classifiers", param="model")
+    backbone = bundle_backbone(bundle, weights, precision="float32")
+    features = create_model(backbone, "features", layers=[bundle.layer])
+    codes = features.outputs[0]
+    probabilities = _head(bundle.estimator, codes, int(codes.shape[-1]))
+    network = keras.Model(features.inputs, probabilities, name=f"{bundle.backbone}_{bundle.classifier}")
+    policy = ResizePolicy(**bundle.store_config["resize"])
+    return network, ModelCard(list(bundle.class_names), policy.size, policy.to_dict(),
+                              f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}")
+
+
+def export(model_path: str | Path, fmt: str, out: str | Path, quantize: str | None = None,
+           calibration: str | Path | None = None, weights=None) -> Path:
+    """Write ``model_path`` as ``fmt`` to ``out`` with its card beside it; ``quantize`` is for ``tflite``."""
+    if fmt not in FORMATS:
+        raise UserError(f"must be one of {', '.join(FORMATS)}, not {fmt!r}", param="format")
+    if quantize is not None and (quantize not in QUANTIZATIONS or fmt != "tflite"):
+        raise UserError(f"quantizing takes {' or '.join(QUANTIZATIONS)} and the tflite format", param="quantize")
+    if quantize == "int8" and calibration is None:
+        raise UserError("int8 needs calibration images (a folder of typical inputs)", param="calibration")
+    network, card = classifier_network(model_path, weights)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
+    if fmt == "keras":
+        network.save(tmp)
+    elif fmt == "savedmodel":
+        _savedmodel(network, tmp)
+    else:
+        data = _onnx(network, card) if fmt == "onnx" else _tflite(network, card, quantize, calibration)
+        tmp.write_bytes(data)
+    if out.is_dir():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    card_path(out).write_text(json.dumps(card.to_json(), indent=2))
+    log.info("exported %s as %s to %s", model_path, fmt + (f" ({quantize})" if quantize else ""), out)
+    return out
+
+
+def _function(network: keras.Model):
+    import tensorflow as tf
+
+    size = int(network.inputs[0].shape[1])
+    signature = [tf.TensorSpec((None, size, size, 3), tf.uint8, name="pixels")]
+    return tf.function(lambda pixels: network(pixels, training=False), input_signature=signature), signature
+
+
+def _savedmodel(network: keras.Model, path: Path) -> None:
+    """A SavedModel whose ``serving_default`` signature takes ``pixels``; the weights are frozen into the graph
+    (the torch-named layers' variable names are not valid TensorFlow scope names)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    function, signature = _function(network)
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+    module = tf.Module()
+    module.serve = tf.function(lambda pixels: {"probabilities": frozen(pixels)[0]}, input_signature=signature)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _onnx(network: keras.Model, card: ModelCard) -> bytes:
+    import tf2onnx
+
+    function, signature = _function(network)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "cnn_codes", json.dumps(card.to_json())
+    return proto.SerializeToString()
+
+
+def _tflite(network: keras.Model, card: ModelCard, quantize: str | None, calibration) -> bytes:
+    import tensorflow as tf
+
+    function, _ = _function(network)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], network)
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        files, _ = collect_images([calibration])
+        policy = ResizePolicy(**card.resize)
+
+        def representative():
+            for batch in decoded_batches(files[:200], policy, 1):
+                if batch.ok:
+                    yield [batch.pixels[:1]]
+
+        converter.representative_dataset = representative
+    return converter.convert()

@@ -1,0 +1,140 @@
+"""Exported models: every format for both model kinds gives predict.py's probabilities; no TensorFlow needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from conftest import ROOT, write_images
+from pipeline.bundle import Bundle, load_bundle, save_bundle
+from pipeline.errors import UserError
+from pipeline.export import card_path, export
+from pipeline.extract import ExtractConfig, extract
+from pipeline.finetune import FinetuneConfig, finetune
+from pipeline.fit import FitConfig, fit
+from pipeline.images import decode_image
+from pipeline.predict import load_predictor
+
+TUX = ROOT / "data" / "tuxpaint"
+
+# Run in a process where TensorFlow, Keras, scikit-learn and h5py cannot be imported.
+BLOCKED = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "sklearn", "h5py", "scipy", "tf2onnx"):
+            raise ImportError(name + " is blocked")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def without_tensorflow(code: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKED + code, *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A calibrated SVM and a softmax bundle on Tux Paint (codes of stage6), and a tiny fine-tuned network."""
+    root = tmp_path_factory.mktemp("export")
+    extract(ExtractConfig(data=TUX, out=root / "tux.h5", layers=("stage6",), progress=False))
+    fit(FitConfig(store=root / "tux.h5", out=root / "linear", folds=2, repeats=1, jobs=1))
+    write_images(root / "small", {"red": 8, "green": 8}, size=48)
+    finetune(FinetuneConfig(data=root / "small", out=root / "finetuned", image_size=64, head_epochs=1,
+                            finetune_epochs=1, unfreeze=4, batch_size=8, progress=False))
+    return root
+
+
+def pixels_for(model_path, files) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded inputs of ``files`` and predict.py's probabilities for them."""
+    predictor = load_predictor(model_path, engine="keras")
+    pixels = np.stack([decode_image(f, predictor.policy) for f in files])
+    return pixels, np.asarray(predictor.probabilities(pixels, len(pixels)), np.float64)
+
+
+RUN = """
+import sys, numpy as np
+from pipeline.runtime import ExportedModel
+model = ExportedModel(sys.argv[1])
+np.save(sys.argv[3], model(np.load(sys.argv[2])))
+print(",".join(model.card["class_names"]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["svm.skops", "softmax.skops", "model.keras"])
+def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
+    source = models / ("finetuned" if kind == "model.keras" else "linear") / kind
+    files = sorted(TUX.rglob("*.png"))[::11]
+    pixels, expected = pixels_for(source, files)
+    np.save(tmp_path / "pixels.npy", pixels)
+    names = (load_bundle(source).class_names if kind != "model.keras"
+             else json.loads((source.parent / "classes.json").read_text()))
+    for fmt, name in (("onnx", "m.onnx"), ("tflite", "m.tflite")):
+        out = export(source, fmt, tmp_path / name)
+        done = without_tensorflow(RUN, out, tmp_path / "pixels.npy", tmp_path / "p.npy")
+        assert done.returncode == 0, done.stderr
+        got = np.load(tmp_path / "p.npy")
+        assert np.abs(got - expected).max() < 1e-4, fmt
+        np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+        assert done.stdout.strip() == ",".join(names), "the class names travel with the model"
+    import keras
+    import tensorflow as tf
+
+    saved = tf.saved_model.load(str(export(source, "savedmodel", tmp_path / "saved")))
+    got = saved.signatures["serving_default"](pixels=tf.constant(pixels))["probabilities"].numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    assert json.loads(card_path(tmp_path / "saved").read_text())["class_names"] == names
+    reloaded = keras.models.load_model(export(source, "keras", tmp_path / "m.keras"))
+    assert np.abs(np.asarray(reloaded.predict_on_batch(pixels)) - expected).max() < 1e-4
+
+
+def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path):
+    bundle = models / "linear" / "svm.skops"
+    out = export(bundle, "onnx", tmp_path / "tux.onnx")
+    birds = TUX / "birds"
+    command = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    exported = without_tensorflow(command, ROOT / "scripts" / "predict.py", out, birds, "--top-k", "1", "--quiet")
+    assert exported.returncode == 0, exported.stderr
+    reference = subprocess.run([sys.executable, ROOT / "scripts" / "predict.py", bundle, birds, "--top-k", "1",
+                                "--quiet", "--engine", "keras"], capture_output=True, text=True, cwd=ROOT)
+    top1 = [[(cells[0], cells[1].split()[0]) for cells in (line.split("\t") for line in r.stdout.splitlines())
+             if len(cells) > 1] for r in (exported, reference)]
+    assert len(top1[0]) == len(list(birds.glob("*.png"))) and top1[0] == top1[1]
+
+
+def test_int8_and_float16_litert_models_are_smaller_and_agree(models, tmp_path):
+    bundle = models / "linear" / "softmax.skops"
+    files = sorted(TUX.rglob("*.png"))[::4]
+    pixels, expected = pixels_for(bundle, files)
+    np.save(tmp_path / "pixels.npy", pixels)
+    full = export(bundle, "tflite", tmp_path / "full.tflite").stat().st_size
+    for quantize, smaller in (("float16", 0.6), ("int8", 0.35)):
+        out = export(bundle, "tflite", tmp_path / f"{quantize}.tflite", quantize=quantize, calibration=TUX / "birds")
+        assert out.stat().st_size < smaller * full
+        done = without_tensorflow(RUN, out, tmp_path / "pixels.npy", tmp_path / "p.npy")
+        assert done.returncode == 0, done.stderr
+        agreement = (np.load(tmp_path / "p.npy").argmax(1) == expected.argmax(1)).mean()
+        assert agreement >= (0.98 if quantize == "float16" else 0.9), quantize
+
+
+def test_what_cannot_be_exported_is_one_line(models, tmp_path):
+    svm = load_bundle(models / "linear" / "svm.skops")
+    rng = np.random.default_rng(0)
+    ridge = Pipeline([("scale", StandardScaler()), ("clf", Ridge())]).fit(rng.normal(size=(20, 4)), rng.normal(size=20))
+    save_bundle(Bundle(ridge, "ridge", "stage6", [], svm.store_config, svm.weights_source, 1.0, "standard"),
+                tmp_path / "ridge.skops")
+    with pytest.raises(UserError, match="regression bundle; export takes classifiers"):
+        export(tmp_path / "ridge.skops", "onnx", tmp_path / "r.onnx")
+    with pytest.raises(UserError, match="int8 needs calibration images"):
+        export(models / "linear" / "svm.skops", "tflite", tmp_path / "q.tflite", quantize="int8")
+    done = subprocess.run([sys.executable, ROOT / "scripts" / "export.py", tmp_path / "ridge.skops", "--format",
+                           "onnx", "--out", tmp_path / "r.onnx"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: model: ")
+    assert "Traceback" not in done.stderr and not (tmp_path / "r.onnx").exists()
