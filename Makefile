@@ -37,6 +37,7 @@ test: $(STAMP) data/foolbox/.complete data/tuxpaint/.complete data/mnist/.comple
 bench: $(STAMP) data/tuxpaint/.complete
 	$(PY) benchmarks/extract_speed.py
 	$(PY) benchmarks/fit_speed.py
+	$(PY) benchmarks/predict_speed.py
 
 clean:
 	rm -rf $(VENV) features runs reports data/tuxpaint data/foolbox data/mnist data/fashion_mnist data/.apt
