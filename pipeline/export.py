@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .predict import bundle_backbone, collect_images, fine_tuned_network
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "tflite", "savedmodel", "keras")
+SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "keras": ".keras"}  # a SavedModel is a folder
 QUANTIZATIONS = ("float16", "int8")
 
 
@@ -121,10 +123,12 @@ def export(model_path: str | Path, fmt: str, out: str | Path, quantize: str | No
         raise UserError(f"must be one of {', '.join(FORMATS)}, not {fmt!r}", param="format")
     if quantize is not None and (quantize not in QUANTIZATIONS or fmt != "tflite"):
         raise UserError(f"quantizing takes {' or '.join(QUANTIZATIONS)} and the tflite format", param="quantize")
+    out = Path(out)
+    if fmt in SUFFIXES and out.suffix != SUFFIXES[fmt]:
+        raise UserError(f"{fmt} models are written to {SUFFIXES[fmt]} files, not {out.name}", param="out")
     if quantize == "int8" and calibration is None:
         raise UserError("int8 needs calibration images (a folder of typical inputs)", param="calibration")
     network, card = classifier_network(model_path, weights)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
     if fmt == "keras":
@@ -135,8 +139,6 @@ def export(model_path: str | Path, fmt: str, out: str | Path, quantize: str | No
         data = _onnx(network, card) if fmt == "onnx" else _tflite(network, card, quantize, calibration)
         tmp.write_bytes(data)
     if out.is_dir():
-        import shutil
-
         shutil.rmtree(out)
     os.replace(tmp, out)
     card_path(out).write_text(json.dumps(card.to_json(), indent=2))

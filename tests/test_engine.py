@@ -126,6 +126,7 @@ def test_auto_is_onnx_on_a_cpu_and_keras_on_a_gpu(monkeypatch):
 
 
 def test_every_command_that_runs_the_network_takes_engine():
+    assert engine_module.ENGINES == ("auto", "keras", "onnx"), "scripts/cli.py writes these names out"
     for script in ("extract", "predict", "advise", "evaluate", "run"):
         helped = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--help"],
                                 capture_output=True, text=True)

@@ -132,6 +132,8 @@ def test_what_cannot_be_exported_is_one_line(models, tmp_path):
                 tmp_path / "ridge.skops")
     with pytest.raises(UserError, match="regression bundle; export takes classifiers"):
         export(tmp_path / "ridge.skops", "onnx", tmp_path / "r.onnx")
+    with pytest.raises(UserError, match="onnx models are written to .onnx files"):
+        export(models / "linear" / "svm.skops", "onnx", tmp_path / "model.bin")
     with pytest.raises(UserError, match="int8 needs calibration images"):
         export(models / "linear" / "svm.skops", "tflite", tmp_path / "q.tflite", quantize="int8")
     done = subprocess.run([sys.executable, ROOT / "scripts" / "export.py", tmp_path / "ridge.skops", "--format",
