@@ -106,6 +106,8 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
     bundle = load_bundle(model_path)
     if bundle.classifier == "ridge":
         raise UserError(f"{model_path} is a regression bundle; export takes classifiers", param="model")
+    if list(bundle.estimator.classes_) != list(range(len(bundle.class_names))):
+        raise UserError(f"{model_path} was not trained on every one of its classes", param="model")
     backbone = bundle_backbone(bundle, weights, precision="float32")
     features = create_model(backbone, "features", layers=[bundle.layer])
     codes = features.outputs[0]

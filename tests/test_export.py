@@ -140,3 +140,23 @@ def test_what_cannot_be_exported_is_one_line(models, tmp_path):
                            "onnx", "--out", tmp_path / "r.onnx"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: model: ")
     assert "Traceback" not in done.stderr and not (tmp_path / "r.onnx").exists()
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("normalise", ["standard", "l2"])
+@pytest.mark.parametrize("kind", ["svm", "softmax"])
+def test_the_classifier_head_equals_predict_proba(kind, normalise, classes):
+    """Binary and multi-class, both scalings: the folded Dense layer and its probabilities are scikit-learn's."""
+    import keras
+
+    from pipeline.classify import fit_final
+    from pipeline.export import _head
+
+    rng = np.random.default_rng(classes)
+    y = np.arange(90) % classes
+    X = rng.normal(size=(90, 16)) + 2 * np.eye(classes, 16)[y]
+    model, _ = fit_final(kind, X, y, normalise)
+    codes = keras.Input((16,))
+    network = keras.Model(codes, _head(model, codes, 16))
+    expected = model.predict_proba(X)
+    assert np.abs(np.asarray(network.predict_on_batch(X.astype(np.float32))) - expected).max() < 1e-5
