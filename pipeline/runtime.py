@@ -19,20 +19,16 @@ EXTENSIONS = (".onnx", ".tflite")
 
 class ExportedModel:
     """An exported classifier: ``model(pixels)`` maps a uint8 batch to class probabilities; ``card`` says the
-    class names, input size and resize policy."""
+    class names, input size and resize policy (``MODEL.json`` beside it, or an ONNX file's own metadata)."""
 
     def __init__(self, path: str | Path):
         path = Path(path)
+        if path.suffix not in EXTENSIONS:
+            raise UserError(f"{path} is not an exported model ({', '.join(EXTENSIONS)})", param="model")
+        card = path.with_name(path.name + ".json")
         try:
-            self.card = json.loads(path.with_name(path.name + ".json").read_text())
-            if path.suffix == ".onnx":
-                self._run = self._onnx(path)
-            elif path.suffix == ".tflite":
-                self._run = self._tflite(path)
-            else:
-                raise UserError(f"{path} is not an exported model ({', '.join(EXTENSIONS)})", param="model")
-        except UserError:
-            raise
+            self._run, embedded = self._onnx(path) if path.suffix == ".onnx" else (self._tflite(path), None)
+            self.card = json.loads(card.read_text() if card.is_file() or embedded is None else embedded)
         except Exception as e:  # noqa: BLE001 - a missing card, a bad file or runtime: one line
             raise UserError(f"cannot load exported model {path}: {type(e).__name__}: {e}", param="model") from None
 
@@ -45,7 +41,8 @@ class ExportedModel:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda pixels: session.run(None, {name: pixels})[0]
+        embedded = session.get_modelmeta().custom_metadata_map.get("cnn_codes")
+        return (lambda pixels: session.run(None, {name: pixels})[0]), embedded
 
     @staticmethod
     def _tflite(path: Path):
