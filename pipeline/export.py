@@ -72,6 +72,7 @@ def _head(estimator, codes, d: int):
         (calibrated,) = estimator.calibrated_classifiers_
         platt = [(c.a_, c.b_) for c in calibrated.calibrators]
         estimator = calibrated.estimator
+        estimator = getattr(estimator, "estimator", estimator)  # a streamed fit's FrozenEstimator
     scale, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
     W, b = _affine(clf.decision_function, d)
     if hasattr(scale, "mean_"):  # StandardScaler folds into the Dense layer

@@ -45,6 +45,7 @@ class ExtractConfig:
     engine: str = "auto"
     resize: str = "crop"
     unlabelled: bool = False
+    ray: str | None = None  # a Ray cluster's address, "auto" or "local" (pipeline.scaleout)
     progress: bool = True
 
 
@@ -92,7 +93,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     layers = backbone.check_layers(cfg.layers)
     policy = resize_policy(backbone.spec, cfg.resize)
     return update_store(dataset, out, backbone, layers, policy, batch_size=cfg.batch_size,
-                        workers=cfg.workers, progress=cfg.progress, engine=cfg.engine)
+                        workers=cfg.workers, progress=cfg.progress, engine=cfg.engine, cluster=cfg.ray)
 
 
 def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
@@ -101,15 +102,17 @@ def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
 
 def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[str], policy: ResizePolicy, *,
                  batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                 prune: bool = True, engine: str = "auto") -> ExtractResult:
+                 prune: bool = True, engine: str = "auto", cluster: str | None = None) -> ExtractResult:
     """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed, as the one
-    writer (:func:`~pipeline.store.writing`); ``prune=False`` keeps rows of other files (a cache of codes)."""
+    writer (:func:`~pipeline.store.writing`); ``prune=False`` keeps rows of other files (a cache of codes).
+    ``cluster``: a Ray address (:mod:`pipeline.scaleout`) to extract on instead of this process."""
     with writing(out):
-        return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune, engine)
+        return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune, engine,
+                             cluster)
 
 
 def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune,
-                  engine) -> ExtractResult:
+                  engine, cluster) -> ExtractResult:
     spec = backbone.spec
     config = StoreConfig(spec.name, backbone.weights_checksum, tuple(layers), spec.input_size,
                          spec.preprocessing.to_dict(), policy.to_dict())
@@ -148,17 +151,24 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
     log.info("%d images: %d to extract, %d reused from %s, %d from an interrupted run",
              len(dataset), len(todo), from_store, out.name, reused - from_store)
 
-    network = frozen_network(backbone, "features", layers, engine)
-    feature_dims = dict(zip(layers, network.dims))
-    started = time.perf_counter()
+    feature_dims = {layer: code_dim(backbone, layer) for layer in layers}
     files = [dataset.root / dataset.paths[i] for i in todo]
-    for batch, codes in iter_codes(network, files, policy, batch_size, workers, progress, spec.name):
-        items = [todo[k] for k in batch.ok]
-        failed = [(dataset.paths[todo[k]], fingerprints[todo[k]], reason) for k, reason in batch.failed]
-        shards.write([dataset.paths[i] for i in items], [fingerprints[i] for i in items], codes, failed)
-        for row, i in enumerate(items):
-            rows[i] = Row(dataset.paths[i], fingerprints[i], shards.files[-1], row)
-        failures.update((todo[k], reason) for k, reason in batch.failed)
+    fps = [fingerprints[i] for i in todo]
+    if cluster is None:
+        network = frozen_network(backbone, "features", layers, engine)
+        engine = network.engine
+        blocks = _local_shards(network, shards, files, [dataset.paths[i] for i in todo], fps, policy, batch_size,
+                               workers, progress, spec.name)
+    else:
+        from .scaleout.extract import cluster_shards
+
+        blocks = cluster_shards(cluster, backbone, layers, engine, out, config, files,
+                                [dataset.paths[i] for i in todo], fps, policy, batch_size, progress)
+    started = time.perf_counter()  # both are generators: the work starts here (on a cluster, with the actors)
+    for shard, ok, failed, engine in blocks:  # positions in todo: (position, row in shard), (position, reason)
+        for k, row in ok:
+            rows[todo[k]] = Row(dataset.paths[todo[k]], fingerprints[todo[k]], shard, row)
+        failures.update((todo[k], reason) for k, reason in failed)
     seconds = time.perf_counter() - started
 
     current = set(dataset.paths)
@@ -185,7 +195,7 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
                  old.attrs.get("extract_images_per_second", 0.0) if old is not None else 0.0)
         runs = json.loads(old.attrs.get("runs", "[]")) if old is not None else []
         if extracted or not runs:
-            runs.append({"created": now_iso(), "engine": network.engine, "extracted": extracted,
+            runs.append({"created": now_iso(), "engine": engine, "extracted": extracted,
                          "images_per_second": round(extracted / seconds, 2) if extracted and seconds > 0 else 0.0})
         assemble(out, config, final_rows, feature_dims, labels, dataset.class_names, skipped, {
             "weights_source": backbone.weights_source,
@@ -198,10 +208,24 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
     shards.remove()
     removed = len({key[0] for key in previous} - current) if prune else 0
     result = ExtractResult(out, len(order) + len(kept), extracted, reused, len(skipped), removed, seconds,
-                           network.engine)
+                           engine)
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     return result
+
+
+def code_dim(backbone: Backbone, layer: str) -> int:
+    """The length of ``layer``'s pooled code (its channels), from the graph alone."""
+    return int(backbone.classifier.get_layer(backbone.spec.feature_layers[layer]).output.shape[-1])
+
+
+def _local_shards(network, shards: Shards, files, paths, fps, policy, batch_size, workers, progress, desc):
+    """Extract ``files`` on this machine, one shard per batch; yields ``(shard, [(position, row)], [(position,
+    reason)], engine)``, positions in ``files``."""
+    for batch, codes in iter_codes(network, files, policy, batch_size, workers, progress, desc):
+        failed = [(paths[k], fps[k], reason) for k, reason in batch.failed]
+        shards.write([paths[k] for k in batch.ok], [fps[k] for k in batch.ok], codes, failed)
+        yield shards.files[-1], [(k, row) for row, k in enumerate(batch.ok)], batch.failed, network.engine
 
 
 def iter_codes(network: FrozenNetwork, files: list[Path], policy: ResizePolicy, batch_size: int,

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from joblib import Parallel, delayed
 
-from . import classify, regress
+from . import classify, regress, stream_fit
 from .bundle import Bundle, replace_folder, save_bundle
 from .errors import UserError
 from .provenance import library_versions, now_iso
@@ -46,6 +46,7 @@ class FitConfig:
     test_paths: tuple[str, ...] | None = None
     seed: int = 0
     jobs: int | None = None
+    max_memory: int | None = None  # bytes of codes above which the fit streams (default: a quarter of memory)
 
 
 def _classifiers(cfg: FitConfig) -> tuple[str, ...]:
@@ -144,11 +145,12 @@ class FitResult:
                     f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), alpha chosen by {p.inner}"]
             columns = f"{'layer':14} {'model':10} {'R2':>8}  {'95% interval':15} {'MAE':>8}  {'alpha (most chosen)':15}"
         else:
+            how = (f"streamed fit: SGD on chunks, epochs and alpha chosen on {p.inner}" if p.outer_folds == 0 else
+                   f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), C chosen by {p.inner}")
             head = [f"{self.images} images, {self.dataset['classes']} classes, backbone {self.backbone}",
-                    f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), C chosen by {p.inner} "
-                    f"(seed {p.seed})"]
+                    f"{how} (seed {p.seed})"]
             columns = (f"{'layer':14} {'classifier':10} {'accuracy':>8}  {'95% interval':15} {'macro-F1':>8}  "
-                       f"{'C (most chosen)':15}")
+                       f"{'C (most chosen)' if p.outer_folds else 'alpha':15}")
         lines = [*head, *[f"note: {n}" for n in p.notes], "", columns]
         for r in sorted(self.results, key=lambda r: -r.primary.mean):
             a, b = r.scores[first], r.scores[second]
@@ -188,6 +190,10 @@ def fit(cfg: FitConfig) -> FitResult:
     task = REGRESSION if store.labels is None and store.targets is not None else CLASSIFICATION
     kinds = task.kinds(cfg)
     layers = list(cfg.layers or store.layers)
+    budget = cfg.max_memory or stream_fit.default_max_memory()
+    need = stream_fit.codes_bytes(store, layers)
+    if need > budget:
+        return _streamed(cfg, task, store, layers[-1], budget, need, started)
     X = {layer: store.codes(layer) for layer in layers}
     y = task.targets(store)
     for layer in layers:
@@ -215,20 +221,59 @@ def fit(cfg: FitConfig) -> FitResult:
     final = {kind: FinalModel(chosen[kind].layer, hyper, f"{kind}.skops", None if test is None else
                               task.held_out(model, test[0][chosen[kind].layer], test[1], store, test[2]))
              for kind, (model, hyper) in zip(kinds, refits)}
+    return _save(cfg, task, store, kinds, refits, final, chosen, protocol, results, best, started)
+
+
+def _save(cfg: FitConfig, task: Task, store: FeatureStore, kinds, refits, final, chosen, protocol, results, best,
+          started: float) -> FitResult:
+    """The result, and the bundles, checksums and metrics.json, replaced together."""
     result = FitResult(task.name, str(cfg.store), str(cfg.out), store.config.backbone,
                        store.config.weights_checksum, int(len(store)), task.describe(store, task.targets(store)),
                        protocol, results, best, final, time.perf_counter() - started, library_versions(), now_iso())
 
-    def write(folder: Path) -> None:  # bundles, checksums and metrics.json are replaced together
+    def write(folder: Path) -> None:
         for kind, (model, hyper) in zip(kinds, refits):
             save_bundle(Bundle(
                 estimator=model, classifier=kind, layer=final[kind].layer, class_names=list(store.class_names or []),
                 store_config=store.config.to_json(), weights_source=str(store.attrs.get("weights_source", "")),
-                C=hyper["C"], normalise=cfg.normalise, metrics={"cross_validation": chosen[kind].to_json(),
-                                                                **final[kind].to_json()},
+                C=hyper.get("C", 0.0), normalise=cfg.normalise, metrics={"cross_validation": chosen[kind].to_json(),
+                                                                         **final[kind].to_json()},
                 versions=library_versions(), created=now_iso(),
             ), folder / final[kind].bundle)
         (folder / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
 
     replace_folder(cfg.out, write)
     return result
+
+
+def _streamed(cfg: FitConfig, task: Task, store: FeatureStore, layer: str, budget: int, need: int,
+              started: float) -> FitResult:
+    """The fit for codes over the memory budget (:mod:`pipeline.stream_fit`), on one layer."""
+    if task is not CLASSIFICATION:
+        raise UserError(f"the codes take {stream_fit.size_text(need)}, over --max-memory; streaming fits "
+                        "classifiers only: raise --max-memory", param="max_memory")
+    if cfg.test_store is not None:
+        raise UserError("a streamed fit tests on a held-out fraction (--test-size), not a second store",
+                        param="test_store")
+    kinds = task.kinds(cfg)
+    y = store.labels
+    if cfg.test_size is not None:
+        classify.check_test_size(cfg.test_size)
+        train, held = stream_fit.stratified_split(y, np.arange(len(y)), cfg.test_size, cfg.seed)
+    else:
+        rows = _held_out_rows(task, store, y, cfg)
+        train, held = rows if rows is not None else (np.arange(len(y)), None)
+    log.info("%s: %s of codes over the %s budget; streaming %s", cfg.store, stream_fit.size_text(need),
+             stream_fit.size_text(budget), layer)
+    fitted = {kind: stream_fit.stream_fit(kind, store, layer, train, budget, cfg.normalise, cfg.class_weight,
+                                          cfg.seed) for kind in kinds}
+    results = [r for _, r, _ in fitted.values()]
+    refits = [(model, {"alpha": chosen["alpha"]}) for model, _, chosen in fitted.values()]
+    final = {kind: FinalModel(layer, hyper, f"{kind}.skops", None if held is None else stream_fit.held_out(
+        model, store, layer, held, budget, f"{len(held)} held-out images"))
+        for kind, (model, hyper) in zip(kinds, refits)}
+    protocol = stream_fit.protocol(cfg.normalise, cfg.class_weight, cfg.seed, budget, need,
+                                   {kind: chosen["epochs"] for kind, (_, _, chosen) in fitted.items()})
+    best = max(results, key=lambda r: r.primary.mean)
+    return _save(cfg, task, store, kinds, refits, final, {r.classifier: r for r in results}, protocol, results,
+                 best, started)

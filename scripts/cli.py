@@ -36,6 +36,13 @@ def parser(description: str, examples: str, prog: str | None = None) -> argparse
     )
 
 
+def add_ray(p: argparse.ArgumentParser) -> None:
+    """The ``--ray`` option of the commands that scale out (README, "Scaling out")."""
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run on a Ray cluster: auto (the one `ray start` runs here), local (a new one in this "
+                        "process) or HOST:PORT; needs the ray extra")
+
+
 def add_engine(p: argparse.ArgumentParser) -> None:
     """The ``--engine`` option of every command that runs the frozen network (the names of
     ``pipeline.backbones.engine.ENGINES``, written out so that ``--help`` imports no Keras)."""

@@ -15,6 +15,7 @@ EXAMPLES = """\
   {prog} labels.csv --out f.h5          # CSV manifest with columns path,label
   {prog} data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
   {prog} data/tuxpaint --engine keras --out f.h5   # Keras even on a CPU (auto: ONNX Runtime)
+  {prog} archive/ --unlabelled --ray auto --out /shared/archive.h5   # on a Ray cluster
   {prog} --list-backbones
 
 Rerunning the same command resumes an interrupted run and, on a changed folder,
@@ -43,6 +44,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: mixed float16 on a GPU, float32 on the CPU (default)")
     cli.add_engine(p)
+    cli.add_ray(p)
     p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                    help="crop: aspect-preserving resize + centre crop (default); pad; stretch")
     p.add_argument("--unlabelled", action="store_true", help="treat sub-folders as plain folders, not classes")
@@ -62,7 +64,7 @@ def main(args) -> int:
     result = extract(ExtractConfig(
         data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers), weights=args.weights,
         batch_size=args.batch_size, workers=args.workers, precision=args.precision, engine=args.engine,
-        resize=args.resize, unlabelled=args.unlabelled, progress=not args.quiet,
+        resize=args.resize, unlabelled=args.unlabelled, ray=args.ray, progress=not args.quiet,
     ))
     print(result.summary())
     return 0

@@ -5,12 +5,14 @@ from pathlib import Path
 from pipeline.commands import cli
 from pipeline.classify import CLASSIFIERS, NORMALISATIONS
 from pipeline.fit import FitConfig, fit
+from pipeline.stream_fit import parse_memory
 
 EXAMPLES = """\
   {prog} features/tuxpaint.h5 --out runs/tuxpaint
   {prog} f.h5 --out runs/x --classifier softmax --class-weight balanced
   {prog} f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
   {prog} train.h5 --out runs/x --test test.h5         # plus a separate test store
+  {prog} huge.h5 --out runs/x --max-memory 2G --test-size 0.05   # streams codes over 2 GiB
 
 Writes RUN_DIR/metrics.json (every figure printed), and RUN_DIR/svm.skops and/or
 RUN_DIR/softmax.skops with their .sha256; predict with scripts/predict.py."""
@@ -31,6 +33,9 @@ def build_parser(prog: str | None = None):
     p.add_argument("--test", dest="test_store", type=Path, help="also evaluate on this labelled test store")
     p.add_argument("--seed", type=int, default=0, help="fixes every split (default 0)")
     p.add_argument("--jobs", type=int, help="parallel processes for the folds (default: number of CPUs)")
+    p.add_argument("--max-memory", type=parse_memory, metavar="SIZE",
+                   help="codes larger than this (e.g. 2G, 512M) are streamed through SGD with early stopping "
+                        "instead of nested CV (default: a quarter of this machine's memory)")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -42,7 +47,7 @@ def main(args) -> int:
         classifiers=CLASSIFIERS if args.classifier == "both" else (args.classifier,),
         layers=tuple(args.layers) if args.layers else None, normalise=args.normalise, folds=args.folds,
         repeats=args.repeats, class_weight=args.class_weight, test_size=args.test_size,
-        test_store=args.test_store, seed=args.seed, jobs=args.jobs,
+        test_store=args.test_store, seed=args.seed, jobs=args.jobs, max_memory=args.max_memory,
     ))
     print(metrics.format())
     return 0

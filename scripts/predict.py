@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from pipeline.commands import cli
+from pipeline.errors import UserError
 from pipeline.predict import predict_images, write_csv
 
 EXAMPLES = """\
@@ -11,6 +12,7 @@ EXAMPLES = """\
   {prog} runs/tuxpaint/svm.skops 'shots/**/*.jpg'
   {prog} runs/tuxpaint_finetuned/model.keras photo.jpg
   {prog} tuxpaint.onnx photo.jpg          # exported: needs only numpy, pillow, onnxruntime
+  {prog} runs/tuxpaint/softmax.skops /shared/archive --ray auto --out /shared/preds.parquet
 
 Images that cannot be decoded are listed with their reason, never dropped."""
 
@@ -21,15 +23,26 @@ def build_parser(prog: str | None = None):
                    help="a .skops bundle (fit_svm.py), .keras model (finetune.py), .onnx or .tflite (export.py)")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
-    p.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
+    p.add_argument("--out", type=Path, help="also write the predictions to this CSV file (with --ray: the Parquet "
+                                            "folder they go to instead)")
     p.add_argument("--weights", type=Path, help="the local backbone weights the bundle was extracted with")
     p.add_argument("--batch-size", type=int, default=32)
     cli.add_engine(p)
+    cli.add_ray(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     return p
 
 
 def main(args) -> int:
+    if args.ray:
+        if args.out is None:
+            raise UserError("--ray writes Parquet: give the folder with --out, e.g. --out preds.parquet", param="out")
+        from pipeline.scaleout.predict import predict_to_parquet
+
+        rows = predict_to_parquet(args.model, args.images, args.out, args.ray, args.top_k, args.batch_size,
+                                  args.weights, engine=args.engine)
+        print(f"wrote {rows} predictions to {args.out}")
+        return 0
     predictions, description = predict_images(args.model, args.images, args.top_k, args.batch_size, args.weights,
                                               progress=not args.quiet, engine=args.engine)
     print(description)

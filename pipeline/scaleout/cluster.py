@@ -1,0 +1,115 @@
+"""Connecting to a Ray cluster, sizing the model's actor pool, and the CPU decoding step both jobs share.
+
+Ray Data runs each job as a stream: a task decodes a batch of files on any
+node's CPUs, an actor (kept warm, one per GPU, or one per node on the CPU
+engine) runs the network on it. Actors that die are restarted and their batch
+retried (Ray Data's default for actor pools).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import pipeline
+
+from ..errors import UserError
+from ..images import DecodeError, ResizePolicy, decode_image
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str) -> None:
+    """Join the cluster at ``address``: ``auto`` (the one ``ray start`` runs here), ``local`` (a new one in
+    this process, ended with it) or ``host:port`` / ``ray://host:port``. The workers import this package as
+    shipped from here, so every node runs the same code."""
+    if address != "local" and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"  # as `ray start` decides; read when Ray is first imported
+    try:
+        import ray
+    except ImportError:
+        raise UserError("needs Ray: pip install 'cnn-codes[ray]'", param="ray") from None
+    if ray.is_initialized():
+        return
+    runtime_env = {"py_modules": [str(Path(pipeline.__file__).parent)]}
+    try:
+        ray.init(address=None if address == "local" else address, runtime_env=runtime_env,
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        hint = "; start one with `ray start --head`, or use --ray local" if address == "auto" else ""
+        raise UserError(f"cannot join the Ray cluster at {address!r}: {e}{hint}", param="ray") from None
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-job lines; the commands say what ran
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver's own bar counts images
+    context.print_on_execution_start = False
+    log.info("Ray cluster: %s", ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items())
+                                           if k in ("CPU", "GPU")))
+
+
+@dataclass(frozen=True)
+class ActorPool:
+    """How many model actors, and what each one reserves."""
+
+    actors: int
+    num_gpus: float
+    num_cpus: float
+
+    def options(self) -> dict:
+        return {"concurrency": self.actors, "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
+
+
+def actor_pool() -> ActorPool:
+    """One actor per GPU where the cluster has GPUs; otherwise one per node, each reserving one CPU (the CPU
+    engine's threads share the node's cores with the decoding tasks, as locally)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return ActorPool(gpus, 1, 1)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return ActorPool(max(1, nodes), 0, 1)
+
+
+def file_dataset(columns: dict[str, list], batch_size: int):
+    """A Ray dataset of one row per file from ``columns``, one block per batch; built from Arrow tables, which
+    hold a million rows in a fraction of the memory of as many dicts."""
+    import pyarrow as pa
+    import ray.data
+
+    table = pa.table(columns)
+    return ray.data.from_arrow([table.slice(k, batch_size) for k in range(0, max(1, table.num_rows), batch_size)])
+
+
+def decode_batch(batch: dict, policy: ResizePolicy) -> dict:
+    """A Ray Data batch with ``file`` (absolute paths) and ``error`` (a reason already known, or empty) gains
+    ``pixels``, and the reason of each file that cannot be decoded."""
+    n = len(batch["file"])
+    pixels = np.zeros((n, policy.size, policy.size, 3), np.uint8)
+    errors = list(batch["error"])
+    for k, path in enumerate(batch["file"]):
+        if errors[k]:
+            continue
+        try:
+            pixels[k] = decode_image(str(path), policy)
+        except DecodeError as e:
+            errors[k] = str(e)
+    return {**batch, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
+
+
+def prepare_worker() -> None:
+    """Once per actor, before any model: TensorFlow takes a GPU's memory only as it needs it, so actors
+    and other jobs can share a device."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)

@@ -1,0 +1,87 @@
+"""Batch prediction on a Ray cluster into Parquet: the same answers as ``predict.py``, one shard per block.
+
+The output is a folder of Parquet files (``pyarrow.parquet.read_table`` and
+pandas read it as one table): ``path``, then ``class_1``, ``probability_1``, ...
+(or ``value`` for a regression model), then ``skipped`` (empty, or why).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..predict import collect_images, load_predictor
+from .cluster import actor_pool, connect, decode_batch, file_dataset, prepare_worker
+from .extract import DECODE_CPUS
+
+log = logging.getLogger(__name__)
+
+
+class Classifier:
+    """A Ray Data actor: the model, loaded once, turns decoded batches into prediction rows."""
+
+    def __init__(self, model: str, weights: str | None, precision: str, engine: str, top_k: int):
+        prepare_worker()
+        self.predictor = load_predictor(model, weights, precision, engine)
+        self.k = max(1, min(top_k, len(self.predictor.class_names)))
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["path"])
+        ok = np.flatnonzero(batch["error"] == "")
+        out: dict = {"path": batch["path"]}
+        if self.predictor.regression:
+            values = np.full(n, np.nan)
+            if len(ok):
+                values[ok] = self.predictor.probabilities(batch["pixels"][ok], len(ok))[:, 0]
+            out["value"] = values
+        else:
+            names = np.asarray(self.predictor.class_names, dtype=object)
+            classes = np.full((n, self.k), None, dtype=object)
+            probabilities = np.full((n, self.k), np.nan)
+            if len(ok):
+                p = self.predictor.probabilities(batch["pixels"][ok], len(ok))
+                order = np.argsort(-p, axis=1, kind="stable")[:, :self.k]
+                classes[ok] = names[order]
+                probabilities[ok] = np.take_along_axis(p, order, axis=1)
+            for r in range(self.k):
+                out[f"class_{r + 1}"] = classes[:, r]
+                out[f"probability_{r + 1}"] = probabilities[:, r]
+        out["skipped"] = batch["error"]
+        return out
+
+
+def predict_to_parquet(model: str | Path, inputs: Sequence[str | Path], out: str | Path, address: str,
+                       top_k: int = 3, batch_size: int = 32, weights: str | Path | None = None,
+                       precision: str = "auto", engine: str = "auto") -> int:
+    """Predict every image in ``inputs`` on the cluster into the Parquet folder ``out``; returns the rows."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and all(f.suffix == ".parquet" for f in out.iterdir())):
+        raise UserError(f"{out} exists and is not a folder of Parquet files", param="out")
+    predictor = load_predictor(model, weights, precision, engine)  # a bad model fails here in one line
+    files, missing = collect_images(inputs)
+    if not files and not missing:
+        raise UserError("no images given", param="images")
+    connect(address)
+    pool = actor_pool()
+    columns = {"path": [str(f) for f in files] + [p.path for p in missing],
+               "file": [str(Path(f).resolve()) for f in files] + [""] * len(missing),
+               "error": [""] * len(files) + [p.skipped for p in missing]}
+    dataset = (file_dataset(columns, batch_size)
+               .map_batches(decode_batch, fn_kwargs={"policy": predictor.policy}, batch_size=batch_size,
+                            num_cpus=DECODE_CPUS)
+               .map_batches(Classifier, batch_size=batch_size, **pool.options(), fn_constructor_kwargs={
+                   "model": str(Path(model).resolve()), "weights": None if weights is None else str(weights),
+                   "precision": precision, "engine": engine, "top_k": top_k}))
+    rows = len(columns["path"])
+    log.info("predicting %d images on Ray: %d model actor(s)", rows, pool.actors)
+    tmp = out.resolve().with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.write_parquet(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)  # replaced whole: a reader never sees two runs' shards mixed
+    tmp.rename(out)
+    return rows

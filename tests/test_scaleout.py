@@ -1,0 +1,192 @@
+"""Scaling out: extraction and prediction on a real local Ray cluster (2 CPUs), and the streamed fit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, write_images, write_store
+from test_extract import add_bad_files
+from pipeline.extract import ExtractConfig, extract
+from pipeline.fit import FitConfig, fit
+from pipeline.predict import predict_images
+from pipeline.store import read_store
+
+os.environ["RAY_AUTH_MODE"] = "token"  # the cluster and every driver, before Ray is imported
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``ray start --head`` on 2 CPUs in a subprocess, as a user would; every test's driver joins it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    temp = tmp_path_factory.mktemp("ray")
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats", f"--temp-dir={temp}", "--object-store-memory=200000000"],
+                   check=True, capture_output=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale") / "data"
+    write_images(root, {"cat": 40, "dog": 40}, size=48)
+    add_bad_files(root / "dog")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_store(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "local.h5"
+    extract(ExtractConfig(data=images, out=out, layers=("stage6", "penultimate"), batch_size=8, progress=False))
+    return read_store(out)
+
+
+def extract_script(data: Path, out: Path, address: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "extract.py"), str(data), "--out", str(out), "--ray", address,
+            "--layers", "stage6", "penultimate", "--batch-size", "8", "-q", *extra]
+
+
+def assert_same_store(store, local) -> None:
+    assert store.paths == local.paths and store.labels.tolist() == local.labels.tolist()
+    assert sorted(store.skipped) == sorted(local.skipped)
+    for layer in local.layers:
+        assert np.abs(store.codes(layer) - local.codes(layer)).max() < 1e-4
+
+
+def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_store, tmp_path):
+    result = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
+                                   batch_size=8, ray=cluster, progress=False))
+    assert (result.extracted, result.skipped) == (80, 5) and result.engine == "onnx"
+    store = read_store(tmp_path / "ray.h5")
+    assert_same_store(store, local_store)
+    assert "decompression bomb" in dict(store.skipped)["dog/bomb.png"]
+    assert not (tmp_path / "ray.h5.parts").exists()
+    again = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
+                                  ray=cluster, progress=False))
+    assert (again.extracted, again.reused) == (0, 80)
+
+
+def _processes(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _wait_for_shards(parts: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(parts.glob("shard-*.npz"))) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no shards appeared"
+        time.sleep(0.02)
+
+
+def test_a_killed_model_actor_is_restarted_and_the_codes_stay_right(cluster, images, local_store, tmp_path):
+    out = tmp_path / "killed.h5"
+    proc = subprocess.Popen(extract_script(images, out, cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_shards(out.with_name(out.name + ".parts"), 1, proc)
+    actors = _processes("MapWorker(MapBatches(Encoder))")
+    assert actors, "the model actor was not found"
+    for pid in actors:
+        os.kill(pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "80 extracted" in stdout
+    assert_same_store(read_store(out), local_store)
+
+
+def test_a_rerun_after_the_driver_is_killed_reuses_finished_shards(cluster, images, local_store, tmp_path):
+    out = tmp_path / "resumed.h5"
+    proc = subprocess.Popen(extract_script(images, out, cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_shards(out.with_name(out.name + ".parts"), 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    finished = sum(len(np.load(shard)["paths"]) for shard in out.with_name(out.name + ".parts").glob("shard-*.npz"))
+    done = subprocess.run(extract_script(images, out, cluster), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reused = int(done.stdout.split(" reused")[0].rsplit(" ", 1)[1])
+    assert 0 < finished <= reused < 80, done.stdout
+    assert_same_store(read_store(out), local_store)
+
+
+def test_ray_prediction_writes_the_local_answers_to_parquet(cluster, images, local_store, tmp_path):
+    fit(FitConfig(store=local_store.path, out=tmp_path / "fit", classifiers=("softmax",), layers=("penultimate",)))
+    bundle = tmp_path / "fit" / "softmax.skops"
+    local, _ = predict_images(bundle, [images, tmp_path / "missing.jpg"], top_k=2, progress=False)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(bundle), str(images),
+                           str(tmp_path / "missing.jpg"), "--top-k", "2", "--ray", cluster, "--out",
+                           str(tmp_path / "preds.parquet")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pq.read_table(tmp_path / "preds.parquet")
+    assert table.column_names == ["path", "class_1", "probability_1", "class_2", "probability_2", "skipped"]
+    rows = {row["path"]: row for row in table.to_pylist()}
+    assert len(rows) == len(local) == 86
+    for p in local:
+        row = rows[p.path]
+        if p.skipped:
+            assert row["skipped"] == p.skipped and row["class_1"] is None
+        else:
+            assert [row["class_1"], row["class_2"]] == [name for name, _ in p.top]
+            assert abs(row["probability_1"] - p.top[0][1]) < 1e-5 and row["skipped"] == ""
+
+
+def test_prediction_on_ray_needs_an_output_folder(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(tmp_path / "m.skops"),
+                           str(tmp_path), "--ray", "local"], capture_output=True, text=True)
+    assert done.returncode != 0 and "--ray writes Parquet" in done.stderr and "Traceback" not in done.stderr
+
+
+def hard_blobs(n: int, dim: int = 64, classes: int = 10, seed: int = 0):
+    """Overlapping Gaussian classes, sorted by class as a store's rows are (by class folder)."""
+    rng = np.random.default_rng(seed)
+    y = np.sort(rng.integers(0, classes, n))
+    X = rng.normal(0, 0.3, (classes, dim))[y] + rng.normal(0, 1, (n, dim))
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("kind", ["svm", "softmax"])
+def test_the_streamed_fit_matches_the_in_memory_fit(kind, tmp_path):
+    X, y = hard_blobs(40_000)
+    store = write_store(tmp_path / "big.h5", {"penultimate": X}, y, [f"c{k}" for k in range(10)])
+    paths = read_store(store).paths
+    held = np.random.default_rng(1).choice(len(paths), 8000, replace=False)  # the same for both fits
+    common = dict(store=store, classifiers=(kind,), test_paths=tuple(paths[i] for i in held), seed=0)
+    in_memory = fit(FitConfig(out=tmp_path / "memory", **common))
+    streamed = fit(FitConfig(out=tmp_path / "streamed", max_memory=2 * 2**20, **common))  # codes: 10 MiB
+    assert in_memory.protocol.outer_folds == 5 and streamed.protocol.outer_folds == 0
+    assert "nested CV is pointless" in streamed.format()
+    a, b = (r.final[kind].test.scores["accuracy"] for r in (in_memory, streamed))
+    # SGDClassifier's log loss is one-vs-rest, not the multinomial softmax of the in-memory fit: measured 1.4
+    # points below it on these classes; its hinge loss is the in-memory SVM's one-vs-rest model.
+    assert a > 0.7 and abs(a - b) < (0.01 if kind == "svm" else 0.02), (a, b)
+    saved = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
+    assert saved["final"][kind]["alpha"] in saved["protocol"]["c_grid"]["alpha"]
+    from pipeline.bundle import load_bundle
+
+    proba = load_bundle(tmp_path / "streamed" / f"{kind}.skops").estimator.predict_proba(X[:5])
+    assert proba.shape == (5, 10) and np.allclose(proba.sum(axis=1), 1)
