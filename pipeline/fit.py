@@ -250,10 +250,10 @@ def _streamed(cfg: FitConfig, task: Task, store: FeatureStore, layer: str, budge
               started: float) -> FitResult:
     """The fit for codes over the memory budget (:mod:`pipeline.stream_fit`), on one layer."""
     if task is not CLASSIFICATION:
-        raise UserError(f"the codes take {stream_fit.size_text(need)}, over --max-memory; streaming fits "
-                        "classifiers only: raise --max-memory", param="max_memory")
+        raise UserError(f"the codes take {stream_fit.size_text(need)}, over the budget; streaming fits "
+                        "classifiers only: raise the budget", param="max_memory")
     if cfg.test_store is not None:
-        raise UserError("a streamed fit tests on a held-out fraction (--test-size), not a second store",
+        raise UserError("a streamed fit tests on a held-out fraction of the store, not a second store",
                         param="test_store")
     kinds = task.kinds(cfg)
     y = store.labels

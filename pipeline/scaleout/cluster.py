@@ -41,7 +41,7 @@ def connect(address: str) -> None:
         ray.init(address=None if address == "local" else address, runtime_env=runtime_env,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        hint = "; start one with `ray start --head`, or use --ray local" if address == "auto" else ""
+        hint = "; start one first (README, \"Scaling out\"), or use a local one" if address == "auto" else ""
         raise UserError(f"cannot join the Ray cluster at {address!r}: {e}{hint}", param="ray") from None
     import ray.data
 
