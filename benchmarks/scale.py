@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from extract_speed import make_photos  # noqa: E402
+from extract_speed import make_photos, peak_rss_mib  # noqa: E402
 
 EPOCHS = 3
 
@@ -165,7 +164,7 @@ def main() -> None:
         kind, *rest = args.phase
         result = (phase_extract(Path(rest[0]), Path(rest[1]), rest[2] if len(rest) > 2 else None)
                   if kind == "extract" else phase_stream(Path(rest[0]), int(rest[1])))
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as tmp:

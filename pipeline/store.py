@@ -17,6 +17,7 @@ import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -86,7 +87,6 @@ class FeatureStore:
     path: Path
     config: StoreConfig
     attrs: dict
-    paths: list[str]
     fingerprints: np.ndarray
     labels: np.ndarray | None
     class_names: list[str] | None
@@ -99,15 +99,29 @@ class FeatureStore:
         return self.config.layers
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.fingerprints)
+
+    @cached_property
+    def paths(self) -> list[str]:
+        """The images' paths, read on first use: a million of them as Python strings take a few hundred MB,
+        which a streamed fit never needs."""
+        self._check_identity()
+        try:
+            with h5py.File(self.path, "r") as f:
+                return list(f["paths"].asstr()[:])
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.path} is corrupt ({e}); extract it again") from None
+
+    def _check_identity(self) -> None:
+        if _identity(self.path) != self.identity:
+            raise UserError(f"{self.path} was replaced since it was opened; open it again")
 
     def codes(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """Codes of ``layer`` (default: the last layer stored), all rows or the sorted ``rows``."""
         layer = layer or self.layers[-1]
         if layer not in self.layers:
             raise UserError(f"{self.path} has no layer {layer!r}; it holds {', '.join(self.layers)}")
-        if _identity(self.path) != self.identity:
-            raise UserError(f"{self.path} was replaced since it was opened; open it again")
+        self._check_identity()
         try:
             with h5py.File(self.path, "r") as f:
                 dset = f["features"][layer]
@@ -135,7 +149,6 @@ def read_store(path: str | Path) -> FeatureStore:
                 path=path,
                 config=_config_from_attrs(f.attrs),
                 attrs=attrs,
-                paths=list(f["paths"].asstr()[:]),
                 fingerprints=f["fingerprints"][:],
                 labels=f["labels"][:] if labelled else None,
                 class_names=list(f["class_names"].asstr()[:]) if labelled else None,

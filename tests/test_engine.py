@@ -50,7 +50,7 @@ def test_a_store_made_by_one_engine_is_extended_by_the_other(tmp_path):
     out = tmp_path / "f.h5"
     extract(ExtractConfig(data=tmp_path / "data", out=out, engine="keras", progress=False, batch_size=4))
     first = read_store(out)
-    first_codes = first.codes()
+    first_paths, first_codes = first.paths, first.codes()  # an opened store reads nothing once replaced
     write_images(tmp_path / "more", {"a": 3, "b": 3}, seed=1)
     for f in (tmp_path / "more").rglob("*.png"):
         f.rename(tmp_path / "data" / f.parent.name / f"new_{f.name}")
@@ -60,7 +60,7 @@ def test_a_store_made_by_one_engine_is_extended_by_the_other(tmp_path):
     mixed = read_store(out)
     runs = json.loads(mixed.attrs["runs"])
     assert [(r["engine"], r["extracted"]) for r in runs] == [("keras", 12), ("onnx", 6)]
-    old = [mixed.paths.index(p) for p in first.paths]
+    old = [mixed.paths.index(p) for p in first_paths]
     np.testing.assert_array_equal(mixed.codes()[old], first_codes, "reused rows are copied, not recomputed")
     extract(ExtractConfig(data=tmp_path / "data", out=tmp_path / "ref.h5", engine="keras", progress=False))
     reference = read_store(tmp_path / "ref.h5")

@@ -78,7 +78,7 @@ def test_several_layers_in_one_pass(dataset, tmp_path):
 def test_rerun_extracts_only_new_and_changed_images(dataset, tmp_path):
     out = tmp_path / "f.h5"
     run(dataset, out)
-    before = read_store(out)
+    before, unread = read_store(out), read_store(out)
     old = dict(zip(before.paths, before.codes()))
     write_images(tmp_path / "more", {"cat": 2}, seed=7)
     for p in (tmp_path / "more" / "cat").iterdir():
@@ -100,6 +100,9 @@ def test_rerun_extracts_only_new_and_changed_images(dataset, tmp_path):
     assert after.labels[after.paths.index("bird/img_0000.png")] == 0
     with pytest.raises(UserError, match="replaced since it was opened"):
         before.codes()
+    assert len(unread) == len(before.paths)  # the count is read on opening, the paths on first use
+    with pytest.raises(UserError, match="replaced since it was opened"):
+        unread.paths
 
 
 def test_store_of_another_configuration_is_refused(dataset, tmp_path):
