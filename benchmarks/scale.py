@@ -158,7 +158,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
-    p.add_argument("--skip-ray", action="store_true", help="only the streamed fit")
+    p.add_argument("--only", choices=("ray", "stream"), help="only Ray's extraction, or only the streamed fit")
     args = p.parse_args()
     if args.phase:
         kind, *rest = args.phase
@@ -169,9 +169,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if not args.skip_ray:
+        if args.only != "stream":
             ray_phases(tmp, args.images)
-        stream_phases(tmp)
+        if args.only != "ray":
+            stream_phases(tmp)
 
 
 if __name__ == "__main__":

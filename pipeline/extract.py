@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from .backbones.engine import FrozenNetwork, frozen_network
 from .backbones.loading import Backbone, load_backbone
 from .errors import UserError
-from .images import Dataset, ResizePolicy, discover
+from .images import Dataset, ResizePolicy, discover, fingerprint
 from .loader import decoded_batches
 from .provenance import library_versions, now_iso
 from .store import Row, Shards, StoreConfig, assemble, read_store, refuse_mismatch, writing
@@ -74,11 +73,6 @@ class ExtractResult:
         )
 
 
-def _fingerprint(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
 def extract(cfg: ExtractConfig) -> ExtractResult:
     """Run (or resume, or update) the extraction described by ``cfg``."""
     if cfg.batch_size < 1:
@@ -86,14 +80,20 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     out = Path(cfg.out)
     if out.suffix not in (".h5", ".hdf5"):
         raise UserError(f"must name an .h5 file, not {out}", param="out")
-    dataset = discover(cfg.data, unlabelled=cfg.unlabelled)
+    listing = None
+    if cfg.ray is not None:
+        from .scaleout.listing import ClusterListing
+
+        listing = ClusterListing(cfg.ray)
+    dataset = discover(cfg.data, unlabelled=cfg.unlabelled, lister=listing)
     if not dataset.paths and not dataset.skipped:
         raise UserError(f"no images found in {cfg.data}", param="data")
     backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision)
     layers = backbone.check_layers(cfg.layers)
     policy = resize_policy(backbone.spec, cfg.resize)
     return update_store(dataset, out, backbone, layers, policy, batch_size=cfg.batch_size,
-                        workers=cfg.workers, progress=cfg.progress, engine=cfg.engine, cluster=cfg.ray)
+                        workers=cfg.workers, progress=cfg.progress, engine=cfg.engine, cluster=cfg.ray,
+                        fingerprint=listing.fingerprint if listing else fingerprint)
 
 
 def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
@@ -102,17 +102,19 @@ def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
 
 def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[str], policy: ResizePolicy, *,
                  batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                 prune: bool = True, engine: str = "auto", cluster: str | None = None) -> ExtractResult:
+                 prune: bool = True, engine: str = "auto", cluster: str | None = None,
+                 fingerprint=fingerprint) -> ExtractResult:
     """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed, as the one
     writer (:func:`~pipeline.store.writing`); ``prune=False`` keeps rows of other files (a cache of codes).
-    ``cluster``: a Ray address (:mod:`pipeline.scaleout`) to extract on instead of this process."""
+    ``cluster``: a Ray address (:mod:`pipeline.scaleout`) to extract on instead of this process;
+    ``fingerprint``: a file's size and mtime (a cluster's listing has them already)."""
     with writing(out):
         return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune, engine,
-                             cluster)
+                             cluster, fingerprint)
 
 
 def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune,
-                  engine, cluster) -> ExtractResult:
+                  engine, cluster, fingerprint) -> ExtractResult:
     spec = backbone.spec
     config = StoreConfig(spec.name, backbone.weights_checksum, tuple(layers), spec.input_size,
                          spec.preprocessing.to_dict(), policy.to_dict())
@@ -133,7 +135,7 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
     todo: list[int] = []
     for i, rel in enumerate(dataset.paths):
         try:
-            fp = fingerprints[i] = _fingerprint(dataset.root / rel)
+            fp = fingerprints[i] = fingerprint(dataset.root / rel)
         except OSError as e:
             failures[i] = f"unreadable: {e.strerror or e}"
             continue

@@ -15,6 +15,7 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -198,12 +199,10 @@ def _is_candidate(path: Path) -> bool:
         and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _walk(folder: Path) -> tuple[list[Path], int]:
-    """Image candidates below ``folder`` (sorted; hidden folders skipped) and the count of other files."""
+def _classify(paths) -> tuple[list[Path], int]:
+    """The image candidates among ``paths`` and the count of other files (folders are neither)."""
     found, ignored = [], 0
-    for p in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]):
-            continue
+    for p in paths:
         if p.is_file() or p.is_symlink():
             if _is_candidate(p):
                 found.append(p)
@@ -212,15 +211,65 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
     return found, ignored
 
 
-def discover(source: str | Path, unlabelled: bool = False) -> Dataset:
+@dataclass(frozen=True)
+class ListingPart:
+    """A share of one folder's listing, listed on its own (on a cluster, by a task): some of the ``files`` of
+    its first level to sort out, or one of its sub-``folder``s to walk (hidden folders skipped)."""
+
+    files: tuple[str, ...] = ()
+    folder: str = ""
+
+    def list(self) -> tuple[list[Path], int]:
+        if not self.folder:
+            return _classify(map(Path, self.files))
+        folder = Path(self.folder)
+        return _classify(p for p in folder.rglob("*")
+                         if not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
+
+
+# Lists the parts of a folder, returns their candidates and the count of other files: here, one after another,
+# by default; on a cluster, pipeline.scaleout.listing.ClusterListing.
+Lister = Callable[[list[ListingPart]], tuple[list[Path], int]]
+LISTING_CHUNK = 2048  # first-level files per part
+
+
+def fingerprint(path: str | Path) -> tuple[int, int]:
+    """What tells a file changed: its size and modification time (ns)."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def list_here(parts: list[ListingPart]) -> tuple[list[Path], int]:
+    found, ignored = [], 0
+    for part in parts:
+        files, n = part.list()
+        found += files
+        ignored += n
+    return found, ignored
+
+
+def list_folder(folder: Path, lister: Lister | None = None) -> tuple[list[Path], int]:
+    """Image candidates below ``folder`` (sorted; hidden folders skipped) and the count of other files. Only
+    the first level is read here (names and types, no file's status); ``lister`` lists the parts."""
+    with os.scandir(folder) as entries:
+        top = sorted(entries, key=lambda e: e.name)
+    folders = [e.path for e in top if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+    files = [e.path for e in top if not e.is_dir(follow_symlinks=False)]
+    parts = [ListingPart(files=tuple(files[k:k + LISTING_CHUNK])) for k in range(0, len(files), LISTING_CHUNK)]
+    found, ignored = (lister or list_here)(parts + [ListingPart(folder=f) for f in folders])
+    return sorted(found), ignored
+
+
+def discover(source: str | Path, unlabelled: bool = False, lister: Lister | None = None) -> Dataset:
     """Images of a CSV manifest (``path``, ``label`` and/or a numeric ``target``) or a folder: labelled by its
-    first-level sub-folders (searched recursively) if they hold images and not ``unlabelled``."""
+    first-level sub-folders (searched recursively) if they hold images and not ``unlabelled``; ``lister``
+    lists a folder's parts (:func:`list_folder`)."""
     source = Path(source)
     if source.suffix.lower() == ".csv" and source.is_file():
         return _from_manifest(source)
     if not source.is_dir():
         raise UserError(f"{source} is neither a folder of images nor a CSV manifest")
-    files, ignored = _walk(source)
+    files, ignored = list_folder(source, lister)
     relative = [p.relative_to(source) for p in files]
     _refuse_undecodable_names([r.as_posix() for r in relative], source)
     in_subfolders = [r for r in relative if len(r.parts) > 1]

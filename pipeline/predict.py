@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .images import ResizePolicy, _is_candidate, _walk
+from .images import Lister, ResizePolicy, _is_candidate, list_folder
 from .loader import decoded_batches
 from .runtime import EXTENSIONS, ExportedModel
 
@@ -42,8 +42,9 @@ class Prediction:
     value: float | None = None  # regression models predict a number instead of classes
 
 
-def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Prediction]]:
-    """Files, folders (searched recursively) and glob patterns -> image files, plus inputs that match nothing."""
+def collect_images(inputs: Sequence[str | Path], lister: Lister | None = None) -> tuple[list[Path], list[Prediction]]:
+    """Files, folders (searched recursively; ``lister`` lists their parts) and glob patterns -> image files,
+    plus inputs that match nothing."""
     files, missing = [], []
     for item in map(str, inputs):
         if any(ch in item for ch in "*?["):
@@ -52,7 +53,7 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Predi
             if not matches:
                 missing.append(Prediction(item, skipped="no file matches this pattern"))
         elif Path(item).is_dir():
-            files += _walk(Path(item))[0]
+            files += list_folder(Path(item), lister)[0]
         elif Path(item).is_file() or Path(item).is_symlink():
             files.append(Path(item))
         else:

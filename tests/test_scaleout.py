@@ -16,9 +16,13 @@ import pytest
 
 from conftest import ROOT, write_images, write_store
 from test_extract import add_bad_files
+import pipeline.images as images_module
+from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
 from pipeline.fit import FitConfig, fit
 from pipeline.predict import predict_images
+from pipeline.images import discover
+from pipeline.scaleout import listing
 from pipeline.store import read_store
 
 os.environ["RAY_AUTH_MODE"] = "token"  # the cluster and every driver, before Ray is imported
@@ -72,7 +76,11 @@ def assert_same_store(store, local) -> None:
         assert np.abs(store.codes(layer) - local.codes(layer)).max() < 1e-4
 
 
-def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_store, tmp_path):
+def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_store, tmp_path, monkeypatch):
+    def no_stat_here(path):
+        raise AssertionError(f"the driver looked at {path}")
+
+    monkeypatch.setattr(listing, "fingerprint", no_stat_here)  # the cluster's listing has every file's status
     result = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
                                    batch_size=8, ray=cluster, progress=False))
     assert (result.extracted, result.skipped) == (80, 5) and result.engine == "onnx"
@@ -83,6 +91,33 @@ def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_s
     again = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
                                   ray=cluster, progress=False))
     assert (again.extracted, again.reused) == (0, 80)
+
+
+def test_the_cluster_lists_a_folder_by_the_local_rules(cluster, tmp_path, monkeypatch):
+    root = tmp_path / "tree"
+    write_images(root, {"cat": 3, "dog": 2, "": 2}, size=16)  # two loose images at the top, outside any class
+    image = root / "cat" / "img_0000.png"
+    for extra in ("cat/deep/er/x.png", ".hidden/h.png", "cat/.cache/c.png"):
+        (root / extra).parent.mkdir(parents=True, exist_ok=True)
+        (root / extra).write_bytes(image.read_bytes())
+    (root / "notes.txt").write_text("not an image")
+    (root / "dog" / "Thumbs.db").write_bytes(b"")
+    (root / "dog" / "link.png").symlink_to(image)
+    (root / "dog" / "gone.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "linked").symlink_to(root / "cat")  # a link to a folder is a file, as locally: not walked
+    monkeypatch.setattr(images_module, "LISTING_CHUNK", 1)  # every first-level file a part of its own
+    here = discover(root)
+    there = listing.ClusterListing(cluster)
+    assert discover(root, lister=there) == here and here.ignored == 3 and len(here.paths) == 8
+    for rel in here.paths:
+        if rel == "dog/gone.jpg":
+            with pytest.raises(OSError, match="No such file"):
+                there.fingerprint(root / rel)
+        else:
+            assert there.fingerprint(root / rel) == images_module.fingerprint(root / rel)
+    (root / "dog" / os.fsdecode(b"\xff.png")).write_bytes(image.read_bytes())
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        discover(root, lister=there)
 
 
 def _processes(marker: str) -> list[int]:

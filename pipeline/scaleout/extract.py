@@ -1,7 +1,8 @@
 """Extraction on a Ray cluster: the same shards as a local run, written by the actors, assembled by the driver.
 
-Each actor writes every batch it finishes as a shard of the store's own format
-in ``<store>.parts/``, which must be on storage every node reaches. The driver
+The files are listed on the cluster too (:mod:`.listing`). Each actor writes
+every batch it finishes as a shard of the store's own format in
+``<store>.parts/``, which must be on storage every node reaches. The driver
 only collects each image's shard and row, so its memory does not grow with the
 images' codes, and a rerun after the driver was killed reuses every finished
 shard, exactly as after a local interruption.

@@ -16,8 +16,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..predict import collect_images, load_predictor
-from .cluster import actor_pool, connect, decode_batch, file_dataset, prepare_worker
+from .cluster import actor_pool, decode_batch, file_dataset, prepare_worker
 from .extract import DECODE_CPUS
+from .listing import ClusterListing
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,9 @@ def predict_to_parquet(model: str | Path, inputs: Sequence[str | Path], out: str
     if out.exists() and not (out.is_dir() and all(f.suffix == ".parquet" for f in out.iterdir())):
         raise UserError(f"{out} exists and is not a folder of Parquet files", param="out")
     predictor = load_predictor(model, weights, precision, engine)  # a bad model fails here in one line
-    files, missing = collect_images(inputs)
+    files, missing = collect_images(inputs, ClusterListing(address))
     if not files and not missing:
         raise UserError("no images given", param="images")
-    connect(address)
     pool = actor_pool()
     columns = {"path": [str(f) for f in files] + [p.path for p in missing],
                "file": [str(Path(f).resolve()) for f in files] + [""] * len(missing),
