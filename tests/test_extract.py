@@ -205,8 +205,13 @@ def test_two_extractions_into_one_store_never_mix_codes(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not list(parts.glob("shard-*.npz")) and first.poll() is None:
         time.sleep(0.02)
-    second = _script(tmp_path / "data", "--out", out, "--batch-size", "8", "--quiet")
-    _, stderr = second.communicate(timeout=300)
+    assert first.poll() is None, first.communicate()
+    first.send_signal(signal.SIGSTOP)  # held mid-run, so the second cannot start after the first has finished
+    try:
+        second = _script(tmp_path / "data", "--out", out, "--batch-size", "8", "--quiet")
+        _, stderr = second.communicate(timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and "Traceback" not in stderr
     assert "another process is writing" in stderr.strip().splitlines()[-1]
     assert first.wait(timeout=300) == 0
