@@ -133,6 +133,16 @@ def test_tensors_reaching_past_their_storage_are_refused(tmp_path, monkeypatch):
             load_legacy_state_dict(path)
 
 
+def test_a_memo_index_of_a_billion_is_refused_before_unpickling(tmp_path):
+    """The C unpickler grows its memo to twice the index and zeroes it: 1.5e9 would touch 24 GB."""
+    header = b"".join(pickle.dumps(obj, protocol=2) for obj in (MAGIC_NUMBER, PROTOCOL_VERSION, {}))
+    bomb = b"\x80\x02}r" + (1_500_000_000).to_bytes(4, "little") + b"."  # {} then LONG_BINPUT 1.5e9
+    path = tmp_path / "bomb.pth"
+    path.write_bytes(header + bomb + pickle.dumps([], protocol=2))
+    with pytest.raises(TorchFileError, match="memo entry 1500000000 out of sequence"):
+        load_legacy_state_dict(path)
+
+
 def test_fuzzed_files_fail_cleanly(tmp_path, monkeypatch):
     """A few thousand byte-level mutations of a small file: each loads or raises TorchFileError, in seconds."""
     path = tmp_path / "small.pth"

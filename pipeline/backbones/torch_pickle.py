@@ -6,14 +6,19 @@ bytes of every storage. The object pickle refers to storages through
 persistent ids and rebuilds tensors with ``torch._utils._rebuild_tensor_v2``.
 
 A pickle can run arbitrary code, so the unpickler here resolves only the few
-globals such a file legitimately names and refuses every other one.
+globals such a file legitimately names and refuses every other one. A pickle
+can also make the unpickler allocate far beyond its own size (a memo index of a
+billion zeroes gigabytes), so each one is first walked opcode by opcode
+(``pickletools``, which runs nothing) over the file's bytes in memory.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import math
 import pickle
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +92,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _StorageRef(str(key), storage_type.dtype)
 
 
-def _load_one(f):
+def _load_one(f: io.BytesIO):
+    """The next pickle in ``f``, after checking that its memo indices come in sequence (a pickler numbers them
+    0, 1, 2...) and its frames fit in the file; over-long strings already fail in ``genops``."""
+    start, puts, end = f.tell(), 0, len(f.getbuffer())
+    for op, arg, _ in pickletools.genops(f):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            if op.name != "MEMOIZE" and arg != puts:
+                raise TorchFileError(f"a pickle stores memo entry {arg} out of sequence (expected {puts})")
+            puts += 1
+        elif op.name == "FRAME" and arg > end - f.tell():
+            raise TorchFileError(f"a pickle frame of {arg} bytes is longer than the rest of the file")
+    f.seek(start)
     return _RestrictedUnpickler(f, encoding="utf-8").load()
 
 
@@ -109,8 +125,8 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with io.BytesIO(path.read_bytes()) as f:
+        size = len(f.getbuffer())
         if f.read(2) == b"PK":
             raise TorchFileError(f"{path} is a zip-format torch file; only the legacy format is supported")
         f.seek(0)
