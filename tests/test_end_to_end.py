@@ -25,7 +25,7 @@ def test_run_compares_candidates_on_the_same_held_out_images(data, monkeypatch):
     monkeypatch.setattr(end_to_end, "finetune",
                         lambda cfg: seen.setdefault("finetune", cfg.test_paths) and real_finetune(cfg))
     result = run(RunConfig(data=data / "data", out=data / "run", finetune="always", image_size=64,
-                           epochs=(1, 1), progress=False))
+                           tail_epochs=2, progress=False))
     summary = result.to_json()
     assert seen["fit"] == seen["finetune"] and len(seen["fit"]) == 4
     names = [c["name"] for c in summary["candidates"]]

@@ -1,4 +1,5 @@
-"""Fine-tuning on tiny images: outputs comparable with the fit stage, prediction, resume."""
+"""Full-mode fine-tuning on tiny images: outputs comparable with the fit stage, prediction, resume (tail mode:
+test_tail.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pipeline.predict import predict_images
 def finetuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     write_images(root / "data", {"red": 10, "green": 10}, size=48)
-    cfg = FinetuneConfig(data=root / "data", out=root / "run", image_size=64, head_epochs=2, finetune_epochs=1,
-                         unfreeze=10, batch_size=8, progress=False)
+    cfg = FinetuneConfig(data=root / "data", out=root / "run", mode="full", image_size=64, head_epochs=2,
+                         finetune_epochs=1, unfreeze=10, batch_size=8, progress=False)
     return cfg, finetune(cfg).to_json()
 
 
@@ -33,7 +34,8 @@ def test_outputs_in_the_fit_stage_form(finetuned):
     assert metrics["image_size"] == 64 and metrics["final"]["finetune"]["validation_images"] == 4
     history = json.loads((cfg.out / "history.json").read_text())
     assert list(history) == ["head", "finetune"] and history["head"]["seconds_per_epoch"] > 0
-    assert metrics["protocol"]["learning_rates"] == [1e-3, 1e-4]
+    assert metrics["protocol"]["mode"] == "full"
+    assert metrics["protocol"]["learning_rates"] == {"head": 1e-3, "later layers": 1e-4}
 
 
 def test_predict_accepts_the_finetuned_model(finetuned):
@@ -64,14 +66,14 @@ def test_head_starts_as_the_linear_probe(backbones):
 
     from pipeline.backbones.factory import create_model
     from pipeline.classify import fit_final
-    from pipeline.finetune import augmentation, init_head_from_probe
+    from pipeline.finetune import augmentation, init_head_from_probe, pooled_codes
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (12, 64, 64, 3)).astype(np.uint8)
     labels = np.repeat([0, 1, 2], 4)
     model = create_model(backbones("efficientnet_lite0"), "finetune", classes=3, input_size=64,
                          augmentation=augmentation(0))
-    init_head_from_probe(model, pixels, labels, batch_size=4, seed=0)
+    init_head_from_probe(model, pooled_codes(model, pixels, 4), labels, seed=0)
     codes = keras.Model(model.inputs, model.get_layer("pool").output).predict(pixels, verbose=0)
     probe, _ = fit_final("softmax", codes, labels)
     np.testing.assert_allclose(model.predict(pixels, verbose=0), probe.predict_proba(codes), atol=1e-4)

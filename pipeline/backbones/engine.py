@@ -75,22 +75,26 @@ def describe(engine: str) -> str:
 
 
 def frozen_network(backbone: Backbone, head: str = "features", layers: Sequence[str] = ("penultimate",),
-                   engine: str = "auto") -> FrozenNetwork:
-    """The ``features`` (pooled codes of ``layers``), ``imagenet`` or ``statistics`` network on ``engine``.
+                   engine: str = "auto", size: int | None = None) -> FrozenNetwork:
+    """The ``features`` (pooled codes of ``layers``), ``imagenet``, ``statistics`` or ``front`` (the unpooled
+    activations of one layer, at ``size`` pixels) network on ``engine``.
 
-    Networks are built once per backbone, head, layers and engine.
+    Networks are built once per backbone, head, layers, size and engine.
     """
+    if size is not None and head != "front":
+        raise ValueError(f"only a front network takes a size, not {head!r}")
     engine = resolve_engine(engine, backbone.precision)
-    layers = tuple(backbone.check_layers(layers)) if head == "features" else ()
-    key = ("frozen", head, layers, engine)
+    layers = tuple(backbone.check_layers(layers)) if head in ("features", "front") else ()
+    size = size or backbone.spec.input_size
+    key = ("frozen", head, layers, engine, size)
     if key not in backbone.models:
-        backbone.models[key] = (_onnx if engine == "onnx" else _keras)(backbone, head, layers)
+        backbone.models[key] = (_onnx if engine == "onnx" else _keras)(backbone, head, layers, size)
         log.info("%s (%s) runs on %s", backbone.spec.name, head, describe(engine))
     return backbone.models[key]
 
 
-def _keras(backbone: Backbone, head: str, layers: tuple[str, ...]) -> FrozenNetwork:
-    model = create_model(backbone, head, layers=layers or ("penultimate",))
+def _keras(backbone: Backbone, head: str, layers: tuple[str, ...], size: int) -> FrozenNetwork:
+    model = create_model(backbone, head, layers=layers or ("penultimate",), input_size=size)
 
     def run(pixels):
         out = model.predict_on_batch(pixels)
@@ -100,21 +104,24 @@ def _keras(backbone: Backbone, head: str, layers: tuple[str, ...]) -> FrozenNetw
     return FrozenNetwork("keras", names, tuple(int(o.shape[-1]) for o in model.outputs), run)
 
 
-def _graph_model(backbone: Backbone, head: str) -> tuple[keras.Model, tuple[str, ...]]:
+def _graph_model(backbone: Backbone, graph: str, layers: tuple[str, ...], size: int
+                 ) -> tuple[keras.Model, tuple[str, ...]]:
     """The Keras model that becomes one ONNX graph, and its outputs' names."""
-    if head == "statistics":
+    if graph == "statistics":
         model = create_model(backbone, "statistics")
         return model, tuple(f"output_{k}" for k in range(len(model.outputs)))
+    if graph == "front":
+        return create_model(backbone, "front", layers=layers, input_size=size), layers
     layers = tuple(backbone.spec.feature_layers)
     return create_model(backbone, "features", layers=layers, logits=True), (*layers, "imagenet")
 
 
-def _onnx(backbone: Backbone, head: str, layers: tuple[str, ...]) -> FrozenNetwork:
+def _onnx(backbone: Backbone, head: str, layers: tuple[str, ...], size: int) -> FrozenNetwork:
     import onnxruntime as ort
 
-    graph = "statistics" if head == "statistics" else "codes"
-    session, names = _session(backbone, graph, ort)
-    wanted = layers if head == "features" else ("imagenet",) if head == "imagenet" else names
+    graph = head if head in ("statistics", "front") else "codes"
+    session, names = _session(backbone, graph, ort, layers if graph == "front" else (), size)
+    wanted = layers if head in ("features", "front") else ("imagenet",) if head == "imagenet" else names
     index = [names.index(n) for n in wanted]
     dims = tuple(int(session.get_outputs()[i].shape[-1]) for i in index)
     output_names = [session.get_outputs()[i].name for i in index]
@@ -130,13 +137,13 @@ def _threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _session(backbone: Backbone, graph: str, ort):
+def _session(backbone: Backbone, graph: str, ort, layers: tuple[str, ...], size: int):
     """An ONNX Runtime session on the cached graph, converting it first when no valid file is cached."""
     import tf2onnx
 
     spec = backbone.spec
     key = {"backbone": spec.name, "graph": graph, "weights": backbone.weights_checksum,
-           "layers": list(spec.feature_layers), "input_size": spec.input_size, "opset": OPSET,
+           "layers": list(layers or spec.feature_layers), "input_size": size, "opset": OPSET,
            "tf2onnx": tf2onnx.__version__, "keras": keras.__version__}
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "onnx"
@@ -154,7 +161,7 @@ def _session(backbone: Backbone, graph: str, ort):
             except Exception as e:  # noqa: BLE001 - any unreadable cached graph is rebuilt
                 log.warning("rebuilding %s: %s", path.name, e)
         path.unlink(missing_ok=True)
-    path = _convert(backbone, graph, folder, prefix)
+    path = _convert(backbone, graph, folder, prefix, layers, size)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return session, tuple(json.loads(session.get_modelmeta().custom_metadata_map["outputs"]))
 
@@ -168,15 +175,14 @@ def _intact(path: Path) -> bool:
     return ok
 
 
-def _convert(backbone: Backbone, graph: str, folder: Path, prefix: str) -> Path:
+def _convert(backbone: Backbone, graph: str, folder: Path, prefix: str, layers: tuple[str, ...], size: int) -> Path:
     import tensorflow as tf
     import tf2onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale(folder)
     log.info("converting %s to ONNX (once; cached in %s)", backbone.spec.name, folder)
-    model, names = _graph_model(backbone, graph)
-    size = backbone.spec.input_size
+    model, names = _graph_model(backbone, graph, layers, size)
     signature = [tf.TensorSpec((None, size, size, 3), tf.uint8, name="pixels")]
     function = tf.function(lambda pixels: model(pixels, training=False))
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)

@@ -4,9 +4,11 @@ As timm's ``create_model``, one call gives one head, on uint8 pixels with the
 spec's preprocessing inside the graph: ``features`` (a pooled float32 code per
 feature layer, and with ``logits=True`` the ImageNet logits after them),
 ``imagenet`` (the logits), ``statistics`` (channel means and mean squares at
-every BatchNorm input, then the logits: the advisor's) or ``finetune`` (a new
-head on a copy of the base, in inference mode, frozen below ``trainable_from``;
-``classes=0`` gives one linear unit for regression).
+every BatchNorm input, then the logits: the advisor's), ``front`` (the unpooled
+float32 activations of the one layer in ``layers``, at ``input_size``: what tail
+fine-tuning caches) or ``finetune`` (a new head on a copy of the base, in
+inference mode, frozen below ``trainable_from``; ``classes=0`` gives one linear
+unit for regression).
 """
 
 from __future__ import annotations
@@ -20,22 +22,24 @@ from ..errors import UserError
 from .layers import Preprocess
 from .loading import Backbone
 
-HEADS = ("features", "imagenet", "statistics", "finetune")
+HEADS = ("features", "imagenet", "statistics", "front", "finetune")
 
 
 def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence[str] = ("penultimate",),
                  classes: int = 0, input_size: int | None = None, trainable_from: str | None = None,
                  augmentation: keras.layers.Layer | None = None, hidden: int | None = None,
-                 seed: int = 0, logits: bool = False) -> keras.Model:
+                 dropout: float = 0.0, seed: int = 0, logits: bool = False) -> keras.Model:
     """A network of ``head`` kind (see the module's docstring); ``features`` models are built once and reused."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
-    if head == "features":
+    if head in ("features", "front"):
         layers = tuple(backbone.check_layers(layers))
-        key = ("features", layers, logits)
+        size = input_size or backbone.spec.input_size
+        key = (head, layers, logits) if head == "features" else (head, layers, size)
         if key not in backbone.models:
             with dtype_policy(backbone.precision):
-                backbone.models[key] = _features(backbone, layers, logits)
+                backbone.models[key] = (_features(backbone, layers, logits) if head == "features"
+                                        else _front(backbone, layers, size))
         return backbone.models[key]
     with dtype_policy(backbone.precision):
         if head == "imagenet":
@@ -43,7 +47,7 @@ def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence
         if head == "statistics":
             return _statistics(backbone)
         return _finetune(backbone, classes, input_size or backbone.spec.input_size, trainable_from,
-                         augmentation, hidden, seed)
+                         augmentation, hidden, dropout, seed)
 
 
 def _on_pixels(backbone: Backbone, outputs_of, size: int | None = None, augmentation=None,
@@ -72,6 +76,15 @@ def _features(backbone: Backbone, layers: tuple[str, ...], logits: bool) -> kera
     return _on_pixels(backbone, pooled)
 
 
+def _front(backbone: Backbone, layers: tuple[str, ...], size: int) -> keras.Model:
+    if len(layers) != 1:
+        raise ValueError(f"a front ends at one layer, not {layers}")
+    network = backbone.classifier if size == backbone.spec.input_size else _copy_at(backbone, size)
+    trunk = keras.Model(network.inputs, network.get_layer(backbone.spec.feature_layers[layers[0]]).output)
+    return _on_pixels(backbone, lambda x: keras.ops.cast(trunk(x, training=False), "float32"), size,
+                      name=f"{backbone.spec.name}_front")
+
+
 def batchnorm_layers(backbone: Backbone) -> list:
     norms = [layer for layer in backbone.classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not norms:
@@ -89,23 +102,32 @@ def _statistics(backbone: Backbone) -> keras.Model:
     return _on_pixels(backbone, lambda x: inner(x, training=False))
 
 
-def _base(backbone: Backbone, size: int) -> keras.Model:
-    """A copy of the backbone up to its last feature map at ``size`` pixels (training it leaves the backbone
-    as it was)."""
+def _copy_at(backbone: Backbone, size: int) -> keras.Model:
+    """The backbone without its ImageNet head, rebuilt for ``size`` pixels, with a copy of its weights."""
     spec = backbone.spec
     built = spec.builder(spec, input_size=size, include_top=False)
     for layer in built.layers:
         if layer.weights:
             layer.set_weights(backbone.classifier.get_layer(layer.name).get_weights())
-    return keras.Model(built.inputs, built.get_layer(spec.feature_layers["penultimate"]).output, name="base")
+    return built
 
 
-def _finetune(backbone, classes, size, trainable_from, augmentation, hidden, seed) -> keras.Model:
+def _base(backbone: Backbone, size: int) -> keras.Model:
+    """A copy of the backbone up to its last feature map at ``size`` pixels (training it leaves the backbone
+    as it was)."""
+    built = _copy_at(backbone, size)
+    return keras.Model(built.inputs, built.get_layer(backbone.spec.feature_layers["penultimate"]).output,
+                       name="base")
+
+
+def _finetune(backbone, classes, size, trainable_from, augmentation, hidden, dropout, seed) -> keras.Model:
     base = _base(backbone, size)
 
     def head(x):
         x = base(x, training=False)
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, seed=seed, name="pool_dropout")(x)
         if hidden:
             x = keras.layers.Dense(hidden, activation="relu", name="hidden",
                                    kernel_initializer=keras.initializers.GlorotUniform(seed))(x)

@@ -1,0 +1,149 @@
+"""Tail fine-tuning: the frozen front runs once per view and is cached; only the blocks after the cut train.
+
+The recipe's early layers never change during training, so their output is
+computed once (ONNX Runtime on a CPU) for a few label-preserving views of each
+training image (:mod:`pipeline.views`) and kept in the activation cache. Each
+epoch then shows every training image in one of its views, drawn at random,
+to the trainable blocks and the head: the head starts as the linear probe on
+the cached codes (LP-FT), BatchNorm stays frozen in inference mode, the blocks
+learn ``block_lr_factor`` times slower than the head, and early stopping on the
+validation split keeps the best epoch. The trained blocks are the fine-tuning
+network's own layers, so ``model.keras`` maps pixels to classes as the full
+mode's does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from .activation_cache import CacheKey, CachedViews, build_cache
+from .backbones.engine import frozen_network
+from .backbones.factory import set_trainable
+from .backbones.loading import Backbone
+from .images import ResizePolicy, fingerprint
+from .optimizers import make_optimizer
+from .views import Views
+
+log = logging.getLogger(__name__)
+
+
+def default_cut(backbone: Backbone) -> str:
+    """The feature layer two before the penultimate one (stage5 of EfficientNet-Lite: stage6, stage7 and the
+    top convolution train), or the first when there are fewer."""
+    names = list(backbone.spec.feature_layers)
+    return names[max(0, len(names) - 3)]
+
+
+@dataclass(frozen=True)
+class TailSettings:
+    cut: str
+    views: Views
+    epochs: int
+    learning_rate: float
+    block_lr_factor: float
+    optimizer: str
+    batch_size: int
+    patience: int
+    engine: str
+    progress: bool
+
+
+class RandomViews(keras.utils.PyDataset):
+    """Training batches from the cache: each epoch, every image once, in one of its views drawn at random."""
+
+    def __init__(self, cache: CachedViews, paths: Sequence[str], targets: np.ndarray, views: int, batch_size: int,
+                 seed: int):
+        super().__init__()
+        self.cache, self.paths, self.targets = cache, list(paths), targets
+        self.views, self.batch_size, self.seed, self.epoch = views, batch_size, seed, 0
+        self._draw()
+
+    def _draw(self) -> None:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.order = rng.permutation(len(self.paths))
+        self.chosen = rng.integers(0, self.views, len(self.paths))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    def __getitem__(self, b: int):
+        picked = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        x = np.empty((len(picked), *self.cache.shape), np.float32)
+        for k in np.unique(self.chosen[picked]):
+            at = np.flatnonzero(self.chosen[picked] == k)
+            x[at] = self.cache.read(int(k), [self.paths[i] for i in picked[at]])
+        return x, self.targets[picked]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._draw()
+
+
+def tail_network(model: keras.Model, backbone: Backbone, cut: str) -> tuple[keras.Model, keras.Model, str]:
+    """(tail: cut activations -> pooled-and-headed outputs, codes: cut activations -> pooled codes, the first
+    trainable layer) sharing their layers with the fine-tuning network ``model``."""
+    base = model.get_layer("base")
+    layer = backbone.spec.feature_layers[cut]
+    names = [x.name for x in base.layers]
+    blocks = keras.Model(base.get_layer(layer).output, base.output, name="blocks")
+    after = keras.Model(model.get_layer("pool").input, model.output, name="after_blocks")
+    inputs = keras.Input(blocks.input.shape[1:], name="activations")
+    features = blocks(inputs, training=False)
+    codes = keras.Model(inputs, model.get_layer("pool")(features), name="codes")
+    return keras.Model(inputs, after(features), name="tail"), codes, names[names.index(layer) + 1]
+
+
+def cache_views(backbone: Backbone, policy: ResizePolicy, folder: Path, files: Sequence[Path],
+                paths: Sequence[str], wanted: Sequence[int], settings: TailSettings, workers: int | None = None
+                ) -> tuple[CachedViews, list[tuple[int, str]]]:
+    """The activation cache of ``files`` (``wanted[i]`` views of file i), computed where missing."""
+    front = frozen_network(backbone, "front", (settings.cut,), settings.engine, size=policy.size)
+    key = CacheKey(backbone.spec.name, backbone.weights_checksum, settings.cut, policy, settings.views)
+    started = time.perf_counter()
+    cache, failed = build_cache(folder, key, front, files, paths, [fingerprint(f) for f in files], wanted,
+                                settings.batch_size, workers, settings.progress)
+    log.info("activation cache ready in %.0f s (%s, %s)", time.perf_counter() - started, folder, front.engine)
+    return cache, failed
+
+
+def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train: tuple[list[str], np.ndarray],
+               val: tuple[list[str], np.ndarray], settings: TailSettings, out: Path, class_weight, seed: int,
+               init_head) -> tuple[keras.Model, dict]:
+    """Train ``model``'s blocks after the cut and its head from ``cache``; returns (the tail network, history).
+
+    ``init_head(codes, targets)`` sets the head from a probe on the training codes (None: leave it)."""
+    tail, codes, first = tail_network(model, backbone, settings.cut)
+    if init_head is not None:
+        pooled = np.concatenate([codes.predict_on_batch(x) for x in
+                                 cache.batches(0, train[0], settings.batch_size)])
+        init_head(pooled, train[1])
+    set_trainable(model, first)
+    blocks = {v.path for v in tail.get_layer("blocks").trainable_variables}
+    regression = train[1].dtype.kind == "f"
+    tail.compile(optimizer=make_optimizer(settings.optimizer, settings.learning_rate, blocks,
+                                          settings.block_lr_factor),
+                 loss="mse" if regression else "sparse_categorical_crossentropy",
+                 metrics=["mae"] if regression else ["accuracy"])
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup" / "tail")),
+        keras.callbacks.EarlyStopping(monitor="val_loss" if regression else "val_accuracy",
+                                      patience=settings.patience, restore_best_weights=True),
+    ]
+    data = RandomViews(cache, train[0], train[1], settings.views.count, settings.batch_size, seed)
+    val_x = np.concatenate(list(cache.batches(0, val[0], 256)))
+    started = time.perf_counter()
+    fitted = tail.fit(data, validation_data=(val_x, val[1]), epochs=settings.epochs, class_weight=class_weight,
+                      callbacks=callbacks, verbose="auto" if settings.progress else 0)
+    seconds = time.perf_counter() - started
+    epochs_run = len(fitted.history.get("loss", []))
+    history = {"tail": {**{k: [float(v) for v in vals] for k, vals in fitted.history.items()},
+                        "seconds": seconds, "seconds_per_epoch": seconds / max(1, epochs_run)}}
+    return tail, history
