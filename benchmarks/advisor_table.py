@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "data")]
 
-from fetch_data import fetch_digits, fetch_fashion_mnist, fetch_mnist, fetch_tuxpaint  # noqa: E402
+from fetch_data import (fetch_digits, fetch_fashion_mnist, fetch_mnist, fetch_tuxpaint,  # noqa: E402
+                        first_per_class)
 
 from pipeline.end_to_end import RunConfig, run  # noqa: E402
 
@@ -45,20 +45,9 @@ ROWS = (
 )
 
 
-def subset(source: Path, per_class: int | None, dest: Path) -> Path:
-    """The first ``per_class`` images of each class folder of ``source`` (the folder itself for None)."""
-    if per_class is None:
-        return source
-    if not dest.exists():
-        for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            (dest / folder.name).mkdir(parents=True)
-            for image in sorted(folder.iterdir())[:per_class]:
-                shutil.copy2(image, dest / folder.name / image.name)
-    return dest
-
-
 def measure(row: Row, work: Path) -> dict:
-    data = subset(row.fetch(), row.per_class, work / "data" / row.name)
+    data = row.fetch() if row.per_class is None else first_per_class(row.fetch(), row.per_class,
+                                                                      work / "data" / row.name)
     started = time.perf_counter()
     result = run(RunConfig(data=data, out=work / "runs" / row.name, finetune="always", flip=row.flip,
                            progress=False))
@@ -68,6 +57,7 @@ def measure(row: Row, work: Path) -> dict:
     finetune_won = tuned.test_accuracy > linear.test_accuracy
     return {"row": row.name, "images": result.advice.images, "divergence": result.advice.divergence,
             "verdict": result.advice.recommendation, "linear": linear, "tuned": tuned,
+            "estimate": result.advice.finetune_minutes,
             "winner": "fine-tune" if finetune_won else "linear",
             "agrees": finetune_won == result.advice.strategy.finetunes, "total": time.perf_counter() - started}
 
@@ -78,7 +68,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "advisor_table")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print("| set | images | divergence | advisor | best linear (acc, min) | fine-tuned (acc, min) | winner | agrees |")
+    print("| set | images | divergence | advisor | best linear (acc, min) | fine-tuned (acc, min; estimated min) "
+          "| winner | agrees |")
     print("|---|---|---|---|---|---|---|---|")
     for row in ROWS:
         if args.only and row.name not in args.only:
@@ -87,7 +78,8 @@ def main() -> None:
         lin, tun = m["linear"], m["tuned"]
         print(f"| {m['row']} | {m['images']} | {m['divergence']:.3f} | {m['verdict']} | "
               f"{lin.name}: {lin.test_accuracy:.3f}, {lin.seconds / 60:.1f} | {tun.test_accuracy:.3f}, "
-              f"{tun.seconds / 60:.1f} | {m['winner']} | {'yes' if m['agrees'] else 'NO'} |", flush=True)
+              f"{tun.seconds / 60:.1f}; {m['estimate']:.1f} | {m['winner']} | {'yes' if m['agrees'] else 'NO'} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,18 @@ def fetch_digits(dest: Path = DATA_DIR / "digits") -> Path:
     return dest
 
 
+def first_per_class(source: Path, per_class: int, dest: Path) -> Path:
+    """A subset of a class-folder set: the first ``per_class`` images of each class, copied to ``dest``."""
+    if not (dest / DONE).exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            (dest / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:per_class]:
+                shutil.copy2(image, dest / folder.name / image.name)
+        (dest / DONE).touch()
+    return dest
+
+
 FETCHERS = {"tuxpaint": fetch_tuxpaint, "foolbox": fetch_foolbox, "mnist": fetch_mnist,
             "fashion_mnist": fetch_fashion_mnist, "digits": fetch_digits}
 

@@ -34,6 +34,7 @@ class RunConfig:
     backbone: str = DEFAULT_BACKBONE
     test_size: float = 0.2
     finetune: str = "auto"
+    budget: float | None = None  # minutes fine-tuning may take here; None: no limit
     mode: str = "auto"
     image_size: int | None = None
     flip: bool = False
@@ -96,7 +97,7 @@ class RunResult:
 def run(cfg: RunConfig) -> RunResult:
     """Run everything into ``cfg.out``; writes summary.json and summary.md."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    advice = advise(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine)
+    advice = advise(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine, budget_minutes=cfg.budget)
     log.info("%s", advice.format())
     store_path = cfg.out / "features.h5"
     started = time.perf_counter()

@@ -38,7 +38,7 @@ from .optimizers import OPTIMIZERS, make_optimizer
 from .provenance import library_versions, now_iso
 from .report.figures import training_curves
 from .results import CVResult, HeldOut
-from .tail import TailSettings, cache_views, default_cut, train_tail
+from .tail import TailSettings, cache_views, default_cut, default_size, train_tail
 from .views import Views
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,12 @@ class FinetuneConfig:
     mode: str = "auto"
     image_size: int | None = None
     cut: str | None = None
+    top: str = "penultimate"
     views: int = 4
     flip: bool = False
     tail_epochs: int = 15
-    block_lr_factor: float = 0.1
-    dropout: float = 0.0
+    block_lr_factor: float = 0.3
+    dropout: float = 0.2
     engine: str = "auto"
     head_epochs: int = 5
     finetune_epochs: int = 5
@@ -72,7 +73,7 @@ class FinetuneConfig:
     hidden: int | None = None
     augment: bool = True
     val_size: float = 0.2
-    patience: int = 3
+    patience: int = 4
     class_weight: str | None = "balanced"
     probe: bool = True
     test_paths: tuple[str, ...] = ()
@@ -244,10 +245,12 @@ def _task(cfg: FinetuneConfig, dataset, ok: list[int], names: list[str]) -> _Tas
 
 
 def _tail_settings(cfg: FinetuneConfig, backbone) -> TailSettings:
+    backbone.check_layers([cfg.top])
+    names = list(backbone.spec.feature_layers)
     cut = cfg.cut or default_cut(backbone)
-    if cut not in list(backbone.spec.feature_layers)[:-1]:
-        raise UserError(f"the cut must be a feature layer before the penultimate one: "
-                        f"{', '.join(list(backbone.spec.feature_layers)[:-1])}", param="cut")
+    if cut not in names[:names.index(cfg.top)]:
+        raise UserError(f"the cut must be a feature layer before {cfg.top}: "
+                        f"{', '.join(names[:names.index(cfg.top)]) or '(none)'}", param="cut")
     if cfg.views < 1:
         raise UserError(f"must be at least 1, not {cfg.views}", param="views")
     return TailSettings(cut, Views(cfg.views, cfg.flip, seed=cfg.seed), cfg.tail_epochs, cfg.learning_rate,
@@ -270,8 +273,8 @@ def _tail_mode(cfg: FinetuneConfig, backbone, policy, task: _Task) -> tuple:
         if failed:
             raise UserError(f"{task.paths[failed[0][0]]} could not be decoded any more ({failed[0][1]}); did it "
                             "change during the run?", param="data")
-        model = create_model(backbone, "finetune", classes=len(task.names), input_size=policy.size,
-                             hidden=cfg.hidden, dropout=cfg.dropout, seed=cfg.seed)
+        model = create_model(backbone, "finetune", layers=(cfg.top,), classes=len(task.names),
+                             input_size=policy.size, hidden=cfg.hidden, dropout=cfg.dropout, seed=cfg.seed)
         part = lambda idx: ([task.paths[i] for i in idx], task.targets[idx])  # noqa: E731
         tail, history = train_tail(model, backbone, cache, part(task.train), part(task.val), settings, cfg.out,
                                    task.class_weight, cfg.seed, _probe_init(cfg, model))
@@ -293,9 +296,9 @@ def _full_mode(cfg: FinetuneConfig, backbone, policy, task: _Task, pixels: np.nd
         log.info("resuming: phase 1 already done (%s)", head_done)
         history = json.loads((cfg.out / "history.json").read_text()) if (cfg.out / "history.json").exists() else {}
     else:
-        model = create_model(backbone, "finetune", classes=len(task.names), input_size=policy.size,
-                             hidden=cfg.hidden, augmentation=augmentation(cfg.seed) if cfg.augment else None,
-                             seed=cfg.seed)
+        model = create_model(backbone, "finetune", layers=(cfg.top,), classes=len(task.names),
+                             input_size=policy.size, hidden=cfg.hidden, dropout=cfg.dropout,
+                             augmentation=augmentation(cfg.seed) if cfg.augment else None, seed=cfg.seed)
         init = _probe_init(cfg, model)
         if init is not None:
             init(pooled_codes(model, train[0], cfg.batch_size), train[1])
@@ -323,7 +326,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     mode = resolve_mode(cfg.mode)
     keras.utils.set_random_seed(cfg.seed)  # initialisation, dropout and augmentation draws
     backbone = load_backbone(cfg.backbone, precision=cfg.precision)
-    policy = dataclasses.replace(resize_policy(backbone.spec), size=cfg.image_size or backbone.spec.input_size)
+    size = cfg.image_size or (default_size(backbone) if mode == "tail" else backbone.spec.input_size)
+    policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
     files = [dataset.root / p for p in dataset.paths]
     names = [] if regression else dataset.class_names
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -359,6 +363,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         [(dataset.paths[i], reason) for i, reason in failed], names,
         {"mode": mode, "validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split",
          "seed": cfg.seed, "optimizer": cfg.optimizer, "linear_probe_init": bool(cfg.probe and not cfg.hidden),
+         "top": cfg.top, "dropout": cfg.dropout, "patience": cfg.patience,
          **protocol},
         validation, n, held, library_versions(), now_iso())
     (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))

@@ -7,7 +7,8 @@ epoch then shows every training image in one of its views, drawn at random,
 to the trainable blocks and the head: the head starts as the linear probe on
 the cached codes (LP-FT), BatchNorm stays frozen in inference mode, the blocks
 learn ``block_lr_factor`` times slower than the head, and early stopping on the
-validation split keeps the best epoch. The trained blocks are the fine-tuning
+validation split keeps the best epoch, or the starting point when no epoch
+beat it on the validation split. The trained blocks are the fine-tuning
 network's own layers, so ``model.keras`` maps pixels to classes as the full
 mode's does.
 """
@@ -40,6 +41,12 @@ def default_cut(backbone: Backbone) -> str:
     top convolution train), or the first when there are fewer."""
     names = list(backbone.spec.feature_layers)
     return names[max(0, len(names) - 3)]
+
+
+def default_size(backbone: Backbone) -> int:
+    """Tail mode's default resolution: about 5/7 of the backbone's side, in steps of 32 (160 px for 224),
+    half the pixels and so about half the time per view and per epoch."""
+    return max(32, round(backbone.spec.input_size * 5 / 7 / 32) * 32)
 
 
 @dataclass(frozen=True)
@@ -132,18 +139,26 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
                                           settings.block_lr_factor),
                  loss="mse" if regression else "sparse_categorical_crossentropy",
                  metrics=["mae"] if regression else ["accuracy"])
+    metric = "loss" if regression else "accuracy"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup" / "tail")),
-        keras.callbacks.EarlyStopping(monitor="val_loss" if regression else "val_accuracy",
-                                      patience=settings.patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor=f"val_{metric}", patience=settings.patience,
+                                      restore_best_weights=True),
     ]
     data = RandomViews(cache, train[0], train[1], settings.views.count, settings.batch_size, seed)
     val_x = np.concatenate(list(cache.batches(0, val[0], 256)))
+    initial = tail.get_weights()
+    before = tail.evaluate(val_x, val[1], verbose=0, return_dict=True)[metric]
     started = time.perf_counter()
     fitted = tail.fit(data, validation_data=(val_x, val[1]), epochs=settings.epochs, class_weight=class_weight,
                       callbacks=callbacks, verbose="auto" if settings.progress else 0)
     seconds = time.perf_counter() - started
-    epochs_run = len(fitted.history.get("loss", []))
+    scores = fitted.history[f"val_{metric}"]
+    kept_start = not (min(scores) < before if regression else max(scores) > before)
+    if kept_start:  # no epoch beat where training began (the linear probe, with LP-FT): keep that
+        tail.set_weights(initial)
+        log.info("no epoch beat the starting point on the validation split (%s %.4f); keeping it", metric, before)
     history = {"tail": {**{k: [float(v) for v in vals] for k, vals in fitted.history.items()},
-                        "seconds": seconds, "seconds_per_epoch": seconds / max(1, epochs_run)}}
+                        f"val_{metric}_before": float(before), "kept_start": kept_start,
+                        "seconds": seconds, "seconds_per_epoch": seconds / max(1, len(scores))}}
     return tail, history

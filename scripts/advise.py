@@ -9,13 +9,17 @@ EXAMPLES = """\
   {prog} data/tuxpaint
   {prog} features/tuxpaint_efficientnet_lite0.h5      # the images behind a store
   {prog} data/fashion_mnist --sample 300 --json advice.json
+  {prog} data/mnist --budget 5            # linear unless fine-tuning fits in 5 minutes
 
-small:   under 1,000 images or a median class under 100 images
-similar: BatchNorm divergence from ImageNet statistics under 0.1
-  small + similar  -> linear classifier on penultimate codes
-  small + unlike   -> linear classifier on earlier-layer codes
-  large + similar  -> fine-tune the later layers
-  large + unlike   -> fine-tune the whole network"""
+small:   under 2,500 images or a median class under 250 images
+similar: BatchNorm divergence from ImageNet statistics under 0.1; far: 0.23 and over
+  small + similar      -> linear classifier on penultimate codes
+  small + unlike/far   -> linear classifier on earlier-layer codes
+  large + similar      -> fine-tune the later layers
+  large + unlike       -> linear classifier on earlier-layer codes (fine-tuning lost in the README's table)
+  large + far          -> fine-tune the whole network
+With --budget, a large set gets the linear strategy when fine-tuning's estimated
+time on this machine (from the frozen network's measured speed) is over it."""
 
 
 def build_parser(prog: str | None = None):
@@ -25,13 +29,14 @@ def build_parser(prog: str | None = None):
     p.add_argument("--sample", type=int, default=200, help="images used for the similarity (default 200)")
     p.add_argument("--seed", type=int, default=0, help="fixes the sample (default 0)")
     p.add_argument("--weights", type=Path, help="local weights file for the backbone")
+    p.add_argument("--budget", type=float, metavar="MINUTES", help="time fine-tuning may take here")
     cli.add_engine(p)
     p.add_argument("--json", type=Path, help="also write the figures and verdict as JSON")
     return p
 
 
 def main(args) -> int:
-    advice = advise(args.source, args.backbone, args.sample, args.seed, args.weights, args.engine)
+    advice = advise(args.source, args.backbone, args.sample, args.seed, args.weights, args.engine, args.budget)
     print(advice.format())
     if args.json:
         write_advice(advice, args.json)

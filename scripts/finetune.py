@@ -39,7 +39,12 @@ def build_parser(prog: str | None = None):
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="tail, full, or auto: full where a GPU is seen, tail on a CPU (default auto)")
-    p.add_argument("--image-size", type=int, help="train at this resolution (default: the backbone's)")
+    p.add_argument("--image-size", type=int, help="train at this resolution (default: the backbone's in full "
+                                                  "mode, 5/7 of it, 160 px for 224, in tail mode)")
+    p.add_argument("--top", default="penultimate", metavar="LAYER",
+                   help="the feature layer the new head sits on (default penultimate; an earlier one drops the "
+                        "blocks after it)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the head (default 0.2)")
     tail = p.add_argument_group("tail mode")
     tail.add_argument("--cut", metavar="LAYER", help="the feature layer whose activations are cached; the blocks "
                                                      "after it train (default: stage5 for EfficientNet-Lite)")
@@ -48,8 +53,8 @@ def build_parser(prog: str | None = None):
     tail.add_argument("--flip", action="store_true", help="mirror every other view left to right")
     tail.add_argument("--tail-epochs", type=int, default=15, help="most epochs; early stopping decides "
                                                                    "(default 15)")
-    tail.add_argument("--block-lr-factor", type=float, default=0.1,
-                      help="the blocks' learning rate as a fraction of the head's (default 0.1)")
+    tail.add_argument("--block-lr-factor", type=float, default=0.3,
+                      help="the blocks' learning rate as a fraction of the head's (default 0.3)")
     tail.add_argument("--engine", choices=ENGINES, default="auto", help="what runs the frozen front "
                                                                          "(default: ONNX Runtime on a CPU)")
     full = p.add_argument_group("full mode")
@@ -65,7 +70,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--hidden", type=int, help="add a hidden dense layer of this width before the softmax")
     p.add_argument("--no-probe", action="store_true", help="start the head from random weights")
     p.add_argument("--val-size", type=float, default=0.2, help="stratified validation fraction (default 0.2)")
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (default 3)")
+    p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs (default 4)")
     p.add_argument("--class-weight", choices=["balanced", "none"], default="balanced")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
@@ -77,7 +82,8 @@ def build_parser(prog: str | None = None):
 def main(args) -> int:
     result = finetune(FinetuneConfig(
         data=args.data, out=args.out, backbone=args.backbone, mode=args.mode, image_size=args.image_size,
-        cut=args.cut, views=args.views, flip=args.flip, tail_epochs=args.tail_epochs,
+        cut=args.cut, top=args.top, dropout=args.dropout, views=args.views, flip=args.flip,
+        tail_epochs=args.tail_epochs,
         block_lr_factor=args.block_lr_factor, engine=args.engine, head_epochs=args.epochs[0],
         finetune_epochs=args.epochs[1], unfreeze=args.unfreeze, unfreeze_from=args.unfreeze_from,
         learning_rate=args.learning_rate, optimizer=args.optimizer, hidden=args.hidden,

@@ -27,6 +27,8 @@ def build_parser(prog: str | None = None):
     p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction for the comparison (default 0.2)")
     p.add_argument("--finetune", choices=FINETUNE_CHOICES, default="auto",
                    help="auto: only where the advisor recommends it (default)")
+    p.add_argument("--budget", type=float, metavar="MINUTES",
+                   help="auto fine-tunes only when its estimated time here fits (advise.py --help)")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="fine-tuning mode: tail, full, or auto (full on a GPU, tail on a CPU; default)")
     p.add_argument("--image-size", type=int, help="fine-tuning resolution (default: the backbone's)")
@@ -44,8 +46,9 @@ def build_parser(prog: str | None = None):
 def main(args) -> int:
     out = args.out or Path("runs") / args.data.resolve().name
     result = run(RunConfig(data=args.data, out=out, backbone=args.backbone, test_size=args.test_size,
-                            finetune=args.finetune, mode=args.mode, image_size=args.image_size, flip=args.flip,
-                            tail_epochs=args.tail_epochs, epochs=tuple(args.epochs),
+                            finetune=args.finetune, budget=args.budget, mode=args.mode,
+                            image_size=args.image_size, flip=args.flip, tail_epochs=args.tail_epochs,
+                            epochs=tuple(args.epochs),
                             seed=args.seed, engine=args.engine, progress=not args.quiet))
     print(result.fit.format() + "\n")
     print(format_summary(result.to_json()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_images
-from pipeline.advise import SIMILAR_DIVERGENCE, Strategy, advise
+from pipeline.advise import FINETUNE_FORWARD_PASSES, SIMILAR_DIVERGENCE, Strategy, advise
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
 
@@ -26,10 +26,27 @@ def test_verdicts_for_the_two_calibration_cases(real_sets):
     assert (tux.images, tux.classes, tux.smallest_class, tux.small) == (220, 7, 11, True)
     assert tux.strategy is Strategy.LINEAR_PENULTIMATE and not tux.strategy.finetunes
     fashion = advise(real_sets["fashion_mnist"], sample=40)
-    assert (fashion.images, fashion.classes, fashion.small) == (3000, 10, False)
-    assert fashion.strategy is Strategy.FINETUNE_WHOLE and fashion.to_json()["recommendation"] == fashion.strategy.value
+    assert (fashion.images, fashion.classes, fashion.small, fashion.far) == (3000, 10, False, False)
+    assert fashion.strategy is Strategy.LINEAR_EARLIER, "unlike ImageNet but not far: the codes won in the table"
+    digits = advise(real_sets["mnist"], sample=40)
+    assert (digits.images, digits.small, digits.far) == (5000, False, True)
+    assert digits.strategy is Strategy.FINETUNE_WHOLE and digits.to_json()["recommendation"] == digits.strategy.value
     text = fashion.format()
-    assert "BatchNorm divergence" in text and "similar below 0.1" in text and "under 1000 images" in text
+    assert "BatchNorm divergence" in text and "similar below 0.1" in text and "under 2500 images" in text
+
+
+def test_a_budget_turns_a_large_set_to_the_linear_strategy(real_sets):
+    free = advise(real_sets["mnist"], sample=64)
+    assert free.images_per_second > 1 and free.finetune_minutes > 0 and not free.over_budget
+    # the estimate is the set's size times a fixed cost in forward passes at the measured speed
+    assert free.finetune_minutes == pytest.approx(5000 * FINETUNE_FORWARD_PASSES / free.images_per_second / 60)
+    tight = advise(real_sets["mnist"], sample=64, budget_minutes=free.finetune_minutes / 4)
+    assert tight.over_budget and tight.strategy is Strategy.LINEAR_EARLIER
+    assert "over the budget" in tight.format() and tight.to_json()["over_budget"] is True
+    roomy = advise(real_sets["mnist"], sample=64, budget_minutes=free.finetune_minutes * 4)
+    assert roomy.strategy is Strategy.FINETUNE_WHOLE
+    with pytest.raises(UserError, match="positive"):
+        advise(real_sets["mnist"], sample=8, budget_minutes=0)
 
 
 def test_advice_for_the_images_behind_a_store(tmp_path):

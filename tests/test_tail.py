@@ -139,7 +139,7 @@ def tail_run(tmp_path_factory):
 def test_tail_mode_is_the_default_on_a_cpu_and_writes_the_fit_stage_form(tail_run):
     cfg, metrics = tail_run
     assert metrics["protocol"]["mode"] == "tail" and metrics["protocol"]["cut"] == "stage5"
-    assert metrics["protocol"]["learning_rates"] == {"head": 1e-3, "blocks": 1e-4}
+    assert metrics["protocol"]["learning_rates"] == {"head": 1e-3, "blocks": pytest.approx(3e-4)}
     history = json.loads((cfg.out / "history.json").read_text())
     assert list(history) == ["tail"] and 1 <= len(history["tail"]["loss"]) <= 3
     views = sorted(p.name.rsplit("-", 1)[1] for p in (cfg.out / "activations").glob("*.h5"))
@@ -166,3 +166,11 @@ def test_a_rerun_reuses_the_cache(tail_run, monkeypatch):
 
     monkeypatch.setattr(activation_cache, "_compute", no_compute)
     assert finetune(dataclasses.replace(cfg, tail_epochs=1)).validation_images == 6
+
+
+def test_training_that_only_hurts_keeps_the_probe(tail_run):
+    cfg, _ = tail_run
+    result = finetune(dataclasses.replace(cfg, learning_rate=100.0, tail_epochs=2))  # steps that wreck the net
+    history = json.loads((cfg.out / "history.json").read_text())["tail"]
+    assert history["kept_start"] and max(history["val_accuracy"]) <= history["val_accuracy_before"]
+    assert result.validation.scores["accuracy"].mean == pytest.approx(history["val_accuracy_before"])

@@ -6,9 +6,9 @@ feature layer, and with ``logits=True`` the ImageNet logits after them),
 ``imagenet`` (the logits), ``statistics`` (channel means and mean squares at
 every BatchNorm input, then the logits: the advisor's), ``front`` (the unpooled
 float32 activations of the one layer in ``layers``, at ``input_size``: what tail
-fine-tuning caches) or ``finetune`` (a new head on a copy of the base, in
-inference mode, frozen below ``trainable_from``; ``classes=0`` gives one linear
-unit for regression).
+fine-tuning caches) or ``finetune`` (a new head on a copy of the base up to
+``layers[0]``, in inference mode, frozen below ``trainable_from``; ``classes=0``
+gives one linear unit for regression).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence
         if head == "statistics":
             return _statistics(backbone)
         return _finetune(backbone, classes, input_size or backbone.spec.input_size, trainable_from,
-                         augmentation, hidden, dropout, seed)
+                         augmentation, hidden, dropout, seed, backbone.check_layers(layers)[0])
 
 
 def _on_pixels(backbone: Backbone, outputs_of, size: int | None = None, augmentation=None,
@@ -112,16 +112,15 @@ def _copy_at(backbone: Backbone, size: int) -> keras.Model:
     return built
 
 
-def _base(backbone: Backbone, size: int) -> keras.Model:
-    """A copy of the backbone up to its last feature map at ``size`` pixels (training it leaves the backbone
+def _base(backbone: Backbone, size: int, top: str) -> keras.Model:
+    """A copy of the backbone up to feature layer ``top`` at ``size`` pixels (training it leaves the backbone
     as it was)."""
     built = _copy_at(backbone, size)
-    return keras.Model(built.inputs, built.get_layer(backbone.spec.feature_layers["penultimate"]).output,
-                       name="base")
+    return keras.Model(built.inputs, built.get_layer(backbone.spec.feature_layers[top]).output, name="base")
 
 
-def _finetune(backbone, classes, size, trainable_from, augmentation, hidden, dropout, seed) -> keras.Model:
-    base = _base(backbone, size)
+def _finetune(backbone, classes, size, trainable_from, augmentation, hidden, dropout, seed, top) -> keras.Model:
+    base = _base(backbone, size, top)
 
     def head(x):
         x = base(x, training=False)
