@@ -59,7 +59,7 @@ class CachedViews:
     """Open view files: ``read(k, paths)`` gives the float32 activations of view ``k`` of ``paths``."""
 
     files: list[h5py.File]
-    rows: list[dict[str, int]] = field(default_factory=list)
+    rows: list[dict[str, int]] = field(init=False)
 
     def __post_init__(self):
         self.rows = [{p: i for i, p in enumerate(f["paths"].asstr()[:])} for f in self.files]
@@ -72,7 +72,8 @@ class CachedViews:
         rows = np.array([self.rows[k][p] for p in paths])
         order = np.argsort(rows)
         out = np.empty((len(rows), *self.shape), np.float32)
-        out[order] = self.files[k]["activations"][rows[order]] if len(rows) else out
+        if len(rows):  # h5py reads increasing rows only
+            out[order] = self.files[k]["activations"][rows[order]]
         return out
 
     def batches(self, k: int, paths: Sequence[str], batch_size: int) -> Iterator[np.ndarray]:
