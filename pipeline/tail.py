@@ -7,8 +7,9 @@ epoch then shows every training image in one of its views, drawn at random,
 to the trainable blocks and the head: the head starts as the linear probe on
 the cached codes (LP-FT), BatchNorm stays frozen in inference mode, the blocks
 learn ``block_lr_factor`` times slower than the head, and early stopping on the
-validation split keeps the best epoch, or the starting point when no epoch
-beat it on the validation split. The trained blocks are the fine-tuning
+validation split keeps the best epoch; the weights are then mixed with the
+starting point's in the proportion that scores best on the validation split
+(the start itself when no epoch beat it). The trained blocks are the fine-tuning
 network's own layers, so ``model.keras`` maps pixels to classes as the full
 mode's does.
 """
@@ -121,6 +122,26 @@ def cache_views(backbone: Backbone, policy: ResizePolicy, folder: Path, files: S
     return cache, failed
 
 
+MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def interpolate(tail: keras.Model, initial: list, val: tuple, metric: str, regression: bool, before: float
+                ) -> tuple[float, dict[str, float]]:
+    """Set ``tail`` to the mix of its start (``initial``: pretrained blocks, probe head) and its trained weights
+    that scores best on the validation split (WiSE-FT, Wortsman et al. 2022); returns the trained weights'
+    share (0: the start is kept, no epoch beat it) and each mix's score. Ties go to the smaller share."""
+    trained = tail.get_weights()
+    by_mix = {0.0: before}
+    for mix in MIXES[1:]:
+        tail.set_weights([(1 - mix) * a + mix * b for a, b in zip(initial, trained)])
+        by_mix[mix] = tail.evaluate(*val, verbose=0, return_dict=True)[metric]
+    best = (min if regression else max)(MIXES, key=by_mix.__getitem__)  # the first of equals: the smaller share
+    tail.set_weights([(1 - best) * a + best * b for a, b in zip(initial, trained)])
+    log.info("weights: %.0f%% trained, %.0f%% start, the best mix on the validation split (%s %.4f; start %.4f)",
+             100 * best, 100 * (1 - best), metric, by_mix[best], before)
+    return best, {str(m): float(v) for m, v in by_mix.items()}
+
+
 def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train: tuple[list[str], np.ndarray],
                val: tuple[list[str], np.ndarray], settings: TailSettings, out: Path, class_weight, seed: int,
                init_head) -> tuple[keras.Model, dict]:
@@ -154,11 +175,9 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
                       callbacks=callbacks, verbose="auto" if settings.progress else 0)
     seconds = time.perf_counter() - started
     scores = fitted.history[f"val_{metric}"]
-    kept_start = not (min(scores) < before if regression else max(scores) > before)
-    if kept_start:  # no epoch beat where training began (the linear probe, with LP-FT): keep that
-        tail.set_weights(initial)
-        log.info("no epoch beat the starting point on the validation split (%s %.4f); keeping it", metric, before)
+    mix, by_mix = interpolate(tail, initial, (val_x, val[1]), metric, regression, before)
     history = {"tail": {**{k: [float(v) for v in vals] for k, vals in fitted.history.items()},
-                        f"val_{metric}_before": float(before), "kept_start": kept_start,
-                        "seconds": seconds, "seconds_per_epoch": seconds / max(1, len(scores))}}
+                        f"val_{metric}_before": float(before), "kept_start": mix == 0.0, "mix": mix,
+                        f"val_{metric}_by_mix": by_mix, "seconds": seconds,
+                        "seconds_per_epoch": seconds / max(1, len(scores))}}
     return tail, history

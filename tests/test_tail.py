@@ -19,7 +19,7 @@ from pipeline.finetune import FinetuneConfig, finetune
 from pipeline.images import fingerprint
 from pipeline.optimizers import make_optimizer
 from pipeline.predict import predict_images
-from pipeline.tail import tail_network
+from pipeline.tail import MIXES, interpolate, tail_network
 from pipeline.views import Views
 
 
@@ -174,3 +174,21 @@ def test_training_that_only_hurts_keeps_the_probe(tail_run):
     history = json.loads((cfg.out / "history.json").read_text())["tail"]
     assert history["kept_start"] and max(history["val_accuracy"]) <= history["val_accuracy_before"]
     assert result.validation.scores["accuracy"].mean == pytest.approx(history["val_accuracy_before"])
+
+
+def test_the_mix_of_start_and_trained_weights_is_the_best_on_validation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    net.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    start = [np.array([[1, -1], [0, 0], [0, 0], [0, 0]], "float32"), np.zeros(2, "float32")]  # wrong way round
+    trained = [-start[0] + rng.normal(0, 0.3, (4, 2)).astype("float32"), np.zeros(2, "float32")]
+    net.set_weights(start)
+    before = net.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+    net.set_weights(trained)
+    mix, by_mix = interpolate(net, start, (x, y), "accuracy", False, before)
+    assert by_mix["0.0"] < 0.2 and mix > 0.5, "the start is wrong on most rows: mostly trained weights win"
+    assert by_mix[str(mix)] == max(by_mix.values()) and set(by_mix) == {str(m) for m in MIXES}
+    for got, a, b in zip(net.get_weights(), start, trained):
+        np.testing.assert_allclose(got, (1 - mix) * a + mix * b, atol=1e-6)
