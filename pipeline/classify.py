@@ -12,14 +12,15 @@ import os
 import time
 import warnings
 from collections import Counter
+from typing import Sequence
 
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import (RepeatedStratifiedKFold, StratifiedKFold, StratifiedShuffleSplit,
-                                     train_test_split)
+from sklearn.model_selection import (RepeatedStratifiedKFold, StratifiedGroupKFold, StratifiedKFold,
+                                     StratifiedShuffleSplit, train_test_split)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
@@ -76,19 +77,25 @@ def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_we
     return scores
 
 
-def _inner_splits(y: np.ndarray, seed: int):
+def _inner_splits(y: np.ndarray, seed: int, groups: np.ndarray | None = None):
+    """Stratified 3-fold, or one 80/20 split when large; with ``groups``, each group inside one side."""
     if len(y) >= LARGE:
+        if groups is not None:  # the first fold of five: 80/20
+            return [next(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, groups))]
         return StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y)
     folds = min(3, int(np.bincount(y).min()))
     if folds < 2:
         return None
+    if groups is not None:
+        return StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups)
     return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
 
 
-def choose_C(kind, X, y, normalise="standard", class_weight=None, seed=0) -> float:
-    """The C of the grid with the best mean inner-validation accuracy (the smallest among ties)."""
+def choose_C(kind, X, y, normalise="standard", class_weight=None, seed=0, groups=None) -> float:
+    """The C of the grid with the best mean inner-validation accuracy (the smallest among ties); ``groups``
+    (near-duplicates, one per row) are kept inside one side of each inner split."""
     grid = C_GRID[kind]
-    splits = _inner_splits(y, seed)
+    splits = _inner_splits(y, seed, groups)
     if splits is None:
         return float(grid[len(grid) // 2])
     scores = np.mean([_path_scores(kind, X[tr], y[tr], X[va], y[va], grid, normalise, class_weight)
@@ -96,9 +103,9 @@ def choose_C(kind, X, y, normalise="standard", class_weight=None, seed=0) -> flo
     return float(grid[int(np.argmax(scores))])
 
 
-def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed):
+def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed, groups):
     started = time.perf_counter()
-    C = choose_C(kind, X[train], y[train], normalise, class_weight, seed)
+    C = choose_C(kind, X[train], y[train], normalise, class_weight, seed, None if groups is None else groups[train])
     model = make_classifier(kind, C, normalise, class_weight).fit(X[train], y[train])
     predicted = model.predict(X[test])
     return {"C": C, "predicted": predicted, "seconds": time.perf_counter() - started,
@@ -131,18 +138,24 @@ def default_repeats(n: int) -> int:
     return 3 if n < 1000 else 1
 
 
-def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The outer (train, test) splits: they depend on the labels and the seed only, so every
-    configuration scored on the same labels is scored on the same folds (a paired comparison)."""
-    return list(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed).split(
-        np.zeros(len(y)), y))
+def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int,
+                groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The outer (train, test) splits: they depend on the labels, the groups and the seed only, so every
+    configuration scored on the same labels is scored on the same folds (a paired comparison). ``groups``:
+    rows of one group (near-duplicates, one object) fall in one fold (``StratifiedGroupKFold``)."""
+    if groups is None:
+        return list(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed).split(
+            np.zeros(len(y)), y))
+    return [split for r in range(repeats)
+            for split in StratifiedGroupKFold(k, shuffle=True, random_state=seed + r).split(y, y, groups)]
 
 
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
                    normalise: str = "standard", class_weight: str | None = None, seed: int = 0,
-                   jobs: int | None = None) -> tuple[list[CVResult], Protocol]:
-    """Nested cross-validation of every (layer, classifier) on the same outer folds."""
+                   jobs: int | None = None, groups: np.ndarray | None = None) -> tuple[list[CVResult], Protocol]:
+    """Nested cross-validation of every (layer, classifier) on the same outer folds; ``groups`` (one number per
+    row, or None) are kept inside one fold, outer and inner."""
     counts = np.bincount(y)
     notes = []
     k = min(folds, int(counts.min()))
@@ -152,7 +165,7 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
         notes.append(note)
         log.warning(note)
     repeats = repeats or default_repeats(len(y))
-    outer = outer_folds(y, k, repeats, seed)
+    outer = outer_folds(y, k, repeats, seed, groups)
     inner = "one stratified 80/20 split" if len(y) * (k - 1) / k >= LARGE else "stratified 3-fold"
     protocol = Protocol(k, repeats, inner, {c: list(C_GRID[c]) for c in classifiers}, normalise,
                         class_weight, seed, notes)
@@ -160,7 +173,7 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
     log.info("nested cross-validation: %d layer(s) x %d classifier(s) x %d outer folds (%d-fold x %d), "
              "C chosen by %s", len(X_by_layer), len(classifiers), len(outer), k, repeats, inner)
     done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(_outer_fold)(kind, X_by_layer[layer], y, *outer[f], normalise, class_weight, seed)
+        delayed(_outer_fold)(kind, X_by_layer[layer], y, *outer[f], normalise, class_weight, seed, groups)
         for layer, kind, f in tasks)
     n_test = len(y) // k
     results = []
@@ -175,19 +188,25 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
                  for name in ("accuracy", "macro_f1")},
                 {f"{c:g}": n for c, n in Counter(r["C"] for _, r in folds_done).most_common()},
                 per_class=metrics.per_class(y_true, y_pred, class_names),
-                fit_seconds=float(sum(r["seconds"] for _, r in folds_done))))
+                fit_seconds=float(sum(r["seconds"] for _, r in folds_done)),
+                fold_hyper=tuple(r["C"] for _, r in folds_done)))
     return results, protocol
 
 
 def fit_final(kind: str, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
-              seed: int = 0):
+              seed: int = 0, groups: np.ndarray | None = None):
     """Choose C on all of ``X`` and refit; the model and ``{"C": C}``. The SVM gets Platt-calibrated probabilities."""
-    C = choose_C(kind, X, y, normalise, class_weight, seed)
+    C = choose_C(kind, X, y, normalise, class_weight, seed, groups)
+    return fit_with_C(kind, C, X, y, normalise, class_weight), {"C": C}
+
+
+def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None):
+    """The saved model of ``kind`` at a given C: the SVM Platt-calibrated on 3 inner folds, the softmax as is."""
     model = make_classifier(kind, C, normalise, class_weight)
     if kind == "svm":
         folds = min(3, int(np.bincount(y).min()))
         model = CalibratedClassifierCV(model, method="sigmoid", cv=folds, ensemble=False)
-    return model.fit(X, y), {"C": C}
+    return model.fit(X, y)
 
 
 def check_test_size(test_size: float) -> None:
@@ -226,13 +245,18 @@ def held_out(model, X, y, class_names, data: str) -> HeldOut:
 
 
 def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="standard", class_weight=None,
-                      seed: int = 0, jobs: int | None = None) -> np.ndarray:
+                      seed: int = 0, jobs: int | None = None, Cs: Sequence[float] | None = None,
+                      groups: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities of every row of ``X`` from its fold's model, made as the saved one is
-    (:func:`fit_final`) on the rows without it; ``folds`` must partition the rows (one repeat)."""
+    (:func:`fit_final`) on the rows without it; ``folds`` must partition the rows (one repeat). ``Cs``: each
+    fold's C, when nested cross-validation has chosen them already."""
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
     fitted = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(fit_final)(kind, X[train], y[train], normalise, class_weight, seed) for train, _ in folds)
-    for (model, _), (_, test) in zip(fitted, folds):
+        delayed(fit_final)(kind, X[train], y[train], normalise, class_weight, seed,
+                           None if groups is None else groups[train]) if Cs is None else
+        delayed(fit_with_C)(kind, Cs[f], X[train], y[train], normalise, class_weight)
+        for f, (train, _) in enumerate(folds))
+    for model, (_, test) in zip((m if Cs is not None else m[0] for m in fitted), folds):
         proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test])
     if np.isnan(proba).all(axis=1).any():
         raise ValueError("the folds do not cover every row")

@@ -7,6 +7,7 @@ or a held-out folder for a bundle), so the confusion matrix and gallery are hone
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -15,6 +16,7 @@ from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import StandardScaler
 
 from . import metrics
+from .reject import coverage_curve, reject_rule
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,28 @@ def errors(paths: list[str], y: np.ndarray, proba: np.ndarray, class_names: list
             for i in order[:limit]], int(len(wrong))
 
 
+def label_issues(paths: list[str], y: np.ndarray, proba: np.ndarray, class_names: list[str],
+                 limit: int = GALLERY_SIZE) -> tuple[list[dict], int]:
+    """The images whose given label is likely wrong by confident learning (cleanlab's ``find_label_issues``),
+    least likely label first, and how many there are: candidates to look at again, not proven errors."""
+    from cleanlab.filter import find_label_issues  # pandas comes with it: seconds to import, so only here
+
+    with warnings.catch_warnings():  # a class too small to estimate its noise rate: cleanlab says so, we go on
+        warnings.simplefilter("ignore", UserWarning)
+        flagged = find_label_issues(y, proba, return_indices_ranked_by="self_confidence", n_jobs=1)
+    suggested = proba.argmax(axis=1)
+    return [{"path": paths[i], "given": class_names[y[i]], "suggested": class_names[suggested[i]],
+             "given_probability": float(proba[i, y[i]]), "suggested_probability": float(proba[i, suggested[i]])}
+            for i in flagged[:limit]], int(len(flagged))
+
+
 def model_details(paths: list[str], y: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict:
-    """Confusion matrix (counts; normalise rows for recall), per-class figures and the misclassified images."""
+    """Confusion matrix (counts; normalise rows for recall), per-class figures, the misclassified images, the
+    likely mislabelled ones, and accuracy against coverage when the least confident are called unknown."""
     predicted = proba.argmax(axis=1)
     labels = range(len(class_names))
     gallery, wrong = errors(paths, y, proba, class_names)
+    issues, flagged = label_issues(paths, y, proba, class_names)
     return {
         "images": int(len(y)),
         **metrics.classification_scores(y, predicted),
@@ -46,6 +65,10 @@ def model_details(paths: list[str], y: np.ndarray, proba: np.ndarray, class_name
         "per_class": metrics.per_class(y, predicted, class_names),
         "misclassified": gallery,
         "misclassified_total": wrong,
+        "label_issues": issues,
+        "label_issues_total": flagged,
+        "coverage": coverage_curve(y, proba),
+        "reject": reject_rule(y, proba).to_json(),
     }
 
 

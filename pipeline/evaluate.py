@@ -20,6 +20,7 @@ from . import classify, metrics
 from .advise import advise
 from .bundle import load_bundle
 from .diagnostics import code_map, model_details
+from .duplicates import DEFAULT_THRESHOLD, duplicate_sets, store_groups
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, ExtractConfig, ExtractResult, extract, update_store
 from .finetune import FinetuneConfig, finetune
@@ -27,6 +28,7 @@ from .images import ResizePolicy, discover
 from .predict import bundle_backbone, predict_images
 from .provenance import file_sha256, library_versions, now_iso
 from .results import CVResult
+from .layer_sets import layer_parts
 from .store import FeatureStore, read_store
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class EvaluateConfig:
     engine: str = "auto"
     command: str = ""
     progress: bool = True
+    duplicate_threshold: float | None = DEFAULT_THRESHOLD  # near-duplicates stay in one fold; None: not looked for
 
 
 def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...]) -> Path:
@@ -66,8 +69,9 @@ def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...
 def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStore], dict[str, dict]]:
     stores, extraction = {}, {}
     for backbone in cfg.backbones:
-        path = store_path(cfg.features, data, backbone, cfg.layers)
-        result = extract(ExtractConfig(data=data, out=path, backbone=backbone, layers=cfg.layers,
+        layers = tuple(dict.fromkeys(part for layer in cfg.layers for part in layer_parts(layer)))
+        path = store_path(cfg.features, data, backbone, layers)
+        result = extract(ExtractConfig(data=data, out=path, backbone=backbone, layers=layers,
                                        engine=cfg.engine, progress=cfg.progress))
         log.info("%s", result.summary())
         stores[backbone] = read_store(path)
@@ -174,14 +178,15 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
     for b in codes:
         for layer in cfg.layers:
             classify.check_training_data(codes[b][layer], y, names, str(data))
+    groups = store_groups(first, rows[cfg.backbones[0]], cfg.duplicate_threshold)  # the same for every backbone
     configs, protocol = [], None
     for backbone in cfg.backbones:
         backbones[backbone] = {"weights_checksum": stores[backbone].config.weights_checksum,
                                "weights_source": str(stores[backbone].attrs.get("weights_source", ""))}
         results, protocol = classify.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds,
-                                                    cfg.repeats, cfg.normalise, None, cfg.seed, cfg.jobs)
+                                                    cfg.repeats, cfg.normalise, None, cfg.seed, cfg.jobs, groups)
         configs += [{"backbone": backbone, **r.to_json(), "extraction": extraction[backbone]} for r in results]
-    folds = classify.outer_folds(y, protocol.outer_folds, protocol.repeats, cfg.seed)[:protocol.outer_folds]
+    folds = classify.outer_folds(y, protocol.outer_folds, 1, cfg.seed, groups)
     finetuned = {}
     if cfg.finetune:
         for backbone in cfg.backbones:
@@ -196,7 +201,7 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
     else:
         map_layer = best["layer"]
         proba = classify.out_of_fold_proba(best["classifier"], codes[best["backbone"]][map_layer], y, folds,
-                                           cfg.normalise, None, cfg.seed, cfg.jobs)
+                                           cfg.normalise, None, cfg.seed, cfg.jobs, groups=groups)
         how = ("models made as fit_svm.py makes the saved one (C chosen inside the fold"
                + (", Platt-calibrated probabilities)" if best["classifier"] == "svm" else ")"))
     advice = advise(data, cfg.backbones[0], seed=cfg.seed, engine=cfg.engine) if cfg.advise else None
@@ -212,8 +217,24 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
                "predictions": f"out-of-fold: every image predicted once, by one of the {len(folds)} {how} "
                               "trained without it (first repeat's folds)",
                **model_details(paths, y, proba, names)}
+    if groups is not None:
+        details["duplicates"] = _duplicates(paths, y, names, groups, best, codes, cfg)
+        protocol["notes"].append(f"{len(details['duplicates']['groups'])} group(s) of near-duplicate images kept "
+                                 "inside one fold")
     return make_section(data, root, names, y, protocol, configs, details, codes[best["backbone"]][map_layer],
                         advice, cfg.seed)
+
+
+def _duplicates(paths, y, names, groups, best: dict, codes, cfg: EvaluateConfig) -> dict:
+    """The near-duplicate groups, and the best configuration's accuracy with them split across folds too."""
+    ungrouped = None
+    if best["classifier"] != "fine-tuned":
+        plain, _ = classify.cross_validate({best["layer"]: codes[best["backbone"]][best["layer"]]}, y, names,
+                                           (best["classifier"],), cfg.folds, cfg.repeats, cfg.normalise, None,
+                                           cfg.seed, cfg.jobs)
+        ungrouped = plain[0].primary.mean
+    return {"threshold": cfg.duplicate_threshold, "groups": [[paths[i] for i in s] for s in duplicate_sets(groups)],
+            "accuracy_grouped": best["accuracy"]["mean"], "accuracy_ungrouped": ungrouped}
 
 
 def evaluate(cfg: EvaluateConfig) -> tuple[dict, dict]:
@@ -262,8 +283,9 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
     if unknown:
         raise UserError(f"{data} has classes the bundle was not trained on: {', '.join(unknown)}", param="data")
     backbone = bundle_backbone(bundle, weights)
-    path = store_path(features, data, bundle.backbone, (bundle.layer,))
-    result = update_store(dataset, path, backbone, [bundle.layer], ResizePolicy(**bundle.store_config["resize"]),
+    layers = layer_parts(bundle.layer)
+    path = store_path(features, data, bundle.backbone, tuple(layers))
+    result = update_store(dataset, path, backbone, layers, ResizePolicy(**bundle.store_config["resize"]),
                           progress=progress, engine=engine)
     log.info("%s", result.summary())
     store = read_store(path)

@@ -25,7 +25,8 @@ from .bundle import load_bundle
 from .errors import UserError
 from .images import ResizePolicy
 from .loader import decoded_batches
-from .predict import bundle_backbone, collect_images, fine_tuned_network
+from .predict import bundle_backbone, collect_images, fine_tuned_network, fine_tuned_reject
+from .layer_sets import layer_parts
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class ModelCard:
     source: str
     input: str = "uint8 pixels, shape [batch, size, size, 3], RGB"
     output: str = "float32 class probabilities, shape [batch, classes], in class_names order"
+    reject_threshold: float | None = None  # a top probability under it: "unknown" (predict.py --reject)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -103,20 +105,22 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
         network, class_names, policy, backbone = fine_tuned_network(model_path)
         if not class_names:
             raise UserError(f"{model_path} predicts a numeric target; export takes classifiers", param="model")
-        return network, ModelCard(class_names, policy.size, policy.to_dict(), f"fine-tuned {backbone}")
+        return network, ModelCard(class_names, policy.size, policy.to_dict(), f"fine-tuned {backbone}",
+                                  reject_threshold=fine_tuned_reject(model_path))
     bundle = load_bundle(model_path)
     if bundle.classifier == "ridge":
         raise UserError(f"{model_path} is a regression bundle; export takes classifiers", param="model")
     if list(bundle.estimator.classes_) != list(range(len(bundle.class_names))):
         raise UserError(f"{model_path} was not trained on every one of its classes", param="model")
     backbone = bundle_backbone(bundle, weights, precision="float32")
-    features = create_model(backbone, "features", layers=[bundle.layer])
-    codes = features.outputs[0]
+    features = create_model(backbone, "features", layers=layer_parts(bundle.layer))
+    codes = features.outputs[0] if len(features.outputs) == 1 else keras.layers.Concatenate()(features.outputs)
     probabilities = _head(bundle.estimator, codes, int(codes.shape[-1]))
     network = keras.Model(features.inputs, probabilities, name=f"{bundle.backbone}_{bundle.classifier}")
     policy = ResizePolicy(**bundle.store_config["resize"])
     return network, ModelCard(list(bundle.class_names), policy.size, policy.to_dict(),
-                              f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}")
+                              f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}",
+                              reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"))
 
 
 def export(model_path: str | Path, fmt: str, out: str | Path, quantize: str | None = None,

@@ -36,6 +36,7 @@ from .loader import decoded_batches
 from .metrics import Score
 from .optimizers import OPTIMIZERS, make_optimizer
 from .provenance import library_versions, now_iso
+from .reject import DEFAULT_RATE, check_rate, reject_rule
 from .report.figures import training_curves
 from .results import CVResult, HeldOut
 from .tail import TailSettings, cache_views, default_cut, default_size, train_tail
@@ -80,6 +81,7 @@ class FinetuneConfig:
     batch_size: int = 32
     seed: int = 0
     precision: str = "auto"
+    reject_rate: float = DEFAULT_RATE
     progress: bool = True
 
 
@@ -187,11 +189,14 @@ class FinetuneResult:
     test: HeldOut | None
     versions: dict
     created: str
+    reject: dict | None = None  # the "unknown" rule, set on the validation split (pipeline.reject)
 
     def to_json(self) -> dict:
         final = {"model": "model.keras", "validation_images": self.validation_images}
         if self.test is not None:
             final["test"] = self.test.to_json()
+        if self.reject is not None:
+            final["reject"] = self.reject
         return {"task": self.task, "data": self.data, "backbone": self.backbone, "image_size": self.image_size,
                 "weights_checksum": self.weights_checksum, "images": self.images, "skipped": self.skipped,
                 "classes": len(self.class_names), "class_names": self.class_names, "protocol": self.protocol,
@@ -318,6 +323,7 @@ def _full_mode(cfg: FinetuneConfig, backbone, policy, task: _Task, pixels: np.nd
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Train, save ``model.keras``, ``classes.json``, ``history.json``, ``curves.png`` and ``metrics.json``."""
+    check_rate(cfg.reject_rate)
     dataset = discover(cfg.data)
     regression = dataset.targets is not None and not dataset.labelled
     if not dataset.labelled and not regression:
@@ -365,6 +371,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
          "seed": cfg.seed, "optimizer": cfg.optimizer, "linear_probe_init": bool(cfg.probe and not cfg.hidden),
          "top": cfg.top, "dropout": cfg.dropout, "patience": cfg.patience,
          **protocol},
-        validation, n, held, library_versions(), now_iso())
+        validation, n, held, library_versions(), now_iso(),
+        None if regression else reject_rule(val_y, val_out, cfg.reject_rate).to_json())
     (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
     return result

@@ -18,10 +18,13 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from . import classify, regress, stream_fit
+from .reject import DEFAULT_RATE, check_rate, reject_rule
 from .bundle import Bundle, replace_folder, save_bundle
+from .duplicates import DEFAULT_THRESHOLD, duplicate_sets, store_groups
 from .errors import UserError
 from .provenance import library_versions, now_iso
 from .results import CVResult, FinalModel, Protocol
+from .layer_sets import JOIN, default_candidates
 from .store import FeatureStore, read_store
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ class FitConfig:
     seed: int = 0
     jobs: int | None = None
     max_memory: int | None = None  # bytes of codes above which the fit streams (default: a quarter of memory)
+    reject_rate: float = DEFAULT_RATE  # share of known images the saved "unknown" threshold rejects
+    duplicate_threshold: float | None = DEFAULT_THRESHOLD  # near-duplicates stay in one fold; None: not looked for
 
 
 def _classifiers(cfg: FitConfig) -> tuple[str, ...]:
@@ -81,27 +86,38 @@ class Task:
     targets: Callable  # (store) -> y
     check: Callable  # (X, y, store, cfg, what) raises UserError
     split: Callable  # (y, test_size, seed) -> (training rows, test rows)
-    cross_validate: Callable  # (X_by_layer, y, store, cfg) -> ([CVResult], Protocol)
-    fit_final: Callable  # (kind, X, y, cfg) -> (model, hyper-parameters)
+    cross_validate: Callable  # (X_by_layer, y, store, cfg, groups) -> ([CVResult], Protocol)
+    fit_final: Callable  # (kind, X, y, cfg, groups) -> (model, hyper-parameters)
     held_out: Callable  # (model, X, y, store, data) -> HeldOut
     describe: Callable  # (store, y) -> what metrics.json says of the data
+    reject: Callable | None = None  # (kind, X, y, cfg, folds, Cs) -> the "unknown" rule's figures
+
+
+def _reject(kind: str, X: np.ndarray, y: np.ndarray, cfg: FitConfig, folds, Cs) -> dict:
+    """The "unknown" threshold of the saved model of ``kind``, from out-of-fold probabilities of models made as
+    it is, at the C nested cross-validation chose in each fold."""
+    proba = classify.out_of_fold_proba(kind, X, y, folds, cfg.normalise, cfg.class_weight, cfg.seed, cfg.jobs, Cs)
+    return reject_rule(y, proba, cfg.reject_rate).to_json()
 
 
 CLASSIFICATION = Task(
     "classification", _classifiers, lambda store: store.labels,
     lambda X, y, store, cfg, what: classify.check_training_data(X, y, store.class_names or [], what),
     classify.split_test,
-    lambda X, y, store, cfg: classify.cross_validate(X, y, store.class_names, cfg.classifiers, cfg.folds,
-                                                     cfg.repeats, cfg.normalise, cfg.class_weight, cfg.seed, cfg.jobs),
-    lambda kind, X, y, cfg: classify.fit_final(kind, X, y, cfg.normalise, cfg.class_weight, cfg.seed),
-    lambda model, X, y, store, data: classify.held_out(model, X, y, store.class_names, data), _class_counts)
+    lambda X, y, store, cfg, groups: classify.cross_validate(X, y, store.class_names, cfg.classifiers, cfg.folds,
+                                                             cfg.repeats, cfg.normalise, cfg.class_weight, cfg.seed,
+                                                             cfg.jobs, groups),
+    lambda kind, X, y, cfg, groups: classify.fit_final(kind, X, y, cfg.normalise, cfg.class_weight, cfg.seed,
+                                                       groups),
+    lambda model, X, y, store, data: classify.held_out(model, X, y, store.class_names, data), _class_counts,
+    _reject)
 
 REGRESSION = Task(
     "regression", _ridge, lambda store: store.targets,
     lambda X, y, store, cfg, what: regress.check_targets(X, y, cfg.folds, what), regress.split_test,
-    lambda X, y, store, cfg: regress.cross_validate(X, y, cfg.folds, cfg.repeats, cfg.normalise, cfg.seed,
-                                                    cfg.jobs),
-    lambda kind, X, y, cfg: regress.fit_final(X, y, cfg.normalise),
+    lambda X, y, store, cfg, groups: regress.cross_validate(X, y, cfg.folds, cfg.repeats, cfg.normalise, cfg.seed,
+                                                            cfg.jobs),  # groups: None, not looked for
+    lambda kind, X, y, cfg, groups: regress.fit_final(X, y, cfg.normalise),
     lambda model, X, y, store, data: regress.held_out(model, X, y, data), _target_statistics)
 
 
@@ -123,6 +139,7 @@ class FitResult:
     seconds: float
     versions: dict
     created: str
+    duplicates: dict | None = None  # the near-duplicate groups kept inside one fold, and what grouping changed
 
     def to_json(self) -> dict:
         return {**({"task": self.task} if self.task != "classification" else {}),
@@ -131,6 +148,7 @@ class FitResult:
                 "protocol": asdict(self.protocol), "results": [r.to_json() for r in self.results],
                 "best": {"layer": self.best.layer, "classifier": self.best.classifier},
                 "final": {kind: m.to_json() for kind, m in self.final.items()}, "seconds": self.seconds,
+                **({"duplicates": self.duplicates} if self.duplicates else {}),
                 "versions": self.versions, "created": self.created}
 
     def format(self) -> str:
@@ -157,6 +175,10 @@ class FitResult:
             lines.append(f"{r.layer:14} {r.classifier:10} {a.mean:8.3f}  [{a.ci95[0]:.3f}, {a.ci95[1]:.3f}]  "
                          f"{b.mean:{'8.4g' if regression else '8.3f'}}  {next(iter(r.chosen)):15}")
         lines.append(f"\nbest: {self.best.classifier} on {self.best.layer}")
+        if self.duplicates:
+            d = self.duplicates
+            lines.append(f"near-duplicates kept inside one fold: {len(d['groups'])} group(s); best accuracy "
+                         f"{d['accuracy_grouped']:.3f} grouped, {d['accuracy_ungrouped']:.3f} if they were not")
         for m in self.final.values():
             hyper = ", ".join(f"{k}={v:g}" for k, v in m.hyper.items())
             line = f"saved {Path(self.run_dir) / m.bundle} ({m.layer}, {hyper})"
@@ -164,6 +186,11 @@ class FitResult:
                 line += f"; test on {m.test.data}: " + ", ".join(
                     f"{_LABELS[name]} {value:.4g}" for name, value in m.test.scores.items())
             lines.append(line)
+            if m.reject is not None and m.reject["threshold"] > 0:
+                r = m.reject
+                lines.append(f"  predict.py --reject: unknown under probability {r['threshold']:.3f}; out of fold "
+                             f"it rejected {r['rejected']:.1%} of known images (accuracy on the rest "
+                             f"{r['accuracy_kept']:.3f}, {r['accuracy_all']:.3f} on all)")
         lines.append(f"time: {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -184,16 +211,17 @@ def fit(cfg: FitConfig) -> FitResult:
     started = time.perf_counter()
     if cfg.folds < 2:
         raise UserError("must be at least 2", param="folds")
+    check_rate(cfg.reject_rate)
     if sum(t is not None for t in (cfg.test_store, cfg.test_size, cfg.test_paths)) > 1:
         raise UserError("give one way of testing: a test fraction, a test store or test paths", param="test_store")
     store = read_store(cfg.store)
     task = REGRESSION if store.labels is None and store.targets is not None else CLASSIFICATION
     kinds = task.kinds(cfg)
-    layers = list(cfg.layers or store.layers)
+    layers = list(cfg.layers or default_candidates(store.layers))
     budget = cfg.max_memory or stream_fit.default_max_memory()
     need = stream_fit.codes_bytes(store, layers)
-    if need > budget:
-        return _streamed(cfg, task, store, layers[-1], budget, need, started)
+    if need > budget:  # one stored layer, the last named
+        return _streamed(cfg, task, store, layers[-1].split(JOIN)[-1], budget, need, started)
     X = {layer: store.codes(layer) for layer in layers}
     y = task.targets(store)
     for layer in layers:
@@ -201,6 +229,7 @@ def fit(cfg: FitConfig) -> FitResult:
 
     test = None
     rows = _held_out_rows(task, store, y, cfg)
+    train_rows = None if rows is None else rows[0]
     if rows is not None:
         train, held = rows
         test = ({layer: X[layer][held] for layer in layers}, y[held], f"{len(held)} held-out images")
@@ -212,24 +241,42 @@ def fit(cfg: FitConfig) -> FitResult:
         test = ({layer: test_store.codes(layer) for layer in layers},
                 classify.align_test_store(store, test_store), str(cfg.test_store))
 
-    results, protocol = task.cross_validate(X, y, store, cfg)
+    groups = store_groups(store, train_rows, cfg.duplicate_threshold) if task is CLASSIFICATION else None
+    results, protocol = task.cross_validate(X, y, store, cfg, groups)
     best = max(results, key=lambda r: r.primary.mean)
+    duplicates = None
+    if groups is not None:
+        sets = duplicate_sets(groups)
+        paths = np.asarray(store.paths, dtype=object)[train_rows if train_rows is not None else slice(None)]
+        protocol.notes.append(f"{len(sets)} group(s) of near-duplicate images ({sum(map(len, sets))} images) "
+                              "kept inside one fold")
+        plain, _ = classify.cross_validate({best.layer: X[best.layer]}, y, store.class_names, (best.classifier,),
+                                           cfg.folds, cfg.repeats, cfg.normalise, cfg.class_weight, cfg.seed, cfg.jobs)
+        duplicates = {"threshold": cfg.duplicate_threshold, "groups": [paths[s].tolist() for s in sets],
+                      "accuracy_grouped": best.primary.mean, "accuracy_ungrouped": plain[0].primary.mean}
     chosen = {kind: max((r for r in results if r.classifier == kind), key=lambda r: r.primary.mean)
               for kind in kinds}
     refits = Parallel(n_jobs=min(len(kinds), cfg.jobs or os.cpu_count() or 1))(
-        delayed(task.fit_final)(kind, X[chosen[kind].layer], y, cfg) for kind in kinds)
+        delayed(task.fit_final)(kind, X[chosen[kind].layer], y, cfg, groups) for kind in kinds)
+    rules = dict.fromkeys(kinds)
+    if task.reject is not None:
+        folds = classify.outer_folds(y, protocol.outer_folds, 1, cfg.seed, groups)  # the first repeat
+        rules = {kind: task.reject(kind, X[chosen[kind].layer], y, cfg, folds, chosen[kind].fold_hyper[:len(folds)])
+                 for kind in kinds}
     final = {kind: FinalModel(chosen[kind].layer, hyper, f"{kind}.skops", None if test is None else
-                              task.held_out(model, test[0][chosen[kind].layer], test[1], store, test[2]))
+                              task.held_out(model, test[0][chosen[kind].layer], test[1], store, test[2]),
+                              rules[kind])
              for kind, (model, hyper) in zip(kinds, refits)}
-    return _save(cfg, task, store, kinds, refits, final, chosen, protocol, results, best, started)
+    return _save(cfg, task, store, kinds, refits, final, chosen, protocol, results, best, started, duplicates)
 
 
 def _save(cfg: FitConfig, task: Task, store: FeatureStore, kinds, refits, final, chosen, protocol, results, best,
-          started: float) -> FitResult:
+          started: float, duplicates: dict | None = None) -> FitResult:
     """The result, and the bundles, checksums and metrics.json, replaced together."""
     result = FitResult(task.name, str(cfg.store), str(cfg.out), store.config.backbone,
                        store.config.weights_checksum, int(len(store)), task.describe(store, task.targets(store)),
-                       protocol, results, best, final, time.perf_counter() - started, library_versions(), now_iso())
+                       protocol, results, best, final, time.perf_counter() - started, library_versions(), now_iso(),
+                       duplicates)
 
     def write(folder: Path) -> None:
         for kind, (model, hyper) in zip(kinds, refits):

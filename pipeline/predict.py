@@ -22,6 +22,7 @@ from .errors import UserError
 from .images import Lister, ResizePolicy, _is_candidate, list_folder
 from .loader import decoded_batches
 from .runtime import EXTENSIONS, ExportedModel
+from .layer_sets import layer_parts
 
 if TYPE_CHECKING:
     import keras
@@ -40,6 +41,12 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     skipped: str | None = None
     value: float | None = None  # regression models predict a number instead of classes
+    unknown: bool = False  # with --reject: the top probability is under the model's threshold
+
+    @property
+    def decision(self) -> str:
+        """The top class, or ``unknown``."""
+        return "unknown" if self.unknown else self.top[0][0] if self.top else ""
 
 
 def collect_images(inputs: Sequence[str | Path], lister: Lister | None = None) -> tuple[list[Path], list[Prediction]]:
@@ -70,6 +77,18 @@ class Predictor:
     description: str
     probabilities: Callable[[np.ndarray, int], np.ndarray]  # (padded pixel batch, images in it) -> [n, classes]
     regression: bool = False  # then "probabilities" are the predicted values, [n, 1]
+    reject_threshold: float | None = None  # top probabilities under it are "unknown" (pipeline.reject)
+
+    def threshold(self, reject: bool) -> float | None:
+        """The threshold ``--reject`` applies (None without it); one clear line when the model has none."""
+        if not reject:
+            return None
+        if self.regression:
+            raise UserError("is for classifiers; this model predicts a number", param="reject")
+        if self.reject_threshold is None:
+            raise UserError("this model has no threshold for unknown images: fit or fine-tune it again (a "
+                            "streamed fit has none)", param="reject")
+        return self.reject_threshold
 
 
 def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Backbone:
@@ -90,17 +109,22 @@ def _bundle_predictor(path: Path, weights, precision: str, engine: str) -> Predi
 
     bundle = load_bundle(path)
     backbone = bundle_backbone(bundle, weights, precision)
-    network = frozen_network(backbone, "features", [bundle.layer], engine)
+    network = frozen_network(backbone, "features", layer_parts(bundle.layer), engine)
+
+    def codes(pixels: np.ndarray, n: int) -> np.ndarray:  # a joined layer's parts side by side, as in the store
+        return np.concatenate(network(pixels), axis=1)[:n]
+
     if bundle.classifier == "ridge":
         return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
                          f"ridge regression on {bundle.backbone}/{bundle.layer}: predicted values",
-                         lambda pixels, n: bundle.estimator.predict(network(pixels)[0][:n]).reshape(-1, 1),
+                         lambda pixels, n: bundle.estimator.predict(codes(pixels, n)).reshape(-1, 1),
                          regression=True)
     kind = "calibrated SVM probabilities (Platt)" if bundle.classifier == "svm" else "softmax probabilities"
     return Predictor(
         bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
         f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind}",
-        lambda pixels, n: bundle.estimator.predict_proba(network(pixels)[0][:n]))
+        lambda pixels, n: bundle.estimator.predict_proba(codes(pixels, n)),
+        reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"))
 
 
 def fine_tuned_network(path: Path) -> tuple[keras.Model, list[str], ResizePolicy, str]:
@@ -121,13 +145,23 @@ def fine_tuned_network(path: Path) -> tuple[keras.Model, list[str], ResizePolicy
     return model, class_names, dataclasses.replace(resize_policy(get_spec(backbone)), size=size), backbone
 
 
+def fine_tuned_reject(path: Path) -> float | None:
+    """The "unknown" threshold the fine-tuning stage chose on its validation split (None: none recorded)."""
+    try:
+        final = json.loads((path.parent / "metrics.json").read_text())["final"]["finetune"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return (final.get("reject") or {}).get("threshold")
+
+
 def _keras_predictor(path: Path) -> Predictor:
     model, class_names, policy, backbone = fine_tuned_network(path)
     size = policy.size
     regression = class_names == []
     what = "predicted values" if regression else "softmax probabilities"
     return Predictor(class_names or ["value"], policy, f"fine-tuned {backbone} at {size}px: {what}",
-                     lambda pixels, n: np.asarray(model.predict_on_batch(pixels), np.float64)[:n], regression)
+                     lambda pixels, n: np.asarray(model.predict_on_batch(pixels), np.float64)[:n], regression,
+                     fine_tuned_reject(path))
 
 
 def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto",
@@ -140,7 +174,7 @@ def load_predictor(path: str | Path, weights: str | Path | None = None, precisio
         card = model.card
         return Predictor(card["class_names"], ResizePolicy(**card["resize"]),
                          f"exported {path.suffix[1:]} model ({card['source']}): class probabilities",
-                         lambda pixels, n: model(pixels)[:n])
+                         lambda pixels, n: model(pixels)[:n], reject_threshold=card.get("reject_threshold"))
     if path.suffix == ".keras":
         if engine == "onnx":
             log.info("fine-tuned networks run on Keras")
@@ -150,12 +184,14 @@ def load_predictor(path: str | Path, weights: str | Path | None = None, precisio
 
 def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32,
                    weights: str | Path | None = None, precision: str = "auto", progress: bool = True,
-                   engine: str = "auto") -> tuple[list[Prediction], str]:
-    """Top-k predictions for every image in ``inputs``, and a line saying what the probabilities are."""
+                   engine: str = "auto", reject: bool = False) -> tuple[list[Prediction], str]:
+    """Top-k predictions for every image in ``inputs``, and a line saying what the probabilities are;
+    ``reject``: images whose top probability is under the model's threshold are marked unknown."""
     files, predictions = collect_images(inputs)
     if not files and not predictions:
         raise UserError("no images given", param="images")
     predictor = load_predictor(model_path, weights, precision, engine)
+    threshold = predictor.threshold(reject)
     k = max(1, min(top_k, len(predictor.class_names)))
     with tqdm(total=len(files), unit="img", desc="predict", disable=not progress or not files) as bar:
         for batch in decoded_batches(files, predictor.policy, batch_size):
@@ -166,23 +202,28 @@ def predict_images(model_path: str | Path, inputs: Sequence[str | Path], top_k: 
                         continue
                     order = np.argsort(-p)[:k]
                     predictions.append(Prediction(str(files[i]),
-                                                  [(predictor.class_names[c], float(p[c])) for c in order]))
+                                                  [(predictor.class_names[c], float(p[c])) for c in order],
+                                                  unknown=threshold is not None and p[order[0]] < threshold))
             predictions += [Prediction(str(files[i]), skipped=reason) for i, reason in batch.failed]
             bar.update(len(batch.items))
+    if threshold is not None:
+        return predictions, f"{predictor.description}; unknown under {threshold:.3f}"
     return predictions, predictor.description
 
 
-def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int) -> None:
-    """One row per image: path, class and probability for each rank (or the value), then the skip reason."""
+def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int, reject: bool = False) -> None:
+    """One row per image: path, (with ``reject``) the decision, class and probability for each rank (or the
+    value), then the skip reason."""
     regression = any(p.value is not None for p in predictions)
     ranks = [] if regression else [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "probability")]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path"] + (["value"] if regression else ranks) + ["skipped"])
+        writer.writerow(["path"] + (["decision"] if reject else []) + (["value"] if regression else ranks)
+                        + ["skipped"])
         for p in predictions:
             if regression:
                 cells = ["" if p.value is None else f"{p.value:.6g}"]
             else:
                 cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
                 cells += [""] * (2 * top_k - len(cells))
-            writer.writerow([p.path] + cells + [p.skipped or ""])
+            writer.writerow([p.path] + ([p.decision] if reject else []) + cells + [p.skipped or ""])

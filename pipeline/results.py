@@ -19,6 +19,7 @@ class CVResult:
     hyper: str = "C"
     per_class: dict | None = None
     fit_seconds: float = 0.0
+    fold_hyper: tuple = ()  # the value chosen in each outer fold, in the folds' order (not saved)
 
     @property
     def primary(self) -> Score:
@@ -57,11 +58,14 @@ class FinalModel:
     hyper: dict[str, float]
     bundle: str
     test: HeldOut | None = None
+    reject: dict | None = None  # a RejectRule's figures (pipeline.reject)
 
     def to_json(self) -> dict:
         out = {"layer": self.layer, **self.hyper, "bundle": self.bundle}
         if self.test is not None:
             out["test"] = self.test.to_json()
+        if self.reject is not None:
+            out["reject"] = self.reject
         return out
 
 

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from .errors import UserError
+from .layer_sets import layer_parts
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +118,21 @@ class FeatureStore:
             raise UserError(f"{self.path} was replaced since it was opened; open it again")
 
     def codes(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-        """Codes of ``layer`` (default: the last layer stored), all rows or the sorted ``rows``."""
+        """Codes of ``layer`` (default: the last layer stored; ``a+b``: a's and b's side by side), all rows or
+        the sorted ``rows``."""
         layer = layer or self.layers[-1]
-        if layer not in self.layers:
-            raise UserError(f"{self.path} has no layer {layer!r}; it holds {', '.join(self.layers)}")
+        missing = [x for x in layer_parts(layer) if x not in self.layers]
+        if missing:
+            raise UserError(f"{self.path} has no layer {', '.join(map(repr, missing))}; it holds "
+                            f"{', '.join(self.layers)}")
         self._check_identity()
         try:
             with h5py.File(self.path, "r") as f:
-                dset = f["features"][layer]
-                return dset[:] if rows is None else dset[np.asarray(rows)]
+                parts = [f["features"][x][:] if rows is None else f["features"][x][np.asarray(rows)]
+                         for x in layer_parts(layer)]
         except OSError as e:
             raise UserError(f"{self.path} is corrupt ({e}); extract it again") from None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from . import metrics
 from .classify import scaler
 from .errors import UserError
 from .results import CVResult, HeldOut, Protocol
+from .layer_sets import layer_parts
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ def _chunk_rows(store: FeatureStore, layer: str, budget: int) -> int:
 
 
 def _dim(store: FeatureStore, layer: str) -> int:
-    return int(json.loads(store.attrs["feature_dims"])[layer])
+    dims = json.loads(store.attrs["feature_dims"])
+    return sum(int(dims[x]) for x in layer_parts(layer))
 
 
 def size_text(n: int) -> str:

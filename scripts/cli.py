@@ -50,6 +50,14 @@ def add_engine(p: argparse.ArgumentParser) -> None:
                    help="what runs the frozen network: auto (default): ONNX Runtime on a CPU, Keras on a GPU")
 
 
+def add_duplicates(p: argparse.ArgumentParser) -> None:
+    """The ``--duplicate-threshold`` option of the commands that cross-validate (the value of
+    ``pipeline.duplicates.DEFAULT_THRESHOLD``, written out so that ``--help`` imports no SciPy)."""
+    p.add_argument("--duplicate-threshold", type=float, default=0.95, metavar="SIMILARITY",
+                   help="images whose codes are at least this similar are near-duplicates, kept inside one fold "
+                        "(default 0.95; 0: do not look for them)")
+
+
 def _flag(p: argparse.ArgumentParser, param: str | None) -> str | None:
     """The option (or positional name) the user types for the setting ``param``."""
     for action in p._actions:

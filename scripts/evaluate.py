@@ -35,7 +35,8 @@ def build_parser(prog: str | None = None):
     p.add_argument("--classifiers", nargs="+", choices=CLASSIFIERS, default=list(CLASSIFIERS),
                    help="default: both")
     p.add_argument("--layers", nargs="+", default=["penultimate"],
-                   help="layers to compare, each must exist in every backbone (default: penultimate)")
+                   help="layers to compare, each must exist in every backbone; a+b joins two layers' "
+                        "codes side by side (default: penultimate)")
     p.add_argument("--finetune", action="store_true", help="also fine-tune each backbone (one network per fold)")
     p.add_argument("--image-size", type=int, help="fine-tuning resolution (default: the backbone's)")
     p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
@@ -45,6 +46,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (default 5)")
     p.add_argument("--repeats", type=int, help="repeats of the outer folds (default 3 under 1,000 images, else 1)")
     p.add_argument("--no-advice", action="store_true", help="skip the advisor")
+    cli.add_duplicates(p)
     p.add_argument("--seed", type=int, default=0)
     cli.add_engine(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
@@ -65,7 +67,7 @@ def main(args) -> int:
             layers=tuple(args.layers), finetune=args.finetune, image_size=args.image_size,
             epochs=tuple(args.epochs), features=args.features, folds=args.folds, repeats=args.repeats,
             advise=not args.no_advice, seed=args.seed, engine=args.engine, command=command,
-            progress=not args.quiet))
+            progress=not args.quiet, duplicate_threshold=args.duplicate_threshold))
     paths = write_report(report, arrays, out)
     print(format_summary(report))
     print(f"report: {paths['html']}")

@@ -5,11 +5,13 @@ from pathlib import Path
 from pipeline.commands import cli
 from pipeline.classify import CLASSIFIERS, NORMALISATIONS
 from pipeline.fit import FitConfig, fit
+from pipeline.reject import DEFAULT_RATE
 from pipeline.stream_fit import parse_memory
 
 EXAMPLES = """\
   {prog} features/tuxpaint.h5 --out runs/tuxpaint
   {prog} f.h5 --out runs/x --classifier softmax --class-weight balanced
+  {prog} f.h5 --out runs/x --layers stage6 penultimate stage6+penultimate
   {prog} f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
   {prog} train.h5 --out runs/x --test test.h5         # plus a separate test store
   {prog} huge.h5 --out runs/x --max-memory 2G --test-size 0.05   # streams codes over 2 GiB
@@ -23,7 +25,9 @@ def build_parser(prog: str | None = None):
     p.add_argument("store", type=Path, help="feature store written by scripts/extract.py")
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and the bundles")
     p.add_argument("--classifier", choices=[*CLASSIFIERS, "both"], default="both", help="default: both")
-    p.add_argument("--layers", nargs="+", help="layers of the store to compare (default: all it holds)")
+    p.add_argument("--layers", nargs="+",
+                   help="layers of the store to compare; a+b joins two layers' codes side by side "
+                        "(default: each it holds, and its last two joined)")
     p.add_argument("--normalise", choices=NORMALISATIONS, default="standard",
                    help="standard: zero mean, unit variance per feature (default); l2: unit-length rows")
     p.add_argument("--folds", type=int, default=5, help="outer folds (default 5; never more than the smallest class)")
@@ -36,6 +40,10 @@ def build_parser(prog: str | None = None):
     p.add_argument("--max-memory", type=parse_memory, metavar="SIZE",
                    help="codes larger than this (e.g. 2G, 512M) are streamed through SGD with early stopping "
                         "instead of nested CV (default: a quarter of this machine's memory)")
+    p.add_argument("--reject-rate", type=float, default=DEFAULT_RATE, metavar="SHARE",
+                   help="the saved models call an image unknown (predict.py --reject) under the top probability "
+                        "that, out of fold, rejects this share of known images (default 0.05)")
+    cli.add_duplicates(p)
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -48,6 +56,7 @@ def main(args) -> int:
         layers=tuple(args.layers) if args.layers else None, normalise=args.normalise, folds=args.folds,
         repeats=args.repeats, class_weight=args.class_weight, test_size=args.test_size,
         test_store=args.test_store, seed=args.seed, jobs=args.jobs, max_memory=args.max_memory,
+        reject_rate=args.reject_rate, duplicate_threshold=args.duplicate_threshold,
     ))
     print(metrics.format())
     return 0

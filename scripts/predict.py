@@ -10,6 +10,7 @@ EXAMPLES = """\
   {prog} runs/tuxpaint/svm.skops photo.jpg
   {prog} runs/tuxpaint/softmax.skops new_photos/ --top-k 3 --out predictions.csv
   {prog} runs/tuxpaint/svm.skops 'shots/**/*.jpg'
+  {prog} runs/tuxpaint/softmax.skops new_photos/ --reject   # "unknown" for what looks like no class
   {prog} runs/tuxpaint_finetuned/model.keras photo.jpg
   {prog} tuxpaint.onnx photo.jpg          # exported: needs only numpy, pillow, onnxruntime
   {prog} runs/tuxpaint/softmax.skops /shared/archive --ray auto --out /shared/preds.parquet
@@ -26,6 +27,9 @@ def build_parser(prog: str | None = None):
     p.add_argument("--out", type=Path, help="also write the predictions to this CSV file (with --ray: the Parquet "
                                             "folder they go to instead)")
     p.add_argument("--weights", type=Path, help="the local backbone weights the bundle was extracted with")
+    p.add_argument("--reject", action="store_true",
+                   help="call an image unknown when its top probability is under the model's threshold (chosen "
+                        "when fitting so that about 5%% of known images fall under it; fit_svm.py --reject-rate)")
     p.add_argument("--batch-size", type=int, default=32)
     cli.add_engine(p)
     cli.add_ray(p)
@@ -40,11 +44,11 @@ def main(args) -> int:
         from pipeline.scaleout.predict import predict_to_parquet
 
         rows = predict_to_parquet(args.model, args.images, args.out, args.ray, args.top_k, args.batch_size,
-                                  args.weights, engine=args.engine)
+                                  args.weights, engine=args.engine, reject=args.reject)
         print(f"wrote {rows} predictions to {args.out}")
         return 0
     predictions, description = predict_images(args.model, args.images, args.top_k, args.batch_size, args.weights,
-                                              progress=not args.quiet, engine=args.engine)
+                                              progress=not args.quiet, engine=args.engine, reject=args.reject)
     print(description)
     for pred in predictions:
         if pred.skipped:
@@ -52,12 +56,14 @@ def main(args) -> int:
         elif pred.value is not None:
             print(f"{pred.path}\tvalue {pred.value:.6g}")
         else:
-            print(f"{pred.path}\t" + "\t".join(f"{name} {prob:.3f}" for name, prob in pred.top))
+            print(f"{pred.path}\t" + ("unknown\t" if pred.unknown else "")
+                  + "\t".join(f"{name} {prob:.3f}" for name, prob in pred.top))
     if args.out:
-        write_csv(predictions, args.out, args.top_k)
+        write_csv(predictions, args.out, args.top_k, args.reject)
         print(f"wrote {args.out}")
     skipped = sum(1 for p in predictions if p.skipped)
-    print(f"{len(predictions) - skipped} images classified, {skipped} skipped")
+    unknown = f" ({sum(p.unknown for p in predictions)} unknown)" if args.reject else ""
+    print(f"{len(predictions) - skipped} images classified{unknown}, {skipped} skipped")
     return 0
 
 

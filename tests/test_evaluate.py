@@ -96,6 +96,13 @@ def test_best_configuration_details(grid):
     shown = {m["path"]: m for m in d["misclassified"]}
     for path in MISLABELLED:  # the label errors are found, with the class they really belong to
         assert shown[path]["true"] == "b" and shown[path]["predicted"] == "a"
+    flagged = {m["path"]: m for m in d["label_issues"]}  # and confident learning names them as label issues
+    assert set(MISLABELLED) <= set(flagged) and d["label_issues_total"] == len(flagged)
+    assert all(flagged[path]["given"] == "b" and flagged[path]["suggested"] == "a" for path in MISLABELLED)
+    curve = d["coverage"]  # accuracy against coverage: all images kept, it is the accuracy
+    assert curve["coverage"][-1] == 1 and curve["accuracy"][-1] == pytest.approx(d["accuracy"])
+    assert curve["threshold"] == sorted(curve["threshold"], reverse=True)
+    assert d["reject"]["accuracy_all"] == pytest.approx(d["accuracy"]) and d["reject"]["rejected"] <= 0.05
     assert section["map"]["methods"] == ["PCA", "t-SNE"]
     assert section["advice"]["recommendation"] and section["advice"]["images"] == 26
 
@@ -106,8 +113,13 @@ def test_report_files_hold_the_same_numbers(grid):
     for c in section["configs"]:
         cell = f"{c['accuracy']['mean']:.3f} [{c['accuracy']['ci95'][0]:.3f}, {c['accuracy']['ci95'][1]:.3f}]"
         assert cell in html and cell in md
-    assert html.count("data:image/png;base64,") == 3
-    assert html.count("data:image/jpeg;base64,") == len(section["best"]["misclassified"]) > 0
+    assert html.count("data:image/png;base64,") == 4
+    dup = section["best"]["duplicates"]  # each mislabelled copy is grouped with its original, in one fold
+    pairs = [["a/img_0000.png", MISLABELLED[0]], ["a/img_0001.png", MISLABELLED[1]]]
+    assert sorted(map(sorted, dup["groups"])) == pairs
+    galleries = len(section["best"]["misclassified"]) + len(section["best"]["label_issues"]) + 4
+    assert html.count("data:image/jpeg;base64,") == galleries > 0
+    assert "Possibly mislabelled images" in html and "Possibly mislabelled images" in md
     assert "src=\"figures/" not in html and "http" not in html.split("<body>")[1]  # self-contained, offline
     for figure in section["figures"].values():
         assert (paths["md"].parent / figure).stat().st_size > 1000 and f"]({figure})" in md
@@ -198,12 +210,13 @@ def test_report_renders_in_a_browser(grid, tmp_path):
         assert len(rows) == 1 + 4 and "efficientnet_lite0" in tables["configs"].text
         images = driver.find_elements(By.TAG_NAME, "img")
         section = grid["second"]["sections"][0]
-        assert len(images) == 3 + len(section["best"]["misclassified"])
+        best = section["best"]
+        assert len(images) == 4 + len(best["misclassified"]) + len(best["label_issues"]) + 4
         for image in images:
             assert image.is_displayed()
             assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 0
         charts = [i for i in images if "chart" in i.get_attribute("class")]
-        assert len(charts) == 3 and all(c.size["width"] > 300 for c in charts)
+        assert len(charts) == 4 and all(c.size["width"] > 300 for c in charts)
     finally:
         driver.quit()
     from PIL import Image

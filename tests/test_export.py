@@ -42,10 +42,13 @@ def without_tensorflow(code: str, *args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A calibrated SVM and a softmax bundle on Tux Paint (codes of stage6), and a tiny fine-tuned network."""
+    """A calibrated SVM and a softmax bundle on Tux Paint (codes of stage6), an SVM on stage6 and penultimate
+    codes side by side, and a tiny fine-tuned network."""
     root = tmp_path_factory.mktemp("export")
-    extract(ExtractConfig(data=TUX, out=root / "tux.h5", layers=("stage6",), progress=False))
-    fit(FitConfig(store=root / "tux.h5", out=root / "linear", folds=2, repeats=1, jobs=1))
+    extract(ExtractConfig(data=TUX, out=root / "tux.h5", layers=("stage6", "penultimate"), progress=False))
+    fit(FitConfig(store=root / "tux.h5", out=root / "linear", layers=("stage6",), folds=2, repeats=1, jobs=1))
+    fit(FitConfig(store=root / "tux.h5", out=root / "joined", layers=("stage6+penultimate",), classifiers=("svm",),
+                  folds=2, repeats=1, jobs=1))
     write_images(root / "small", {"red": 8, "green": 8}, size=48)
     finetune(FinetuneConfig(data=root / "small", out=root / "finetuned", image_size=64, head_epochs=1,
                             finetune_epochs=1, unfreeze=4, batch_size=8, progress=False))
@@ -68,13 +71,14 @@ print(",".join(model.card["class_names"]))
 """
 
 
-@pytest.mark.parametrize("kind", ["svm.skops", "softmax.skops", "model.keras"])
+@pytest.mark.parametrize("kind", ["linear/svm.skops", "linear/softmax.skops", "joined/svm.skops",
+                                  "finetuned/model.keras"])
 def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
-    source = models / ("finetuned" if kind == "model.keras" else "linear") / kind
+    source = models / kind
     files = sorted(TUX.rglob("*.png"))[::11]
     pixels, expected = pixels_for(source, files)
     np.save(tmp_path / "pixels.npy", pixels)
-    names = (load_bundle(source).class_names if kind != "model.keras"
+    names = (load_bundle(source).class_names if source.suffix == ".skops"
              else json.loads((source.parent / "classes.json").read_text()))
     for fmt, name in (("onnx", "m.onnx"), ("tflite", "m.tflite")):
         out = export(source, fmt, tmp_path / name)
@@ -90,7 +94,9 @@ def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
     saved = tf.saved_model.load(str(export(source, "savedmodel", tmp_path / "saved")))
     got = saved.signatures["serving_default"](pixels=tf.constant(pixels))["probabilities"].numpy()
     assert np.abs(got - expected).max() < 1e-4
-    assert json.loads(card_path(tmp_path / "saved").read_text())["class_names"] == names
+    card = json.loads(card_path(tmp_path / "saved").read_text())
+    assert card["class_names"] == names
+    assert card["reject_threshold"] == load_predictor(source).reject_threshold > 0, "--reject travels too"
     reloaded = keras.models.load_model(export(source, "keras", tmp_path / "m.keras"))
     assert np.abs(np.asarray(reloaded.predict_on_batch(pixels)) - expected).max() < 1e-4
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
+from pipeline.layer_sets import default_candidates
 from pipeline.store import FORMAT_VERSION, Row, Shards, StoreConfig, assemble, read_store, refuse_mismatch
 
 CONFIG = StoreConfig("efficientnet_lite0", "abc", ("stage4", "penultimate"), 224,
@@ -59,6 +60,13 @@ def test_assemble_and_read(tmp_path):
     np.testing.assert_array_equal(store.codes("penultimate")[:, 0], [100, 0, 5])
     np.testing.assert_array_equal(store.codes(rows=[0, 2])[:, 0], [100, 5])
     assert store.codes("stage4").shape == (3, 3)
+    joined = store.codes("stage4+penultimate", rows=[0, 2])  # a layer combination: both side by side
+    parts = [store.codes("stage4", [0, 2]), store.codes("penultimate", [0, 2])]
+    np.testing.assert_array_equal(joined, np.hstack(parts))
+    with pytest.raises(UserError, match="no layer 'stage6'"):
+        store.codes("stage6+penultimate")
+    assert default_candidates(store.layers) == ["stage4", "penultimate", "stage4+penultimate"]
+    assert default_candidates(["penultimate"]) == ["penultimate"]
 
     # A second store reusing rows of the first one, as a rerun does.
     again = tmp_path / "g.h5"

@@ -112,6 +112,22 @@ def map_chart(embeddings: dict[str, np.ndarray], y: np.ndarray, class_names: lis
     return _png(fig)
 
 
+def coverage_chart(coverage: dict[str, list[float]], reject: dict) -> bytes:
+    """Accuracy on the images kept against the share kept, when the least confident are called unknown; the
+    default threshold (``predict.py --reject``) marked."""
+    fig, ax = _subplots(figsize=(6, 3.6))
+    ax.plot(coverage["coverage"], coverage["accuracy"], marker=".", color=_colours(1)[0])
+    kept = 1 - reject["rejected"]
+    ax.plot([kept], [reject["accuracy_kept"]], marker="*", markersize=13, ls="", color="black",
+            label=f"unknown under {reject['threshold']:.3f}: {kept:.0%} kept, accuracy {reject['accuracy_kept']:.3f}")
+    ax.set_xlabel("coverage: share of images given a class")
+    ax.set_ylabel("accuracy on them")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return _png(fig)
+
+
 def thumbnail(path: Path, size: int = 128) -> bytes | None:
     """A JPEG thumbnail of the image at ``path`` (None when it cannot be read any more)."""
     try:

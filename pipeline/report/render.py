@@ -18,6 +18,8 @@ from . import figures
 
 log = logging.getLogger(__name__)
 
+GROUPS_SHOWN, GROUP_SHOWN = 12, 4  # near-duplicate groups drawn, and images of each
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "data"
@@ -39,6 +41,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
+    env.globals.update(groups_shown=GROUPS_SHOWN, group_shown=GROUP_SHOWN)
     env.filters.update(f3=lambda v: f"{v:.3f}", ci=_ci, signed_ci=_signed_ci, pct=lambda v: f"{100 * v:.0f}%",
                        b64=lambda b: base64.b64encode(b).decode())
     return env
@@ -59,13 +62,18 @@ def _figures(report: dict, arrays: list[dict], out: Path) -> list[dict]:
             "accuracy": figures.accuracy_chart(section["configs"]),
             "confusion": figures.confusion_chart(best["confusion"], section["class_names"]),
             "map": figures.map_chart(extra["embeddings"], extra["y"], section["class_names"]),
+            "coverage": figures.coverage_chart(best["coverage"], best["reject"]),
         }
         files = {}
         for name, data in pictures.items():
             files[name] = f"figures/{slug}_{name}.png"
             (out / files[name]).write_bytes(data)
         section["figures"] = files
-        thumbs = [figures.thumbnail(Path(section["root"]) / item["path"]) for item in best["misclassified"]]
+        root = Path(section["root"])
+        thumbs = {gallery: [figures.thumbnail(root / item["path"]) for item in best[gallery]]
+                  for gallery in ("misclassified", "label_issues")}
+        thumbs["duplicates"] = [[figures.thumbnail(root / path) for path in group[:GROUP_SHOWN]]
+                                for group in best.get("duplicates", {}).get("groups", [])[:GROUPS_SHOWN]]
         drawn.append({"png": pictures, "thumbnails": thumbs})
     return drawn
 

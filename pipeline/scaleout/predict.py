@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 class Classifier:
     """A Ray Data actor: the model, loaded once, turns decoded batches into prediction rows."""
 
-    def __init__(self, model: str, weights: str | None, precision: str, engine: str, top_k: int):
+    def __init__(self, model: str, weights: str | None, precision: str, engine: str, top_k: int,
+                 reject: bool = False):
         prepare_worker()
         self.predictor = load_predictor(model, weights, precision, engine)
         self.k = max(1, min(top_k, len(self.predictor.class_names)))
+        self.threshold = self.predictor.threshold(reject)
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
@@ -49,6 +51,8 @@ class Classifier:
                 order = np.argsort(-p, axis=1, kind="stable")[:, :self.k]
                 classes[ok] = names[order]
                 probabilities[ok] = np.take_along_axis(p, order, axis=1)
+            if self.threshold is not None:  # skipped rows: no decision
+                out["decision"] = np.where(probabilities[:, 0] < self.threshold, "unknown", classes[:, 0])
             for r in range(self.k):
                 out[f"class_{r + 1}"] = classes[:, r]
                 out[f"probability_{r + 1}"] = probabilities[:, r]
@@ -58,12 +62,14 @@ class Classifier:
 
 def predict_to_parquet(model: str | Path, inputs: Sequence[str | Path], out: str | Path, address: str,
                        top_k: int = 3, batch_size: int = 32, weights: str | Path | None = None,
-                       precision: str = "auto", engine: str = "auto") -> int:
-    """Predict every image in ``inputs`` on the cluster into the Parquet folder ``out``; returns the rows."""
+                       precision: str = "auto", engine: str = "auto", reject: bool = False) -> int:
+    """Predict every image in ``inputs`` on the cluster into the Parquet folder ``out``; returns the rows.
+    ``reject``: a ``decision`` column, the top class or ``unknown`` (:meth:`Predictor.threshold`)."""
     out = Path(out)
     if out.exists() and not (out.is_dir() and all(f.suffix == ".parquet" for f in out.iterdir())):
         raise UserError(f"{out} exists and is not a folder of Parquet files", param="out")
     predictor = load_predictor(model, weights, precision, engine)  # a bad model fails here in one line
+    predictor.threshold(reject)  # as does one without a threshold for --reject
     files, missing = collect_images(inputs, ClusterListing(address))
     if not files and not missing:
         raise UserError("no images given", param="images")
@@ -76,7 +82,7 @@ def predict_to_parquet(model: str | Path, inputs: Sequence[str | Path], out: str
                             num_cpus=DECODE_CPUS)
                .map_batches(Classifier, batch_size=batch_size, **pool.options(), fn_constructor_kwargs={
                    "model": str(Path(model).resolve()), "weights": None if weights is None else str(weights),
-                   "precision": precision, "engine": engine, "top_k": top_k}))
+                   "precision": precision, "engine": engine, "top_k": top_k, "reject": reject}))
     rows = len(columns["path"])
     log.info("predicting %d images on Ray: %d model actor(s)", rows, pool.actors)
     tmp = out.resolve().with_name(f".{out.name}.tmp")
