@@ -2,7 +2,10 @@
 
 The outer folds give the figures (Nadeau-Bengio 95% intervals); inside each
 outer training set an inner split chooses C, so the outer test fold never sees
-the choice. The final model chooses C the same way on all the training data.
+the choice. The inner scores also choose between the candidates (layer,
+classifier, class weighting) fold by fold (:func:`nested_choice`): the honest
+figure of the whole choice. The final model chooses C the same way on all the
+training data.
 """
 
 from __future__ import annotations
@@ -55,8 +58,41 @@ def make_classifier(kind: str, C: float, normalise: str = "standard", class_weig
     return Pipeline([("scale", scaler(normalise)), ("clf", model)])
 
 
-def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_weight) -> np.ndarray:
-    """Validation accuracy along the C path (ascending, warm-started), stopped (the rest scoring -inf) after two
+IMBALANCED = 3.0  # largest over smallest class from which candidates are chosen by macro-F1, not accuracy
+WEIGHTED = 1.5  # largest over smallest class from which "balanced" class weights are a candidate beside none
+CLASS_WEIGHTS = ("auto", "none", "balanced")
+
+
+def imbalance(y: np.ndarray) -> float:
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    return float(counts.max() / counts.min())
+
+
+def selection_metric(y: np.ndarray) -> str:
+    """What chooses between candidates: macro-F1 when the classes are imbalanced more than ``IMBALANCED``
+    times (accuracy would reward ignoring the small classes), else accuracy."""
+    return "macro_f1" if imbalance(y) > IMBALANCED else "accuracy"
+
+
+def check_class_weight(setting: str | None) -> None:
+    if setting is not None and setting not in CLASS_WEIGHTS:
+        raise UserError(f"must be one of {', '.join(CLASS_WEIGHTS)}, not {setting!r}", param="class_weight")
+
+
+def class_weightings(y: np.ndarray, setting: str | None = "auto") -> tuple[str | None, ...]:
+    """The class weightings to compare: ``auto`` tries none and balanced when the classes differ by
+    ``WEIGHTED`` times or more (below, balanced weights are all near 1 and change little)."""
+    check_class_weight(setting)
+    if setting is None or setting == "none":
+        return (None,)
+    if setting == "balanced":
+        return ("balanced",)
+    return (None, "balanced") if imbalance(y) >= WEIGHTED else (None,)
+
+
+def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_weight, metric) -> np.ndarray:
+    """Validation ``metric`` along the C path (ascending, warm-started), stopped (the rest scoring -inf) after two
     C values below the best: larger C only overfit more, and are the slowest to fit."""
     scale = scaler(normalise).fit(X_train)
     X_train, X_val = scale.transform(X_train), scale.transform(X_val)
@@ -67,10 +103,11 @@ def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_we
         models = (lr.set_params(C=C).fit(X_train, y_train) for C in grid)
     scores = np.full(len(grid), -np.inf)
     below = 0
+    score = metrics.CLASSIFICATION[metric]
     with warnings.catch_warnings():  # an unconverged large-C candidate is still a fair candidate
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i, model in enumerate(models):
-            scores[i] = metrics.accuracy(y_val, model.predict(X_val))
+            scores[i] = score(y_val, model.predict(X_val))
             below = below + 1 if scores[i] < scores[:i + 1].max() else 0
             if below == 2:
                 break
@@ -91,24 +128,29 @@ def _inner_splits(y: np.ndarray, seed: int, groups: np.ndarray | None = None):
     return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
 
 
-def choose_C(kind, X, y, normalise="standard", class_weight=None, seed=0, groups=None) -> float:
-    """The C of the grid with the best mean inner-validation accuracy (the smallest among ties); ``groups``
-    (near-duplicates, one per row) are kept inside one side of each inner split."""
+def tune_C(kind, X, y, normalise="standard", class_weight=None, seed=0, groups=None,
+           metric="accuracy") -> tuple[float, float]:
+    """The C of the grid with the best mean inner-validation ``metric`` (the smallest among ties), and that score
+    (NaN when the classes are too small to split); ``groups`` (near-duplicates, one per row) are kept inside one
+    side of each inner split. The inner splits depend on ``y``, ``groups`` and ``seed`` only, so the scores of
+    every candidate on the same rows are paired."""
     grid = C_GRID[kind]
     splits = _inner_splits(y, seed, groups)
     if splits is None:
-        return float(grid[len(grid) // 2])
-    scores = np.mean([_path_scores(kind, X[tr], y[tr], X[va], y[va], grid, normalise, class_weight)
+        return float(grid[len(grid) // 2]), float("nan")
+    scores = np.mean([_path_scores(kind, X[tr], y[tr], X[va], y[va], grid, normalise, class_weight, metric)
                       for tr, va in splits], axis=0)
-    return float(grid[int(np.argmax(scores))])
+    best = int(np.argmax(scores))
+    return float(grid[best]), float(scores[best])
 
 
-def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed, groups):
+def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed, groups, metric):
     started = time.perf_counter()
-    C = choose_C(kind, X[train], y[train], normalise, class_weight, seed, None if groups is None else groups[train])
+    C, inner = tune_C(kind, X[train], y[train], normalise, class_weight, seed,
+                      None if groups is None else groups[train], metric)
     model = make_classifier(kind, C, normalise, class_weight).fit(X[train], y[train])
     predicted = model.predict(X[test])
-    return {"C": C, "predicted": predicted, "seconds": time.perf_counter() - started,
+    return {"C": C, "inner": inner, "predicted": predicted, "seconds": time.perf_counter() - started,
             **metrics.classification_scores(y[test], predicted)}
 
 
@@ -152,11 +194,14 @@ def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int,
 
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
-                   normalise: str = "standard", class_weight: str | None = None, seed: int = 0,
-                   jobs: int | None = None, groups: np.ndarray | None = None) -> tuple[list[CVResult], Protocol]:
-    """Nested cross-validation of every (layer, classifier) on the same outer folds; ``groups`` (one number per
-    row, or None) are kept inside one fold, outer and inner."""
+                   normalise: str = "standard", class_weights: Sequence[str | None] = (None,), seed: int = 0,
+                   jobs: int | None = None, groups: np.ndarray | None = None,
+                   metric: str | None = None) -> tuple[list[CVResult], Protocol]:
+    """Nested cross-validation of every (layer, classifier, class weighting) on the same outer folds; ``groups``
+    (one number per row, or None) are kept inside one fold, outer and inner. ``metric`` chooses C inside
+    (default :func:`selection_metric`)."""
     counts = np.bincount(y)
+    metric = metric or selection_metric(y)
     notes = []
     k = min(folds, int(counts.min()))
     if k < folds:
@@ -164,48 +209,78 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
                 f"using {k} folds instead of {folds}")
         notes.append(note)
         log.warning(note)
+    if metric != "accuracy":
+        notes.append(f"the classes are imbalanced {imbalance(y):.1f}x: candidates and C are chosen by macro-F1")
     repeats = repeats or default_repeats(len(y))
     outer = outer_folds(y, k, repeats, seed, groups)
     inner = "one stratified 80/20 split" if len(y) * (k - 1) / k >= LARGE else "stratified 3-fold"
     protocol = Protocol(k, repeats, inner, {c: list(C_GRID[c]) for c in classifiers}, normalise,
-                        class_weight, seed, notes)
-    tasks = [(layer, kind, f) for layer in X_by_layer for kind in classifiers for f in range(len(outer))]
-    log.info("nested cross-validation: %d layer(s) x %d classifier(s) x %d outer folds (%d-fold x %d), "
-             "C chosen by %s", len(X_by_layer), len(classifiers), len(outer), k, repeats, inner)
+                        list(class_weights), seed, notes, metric)
+    candidates = [(layer, kind, w) for layer in X_by_layer for kind in classifiers for w in class_weights]
+    tasks = [(c, f) for c in candidates for f in range(len(outer))]
+    log.info("nested cross-validation: %d candidate(s) x %d outer folds (%d-fold x %d), C chosen by %s",
+             len(candidates), len(outer), k, repeats, inner)
     done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(_outer_fold)(kind, X_by_layer[layer], y, *outer[f], normalise, class_weight, seed, groups)
-        for layer, kind, f in tasks)
+        delayed(_outer_fold)(kind, X_by_layer[layer], y, *outer[f], normalise, w, seed, groups, metric)
+        for (layer, kind, w), f in tasks)
     n_test = len(y) // k
     results = []
-    for layer in X_by_layer:
-        for kind in classifiers:
-            folds_done = [(f, r) for (lay, kd, f), r in zip(tasks, done) if (lay, kd) == (layer, kind)]
-            y_true = np.concatenate([y[outer[f][1]] for f, _ in folds_done])
-            y_pred = np.concatenate([r["predicted"] for _, r in folds_done])
-            results.append(CVResult(
-                layer, kind,
-                {name: metrics.nadeau_bengio([r[name] for _, r in folds_done], len(y) - n_test, n_test)
-                 for name in ("accuracy", "macro_f1")},
-                {f"{c:g}": n for c, n in Counter(r["C"] for _, r in folds_done).most_common()},
-                per_class=metrics.per_class(y_true, y_pred, class_names),
-                fit_seconds=float(sum(r["seconds"] for _, r in folds_done)),
-                fold_hyper=tuple(r["C"] for _, r in folds_done)))
+    for layer, kind, w in candidates:
+        folds_done = [(f, r) for (c, f), r in zip(tasks, done) if c == (layer, kind, w)]
+        y_true = np.concatenate([y[outer[f][1]] for f, _ in folds_done])
+        y_pred = np.concatenate([r["predicted"] for _, r in folds_done])
+        results.append(CVResult(
+            layer, kind,
+            {name: metrics.nadeau_bengio([r[name] for _, r in folds_done], len(y) - n_test, n_test)
+             for name in metrics.CLASSIFICATION},
+            {f"{c:g}": n for c, n in Counter(r["C"] for _, r in folds_done).most_common()},
+            per_class=metrics.per_class(y_true, y_pred, class_names),
+            fit_seconds=float(sum(r["seconds"] for _, r in folds_done)),
+            fold_hyper=tuple(r["C"] for _, r in folds_done), class_weight=w,
+            fold_inner=tuple(r["inner"] for _, r in folds_done)))
     return results, protocol
 
 
+def nested_choice(results: Sequence[CVResult], n: int, k: int) -> CVResult | None:
+    """The honest figure of choosing among ``results`` (scored on the same outer folds): in each outer fold, the
+    candidate with the best inner-validation score, which saw that fold's training part alone, scored on that
+    fold's test part. Ties go to the earlier candidate. None with fewer than two candidates or no inner scores."""
+    if len(results) < 2 or any(not r.fold_inner or np.isnan(r.fold_inner).any() for r in results):
+        return None
+    inner = np.array([r.fold_inner for r in results])  # candidates x folds
+    picks = inner.argmax(axis=0)
+    return CVResult(
+        "chosen in each fold", "nested choice",
+        {name: metrics.nadeau_bengio([results[i].scores[name].folds[f] for f, i in enumerate(picks)], n - n // k,
+                                     n // k)
+         for name in results[0].scores},
+        {name: count for name, count in Counter(results[i].name for i in picks).most_common()},
+        hyper="candidate", fit_seconds=float(sum(r.fit_seconds for r in results)))
+
+
 def fit_final(kind: str, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
-              seed: int = 0, groups: np.ndarray | None = None):
-    """Choose C on all of ``X`` and refit; the model and ``{"C": C}``. The SVM gets Platt-calibrated probabilities."""
-    C = choose_C(kind, X, y, normalise, class_weight, seed, groups)
-    return fit_with_C(kind, C, X, y, normalise, class_weight), {"C": C}
+              seed: int = 0, groups: np.ndarray | None = None, metric: str = "accuracy"):
+    """Choose C on all of ``X`` by ``metric`` and refit; the model and ``{"C": C}``. The SVM gets Platt-calibrated
+    probabilities."""
+    C, _ = tune_C(kind, X, y, normalise, class_weight, seed, groups, metric)
+    return fit_with_C(kind, C, X, y, normalise, class_weight, groups), {"C": C}
 
 
-def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None):
-    """The saved model of ``kind`` at a given C: the SVM Platt-calibrated on 3 inner folds, the softmax as is."""
+def _calibration_folds(y: np.ndarray, groups: np.ndarray | None):
+    """Platt scaling's folds: stratified 3-fold (fewer for a small class), each group inside one fold."""
+    if groups is None:
+        return min(3, int(np.bincount(y).min()))
+    per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    return list(StratifiedGroupKFold(max(2, min(3, per_class))).split(y, y, groups))
+
+
+def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
+               groups: np.ndarray | None = None):
+    """The saved model of ``kind`` at a given C: the SVM Platt-calibrated on 3 inner folds (``groups`` kept
+    inside one), the softmax as is."""
     model = make_classifier(kind, C, normalise, class_weight)
     if kind == "svm":
-        folds = min(3, int(np.bincount(y).min()))
-        model = CalibratedClassifierCV(model, method="sigmoid", cv=folds, ensemble=False)
+        model = CalibratedClassifierCV(model, method="sigmoid", cv=_calibration_folds(y, groups), ensemble=False)
     return model.fit(X, y)
 
 
@@ -214,11 +289,17 @@ def check_test_size(test_size: float) -> None:
         raise UserError(f"must be between 0 and 1, not {test_size}", param="test_size")
 
 
-def split_test(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A stratified held-out split fixed by ``seed``: (training rows, test rows)."""
+def split_test(y: np.ndarray, test_size: float, seed: int,
+               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified held-out split fixed by ``seed``: (training rows, test rows). With ``groups``, each group falls
+    on one side: the test part is one fold of ``round(1 / test_size)`` (``StratifiedGroupKFold``), so its share is
+    near ``test_size``, not exact."""
     check_test_size(test_size)
     try:
-        return train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
+        if groups is None:
+            return train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
+        folds = max(2, round(1 / test_size))
+        return next(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups))
     except ValueError as e:
         raise UserError(f"cannot hold out a stratified test split: {e}", param="test_size") from None
 
@@ -246,15 +327,16 @@ def held_out(model, X, y, class_names, data: str) -> HeldOut:
 
 def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="standard", class_weight=None,
                       seed: int = 0, jobs: int | None = None, Cs: Sequence[float] | None = None,
-                      groups: np.ndarray | None = None) -> np.ndarray:
+                      groups: np.ndarray | None = None, metric: str = "accuracy") -> np.ndarray:
     """Class probabilities of every row of ``X`` from its fold's model, made as the saved one is
     (:func:`fit_final`) on the rows without it; ``folds`` must partition the rows (one repeat). ``Cs``: each
     fold's C, when nested cross-validation has chosen them already."""
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
     fitted = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
         delayed(fit_final)(kind, X[train], y[train], normalise, class_weight, seed,
-                           None if groups is None else groups[train]) if Cs is None else
-        delayed(fit_with_C)(kind, Cs[f], X[train], y[train], normalise, class_weight)
+                           None if groups is None else groups[train], metric) if Cs is None else
+        delayed(fit_with_C)(kind, Cs[f], X[train], y[train], normalise, class_weight,
+                            None if groups is None else groups[train])
         for f, (train, _) in enumerate(folds))
     for model, (_, test) in zip((m if Cs is not None else m[0] for m in fitted), folds):
         proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test])

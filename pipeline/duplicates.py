@@ -1,4 +1,5 @@
-"""Near-duplicate images, found from their codes, so that copies never fall on both sides of a fold.
+"""Images that must stay on one side of every split: near-duplicates, found from their codes, and the groups a
+manifest names (one patient, object or session).
 
 Two images are near-duplicates when the cosine similarity of their codes,
 centred on the set's mean code, reaches :data:`DEFAULT_THRESHOLD`; groups are
@@ -57,12 +58,49 @@ def duplicate_sets(groups: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(groups == g) for g in ids[np.argsort(-counts, kind="stable")] if counts[ids == g][0] > 1]
 
 
-def store_groups(store: FeatureStore, rows: np.ndarray | None = None,
-                 threshold: float | None = DEFAULT_THRESHOLD) -> np.ndarray | None:
-    """Group numbers of a store's ``rows`` (default all) by near-duplicate codes of the layer the threshold was
-    calibrated on; None when every image stands alone or ``threshold`` is None or 0 (not looked for)."""
-    if not threshold:
-        return None
-    codes = store.codes("penultimate" if "penultimate" in store.layers else store.layers[-1])
-    groups = near_duplicate_groups(codes if rows is None else codes[rows], threshold)
+def joined(*labelings: np.ndarray) -> np.ndarray:
+    """One group number per row: rows sharing a number in any of ``labelings`` (directly or through others)
+    share one (the components of the graph linking each row to its number in each labeling)."""
+    n = len(labelings[0])
+    rows, cols, offset = [], [], n
+    for labels in labelings:
+        _, index = np.unique(labels, return_inverse=True)
+        rows.append(np.arange(n))
+        cols.append(offset + index.ravel())
+        offset += int(index.max(initial=-1)) + 1
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), bool), (r, c)), shape=(offset, offset))
+    _, components = connected_components(graph, directed=False)
+    return np.unique(components[:n], return_inverse=True)[1].ravel()
+
+
+def manifest_groups(names: list[str]) -> np.ndarray:
+    """Group numbers from a manifest's group column; an empty name stands alone."""
+    ids = {name: k for k, name in enumerate(dict.fromkeys(n for n in names if n))}
+    return np.array([ids[name] if name else len(ids) + i for i, name in enumerate(names)])
+
+
+def _alone_is_none(groups: np.ndarray) -> np.ndarray | None:
     return groups if len(np.unique(groups)) < len(groups) else None
+
+
+def store_groups(store: FeatureStore, rows: np.ndarray | None = None,
+                 threshold: float | None = DEFAULT_THRESHOLD) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Group numbers of a store's ``rows`` (default all), or None where every image stands alone: those the folds
+    keep together (the manifest's ``group`` column and near-duplicates, joined), and the near-duplicates alone,
+    found from the codes of the layer the threshold was calibrated on (not looked for when ``threshold`` is None
+    or 0)."""
+    duplicates = None
+    if threshold:
+        codes = store.codes("penultimate" if "penultimate" in store.layers else store.layers[-1])
+        duplicates = _alone_is_none(near_duplicate_groups(codes if rows is None else codes[rows], threshold))
+    if store.groups is None:
+        return duplicates, duplicates
+    named = manifest_groups(store.groups)
+    named = named if rows is None else named[rows]
+    return _alone_is_none(named if duplicates is None else joined(named, duplicates)), duplicates
+
+
+def subset(groups: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    """``groups`` of ``rows`` only; None where every one of them stands alone."""
+    return None if groups is None else _alone_is_none(groups[rows])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class EvaluateConfig:
     command: str = ""
     progress: bool = True
     duplicate_threshold: float | None = DEFAULT_THRESHOLD  # near-duplicates stay in one fold; None: not looked for
+    class_weight: str | None = "auto"  # as fit's: auto compares none and balanced when the classes differ 1.5x
 
 
 def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...]) -> Path:
@@ -156,15 +157,19 @@ def _finetune_config(data: Path, root: Path, backbone: str, paths: list[str], y:
     return result, proba
 
 
-def _paired_deltas(configs: list[dict], n: int, k: int) -> None:
-    """Each configuration's accuracy minus the best's, over the folds both were scored on."""
-    best = configs[0]["accuracy"]["folds"]
+def _paired_delta(config: dict, best: dict, metric: str, n: int, k: int) -> dict:
+    """``config``'s ``metric`` minus ``best``'s, over the folds both were scored on, with its interval."""
+    mine, theirs = config[metric]["folds"], best[metric]["folds"]
+    m = min(len(mine), len(theirs))
+    d = metrics.nadeau_bengio(np.subtract(mine[:m], theirs[:m]), n - n // k, n // k, bounded=False)
+    return {"mean": d.mean, "ci95": list(d.ci95), "folds": m, "clearly_worse": d.ci95[1] < 0}
+
+
+def _paired_deltas(configs: list[dict], metric: str, n: int, k: int) -> None:
+    """Each configuration's ``metric`` minus the best's (the first), over the folds both were scored on."""
     configs[0]["vs_best"] = None
     for c in configs[1:]:
-        mine = c["accuracy"]["folds"]
-        m = min(len(mine), len(best))
-        d = metrics.nadeau_bengio(np.subtract(mine[:m], best[:m]), n - n // k, n // k, bounded=False)
-        c["vs_best"] = {"mean": d.mean, "ci95": list(d.ci95), "folds": m, "clearly_worse": d.ci95[1] < 0}
+        c["vs_best"] = _paired_delta(c, configs[0], metric, n, k)
 
 
 def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, dict]:
@@ -178,22 +183,28 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
     for b in codes:
         for layer in cfg.layers:
             classify.check_training_data(codes[b][layer], y, names, str(data))
-    groups = store_groups(first, rows[cfg.backbones[0]], cfg.duplicate_threshold)  # the same for every backbone
-    configs, protocol = [], None
+    # the same for every backbone
+    groups, duplicates = store_groups(first, rows[cfg.backbones[0]], cfg.duplicate_threshold)
+    configs, candidates, protocol = [], [], None
     for backbone in cfg.backbones:
         backbones[backbone] = {"weights_checksum": stores[backbone].config.weights_checksum,
                                "weights_source": str(stores[backbone].attrs.get("weights_source", ""))}
         results, protocol = classify.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds,
-                                                    cfg.repeats, cfg.normalise, None, cfg.seed, cfg.jobs, groups)
+                                                    cfg.repeats, cfg.normalise,
+                                                    classify.class_weightings(y, cfg.class_weight), cfg.seed,
+                                                    cfg.jobs, groups)
         configs += [{"backbone": backbone, **r.to_json(), "extraction": extraction[backbone]} for r in results]
+        candidates += [replace(r, layer=f"{backbone} {r.layer}") if len(cfg.backbones) > 1 else r for r in results]
+    metric = protocol.metric
+    nested = classify.nested_choice(candidates, len(y), protocol.outer_folds)
     folds = classify.outer_folds(y, protocol.outer_folds, 1, cfg.seed, groups)
     finetuned = {}
     if cfg.finetune:
         for backbone in cfg.backbones:
             result, finetuned[backbone] = _finetune_config(data, root, backbone, paths, y, names, folds, cfg)
             configs.append({"backbone": backbone, **result.to_json(), "extraction": extraction[backbone]})
-    configs.sort(key=lambda c: (-c["accuracy"]["mean"], -c["macro_f1"]["mean"]))
-    _paired_deltas(configs, len(y), protocol.outer_folds)
+    configs.sort(key=lambda c: (-c[metric]["mean"], -c["accuracy"]["mean"]))
+    _paired_deltas(configs, metric, len(y), protocol.outer_folds)
     best = configs[0]
     if best["classifier"] == "fine-tuned":
         proba, map_layer = finetuned[best["backbone"]], cfg.layers[-1]
@@ -201,13 +212,17 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
     else:
         map_layer = best["layer"]
         proba = classify.out_of_fold_proba(best["classifier"], codes[best["backbone"]][map_layer], y, folds,
-                                           cfg.normalise, None, cfg.seed, cfg.jobs, groups=groups)
+                                           cfg.normalise, best.get("class_weight"), cfg.seed, cfg.jobs, groups=groups,
+                                           metric=metric)
         how = ("models made as fit_svm.py makes the saved one (C chosen inside the fold"
                + (", Platt-calibrated probabilities)" if best["classifier"] == "svm" else ")"))
     advice = advise(data, cfg.backbones[0], seed=cfg.seed, engine=cfg.engine) if cfg.advise else None
     protocol = {
         "kind": "cross-validation", **asdict(protocol),
         "paired": "every configuration is scored on the same outer folds",
+        **({"nested_choice": {**nested.to_json(),
+                              "vs_best": _paired_delta(nested.to_json(), best, metric, len(y), protocol.outer_folds)}}
+           if nested else {}),
         "interval": "Nadeau-Bengio corrected t interval over the outer folds",
         **({"finetune_folds": f"one network per fold of the first repeat ({len(folds)} folds)"}
            if cfg.finetune else {}),
@@ -218,22 +233,23 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
                               "trained without it (first repeat's folds)",
                **model_details(paths, y, proba, names)}
     if groups is not None:
-        details["duplicates"] = _duplicates(paths, y, names, groups, best, codes, cfg)
+        details["duplicates"] = _duplicates(paths, y, names, groups, duplicates, best, codes, cfg, metric)
         protocol["notes"].append(f"{len(details['duplicates']['groups'])} group(s) of near-duplicate images kept "
                                  "inside one fold")
     return make_section(data, root, names, y, protocol, configs, details, codes[best["backbone"]][map_layer],
                         advice, cfg.seed)
 
 
-def _duplicates(paths, y, names, groups, best: dict, codes, cfg: EvaluateConfig) -> dict:
-    """The near-duplicate groups, and the best configuration's accuracy with them split across folds too."""
+def _duplicates(paths, y, names, groups, duplicates, best: dict, codes, cfg: EvaluateConfig, metric: str) -> dict:
+    """The near-duplicate groups, and the best configuration's accuracy with every group split across folds."""
     ungrouped = None
     if best["classifier"] != "fine-tuned":
         plain, _ = classify.cross_validate({best["layer"]: codes[best["backbone"]][best["layer"]]}, y, names,
-                                           (best["classifier"],), cfg.folds, cfg.repeats, cfg.normalise, None,
-                                           cfg.seed, cfg.jobs)
+                                           (best["classifier"],), cfg.folds, cfg.repeats, cfg.normalise,
+                                           (best.get("class_weight"),), cfg.seed, cfg.jobs, metric=metric)
         ungrouped = plain[0].primary.mean
-    return {"threshold": cfg.duplicate_threshold, "groups": [[paths[i] for i in s] for s in duplicate_sets(groups)],
+    sets = [] if duplicates is None else duplicate_sets(duplicates)
+    return {"threshold": cfg.duplicate_threshold, "groups": [[paths[i] for i in s] for s in sets],
             "accuracy_grouped": best["accuracy"]["mean"], "accuracy_ungrouped": ungrouped}
 
 

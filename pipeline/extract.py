@@ -182,6 +182,7 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
         class_index = {c: k for k, c in enumerate(dataset.class_names)}
         labels = [class_index[dataset.labels[i]] for i in order]
     targets = None if dataset.targets is None else [dataset.targets[i] for i in order]
+    groups = None if dataset.groups is None else [dataset.groups[i] for i in order]
     skipped = sorted(dataset.skipped + [(dataset.paths[i], reason) for i, reason in failures.items()])
     final_rows = [rows[i] for i in order]
     if kept:  # a cache: one canonical order, so an unchanged cache is not rewritten
@@ -189,7 +190,8 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
     unchanged = old is not None and [(r.source, r.index) for r in final_rows] == [
         (out, i) for i in range(len(old))] and old.skipped == skipped and old.class_names == dataset.class_names \
         and (labels is None) == (old.labels is None) and (labels is None or old.labels.tolist() == labels) \
-        and (targets is None) == (old.targets is None) and (targets is None or old.targets.tolist() == targets)
+        and (targets is None) == (old.targets is None) and (targets is None or old.targets.tolist() == targets) \
+        and old.groups == groups
     extracted = len(todo) - sum(1 for i in todo if i in failures)
     if not unchanged:
         # The speed of the last run that extracted anything, so reports on cached codes can quote it.
@@ -206,7 +208,7 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
             "dataset_root": str(Path(dataset.root).resolve()),
             "versions": library_versions(),
             "created": now_iso(),
-        }, targets)
+        }, targets, groups)
     shards.remove()
     removed = len({key[0] for key in previous} - current) if prune else 0
     result = ExtractResult(out, len(order) + len(kept), extracted, reused, len(skipped), removed, seconds,

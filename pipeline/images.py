@@ -184,6 +184,7 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
     targets: list[float] | None = None
+    groups: list[str] | None = None  # a manifest's group column (one patient, object or session); "" stands alone
 
     @property
     def labelled(self) -> bool:
@@ -261,7 +262,8 @@ def list_folder(folder: Path, lister: Lister | None = None) -> tuple[list[Path],
 
 
 def discover(source: str | Path, unlabelled: bool = False, lister: Lister | None = None) -> Dataset:
-    """Images of a CSV manifest (``path``, ``label`` and/or a numeric ``target``) or a folder: labelled by its
+    """Images of a CSV manifest (``path``, ``label`` and/or a numeric ``target``, optionally ``group``: images of
+    one group are never split between training and test) or a folder: labelled by its
     first-level sub-folders (searched recursively) if they hold images and not ``unlabelled``; ``lister``
     lists a folder's parts (:func:`list_folder`)."""
     source = Path(source)
@@ -305,8 +307,8 @@ def _from_manifest(manifest: Path) -> Dataset:
         raise UserError(f"cannot read manifest {manifest}: {e}") from None
     if not rows or "path" not in rows[0]:
         raise UserError(f"manifest {manifest} needs a header row with a 'path' column (and 'label' or 'target')")
-    labelled, regression = "label" in rows[0], "target" in rows[0]
-    paths, labels, targets, skipped = [], [], [], []
+    labelled, regression, grouped = "label" in rows[0], "target" in rows[0], "group" in rows[0]
+    paths, labels, targets, groups, skipped = [], [], [], [], []
     seen: dict[str, tuple] = {}
     for line, row in enumerate(rows, start=2):
         rel = (row["path"] or "").strip()
@@ -314,11 +316,11 @@ def _from_manifest(manifest: Path) -> Dataset:
             continue
         if "\0" in rel:
             raise UserError(f"manifest {manifest}, line {line}: the path contains a NUL byte", param="data")
-        entry = (row.get("label"), row.get("target"))
+        entry = (row.get("label"), row.get("target"), row.get("group"))
         if rel in seen:
             if seen[rel] != entry:
-                raise UserError(f"manifest {manifest}, line {line}: {rel} is listed again with another label",
-                                param="data")
+                raise UserError(f"manifest {manifest}, line {line}: {rel} is listed again with another label "
+                                "or group", param="data")
             continue
         seen[rel] = entry
         if not (root / rel).exists():
@@ -327,6 +329,8 @@ def _from_manifest(manifest: Path) -> Dataset:
         paths.append(rel)
         if labelled:
             labels.append((row["label"] or "").strip())
+        if grouped:
+            groups.append((row["group"] or "").strip())
         if regression:
             try:
                 targets.append(float(row["target"]))
@@ -336,4 +340,4 @@ def _from_manifest(manifest: Path) -> Dataset:
         raise UserError(f"manifest {manifest} has rows with an empty label")
     class_names = sorted(set(labels)) if labelled else None
     return Dataset(root, paths, labels if labelled else None, class_names, skipped=skipped,
-                   targets=targets if regression else None)
+                   targets=targets if regression else None, groups=groups if grouped else None)

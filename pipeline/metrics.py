@@ -50,8 +50,11 @@ def per_class(y_true, y_pred, class_names) -> dict:
             for k, name in enumerate(class_names)}
 
 
+CLASSIFICATION = {"accuracy": accuracy, "macro_f1": macro_f1}
+
+
 def classification_scores(y_true, y_pred) -> dict[str, float]:
-    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred)}
+    return {name: score(y_true, y_pred) for name, score in CLASSIFICATION.items()}
 
 
 def regression_scores(y_true, y_pred) -> dict[str, float]:

@@ -67,7 +67,7 @@ def cross_validate(X_by_layer, y, folds=5, repeats=None, normalise="standard", s
     repeats = repeats or default_repeats(len(y))
     outer = list(RepeatedKFold(n_splits=folds, n_repeats=repeats, random_state=seed).split(y))
     protocol = Protocol(folds, repeats, "efficient leave-one-out (RidgeCV)", {"ridge": list(ALPHAS)},
-                        normalise, None, seed)
+                        normalise, [], seed, metric="r2")
     tasks = [(layer, f) for layer in X_by_layer for f in range(len(outer))]
     done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
         delayed(_outer_fold)(X_by_layer[layer], y, *outer[f], normalise) for layer, f in tasks)

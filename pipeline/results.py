@@ -9,8 +9,9 @@ from .metrics import Score
 
 @dataclass
 class CVResult:
-    """One candidate (a layer's codes and a model kind) scored by nested cross-validation: ``scores`` (the first
-    decides), and how often each value of the hyper-parameter ``hyper`` (C, or alpha) was ``chosen``."""
+    """One candidate (a layer's codes, a model kind and its class weighting) scored by nested cross-validation:
+    ``scores`` (the first is shown first), and how often each value of the hyper-parameter ``hyper`` (C, alpha,
+    or the candidate of a nested choice) was ``chosen``."""
 
     layer: str
     classifier: str
@@ -20,13 +21,20 @@ class CVResult:
     per_class: dict | None = None
     fit_seconds: float = 0.0
     fold_hyper: tuple = ()  # the value chosen in each outer fold, in the folds' order (not saved)
+    class_weight: str | None = None
+    fold_inner: tuple = ()  # each outer fold's inner-validation score at its chosen C (not saved)
 
     @property
     def primary(self) -> Score:
         return next(iter(self.scores.values()))
 
+    @property
+    def name(self) -> str:
+        return f"{self.classifier} on {self.layer}" + (f", {self.class_weight}" if self.class_weight else "")
+
     def to_json(self) -> dict:
         out = {"layer": self.layer, "classifier": self.classifier,
+               **({"class_weight": self.class_weight} if self.class_weight else {}),
                **{name: s.to_json() for name, s in self.scores.items()}, f"chosen_{self.hyper}": self.chosen}
         if self.per_class is not None:
             out["per_class"] = self.per_class
@@ -59,9 +67,11 @@ class FinalModel:
     bundle: str
     test: HeldOut | None = None
     reject: dict | None = None  # a RejectRule's figures (pipeline.reject)
+    class_weight: str | None = None
 
     def to_json(self) -> dict:
-        out = {"layer": self.layer, **self.hyper, "bundle": self.bundle}
+        out = {"layer": self.layer, **self.hyper, **({"class_weight": self.class_weight} if self.class_weight else {}),
+               "bundle": self.bundle}
         if self.test is not None:
             out["test"] = self.test.to_json()
         if self.reject is not None:
@@ -78,6 +88,7 @@ class Protocol:
     inner: str
     c_grid: dict
     normalise: str
-    class_weight: str | None
+    class_weights: list  # the weightings compared (None: none)
     seed: int
     notes: list = field(default_factory=list)
+    metric: str = "accuracy"  # what chooses between candidates (macro_f1 when classes are imbalanced)

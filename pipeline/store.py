@@ -94,6 +94,7 @@ class FeatureStore:
     skipped: list[tuple[str, str]]
     identity: tuple[int, int]
     targets: np.ndarray | None = None
+    groups: list[str] | None = None  # the manifest's group of each image ("": none)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -160,6 +161,7 @@ def read_store(path: str | Path) -> FeatureStore:
                 skipped=list(zip(f["skipped/paths"].asstr()[:], f["skipped/reasons"].asstr()[:])),
                 identity=_identity(path),
                 targets=f["targets"][:] if "targets" in f else None,
+                groups=list(f["groups"].asstr()[:]) if "groups" in f else None,
             )
     except UserError:
         raise
@@ -184,7 +186,7 @@ def _check_schema(f: h5py.File, path: Path) -> None:
     if missing:
         raise UserError(f"{path} is corrupt: it lacks {', '.join(missing)}")
     n = f["paths"].shape[0] if f["paths"].ndim == 1 else -1
-    expected = {"fingerprints": ((n, 2), "i"), "labels": ((n,), "i"), "targets": ((n,), "f"),
+    expected = {"fingerprints": ((n, 2), "i"), "labels": ((n,), "i"), "targets": ((n,), "f"), "groups": ((n,), "O"),
                 **{f"features/{layer}": (None, "f") for layer in layers}}
     for name, (shape, kind) in expected.items():
         if name not in f:
@@ -279,7 +281,8 @@ class Row:
 
 def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: dict[str, int],
              labels: Sequence[int] | None, class_names: Sequence[str] | None,
-             skipped: Iterable[tuple[str, str]], attrs: dict, targets: Sequence[float] | None = None) -> None:
+             skipped: Iterable[tuple[str, str]], attrs: dict, targets: Sequence[float] | None = None,
+             groups: Sequence[str] | None = None) -> None:
     """Write the final store from ``rows`` block by block (memory stays flat), then rename into place."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     skipped = list(skipped)
@@ -303,6 +306,8 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
             f.create_dataset("class_names", data=list(class_names), dtype=_STR)
         if targets is not None:
             f.create_dataset("targets", data=np.asarray(targets, dtype=np.float64), **checked)
+        if groups is not None:
+            f.create_dataset("groups", data=list(groups), dtype=_STR)
         f.create_dataset("skipped/paths", data=[s[0] for s in skipped], dtype=_STR)
         f.create_dataset("skipped/reasons", data=[s[1] for s in skipped], dtype=_STR)
         for start in range(0, n, _BLOCK):

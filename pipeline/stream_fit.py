@@ -240,7 +240,7 @@ def held_out(model, store: FeatureStore, layer: str, rows: np.ndarray, budget: i
 
 def protocol(normalise: str, class_weight, seed: int, budget: int, need: int, epochs: dict) -> Protocol:
     return Protocol(0, 0, f"a stratified {VALIDATION:.0%} validation split",
-                    {"alpha": list(ALPHAS)}, normalise, class_weight, seed, [
+                    {"alpha": list(ALPHAS)}, normalise, [class_weight], seed, [
                         f"streamed: the codes take {size_text(need)}, over the {size_text(budget)} budget "
                         "(--max-memory); nested CV is pointless at this size and was not run",
                         "incremental (" + ", ".join(f"{k}: {LOSSES[k]} loss, {e} epochs" for k, e in epochs.items())

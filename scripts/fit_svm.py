@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from pipeline.commands import cli
-from pipeline.classify import CLASSIFIERS, NORMALISATIONS
+from pipeline.classify import CLASS_WEIGHTS, CLASSIFIERS, NORMALISATIONS
 from pipeline.fit import FitConfig, fit
 from pipeline.reject import DEFAULT_RATE
 from pipeline.stream_fit import parse_memory
@@ -11,6 +11,7 @@ from pipeline.stream_fit import parse_memory
 EXAMPLES = """\
   {prog} features/tuxpaint.h5 --out runs/tuxpaint
   {prog} f.h5 --out runs/x --classifier softmax --class-weight balanced
+  {prog} patients.h5 --out runs/x       # a manifest's group column keeps each group in one fold
   {prog} f.h5 --out runs/x --layers stage6 penultimate stage6+penultimate
   {prog} f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
   {prog} train.h5 --out runs/x --test test.h5         # plus a separate test store
@@ -32,7 +33,9 @@ def build_parser(prog: str | None = None):
                    help="standard: zero mean, unit variance per feature (default); l2: unit-length rows")
     p.add_argument("--folds", type=int, default=5, help="outer folds (default 5; never more than the smallest class)")
     p.add_argument("--repeats", type=int, help="outer repeats (default: 3 under 1,000 images, else 1)")
-    p.add_argument("--class-weight", choices=["balanced"], help="weight classes inversely to their size")
+    p.add_argument("--class-weight", choices=CLASS_WEIGHTS, default="auto",
+                   help="balanced: weight classes inversely to their size; auto (default): none and balanced "
+                        "compete inside the nested CV when the largest class is 1.5x the smallest")
     p.add_argument("--test-size", type=float, help="also hold out this fraction as a stratified test split")
     p.add_argument("--test", dest="test_store", type=Path, help="also evaluate on this labelled test store")
     p.add_argument("--seed", type=int, default=0, help="fixes every split (default 0)")

@@ -64,7 +64,8 @@ def write_images(root: Path, per_class: dict[str, int], size: int = 40, seed: in
     return paths
 
 
-def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, backbone="efficientnet_lite0"):
+def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, backbone="efficientnet_lite0",
+                groups=None):
     """A feature store from arrays, through the same shard-and-assemble path extraction uses."""
     from pipeline.store import Row, Shards, StoreConfig, assemble
 
@@ -76,7 +77,7 @@ def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, 
     shards.write(names, np.zeros((n, 2), np.int64), {k: np.asarray(v, np.float32) for k, v in layers.items()}, [])
     assemble(path, config, [Row(p, (0, 0), shards.files[0], i) for i, p in enumerate(names)],
              {k: np.asarray(v).shape[1] for k, v in layers.items()},
-             None if labels is None else list(labels), class_names, [], {"weights_source": "test"})
+             None if labels is None else list(labels), class_names, [], {"weights_source": "test"}, groups=groups)
     shards.remove()
     return path
 

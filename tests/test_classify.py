@@ -80,13 +80,13 @@ def test_fit_picks_the_informative_layer_and_writes_everything(tmp_path):
 def test_choice_of_C_never_sees_the_outer_test_fold(monkeypatch):
     X, _, y = blobs()
     seen = []
-    real = classify.choose_C
+    real = classify.tune_C
 
     def spy(kind, Xs, ys, *args):
         seen.append(len(ys))
         return real(kind, Xs, ys, *args)
 
-    monkeypatch.setattr(classify, "choose_C", spy)
+    monkeypatch.setattr(classify, "tune_C", spy)
     classify.cross_validate({"x": X}, y, ["a", "b", "c"], ("softmax",), folds=5, repeats=1, jobs=1)
     assert seen == [72] * 5, "C is chosen on the 4/5 of the data that trains each outer fold"
 
@@ -100,7 +100,8 @@ def test_folds_never_exceed_the_smallest_class(tmp_path):
 
 def test_held_out_test_split_and_test_store(tmp_path):
     X, _, y = blobs((40, 40, 40))
-    metrics = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("svm",), test_size=0.25)
+    metrics = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("svm",), test_size=0.25,
+                   duplicate_threshold=None)
     assert metrics["final"]["svm"]["test"]["images"] == 30
     assert metrics["final"]["svm"]["test"]["accuracy"] > 0.9
     assert sum(metrics["results"][0]["per_class"][c]["support"] for c in "abc") == 90 * 3  # 3 repeats
@@ -109,6 +110,100 @@ def test_held_out_test_split_and_test_store(tmp_path):
     result = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run2", classifiers=("softmax",),
                            test_store=test_store, jobs=1))
     assert result.final["softmax"].test.images == 30
+
+
+def test_manifest_groups_stay_on_one_side_of_every_split(tmp_path, monkeypatch):
+    """A group column (one patient, one object) keeps its images together: test split, outer and inner folds, and
+    the SVM's calibration folds."""
+    X, _, y = blobs((40, 40, 40), spread=3.0)
+    names = [f"p{i // 4}" for i in range(len(y))]  # four images per patient, one class each
+    store = write_store(tmp_path / "f.h5", {"x": X}, y, ["a", "b", "c"], groups=names)
+    assert read_store(store).groups == names
+    splits = []
+    real_inner, real_calibration = classify._inner_splits, classify._calibration_folds
+
+    def inner(y, seed, groups=None):
+        out = list(real_inner(y, seed, groups))
+        splits.append((groups, out))
+        return out
+
+    def calibration(y, groups):
+        out = real_calibration(y, groups)
+        splits.append((groups, out))
+        return out
+
+    monkeypatch.setattr(classify, "_inner_splits", inner)
+    monkeypatch.setattr(classify, "_calibration_folds", calibration)
+    result = fit(FitConfig(store=store, out=tmp_path / "run", classifiers=("svm",), test_size=0.25, repeats=1,
+                           duplicate_threshold=None, jobs=1))
+    metrics = result.to_json()
+    test = metrics["final"]["svm"]["test"]["images"]
+    assert 20 <= test <= 40 and test % 4 == 0, "whole patients are held out, about a quarter of them"
+    assert metrics["duplicates"]["manifest_groups"] == 30
+    assert "manifest's 30 group(s)" in " ".join(metrics["protocol"]["notes"])
+    grouped = [(groups, folds) for groups, folds in splits if groups is not None]
+    assert len(grouped) >= 5 + 1 + 1, "the outer folds' inner splits, the final C's, the final calibration"
+    assert len(splits) - len(grouped) == 5, "only the ungrouped comparison splits groups"
+    for groups, folds in grouped:
+        for train, test in folds:
+            assert not set(groups[train]) & set(groups[test])
+    outer = classify.outer_folds(y[:90], 5, 1, 0, np.arange(90) // 4)
+    for train, test in outer:
+        assert not set(np.arange(90)[train] // 4) & set(np.arange(90)[test] // 4)
+
+
+def test_groups_join_the_manifest_and_near_duplicates():
+    from pipeline.duplicates import joined, manifest_groups
+    named = manifest_groups(["a", "", "a", "b", "", "b"])
+    assert named[0] == named[2] and named[3] == named[5] and len(set(named)) == 4
+    both = joined(named, np.array([0, 1, 2, 3, 1, 5]))  # rows 1 and 4 are near-duplicates
+    assert both.tolist() == [0, 1, 0, 2, 1, 2]
+
+
+def test_class_weighting_and_the_metric_follow_the_imbalance(tmp_path):
+    """Balanced weights compete once the largest class is 1.5x the smallest, and macro-F1 chooses once it is
+    over 3x; the saved model is the candidate the choice named."""
+    assert classify.class_weightings(np.repeat([0, 1], [20, 25])) == (None,)
+    assert classify.class_weightings(np.repeat([0, 1], [20, 30])) == (None, "balanced")
+    assert classify.class_weightings(np.repeat([0, 1], [20, 30]), "none") == (None,)
+    assert classify.selection_metric(np.repeat([0, 1], [20, 60])) == "accuracy"
+    assert classify.selection_metric(np.repeat([0, 1], [20, 61])) == "macro_f1"
+    X, _, y = blobs((80, 10, 10), spread=5.0)
+    metrics = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("softmax",), duplicate_threshold=None)
+    assert metrics["protocol"]["metric"] == "macro_f1" and metrics["protocol"]["class_weights"] == [None, "balanced"]
+    assert {r.get("class_weight") for r in metrics["results"]} == {None, "balanced"}
+    best = max(metrics["results"], key=lambda r: r["macro_f1"]["mean"])
+    assert metrics["best"].get("class_weight") == best.get("class_weight")
+    assert metrics["final"]["softmax"].get("class_weight") == best.get("class_weight")
+    with pytest.raises(UserError, match="must be one of auto, none, balanced"):
+        _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], class_weight="heavy")
+
+
+def test_nested_choice_picks_by_inner_scores_fold_by_fold():
+    from pipeline.metrics import Score
+    from pipeline.results import CVResult
+
+    def candidate(layer, outer, inner):
+        scores = {name: Score(float(np.mean(outer)), folds=tuple(outer)) for name in ("accuracy", "macro_f1")}
+        return CVResult(layer, "svm", scores, {}, fold_inner=tuple(inner))
+
+    a = candidate("a", [0.9, 0.5, 0.9], [0.8, 0.8, 0.6])
+    b = candidate("b", [0.6, 0.7, 0.8], [0.7, 0.9, 0.7])
+    chosen = classify.nested_choice([a, b], 90, 3)
+    assert chosen.scores["accuracy"].folds == (0.9, 0.7, 0.8), "each fold scores the candidate its inner split chose"
+    assert chosen.chosen == {"svm on b": 2, "svm on a": 1}
+    assert classify.nested_choice([a], 90, 3) is None
+
+
+def test_fit_reports_the_nested_choice(tmp_path):
+    X, noise, y = blobs(spread=4.0)
+    result = fit(FitConfig(store=write_store(tmp_path / "f.h5", {"noise": noise, "signal": X}, y, ["a", "b", "c"]),
+                           out=tmp_path / "run", duplicate_threshold=None, jobs=1))
+    nested = result.to_json()["nested_choice"]
+    assert sum(nested["chosen_candidate"].values()) == 15
+    assert all("signal" in name for name in nested["chosen_candidate"]), "noise never wins inside a fold"
+    assert nested["accuracy"]["mean"] <= max(r.primary.mean for r in result.results) + 1e-6
+    assert "chosen inside each outer fold instead" in result.format()
 
 
 @pytest.mark.parametrize("case,message", [

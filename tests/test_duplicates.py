@@ -74,7 +74,7 @@ def test_fit_groups_copies_and_reports_both_estimates(tmp_path):
     assert len(d["groups"]) == 15 and all(len(g) == 2 for g in d["groups"])
     assert "15 group(s) of near-duplicate images (30 images) kept inside one fold" in result.protocol.notes
     assert d["accuracy_grouped"] == result.best.primary.mean != d["accuracy_ungrouped"]
-    assert "near-duplicates kept inside one fold: 15 group(s)" in result.format()
+    assert "kept inside one fold: 15 near-duplicate group(s)" in result.format()
     off = fit(FitConfig(store=store, out=tmp_path / "off", classifiers=("softmax",), folds=3, repeats=1, jobs=1,
                         duplicate_threshold=None))
     assert "duplicates" not in off.to_json() and off.best.primary.mean == pytest.approx(d["accuracy_ungrouped"])

@@ -124,6 +124,11 @@ def test_unlabelled_folder_and_manifest(tmp_path):
     (tmp_path / "flat" / "m.csv").write_text("path,label\nimg_0000.png,x\nimg_0001.png,y\nimg_0002.png,x\n")
     run(tmp_path / "flat" / "m.csv", tmp_path / "m.h5")
     assert read_store(tmp_path / "m.h5").labels.tolist() == [0, 1, 0]
+    assert read_store(tmp_path / "m.h5").groups is None
+    (tmp_path / "flat" / "m.csv").write_text("path,label,group\nimg_0000.png,x,p1\nimg_0001.png,y,p2\n"
+                                             "img_0002.png,x,p1\n")
+    run(tmp_path / "flat" / "m.csv", tmp_path / "m.h5")
+    assert read_store(tmp_path / "m.h5").groups == ["p1", "p2", "p1"], "a new group column rewrites the store"
 
 
 def test_input_errors(tmp_path):

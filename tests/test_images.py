@@ -180,6 +180,9 @@ def test_discover_manifest(tmp_path):
     ds = discover(tmp_path / "m.csv")
     assert ds.paths == ["a.png", "b.png"] and ds.labels == ["cat", "dog"]
     assert ds.skipped == [("missing.png", "file not found")]
+    (tmp_path / "grouped.csv").write_text("path,label,group\na.png,cat,p1\nb.png,dog,\n")
+    assert discover(tmp_path / "grouped.csv").groups == ["p1", ""]
+    assert ds.groups is None
     (tmp_path / "unlabelled.csv").write_text("path\na.png\n")
     assert discover(tmp_path / "unlabelled.csv").labels is None
     (tmp_path / "bad.csv").write_text("path,label\na.png,\n")

@@ -77,7 +77,7 @@ def test_the_saved_threshold_is_the_out_of_fold_one_of_the_saved_model(tmp_path)
                             jobs=1)).to_json()
     saved = metrics["final"]["softmax"]["reject"]
     folds = classify.outer_folds(y, 3, 1, 0)
-    Cs = [classify.choose_C("softmax", X[train], y[train]) for train, _ in folds]
+    Cs = [classify.tune_C("softmax", X[train], y[train])[0] for train, _ in folds]
     expected = reject_rule(y, classify.out_of_fold_proba("softmax", X, y, folds, jobs=1, Cs=Cs))
     assert saved == pytest.approx(expected.to_json())
     assert load_bundle(tmp_path / "run" / "softmax.skops").metrics["reject"] == saved
