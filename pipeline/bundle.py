@@ -22,6 +22,7 @@ import skops.io as sio
 
 from .errors import UserError
 from .provenance import file_sha256
+from .tta import VIEWS
 
 BUNDLE_FORMAT = 2  # 2: skops; 1 was a joblib pickle, refused
 TRUSTED = ["pipeline.linear_svm.LinearSVM", "sklearn.calibration._CalibratedClassifier",
@@ -43,6 +44,7 @@ class Bundle:
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     created: str = ""
+    views: list[str] = field(default_factory=list)  # predictions average over the image and these views (pipeline.tta)
     format_version: int = BUNDLE_FORMAT
 
     @property
@@ -102,6 +104,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise UserError(f"cannot load bundle {path}: {type(e).__name__}: {e}") from None
     if bundle.format_version > BUNDLE_FORMAT:
         raise UserError(f"{path} has bundle format {bundle.format_version}; upgrade this package")
+    if not isinstance(bundle.views, list) or not all(isinstance(v, str) and v in VIEWS for v in bundle.views):
+        raise UserError(f"bundle {path} names views this version does not know: {bundle.views!r}")
     return bundle
 
 

@@ -3,9 +3,11 @@
 The outer folds give the figures (Nadeau-Bengio 95% intervals); inside each
 outer training set an inner split chooses C, so the outer test fold never sees
 the choice. The inner scores also choose between the candidates (layer,
-classifier, class weighting) fold by fold (:func:`nested_choice`): the honest
-figure of the whole choice. The final model chooses C the same way on all the
-training data.
+classifier, class weighting, views) fold by fold (:func:`nested_choice`): the
+honest figure of the whole choice. The final model chooses C the same way on all
+the training data. Codes may come with views of each image, ``(views + 1,
+images, dims)`` (:mod:`pipeline.tta`): every split is of images, training uses
+every view of the training images, and predictions average over the views.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sklearn.model_selection import (RepeatedStratifiedKFold, StratifiedGroupKFo
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from . import metrics
+from . import metrics, tta
 from .errors import UserError
 from .linear_svm import LinearSVM, svm_path
 from .results import CVResult, HeldOut, Protocol
@@ -91,11 +93,30 @@ def class_weightings(y: np.ndarray, setting: str | None = "auto") -> tuple[str |
     return (None, "balanced") if imbalance(y) >= WEIGHTED else (None,)
 
 
+VIEW_SETTINGS = ("auto", "on", "off")
+
+
+def check_view_setting(setting: str) -> None:
+    if setting not in VIEW_SETTINGS:
+        raise UserError(f"must be one of {', '.join(VIEW_SETTINGS)}, not {setting!r}", param="views")
+
+
+def view_options(views: Sequence[str], setting: str = "auto") -> tuple[tuple[str, ...], ...]:
+    """The view settings to compare on codes with stored ``views``: ``auto`` tries with and without them."""
+    check_view_setting(setting)
+    if setting == "on" and not views:
+        raise UserError("the store holds no views of its images: extract it with some", param="views")
+    if not views or setting == "off":
+        return ((),)
+    return (tuple(views),) if setting == "on" else ((), tuple(views))
+
+
 def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_weight, metric) -> np.ndarray:
     """Validation ``metric`` along the C path (ascending, warm-started), stopped (the rest scoring -inf) after two
     C values below the best: larger C only overfit more, and are the slowest to fit."""
+    X_train, y_train, _ = tta.training_rows(X_train, y_train)
     scale = scaler(normalise).fit(X_train)
-    X_train, X_val = scale.transform(X_train), scale.transform(X_val)
+    X_train, X_val = scale.transform(X_train), np.stack([scale.transform(view) for view in tta.stacked(X_val)])
     if kind == "svm":
         models = svm_path(X_train, y_train, grid, class_weight)
     else:
@@ -107,7 +128,7 @@ def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_we
     with warnings.catch_warnings():  # an unconverged large-C candidate is still a fair candidate
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i, model in enumerate(models):
-            scores[i] = score(y_val, model.predict(X_val))
+            scores[i] = score(y_val, tta.predict(model, X_val))
             below = below + 1 if scores[i] < scores[:i + 1].max() else 0
             if below == 2:
                 break
@@ -138,18 +159,19 @@ def tune_C(kind, X, y, normalise="standard", class_weight=None, seed=0, groups=N
     splits = _inner_splits(y, seed, groups)
     if splits is None:
         return float(grid[len(grid) // 2]), float("nan")
-    scores = np.mean([_path_scores(kind, X[tr], y[tr], X[va], y[va], grid, normalise, class_weight, metric)
-                      for tr, va in splits], axis=0)
+    scores = np.mean([_path_scores(kind, tta.rows(X, tr), y[tr], tta.rows(X, va), y[va], grid, normalise,
+                                   class_weight, metric) for tr, va in splits], axis=0)
     best = int(np.argmax(scores))
     return float(grid[best]), float(scores[best])
 
 
 def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed, groups, metric):
     started = time.perf_counter()
-    C, inner = tune_C(kind, X[train], y[train], normalise, class_weight, seed,
+    C, inner = tune_C(kind, tta.rows(X, train), y[train], normalise, class_weight, seed,
                       None if groups is None else groups[train], metric)
-    model = make_classifier(kind, C, normalise, class_weight).fit(X[train], y[train])
-    predicted = model.predict(X[test])
+    rows, labels, _ = tta.training_rows(tta.rows(X, train), y[train])
+    model = make_classifier(kind, C, normalise, class_weight).fit(rows, labels)
+    predicted = tta.predict(model, tta.rows(X, test))
     return {"C": C, "inner": inner, "predicted": predicted, "seconds": time.perf_counter() - started,
             **metrics.classification_scores(y[test], predicted)}
 
@@ -167,7 +189,7 @@ def check_training_data(X: np.ndarray, y: np.ndarray | None, class_names, what: 
         raise UserError(f"{what}: class {', '.join(empty)} has no images; add some or remove the folder")
     if len(class_names) < 2:
         raise UserError(f"{what} has only one class ({class_names[0]}); a classifier needs at least two")
-    bad = ~np.isfinite(X).all(axis=1)
+    bad = ~np.isfinite(tta.stacked(X)).all(axis=(0, 2))
     if bad.any():
         raise UserError(f"{what} has {int(bad.sum())} row(s) with NaN or infinite codes; re-extract them")
     if counts.min() < 2:
@@ -195,11 +217,12 @@ def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int,
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
                    normalise: str = "standard", class_weights: Sequence[str | None] = (None,), seed: int = 0,
-                   jobs: int | None = None, groups: np.ndarray | None = None,
-                   metric: str | None = None) -> tuple[list[CVResult], Protocol]:
-    """Nested cross-validation of every (layer, classifier, class weighting) on the same outer folds; ``groups``
-    (one number per row, or None) are kept inside one fold, outer and inner. ``metric`` chooses C inside
-    (default :func:`selection_metric`)."""
+                   jobs: int | None = None, groups: np.ndarray | None = None, metric: str | None = None,
+                   views: Sequence[tuple[str, ...]] = ((),)) -> tuple[list[CVResult], Protocol]:
+    """Nested cross-validation of every (layer, classifier, class weighting, views) on the same outer folds;
+    ``groups`` (one number per image, or None) are kept inside one fold, outer and inner. ``metric`` chooses C
+    inside (default :func:`selection_metric`). ``views``: with and without the stored views of each image, when
+    ``X_by_layer`` holds them (:func:`pipeline.tta.using`)."""
     counts = np.bincount(y)
     metric = metric or selection_metric(y)
     notes = []
@@ -215,18 +238,20 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
     outer = outer_folds(y, k, repeats, seed, groups)
     inner = "one stratified 80/20 split" if len(y) * (k - 1) / k >= LARGE else "stratified 3-fold"
     protocol = Protocol(k, repeats, inner, {c: list(C_GRID[c]) for c in classifiers}, normalise,
-                        list(class_weights), seed, notes, metric)
-    candidates = [(layer, kind, w) for layer in X_by_layer for kind in classifiers for w in class_weights]
+                        list(class_weights), seed, notes, metric, [list(v) for v in views])
+    candidates = [(layer, kind, w, v) for layer in X_by_layer for kind in classifiers for w in class_weights
+                  for v in views]
+    planes = {(layer, v): tta.using(X_by_layer[layer], v) for layer in X_by_layer for v in views}
     tasks = [(c, f) for c in candidates for f in range(len(outer))]
     log.info("nested cross-validation: %d candidate(s) x %d outer folds (%d-fold x %d), C chosen by %s",
              len(candidates), len(outer), k, repeats, inner)
     done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(_outer_fold)(kind, X_by_layer[layer], y, *outer[f], normalise, w, seed, groups, metric)
-        for (layer, kind, w), f in tasks)
+        delayed(_outer_fold)(kind, planes[layer, v], y, *outer[f], normalise, w, seed, groups, metric)
+        for (layer, kind, w, v), f in tasks)
     n_test = len(y) // k
     results = []
-    for layer, kind, w in candidates:
-        folds_done = [(f, r) for (c, f), r in zip(tasks, done) if c == (layer, kind, w)]
+    for layer, kind, w, v in candidates:
+        folds_done = [(f, r) for (c, f), r in zip(tasks, done) if c == (layer, kind, w, v)]
         y_true = np.concatenate([y[outer[f][1]] for f, _ in folds_done])
         y_pred = np.concatenate([r["predicted"] for _, r in folds_done])
         results.append(CVResult(
@@ -237,7 +262,7 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
             per_class=metrics.per_class(y_true, y_pred, class_names),
             fit_seconds=float(sum(r["seconds"] for _, r in folds_done)),
             fold_hyper=tuple(r["C"] for _, r in folds_done), class_weight=w,
-            fold_inner=tuple(r["inner"] for _, r in folds_done)))
+            fold_inner=tuple(r["inner"] for _, r in folds_done), views=tuple(v)))
     return results, protocol
 
 
@@ -276,8 +301,9 @@ def _calibration_folds(y: np.ndarray, groups: np.ndarray | None):
 
 def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
                groups: np.ndarray | None = None):
-    """The saved model of ``kind`` at a given C: the SVM Platt-calibrated on 3 inner folds (``groups`` kept
-    inside one), the softmax as is."""
+    """The saved model of ``kind`` at a given C, trained on every view of ``X``: the SVM Platt-calibrated on 3
+    inner folds (``groups``, and the views of each image, kept inside one), the softmax as is."""
+    X, y, groups = tta.training_rows(X, y, groups)
     model = make_classifier(kind, C, normalise, class_weight)
     if kind == "svm":
         model = CalibratedClassifierCV(model, method="sigmoid", cv=_calibration_folds(y, groups), ensemble=False)
@@ -320,7 +346,7 @@ def align_test_store(train: FeatureStore, test: FeatureStore) -> np.ndarray:
 
 
 def held_out(model, X, y, class_names, data: str) -> HeldOut:
-    predicted = model.predict(X)
+    predicted = tta.predict(model, X)
     return HeldOut(data, int(len(y)), metrics.classification_scores(y, predicted),
                    metrics.per_class(y, predicted, class_names))
 
@@ -333,13 +359,13 @@ def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise=
     fold's C, when nested cross-validation has chosen them already."""
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
     fitted = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(fit_final)(kind, X[train], y[train], normalise, class_weight, seed,
+        delayed(fit_final)(kind, tta.rows(X, train), y[train], normalise, class_weight, seed,
                            None if groups is None else groups[train], metric) if Cs is None else
-        delayed(fit_with_C)(kind, Cs[f], X[train], y[train], normalise, class_weight,
+        delayed(fit_with_C)(kind, Cs[f], tta.rows(X, train), y[train], normalise, class_weight,
                             None if groups is None else groups[train])
         for f, (train, _) in enumerate(folds))
     for model, (_, test) in zip((m if Cs is not None else m[0] for m in fitted), folds):
-        proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test])
+        proba[np.ix_(test, model.classes_)] = tta.scores(model, tta.rows(X, test))
     if np.isnan(proba).all(axis=1).any():
         raise ValueError("the folds do not cover every row")
     return np.nan_to_num(proba)

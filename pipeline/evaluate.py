@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import classify, metrics
+from . import classify, metrics, tta
 from .advise import advise
 from .bundle import load_bundle
 from .diagnostics import code_map, model_details
@@ -43,6 +43,7 @@ class EvaluateConfig:
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
     classifiers: tuple[str, ...] = classify.CLASSIFIERS
     layers: tuple[str, ...] = ("penultimate",)
+    views: tuple[str, ...] = ()  # views of each image (pipeline.tta): configurations with and without them compete
     finetune: bool = False
     image_size: int | None = None
     epochs: tuple[int, int] = (5, 5)
@@ -60,10 +61,10 @@ class EvaluateConfig:
     class_weight: str | None = "auto"  # as fit's: auto compares none and balanced when the classes differ 1.5x
 
 
-def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...]) -> Path:
+def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...], views: tuple[str, ...] = ()) -> Path:
     """Where the codes of ``data`` through ``backbone`` are cached (the extract command's default name for the
     penultimate)."""
-    suffix = "" if tuple(layers) == ("penultimate",) else "_" + "+".join(layers)
+    suffix = ("" if tuple(layers) == ("penultimate",) else "_" + "+".join(layers)) + "".join(f"_{v}" for v in views)
     return features / f"{Path(data).resolve().stem}_{backbone}{suffix}.h5"
 
 
@@ -71,8 +72,8 @@ def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStor
     stores, extraction = {}, {}
     for backbone in cfg.backbones:
         layers = tuple(dict.fromkeys(part for layer in cfg.layers for part in layer_parts(layer)))
-        path = store_path(cfg.features, data, backbone, layers)
-        result = extract(ExtractConfig(data=data, out=path, backbone=backbone, layers=layers,
+        path = store_path(cfg.features, data, backbone, layers, cfg.views)
+        result = extract(ExtractConfig(data=data, out=path, backbone=backbone, layers=layers, views=cfg.views,
                                        engine=cfg.engine, progress=cfg.progress))
         log.info("%s", result.summary())
         stores[backbone] = read_store(path)
@@ -179,7 +180,7 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
     first = next(iter(stores.values()))
     root = Path(first.attrs.get("dataset_root", Path(data).resolve()))
     y, names = first.labels[rows[cfg.backbones[0]]], list(first.class_names)
-    codes = {b: {layer: s.codes(layer)[rows[b]] for layer in cfg.layers} for b, s in stores.items()}
+    codes = {b: {layer: tta.rows(s.view_codes(layer), rows[b]) for layer in cfg.layers} for b, s in stores.items()}
     for b in codes:
         for layer in cfg.layers:
             classify.check_training_data(codes[b][layer], y, names, str(data))
@@ -192,7 +193,7 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
         results, protocol = classify.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds,
                                                     cfg.repeats, cfg.normalise,
                                                     classify.class_weightings(y, cfg.class_weight), cfg.seed,
-                                                    cfg.jobs, groups)
+                                                    cfg.jobs, groups, views=classify.view_options(cfg.views))
         configs += [{"backbone": backbone, **r.to_json(), "extraction": extraction[backbone]} for r in results]
         candidates += [replace(r, layer=f"{backbone} {r.layer}") if len(cfg.backbones) > 1 else r for r in results]
     metric = protocol.metric
@@ -211,7 +212,7 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
         how = "fine-tuned networks"
     else:
         map_layer = best["layer"]
-        proba = classify.out_of_fold_proba(best["classifier"], codes[best["backbone"]][map_layer], y, folds,
+        proba = classify.out_of_fold_proba(best["classifier"], _best_codes(codes, best), y, folds,
                                            cfg.normalise, best.get("class_weight"), cfg.seed, cfg.jobs, groups=groups,
                                            metric=metric)
         how = ("models made as fit_svm.py makes the saved one (C chosen inside the fold"
@@ -228,7 +229,7 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
            if cfg.finetune else {}),
     }
     details = {"backbone": best["backbone"], "layer": best["layer"], "classifier": best["classifier"],
-               "map_layer": map_layer,
+               **{k: best[k] for k in ("class_weight", "views") if k in best}, "map_layer": map_layer,
                "predictions": f"out-of-fold: every image predicted once, by one of the {len(folds)} {how} "
                               "trained without it (first repeat's folds)",
                **model_details(paths, y, proba, names)}
@@ -236,17 +237,23 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> tuple[dict, di
         details["duplicates"] = _duplicates(paths, y, names, groups, duplicates, best, codes, cfg, metric)
         protocol["notes"].append(f"{len(details['duplicates']['groups'])} group(s) of near-duplicate images kept "
                                  "inside one fold")
-    return make_section(data, root, names, y, protocol, configs, details, codes[best["backbone"]][map_layer],
+    return make_section(data, root, names, y, protocol, configs, details, codes[best["backbone"]][map_layer][0],
                         advice, cfg.seed)
+
+
+def _best_codes(codes: dict, best: dict) -> np.ndarray:
+    """The codes the best configuration uses: its backbone's and layer's, with or without the views."""
+    return tta.using(codes[best["backbone"]][best["layer"]], best.get("views", ()))
 
 
 def _duplicates(paths, y, names, groups, duplicates, best: dict, codes, cfg: EvaluateConfig, metric: str) -> dict:
     """The near-duplicate groups, and the best configuration's accuracy with every group split across folds."""
     ungrouped = None
     if best["classifier"] != "fine-tuned":
-        plain, _ = classify.cross_validate({best["layer"]: codes[best["backbone"]][best["layer"]]}, y, names,
+        plain, _ = classify.cross_validate({best["layer"]: _best_codes(codes, best)}, y, names,
                                            (best["classifier"],), cfg.folds, cfg.repeats, cfg.normalise,
-                                           (best.get("class_weight"),), cfg.seed, cfg.jobs, metric=metric)
+                                           (best.get("class_weight"),), cfg.seed, cfg.jobs, metric=metric,
+                                           views=(tuple(best.get("views", ())),))
         ungrouped = plain[0].primary.mean
     sets = [] if duplicates is None else duplicate_sets(duplicates)
     return {"threshold": cfg.duplicate_threshold, "groups": [[paths[i] for i in s] for s in sets],
@@ -300,20 +307,22 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
         raise UserError(f"{data} has classes the bundle was not trained on: {', '.join(unknown)}", param="data")
     backbone = bundle_backbone(bundle, weights)
     layers = layer_parts(bundle.layer)
-    path = store_path(features, data, bundle.backbone, tuple(layers))
+    views = tuple(bundle.views)
+    path = store_path(features, data, bundle.backbone, tuple(layers), views)
     result = update_store(dataset, path, backbone, layers, ResizePolicy(**bundle.store_config["resize"]),
-                          progress=progress, engine=engine)
+                          progress=progress, engine=engine, views=views)
     log.info("%s", result.summary())
     store = read_store(path)
     names = list(bundle.class_names)
     index = {name: k for k, name in enumerate(names)}
     y = np.array([index[store.class_names[label]] for label in store.labels])
-    codes = store.codes(bundle.layer)
+    codes = store.view_codes(bundle.layer)
     proba = np.zeros((len(y), len(names)))
-    proba[:, bundle.estimator.classes_] = bundle.estimator.predict_proba(codes)
+    proba[:, bundle.estimator.classes_] = tta.scores(bundle.estimator, codes)
     cv = bundle.metrics.get("cross_validation", {})
     config = {
         "backbone": bundle.backbone, "layer": bundle.layer, "classifier": bundle.classifier,
+        **({"views": list(views)} if views else {}),
         **{name: s.to_json() for name, s in metrics.bootstrap(y, proba.argmax(axis=1), seed=seed).items()},
         "chosen_C": {f"{bundle.C:g}": 1}, "fit_seconds": float(cv.get("fit_seconds", 0.0)),
         "training_cv_accuracy": cv.get("accuracy"),
@@ -323,11 +332,11 @@ def evaluate_bundle(bundle_path: Path, data: Path, features: Path = Path("featur
     protocol = {"kind": "held-out test", "bundle": str(bundle_path), "trained": bundle.created, "seed": seed,
                 "interval": "95% percentile bootstrap over the test images (1000 resamples)"}
     details = {"backbone": bundle.backbone, "layer": bundle.layer, "classifier": bundle.classifier,
-               "map_layer": bundle.layer,
+               **({"views": list(views)} if views else {}), "map_layer": bundle.layer,
                "predictions": f"the bundle's own predictions on the {len(y)} images of {data}",
                **model_details(store.paths, y, proba, names)}
     section, arrays = make_section(data, Path(store.attrs.get("dataset_root", Path(data).resolve())), names, y,
-                                   protocol, [config], details, codes, advice, seed)
+                                   protocol, [config], details, codes[0], advice, seed)
     report = {
         "title": f"{Path(bundle_path).name} on {section['name']}", "mode": "bundle", "sections": [section],
         "meta": {"created": now_iso(), "command": command, "seed": seed,

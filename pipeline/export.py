@@ -4,7 +4,9 @@ A bundle becomes the backbone's feature network followed by one Dense layer
 that folds the code scaling and the linear classifier (read off the fitted
 estimator as an affine map), then its probabilities as layers: a softmax, or
 the SVM's Platt sigmoids (folded into the same Dense) and their normalisation.
-A fine-tuned ``.keras`` network already is such a graph. The class names, input
+A bundle trained with views of each image (:mod:`pipeline.tta`) runs them as
+one batch and averages their probabilities, as ``predict.py`` does. A
+fine-tuned ``.keras`` network already is such a graph. The class names, input
 size and resize policy travel with the model (:class:`ModelCard`).
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from . import tta
 from .backbones.factory import create_model
 from .bundle import load_bundle
 from .errors import UserError
@@ -114,9 +117,16 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
         raise UserError(f"{model_path} was not trained on every one of its classes", param="model")
     backbone = bundle_backbone(bundle, weights, precision="float32")
     features = create_model(backbone, "features", layers=layer_parts(bundle.layer))
-    codes = features.outputs[0] if len(features.outputs) == 1 else keras.layers.Concatenate()(features.outputs)
+    pixels = features.inputs[0]
+    seen = tta.views_of(pixels, bundle.views, keras.ops)  # the views go through the network as one batch
+    outputs = features(keras.ops.concatenate(seen, axis=0) if bundle.views else pixels)
+    codes = outputs if not isinstance(outputs, (list, tuple)) else outputs[0] if len(outputs) == 1 else \
+        keras.layers.Concatenate()(list(outputs))
     probabilities = _head(bundle.estimator, codes, int(codes.shape[-1]))
-    network = keras.Model(features.inputs, probabilities, name=f"{bundle.backbone}_{bundle.classifier}")
+    if bundle.views:  # the mean over each image's views
+        probabilities = keras.ops.mean(keras.ops.reshape(probabilities, (len(seen), -1, probabilities.shape[-1])),
+                                       axis=0)
+    network = keras.Model(pixels, probabilities, name=f"{bundle.backbone}_{bundle.classifier}")
     policy = ResizePolicy(**bundle.store_config["resize"])
     return network, ModelCard(list(bundle.class_names), policy.size, policy.to_dict(),
                               f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}",

@@ -22,7 +22,8 @@ from .errors import UserError
 from .images import Dataset, ResizePolicy, discover, fingerprint
 from .loader import decoded_batches
 from .provenance import library_versions, now_iso
-from .store import Row, Shards, StoreConfig, assemble, read_store, refuse_mismatch, writing
+from .store import Row, Shards, StoreConfig, assemble, code_key, read_store, refuse_mismatch, writing
+from .tta import check_views, views_of
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class ExtractConfig:
     out: Path
     backbone: str = DEFAULT_BACKBONE
     layers: tuple[str, ...] = ("penultimate",)
+    views: tuple[str, ...] = ()  # views whose codes are stored beside each image's (pipeline.tta)
     weights: Path | None = None
     batch_size: int = 32
     workers: int | None = None
@@ -93,7 +95,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     policy = resize_policy(backbone.spec, cfg.resize)
     return update_store(dataset, out, backbone, layers, policy, batch_size=cfg.batch_size,
                         workers=cfg.workers, progress=cfg.progress, engine=cfg.engine, cluster=cfg.ray,
-                        fingerprint=listing.fingerprint if listing else fingerprint)
+                        fingerprint=listing.fingerprint if listing else fingerprint, views=check_views(cfg.views))
 
 
 def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
@@ -103,21 +105,22 @@ def resize_policy(spec, mode: str = "crop") -> ResizePolicy:
 def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[str], policy: ResizePolicy, *,
                  batch_size: int = 32, workers: int | None = None, progress: bool = True,
                  prune: bool = True, engine: str = "auto", cluster: str | None = None,
-                 fingerprint=fingerprint) -> ExtractResult:
+                 fingerprint=fingerprint, views: tuple[str, ...] = ()) -> ExtractResult:
     """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed, as the one
     writer (:func:`~pipeline.store.writing`); ``prune=False`` keeps rows of other files (a cache of codes).
     ``cluster``: a Ray address (:mod:`pipeline.scaleout`) to extract on instead of this process;
-    ``fingerprint``: a file's size and mtime (a cluster's listing has them already)."""
+    ``fingerprint``: a file's size and mtime (a cluster's listing has them already); ``views``: the views
+    (:mod:`pipeline.tta`) whose codes are stored beside each image's."""
     with writing(out):
         return _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune, engine,
-                             cluster, fingerprint)
+                             cluster, fingerprint, views)
 
 
 def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, progress, prune,
-                  engine, cluster, fingerprint) -> ExtractResult:
+                  engine, cluster, fingerprint, views) -> ExtractResult:
     spec = backbone.spec
     config = StoreConfig(spec.name, backbone.weights_checksum, tuple(layers), spec.input_size,
-                         spec.preprocessing.to_dict(), policy.to_dict())
+                         spec.preprocessing.to_dict(), policy.to_dict(), tuple(views))
     out.parent.mkdir(parents=True, exist_ok=True)
 
     previous: dict[tuple, int] = {}
@@ -160,7 +163,7 @@ def _update_store(dataset, out, backbone, layers, policy, batch_size, workers, p
         network = frozen_network(backbone, "features", layers, engine)
         engine = network.engine
         blocks = _local_shards(network, shards, files, [dataset.paths[i] for i in todo], fps, policy, batch_size,
-                               workers, progress, spec.name)
+                               workers, progress, spec.name, views)
     else:
         from .scaleout.extract import cluster_shards
 
@@ -223,27 +226,37 @@ def code_dim(backbone: Backbone, layer: str) -> int:
     return int(backbone.classifier.get_layer(backbone.spec.feature_layers[layer]).output.shape[-1])
 
 
-def _local_shards(network, shards: Shards, files, paths, fps, policy, batch_size, workers, progress, desc):
+def _local_shards(network, shards: Shards, files, paths, fps, policy, batch_size, workers, progress, desc, views):
     """Extract ``files`` on this machine, one shard per batch; yields ``(shard, [(position, row)], [(position,
     reason)], engine)``, positions in ``files``."""
-    for batch, codes in iter_codes(network, files, policy, batch_size, workers, progress, desc):
+    for batch, codes in iter_codes(network, files, policy, batch_size, workers, progress, desc, views):
         failed = [(paths[k], fps[k], reason) for k, reason in batch.failed]
         shards.write([paths[k] for k in batch.ok], [fps[k] for k in batch.ok], codes, failed)
         yield shards.files[-1], [(k, row) for row, k in enumerate(batch.ok)], batch.failed, network.engine
 
 
 def iter_codes(network: FrozenNetwork, files: list[Path], policy: ResizePolicy, batch_size: int,
-               workers: int | None = None, progress: bool = True, desc: str = "extract"):
-    """Yield ``(batch, {layer: codes of batch.ok})`` for ``files``, decoding in parallel with the network."""
+               workers: int | None = None, progress: bool = True, desc: str = "extract", views: tuple[str, ...] = ()):
+    """Yield ``(batch, {code key: codes of batch.ok})`` for ``files`` (with ``views``, theirs too), decoding in
+    parallel with the network."""
     bar = tqdm(total=len(files), unit="img", desc=desc, disable=not progress or not files, dynamic_ncols=True)
     skipped = 0
     try:
         for batch in decoded_batches(files, policy, batch_size, workers):
-            outputs = network(batch.pixels)
-            yield batch, {name: np.asarray(o[:len(batch.ok)], np.float32) for name, o in zip(network.outputs, outputs)}
+            yield batch, codes_of_views(network, batch.pixels, views, len(batch.ok))
             bar.update(len(batch.items))
             if batch.failed:
                 skipped += len(batch.failed)
                 bar.set_postfix(skipped=skipped, refresh=False)
     finally:
         bar.close()
+
+
+def codes_of_views(network: FrozenNetwork, pixels: np.ndarray, views: tuple[str, ...] = (),
+                   n: int | None = None) -> dict[str, np.ndarray]:
+    """``{code key: codes}`` of the first ``n`` images of a batch and of each of their ``views``."""
+    codes = {}
+    for v, seen in zip((None, *views), views_of(pixels, views)):
+        codes |= {code_key(name, v): np.asarray(o[:n], np.float32)
+                  for name, o in zip(network.outputs, network(seen))}
+    return codes

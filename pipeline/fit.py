@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from joblib import Parallel, delayed
 
-from . import classify, regress, stream_fit
+from . import classify, regress, stream_fit, tta
 from .reject import DEFAULT_RATE, check_rate, reject_rule
 from .bundle import Bundle, replace_folder, save_bundle
 from .duplicates import DEFAULT_THRESHOLD, duplicate_sets, store_groups, subset
@@ -44,6 +44,7 @@ class FitConfig:
     folds: int = 5
     repeats: int | None = None
     class_weight: str | None = "auto"  # auto: none and balanced compete when the classes differ 1.5x; none; balanced
+    views: str = "auto"  # the store's views of each image (pipeline.tta): auto compares with and without; on; off
     test_size: float | None = None
     test_store: Path | None = None
     test_paths: tuple[str, ...] | None = None
@@ -83,6 +84,7 @@ class Task:
 
     name: str
     kinds: Callable  # (cfg) -> model kinds, validated
+    codes: Callable  # (store, layer) -> X: for a classifier, with the store's views (pipeline.tta)
     targets: Callable  # (store) -> y
     check: Callable  # (X, y, store, cfg, what) raises UserError
     split: Callable  # (y, test_size, seed, groups) -> (training rows, test rows)
@@ -90,31 +92,38 @@ class Task:
     fit_final: Callable  # (candidate, X, y, cfg, groups, metric) -> (model, hyper-parameters)
     held_out: Callable  # (model, X, y, store, data) -> HeldOut
     describe: Callable  # (store, y) -> what metrics.json says of the data
-    reject: Callable | None = None  # (candidate, X, y, cfg, folds, groups) -> the "unknown" rule's figures
+    reject: Callable | None = None  # (candidate, X by layer, y, cfg, folds, groups) -> the "unknown" rule's figures
 
 
-def _reject(candidate: CVResult, X: np.ndarray, y: np.ndarray, cfg: FitConfig, folds, groups) -> dict:
+def _reject(candidate: CVResult, X: dict, y: np.ndarray, cfg: FitConfig, folds, groups) -> dict:
     """The "unknown" threshold of the saved model of ``candidate``, from out-of-fold probabilities of models made
     as it is, at the C nested cross-validation chose in each fold."""
-    proba = classify.out_of_fold_proba(candidate.classifier, X, y, folds, cfg.normalise, candidate.class_weight,
-                                       cfg.seed, cfg.jobs, candidate.fold_hyper[:len(folds)], groups)
+    proba = classify.out_of_fold_proba(candidate.classifier, _codes(X, candidate), y, folds, cfg.normalise,
+                                       candidate.class_weight, cfg.seed, cfg.jobs, candidate.fold_hyper[:len(folds)],
+                                       groups)
     return reject_rule(y, proba, cfg.reject_rate).to_json()
 
 
+def _codes(X: dict, candidate: CVResult) -> np.ndarray:
+    """The codes ``candidate`` uses: its layer's, with or without the views."""
+    return tta.using(X[candidate.layer], candidate.views)
+
+
 CLASSIFICATION = Task(
-    "classification", _classifiers, lambda store: store.labels,
+    "classification", _classifiers, lambda store, layer: store.view_codes(layer), lambda store: store.labels,
     lambda X, y, store, cfg, what: classify.check_training_data(X, y, store.class_names or [], what),
     classify.split_test,
     lambda X, y, store, cfg, groups: classify.cross_validate(
         X, y, store.class_names, cfg.classifiers, cfg.folds, cfg.repeats, cfg.normalise,
-        classify.class_weightings(y, cfg.class_weight), cfg.seed, cfg.jobs, groups),
+        classify.class_weightings(y, cfg.class_weight), cfg.seed, cfg.jobs, groups,
+        views=classify.view_options(store.views, cfg.views)),
     lambda c, X, y, cfg, groups, metric: classify.fit_final(c.classifier, X, y, cfg.normalise, c.class_weight,
                                                             cfg.seed, groups, metric),
     lambda model, X, y, store, data: classify.held_out(model, X, y, store.class_names, data), _class_counts,
     _reject)
 
 REGRESSION = Task(
-    "regression", _ridge, lambda store: store.targets,
+    "regression", _ridge, lambda store, layer: store.codes(layer), lambda store: store.targets,
     lambda X, y, store, cfg, what: regress.check_targets(X, y, cfg.folds, what),
     lambda y, test_size, seed, groups: regress.split_test(y, test_size, seed),  # groups: None, not looked for
     lambda X, y, store, cfg, groups: regress.cross_validate(X, y, cfg.folds, cfg.repeats, cfg.normalise, cfg.seed,
@@ -124,7 +133,7 @@ REGRESSION = Task(
 
 
 def _kind(r: CVResult) -> str:
-    return r.classifier + (" bal." if r.class_weight else "")
+    return r.classifier + (" bal." if r.class_weight else "") + (f" +{'+'.join(r.views)}" if r.views else "")
 
 
 @dataclass
@@ -154,7 +163,8 @@ class FitResult:
                 "weights_checksum": self.weights_checksum, "images": self.images, **self.dataset,
                 "protocol": asdict(self.protocol), "results": [r.to_json() for r in self.results],
                 "best": {"layer": self.best.layer, "classifier": self.best.classifier,
-                         **({"class_weight": self.best.class_weight} if self.best.class_weight else {})},
+                         **({"class_weight": self.best.class_weight} if self.best.class_weight else {}),
+                         **({"views": list(self.best.views)} if self.best.views else {})},
                 **({"nested_choice": self.nested.to_json()} if self.nested else {}),
                 "final": {kind: m.to_json() for kind, m in self.final.items()}, "seconds": self.seconds,
                 **({"duplicates": self.duplicates} if self.duplicates else {}),
@@ -189,6 +199,9 @@ class FitResult:
                          f"{b.mean:{'8.4g' if regression else '8.3f'}}  {next(iter(r.chosen)):15}")
         if any(r.class_weight for r in self.results):
             lines.append("bal.: classes weighted inversely to their size")
+        for views in dict.fromkeys(r.views for r in self.results if r.views):
+            lines.append(f"+{'+'.join(views)}: trained on each image and its {'+'.join(views)} view too, predicted "
+                         "on the mean of their probabilities")
         lines.append(f"\nbest: {self.best.name}" + ("" if metric == first else f" (by {_LABELS[metric]})"))
         if self.nested:
             a, b = self.nested.scores[first], self.nested.scores[second]
@@ -236,6 +249,7 @@ def fit(cfg: FitConfig) -> FitResult:
         raise UserError("must be at least 2", param="folds")
     check_rate(cfg.reject_rate)
     classify.check_class_weight(cfg.class_weight)
+    classify.check_view_setting(cfg.views)
     if sum(t is not None for t in (cfg.test_store, cfg.test_size, cfg.test_paths)) > 1:
         raise UserError("give one way of testing: a test fraction, a test store or test paths", param="test_store")
     store = read_store(cfg.store)
@@ -246,7 +260,7 @@ def fit(cfg: FitConfig) -> FitResult:
     need = stream_fit.codes_bytes(store, layers)
     if need > budget:  # one stored layer, the last named
         return _streamed(cfg, task, store, layers[-1].split(JOIN)[-1], budget, need, started)
-    X = {layer: store.codes(layer) for layer in layers}
+    X = {layer: task.codes(store, layer) for layer in layers}
     y = task.targets(store)
     for layer in layers:
         task.check(X[layer], y, store, cfg, str(cfg.store))
@@ -257,14 +271,14 @@ def fit(cfg: FitConfig) -> FitResult:
     rows = _held_out_rows(task, store, y, cfg, groups)
     if rows is not None:
         train, held = rows
-        test = ({layer: X[layer][held] for layer in layers}, y[held], f"{len(held)} held-out images")
-        X, y = {layer: X[layer][train] for layer in layers}, y[train]
+        test = ({layer: tta.rows(X[layer], held) for layer in layers}, y[held], f"{len(held)} held-out images")
+        X, y = {layer: tta.rows(X[layer], train) for layer in layers}, y[train]
         groups, duplicates = subset(groups, train), subset(duplicates, train)
         for layer in layers:
             task.check(X[layer], y, store, cfg, f"{cfg.store} without its test split")
     elif cfg.test_store is not None:
         test_store = read_store(cfg.test_store)
-        test = ({layer: test_store.codes(layer) for layer in layers},
+        test = ({layer: task.codes(test_store, layer) for layer in layers},
                 classify.align_test_store(store, test_store), str(cfg.test_store))
 
     results, protocol = task.cross_validate(X, y, store, cfg, groups)
@@ -276,15 +290,15 @@ def fit(cfg: FitConfig) -> FitResult:
     chosen = {kind: max((r for r in results if r.classifier == kind), key=lambda r: r.scores[protocol.metric].mean)
               for kind in kinds}
     refits = Parallel(n_jobs=min(len(kinds), cfg.jobs or os.cpu_count() or 1))(
-        delayed(task.fit_final)(chosen[kind], X[chosen[kind].layer], y, cfg, groups, protocol.metric)
+        delayed(task.fit_final)(chosen[kind], _codes(X, chosen[kind]), y, cfg, groups, protocol.metric)
         for kind in kinds)
     rules = dict.fromkeys(kinds)
     if task.reject is not None:
         folds = classify.outer_folds(y, protocol.outer_folds, 1, cfg.seed, groups)  # the first repeat
-        rules = {kind: task.reject(chosen[kind], X[chosen[kind].layer], y, cfg, folds, groups) for kind in kinds}
+        rules = {kind: task.reject(chosen[kind], X, y, cfg, folds, groups) for kind in kinds}
     final = {kind: FinalModel(chosen[kind].layer, hyper, f"{kind}.skops", None if test is None else
-                              task.held_out(model, test[0][chosen[kind].layer], test[1], store, test[2]),
-                              rules[kind], chosen[kind].class_weight)
+                              task.held_out(model, _codes(test[0], chosen[kind]), test[1], store, test[2]),
+                              rules[kind], chosen[kind].class_weight, chosen[kind].views)
              for kind, (model, hyper) in zip(kinds, refits)}
     return _save(cfg, task, store, kinds, refits, final, chosen, protocol, results, best, started, grouping, nested)
 
@@ -303,7 +317,7 @@ def _grouping(cfg: FitConfig, store: FeatureStore, rows, X, y, groups, duplicate
         protocol.notes.append(f"the images of each of the manifest's {named} group(s) kept inside one fold")
     plain, _ = classify.cross_validate({best.layer: X[best.layer]}, y, store.class_names, (best.classifier,),
                                        cfg.folds, cfg.repeats, cfg.normalise, (best.class_weight,), cfg.seed,
-                                       cfg.jobs, metric=protocol.metric)
+                                       cfg.jobs, metric=protocol.metric, views=(best.views,))
     return {"threshold": cfg.duplicate_threshold, "groups": [paths[s].tolist() for s in sets],
             **({"manifest_groups": named} if named else {}),
             "accuracy_grouped": best.primary.mean, "accuracy_ungrouped": plain[0].primary.mean}
@@ -325,6 +339,7 @@ def _save(cfg: FitConfig, task: Task, store: FeatureStore, kinds, refits, final,
                 store_config=store.config.to_json(), weights_source=str(store.attrs.get("weights_source", "")),
                 C=hyper.get("C", 0.0), normalise=cfg.normalise, metrics={"cross_validation": chosen[kind].to_json(),
                                                                          **final[kind].to_json()},
+                views=list(final[kind].views),
                 versions=library_versions(), created=now_iso(),
             ), folder / final[kind].bundle)
         (folder / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import tta
 from .errors import UserError
 from .images import Lister, ResizePolicy, _is_candidate, list_folder
 from .loader import decoded_batches
@@ -114,16 +115,20 @@ def _bundle_predictor(path: Path, weights, precision: str, engine: str) -> Predi
     def codes(pixels: np.ndarray, n: int) -> np.ndarray:  # a joined layer's parts side by side, as in the store
         return np.concatenate(network(pixels), axis=1)[:n]
 
+    def proba(pixels: np.ndarray, n: int) -> np.ndarray:  # averaged over the image and its views
+        return tta.scores(bundle.estimator, np.stack([codes(p, n) for p in tta.views_of(pixels, bundle.views)]))
+
     if bundle.classifier == "ridge":
         return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
                          f"ridge regression on {bundle.backbone}/{bundle.layer}: predicted values",
                          lambda pixels, n: bundle.estimator.predict(codes(pixels, n)).reshape(-1, 1),
                          regression=True)
     kind = "calibrated SVM probabilities (Platt)" if bundle.classifier == "svm" else "softmax probabilities"
+    if bundle.views:
+        kind += f" averaged over each image and its {'+'.join(bundle.views)}"
     return Predictor(
         bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
-        f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind}",
-        lambda pixels, n: bundle.estimator.predict_proba(codes(pixels, n)),
+        f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind}", proba,
         reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"))
 
 

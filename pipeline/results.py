@@ -7,9 +7,19 @@ from dataclasses import dataclass, field
 from .metrics import Score
 
 
+def _extras(class_weight: str | None, views) -> list[str]:
+    return [*([class_weight] if class_weight else []), *([f"with {'+'.join(views)}"] if views else [])]
+
+
+def variant(classifier: str, class_weight: str | None = None, views=()) -> str:
+    """A model kind with its class weighting and views, as the outputs name it: ``svm, balanced, with flip``."""
+    return ", ".join([classifier, *_extras(class_weight, views)])
+
+
 @dataclass
 class CVResult:
-    """One candidate (a layer's codes, a model kind and its class weighting) scored by nested cross-validation:
+    """One candidate (a layer's codes, a model kind, its class weighting and views) scored by nested
+    cross-validation:
     ``scores`` (the first is shown first), and how often each value of the hyper-parameter ``hyper`` (C, alpha,
     or the candidate of a nested choice) was ``chosen``."""
 
@@ -23,6 +33,7 @@ class CVResult:
     fold_hyper: tuple = ()  # the value chosen in each outer fold, in the folds' order (not saved)
     class_weight: str | None = None
     fold_inner: tuple = ()  # each outer fold's inner-validation score at its chosen C (not saved)
+    views: tuple = ()  # the views (pipeline.tta) trained on and averaged over, beside the image itself
 
     @property
     def primary(self) -> Score:
@@ -30,11 +41,12 @@ class CVResult:
 
     @property
     def name(self) -> str:
-        return f"{self.classifier} on {self.layer}" + (f", {self.class_weight}" if self.class_weight else "")
+        return f"{self.classifier} on {self.layer}" + "".join(f", {x}" for x in _extras(self.class_weight, self.views))
 
     def to_json(self) -> dict:
         out = {"layer": self.layer, "classifier": self.classifier,
                **({"class_weight": self.class_weight} if self.class_weight else {}),
+               **({"views": list(self.views)} if self.views else {}),
                **{name: s.to_json() for name, s in self.scores.items()}, f"chosen_{self.hyper}": self.chosen}
         if self.per_class is not None:
             out["per_class"] = self.per_class
@@ -68,10 +80,11 @@ class FinalModel:
     test: HeldOut | None = None
     reject: dict | None = None  # a RejectRule's figures (pipeline.reject)
     class_weight: str | None = None
+    views: tuple = ()
 
     def to_json(self) -> dict:
         out = {"layer": self.layer, **self.hyper, **({"class_weight": self.class_weight} if self.class_weight else {}),
-               "bundle": self.bundle}
+               **({"views": list(self.views)} if self.views else {}), "bundle": self.bundle}
         if self.test is not None:
             out["test"] = self.test.to_json()
         if self.reject is not None:
@@ -92,3 +105,4 @@ class Protocol:
     seed: int
     notes: list = field(default_factory=list)
     metric: str = "accuracy"  # what chooses between candidates (macro_f1 when classes are imbalanced)
+    views: list = field(default_factory=lambda: [[]])  # the view settings compared ([]: the images alone)

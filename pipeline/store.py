@@ -44,15 +44,16 @@ class StoreConfig:
     input_size: int
     preprocessing: dict
     resize: dict
+    views: tuple[str, ...] = ()  # views of each image whose codes are stored too (pipeline.tta)
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_json(cls, data: dict) -> "StoreConfig":
-        data = {f.name: data[f.name] for f in fields(cls)}
-        data["layers"] = tuple(data["layers"])
-        return cls(**data)
+        values = {f.name: data[f.name] for f in fields(cls) if f.name != "views"}
+        values["layers"] = tuple(values["layers"])
+        return cls(**values, views=tuple(data.get("views", ())))  # configs before views have none
 
     def differences(self, other: "StoreConfig") -> list[str]:
         mine, theirs = self.to_json(), other.to_json()
@@ -66,10 +67,20 @@ def _config_attrs(config: StoreConfig) -> dict:
 def _config_from_attrs(attrs) -> StoreConfig:
     data = {}
     for f in fields(StoreConfig):
-        value = attrs[f.name]
-        data[f.name] = json.loads(value) if f.name in ("layers", "preprocessing", "resize") else value
+        value = attrs.get(f.name, "[]") if f.name == "views" else attrs[f.name]  # stores before views have none
+        data[f.name] = json.loads(value) if f.name in ("layers", "preprocessing", "resize", "views") else value
     data["input_size"] = int(data["input_size"])
     return StoreConfig.from_json(data)
+
+
+def code_key(layer: str, view: str | None = None) -> str:
+    """The name of a stored layer's codes, of the images (``layer``) or of one view of them (``view/layer``)."""
+    return layer if view is None else f"{view}/{layer}"
+
+
+def _dataset(key: str) -> str:
+    """Where the codes :func:`code_key` names lie in a store."""
+    return f"views/{key}" if "/" in key else f"features/{key}"
 
 
 def refuse_mismatch(existing: StoreConfig, wanted: StoreConfig, where: Path) -> None:
@@ -100,6 +111,10 @@ class FeatureStore:
     def layers(self) -> tuple[str, ...]:
         return self.config.layers
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        return self.config.views
+
     def __len__(self) -> int:
         return len(self.fingerprints)
 
@@ -118,22 +133,28 @@ class FeatureStore:
         if _identity(self.path) != self.identity:
             raise UserError(f"{self.path} was replaced since it was opened; open it again")
 
-    def codes(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    def codes(self, layer: str | None = None, rows: np.ndarray | None = None, view: str | None = None) -> np.ndarray:
         """Codes of ``layer`` (default: the last layer stored; ``a+b``: a's and b's side by side), all rows or
-        the sorted ``rows``."""
+        the sorted ``rows``; of the images, or of their ``view``."""
         layer = layer or self.layers[-1]
         missing = [x for x in layer_parts(layer) if x not in self.layers]
         if missing:
             raise UserError(f"{self.path} has no layer {', '.join(map(repr, missing))}; it holds "
                             f"{', '.join(self.layers)}")
+        if view is not None and view not in self.views:
+            raise UserError(f"{self.path} has no view {view!r}; extract it with that view")
         self._check_identity()
         try:
             with h5py.File(self.path, "r") as f:
-                parts = [f["features"][x][:] if rows is None else f["features"][x][np.asarray(rows)]
-                         for x in layer_parts(layer)]
+                data = [f[_dataset(code_key(x, view))] for x in layer_parts(layer)]
+                parts = [d[:] if rows is None else d[np.asarray(rows)] for d in data]
         except OSError as e:
             raise UserError(f"{self.path} is corrupt ({e}); extract it again") from None
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def view_codes(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """Codes of the images and of each stored view, ``(views + 1, images, dims)`` (:mod:`pipeline.tta`)."""
+        return np.stack([self.codes(layer, rows, view) for view in (None, *self.views)])
 
 
 def _identity(path: Path) -> tuple[int, int]:
@@ -182,20 +203,25 @@ def _check_schema(f: h5py.File, path: Path) -> None:
         raise UserError(f"{path} has store format {version!r}; this version reads 1 to {FORMAT_VERSION}")
     missing = [k for k in ("paths", "fingerprints", "skipped/paths", "skipped/reasons") if k not in f]
     layers = json.loads(f.attrs["layers"])
-    missing += [f"features/{layer}" for layer in layers if layer not in f["features"]]
+    views = json.loads(f.attrs.get("views", "[]"))
+    coded = [_dataset(code_key(layer, view)) for view in (None, *views) for layer in layers]
+    missing += [name for name in coded if name not in f]
     if missing:
         raise UserError(f"{path} is corrupt: it lacks {', '.join(missing)}")
     n = f["paths"].shape[0] if f["paths"].ndim == 1 else -1
     expected = {"fingerprints": ((n, 2), "i"), "labels": ((n,), "i"), "targets": ((n,), "f"), "groups": ((n,), "O"),
-                **{f"features/{layer}": (None, "f") for layer in layers}}
+                **{name: (None, "f") for name in coded}}
     for name, (shape, kind) in expected.items():
         if name not in f:
             continue
         d = f[name]
         if d.dtype.kind != kind or (shape is not None and d.shape != shape) or d.shape[0] != n or (
-                name.startswith("features/") and (d.ndim != 2 or d.id.get_storage_size() < d.nbytes)):
+                name in coded and (d.ndim != 2 or d.id.get_storage_size() < d.nbytes)):
             raise UserError(f"{path} is corrupt: {name} has shape {d.shape} and dtype {d.dtype}, "
                             f"for {n} images")
+    if any(f[_dataset(code_key(layer, view))].shape[1:] != f[_dataset(layer)].shape[1:]
+           for view in views for layer in layers):
+        raise UserError(f"{path} is corrupt: a view's codes differ in length from the image's")
     if ("labels" in f) != ("class_names" in f) or f["skipped/paths"].shape != f["skipped/reasons"].shape:
         raise UserError(f"{path} is corrupt: labels, class_names or skipped do not match")
 
@@ -237,7 +263,7 @@ class Shards:
             "failed_fingerprints": np.asarray([f[1] for f in failed], dtype=np.int64).reshape(-1, 2),
             "failed_reasons": np.asarray([f[2] for f in failed], dtype=str).reshape(-1),
         }
-        arrays |= {f"codes/{layer}": c for layer, c in codes.items()}
+        arrays |= {f"codes/{key}": c for key, c in codes.items()}  # keys: code_key
         _write_atomically(target, lambda tmp: np.savez(tmp, **arrays))
         self.files.append(target)
 
@@ -291,12 +317,13 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
         f.attrs.update({"format_version": FORMAT_VERSION, **_config_attrs(config)})
         f.attrs.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()})
         f.attrs["feature_dims"] = json.dumps(feature_dims)
-        group = f.create_group("features")
+        f.create_group("features")
         checked = {"fletcher32": True} if n else {}  # a checksum per chunk, verified on every read
         dsets = {
-            layer: group.create_dataset(layer, shape=(n, d), dtype="float32",
-                                        chunks=(max(1, min(n, 256)), d) if n else None, **checked)
-            for layer, d in feature_dims.items()
+            key: f.create_dataset(_dataset(key), shape=(n, d), dtype="float32",
+                                  chunks=(max(1, min(n, 256)), d) if n else None, **checked)
+            for view in (None, *config.views) for layer, d in feature_dims.items()
+            for key in [code_key(layer, view)]
         }
         f.create_dataset("paths", data=[r.path for r in rows], dtype=_STR)
         f.create_dataset("fingerprints", data=np.asarray([r.fingerprint for r in rows], np.int64).reshape(n, 2),
@@ -312,13 +339,13 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
         f.create_dataset("skipped/reasons", data=[s[1] for s in skipped], dtype=_STR)
         for start in range(0, n, _BLOCK):
             block = rows[start:start + _BLOCK]
-            for layer, dset in dsets.items():
-                dset[start:start + len(block)] = _gather(block, layer)
+            for key, dset in dsets.items():
+                dset[start:start + len(block)] = _gather(block, key)
     os.replace(tmp, out)
 
 
-def _gather(block: Sequence[Row], layer: str) -> np.ndarray:
-    """Codes for a block of rows, reading each source once."""
+def _gather(block: Sequence[Row], key: str) -> np.ndarray:
+    """The codes ``key`` (:func:`code_key`) of a block of rows, reading each source once."""
     by_source: dict[Path, list[int]] = {}
     for i, row in enumerate(block):
         by_source.setdefault(row.source, []).append(i)
@@ -327,12 +354,13 @@ def _gather(block: Sequence[Row], layer: str) -> np.ndarray:
         wanted = np.asarray([block[i].index for i in positions])
         if source.suffix == ".npz":
             with np.load(source) as z:
-                values = z[f"codes/{layer}"][wanted]
+                values = z[f"codes/{key}"][wanted]
         else:
             order = np.argsort(wanted)
             with h5py.File(source, "r") as f:
-                values = np.empty((len(wanted), f["features"][layer].shape[1]), np.float32)
-                values[order] = f["features"][layer][wanted[order]]
+                data = f[_dataset(key)]
+                values = np.empty((len(wanted), data.shape[1]), np.float32)
+                values[order] = data[wanted[order]]
         if out is None:
             out = np.empty((len(block), values.shape[1]), np.float32)
         out[positions] = values

@@ -70,8 +70,8 @@ def default_max_memory() -> int:
 
 
 def codes_bytes(store: FeatureStore, layers) -> int:
-    """What the codes of ``layers`` take in memory as float32."""
-    return len(store) * 4 * sum(_dim(store, layer) for layer in layers)
+    """What the codes of ``layers``, with their views, take in memory as float32."""
+    return len(store) * 4 * (1 + len(store.views)) * sum(_dim(store, layer) for layer in layers)
 
 
 class _Blocks:

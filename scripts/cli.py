@@ -50,6 +50,16 @@ def add_engine(p: argparse.ArgumentParser) -> None:
                    help="what runs the frozen network: auto (default): ONNX Runtime on a CPU, Keras on a GPU")
 
 
+def add_views(p: argparse.ArgumentParser, then: str) -> None:
+    """The ``--views`` option of the commands that extract codes (``pipeline.tta.VIEWS``); ``then``: what the
+    command does with them."""
+    from pipeline.tta import VIEWS
+
+    p.add_argument("--views", nargs="+", choices=VIEWS, default=[],
+                   help=f"also extract the codes of these views of each image (flip: mirrored left to right); {then} "
+                        "(default: none)")
+
+
 def add_duplicates(p: argparse.ArgumentParser) -> None:
     """The ``--duplicate-threshold`` option of the commands that cross-validate (the value of
     ``pipeline.duplicates.DEFAULT_THRESHOLD``, written out so that ``--help`` imports no SciPy)."""

@@ -17,6 +17,7 @@ EXAMPLES = """\
   {prog} --data data/tuxpaint --backbones efficientnet_lite0 mobilenet_v2 --out reports/tuxpaint
   {prog} --data data/a data/b --backbones efficientnet_lite0 efficientnet_lite2 \\
       --layers stage6 penultimate --classifiers svm softmax --out reports/ab
+  {prog} --data data/fashion_mnist --views flip --out reports/flip   # with and without mirrored views
   {prog} --data data/tuxpaint --finetune --epochs 3 3 --image-size 160 --out reports/ft
   {prog} --bundle runs/tuxpaint/linear/svm.skops --data new_photos/ --out reports/new
 
@@ -37,6 +38,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--layers", nargs="+", default=["penultimate"],
                    help="layers to compare, each must exist in every backbone; a+b joins two layers' "
                         "codes side by side (default: penultimate)")
+    cli.add_views(p, "each classifier is also scored trained on every view and averaging its predictions over them")
     p.add_argument("--finetune", action="store_true", help="also fine-tune each backbone (one network per fold)")
     p.add_argument("--image-size", type=int, help="fine-tuning resolution (default: the backbone's)")
     p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
@@ -64,7 +66,7 @@ def main(args) -> int:
     else:
         report, arrays = evaluate(EvaluateConfig(
             data=tuple(args.data), out=out, backbones=tuple(args.backbones), classifiers=tuple(args.classifiers),
-            layers=tuple(args.layers), finetune=args.finetune, image_size=args.image_size,
+            layers=tuple(args.layers), views=tuple(args.views), finetune=args.finetune, image_size=args.image_size,
             epochs=tuple(args.epochs), features=args.features, folds=args.folds, repeats=args.repeats,
             advise=not args.no_advice, seed=args.seed, engine=args.engine, command=command,
             progress=not args.quiet, duplicate_threshold=args.duplicate_threshold))

@@ -13,6 +13,7 @@ EXAMPLES = """\
   {prog} data/tuxpaint --out features/tuxpaint.h5
   {prog} photos/ --backbone mobilenet_v2 --layers stage4 penultimate --out f.h5
   {prog} labels.csv --out f.h5          # CSV manifest with columns path,label
+  {prog} data/tuxpaint --views flip --out f.h5   # mirror images too: fit trains on both, predicts on the mean
   {prog} data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
   {prog} data/tuxpaint --engine keras --out f.h5   # Keras even on a CPU (auto: ONNX Runtime)
   {prog} archive/ --unlabelled --ray auto --out /shared/archive.h5   # on a Ray cluster
@@ -34,10 +35,11 @@ def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("data", nargs="?", type=Path,
                    help="folder with one sub-folder per class, an unlabelled folder, or a CSV manifest")
-    p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>.h5)")
+    p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>[_<view>].h5)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registered backbone (default {DEFAULT_BACKBONE})")
     p.add_argument("--layers", nargs="+", default=["penultimate"],
                    help="layers to extract, each globally pooled (default: penultimate)")
+    cli.add_views(p, "fit_svm.py then compares training on every view and averaging the predictions over them")
     p.add_argument("--weights", type=Path, help="local weights file instead of the default ImageNet weights")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=int, help="decoding threads (default: number of CPUs)")
@@ -60,9 +62,11 @@ def main(args) -> int:
         return 0
     if args.data is None:
         raise UserError("required (or --list-backbones)", param="data")
-    out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}.h5"
+    views = "".join(f"_{v}" for v in args.views)
+    out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}{views}.h5"
     result = extract(ExtractConfig(
-        data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers), weights=args.weights,
+        data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers), views=tuple(args.views),
+        weights=args.weights,
         batch_size=args.batch_size, workers=args.workers, precision=args.precision, engine=args.engine,
         resize=args.resize, unlabelled=args.unlabelled, ray=args.ray, progress=not args.quiet,
     ))

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from pipeline.commands import cli
-from pipeline.classify import CLASS_WEIGHTS, CLASSIFIERS, NORMALISATIONS
+from pipeline.classify import CLASS_WEIGHTS, CLASSIFIERS, NORMALISATIONS, VIEW_SETTINGS
 from pipeline.fit import FitConfig, fit
 from pipeline.reject import DEFAULT_RATE
 from pipeline.stream_fit import parse_memory
@@ -13,6 +13,7 @@ EXAMPLES = """\
   {prog} f.h5 --out runs/x --classifier softmax --class-weight balanced
   {prog} patients.h5 --out runs/x       # a manifest's group column keeps each group in one fold
   {prog} f.h5 --out runs/x --layers stage6 penultimate stage6+penultimate
+  {prog} flip.h5 --out runs/x --views on   # a store extracted with --views flip: always use the mirrors
   {prog} f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
   {prog} train.h5 --out runs/x --test test.h5         # plus a separate test store
   {prog} huge.h5 --out runs/x --max-memory 2G --test-size 0.05   # streams codes over 2 GiB
@@ -36,6 +37,9 @@ def build_parser(prog: str | None = None):
     p.add_argument("--class-weight", choices=CLASS_WEIGHTS, default="auto",
                    help="balanced: weight classes inversely to their size; auto (default): none and balanced "
                         "compete inside the nested CV when the largest class is 1.5x the smallest")
+    p.add_argument("--views", choices=VIEW_SETTINGS, default="auto",
+                   help="for a store extracted with --views: train on each image's views too and predict on the "
+                        "mean over them; auto (default): with and without compete inside the nested CV")
     p.add_argument("--test-size", type=float, help="also hold out this fraction as a stratified test split")
     p.add_argument("--test", dest="test_store", type=Path, help="also evaluate on this labelled test store")
     p.add_argument("--seed", type=int, default=0, help="fixes every split (default 0)")
@@ -57,7 +61,8 @@ def main(args) -> int:
         store=args.store, out=args.out,
         classifiers=CLASSIFIERS if args.classifier == "both" else (args.classifier,),
         layers=tuple(args.layers) if args.layers else None, normalise=args.normalise, folds=args.folds,
-        repeats=args.repeats, class_weight=args.class_weight, test_size=args.test_size,
+        repeats=args.repeats, class_weight=args.class_weight, views=args.views,
+        test_size=args.test_size,
         test_store=args.test_store, seed=args.seed, jobs=args.jobs, max_memory=args.max_memory,
         reject_rate=args.reject_rate, duplicate_threshold=args.duplicate_threshold,
     ))

@@ -65,16 +65,21 @@ def write_images(root: Path, per_class: dict[str, int], size: int = 40, seed: in
 
 
 def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, backbone="efficientnet_lite0",
-                groups=None):
-    """A feature store from arrays, through the same shard-and-assemble path extraction uses."""
-    from pipeline.store import Row, Shards, StoreConfig, assemble
+                groups=None, views: dict[str, dict[str, np.ndarray]] | None = None):
+    """A feature store from arrays, through the same shard-and-assemble path extraction uses; ``views``: the codes
+    of each view, by view and layer."""
+    from pipeline.store import Row, Shards, StoreConfig, assemble, code_key
 
+    views = views or {}
     config = StoreConfig(backbone, "checksum", tuple(layers), 224, {"mean": [0.0] * 3, "std": [1.0] * 3,
-                                                                     "bgr": False}, {"size": 224, "mode": "crop"})
+                                                                     "bgr": False}, {"size": 224, "mode": "crop"},
+                         tuple(views))
     n = len(next(iter(layers.values())))
     names = [f"img_{i:05d}.png" for i in range(n)]
     shards = Shards(path, config)
-    shards.write(names, np.zeros((n, 2), np.int64), {k: np.asarray(v, np.float32) for k, v in layers.items()}, [])
+    codes = {code_key(k, view): np.asarray(v, np.float32)
+             for view, by_layer in [(None, layers), *views.items()] for k, v in by_layer.items()}
+    shards.write(names, np.zeros((n, 2), np.int64), codes, [])
     assemble(path, config, [Row(p, (0, 0), shards.files[0], i) for i, p in enumerate(names)],
              {k: np.asarray(v).shape[1] for k, v in layers.items()},
              None if labels is None else list(labels), class_names, [], {"weights_source": "test"}, groups=groups)

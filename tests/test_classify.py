@@ -152,6 +152,74 @@ def test_manifest_groups_stay_on_one_side_of_every_split(tmp_path, monkeypatch):
         assert not set(np.arange(90)[train] // 4) & set(np.arange(90)[test] // 4)
 
 
+def test_views_of_a_test_image_never_train_its_model(monkeypatch):
+    """Every split is of images: a model trains on all the views of its training images and is scored on the mean
+    over the views of other images only (feature 0 carries the image's index, unscaled)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    from pipeline import tta
+
+    X, _, y = blobs((12, 12, 12))
+    ids = np.random.default_rng(0).permutation(len(y))
+    stack = np.stack([X, X + np.random.default_rng(1).normal(0, 0.3, X.shape).astype(np.float32)])
+    stack[:, :, 0] = ids
+    monkeypatch.setattr(classify, "scaler", lambda normalise: FunctionTransformer())
+    events = []
+    real_rows, real_predict = tta.training_rows, tta.predict
+
+    def training_rows(X, y, groups=None):
+        out = real_rows(X, y, groups)
+        events.append(("train", out[0][:, 0].astype(int)))
+        return out
+
+    def predict(model, X):
+        events.append(("predict", tta.stacked(X)[:, :, 0].astype(int)))
+        return real_predict(model, X)
+
+    monkeypatch.setattr(tta, "training_rows", training_rows)
+    monkeypatch.setattr(tta, "predict", predict)
+    results, protocol = classify.cross_validate({"x": stack}, y, ["a", "b", "c"], ("softmax", "svm"), folds=3,
+                                                repeats=1, jobs=1, views=classify.view_options(("flip",)))
+    assert [r.views for r in results] == [(), ("flip",), (), ("flip",)] and protocol.views == [[], ["flip"]]
+    trained = None
+    for what, seen in events:
+        if what == "train":
+            trained = seen
+            counts = np.unique(seen, return_counts=True)[1]
+            assert len(set(counts)) == 1, "every training image comes with all its views or with none"
+        else:
+            assert (seen == seen[0]).all(), "the planes averaged over are views of one image"
+            assert not set(seen[0]) & set(trained), "no view of a scored image was trained on"
+    assert any(what == "predict" and len(seen) == 2 for what, seen in events), "scored on the mean over both"
+    assert sum(what == "train" and len(seen) == 2 * 24 for what, seen in events) == 6, "both views train outer folds"
+
+
+def test_fit_with_views_compares_them_and_the_bundle_averages(tmp_path):
+    from pipeline import tta
+
+    X, _, y = blobs((20, 20, 20), spread=2.0)
+    flipped = X + np.random.default_rng(2).normal(0, 1.0, X.shape).astype(np.float32)
+    store = write_store(tmp_path / "f.h5", {"x": X}, y, ["a", "b", "c"], views={"flip": {"x": flipped}})
+    auto = fit(FitConfig(store=store, out=tmp_path / "auto", classifiers=("softmax",), repeats=1, jobs=1))
+    assert sorted(r.views for r in auto.results) == [(), ("flip",)]
+    assert "softmax +flip" in auto.format()
+    on = fit(FitConfig(store=store, out=tmp_path / "on", classifiers=("softmax",), repeats=1, jobs=1, views="on",
+                       test_size=0.25))
+    assert [r.views for r in on.results] == [("flip",)] and on.to_json()["final"]["softmax"]["views"] == ["flip"]
+    bundle = load_bundle(tmp_path / "on" / "softmax.skops")
+    assert bundle.views == ["flip"]
+    stack = read_store(store).view_codes("x")
+    np.testing.assert_allclose(tta.scores(bundle.estimator, stack),
+                               (bundle.estimator.predict_proba(X) + bundle.estimator.predict_proba(flipped)) / 2)
+    with pytest.raises(UserError, match="holds no views"):
+        fit(FitConfig(store=write_store(tmp_path / "plain.h5", {"x": X}, y, ["a", "b", "c"]), out=tmp_path / "x",
+                      views="on"))
+    bundle.views = ["rotate"]
+    save_bundle(bundle, tmp_path / "crafted.skops")
+    with pytest.raises(UserError, match="views this version does not know"):
+        load_bundle(tmp_path / "crafted.skops")
+
+
 def test_groups_join_the_manifest_and_near_duplicates():
     from pipeline.duplicates import joined, manifest_groups
     named = manifest_groups(["a", "", "a", "b", "", "b"])

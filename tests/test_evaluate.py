@@ -162,6 +162,33 @@ def test_bundle_report_agrees_with_predict(grid, tmp_path):
     assert "Cross-validated accuracy when the bundle was trained" in paths["html"].read_text()
 
 
+def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):
+    from pipeline.evaluate import evaluate_bundle
+    from pipeline.predict import predict_images
+
+    data = _dataset(tmp_path / "shapes")
+    report, arrays = evaluate(EvaluateConfig(data=(data,), out=tmp_path / "report", classifiers=("softmax",),
+                                             views=("flip",), features=tmp_path / "features", folds=3, repeats=1,
+                                             advise=False, progress=False))
+    section = report["sections"][0]
+    assert sorted(tuple(c.get("views", ())) for c in section["configs"]) == [(), ("flip",)]
+    assert section["protocol"]["views"] == [[], ["flip"]]
+    md = write_report(report, arrays, tmp_path / "report")["md"].read_text()
+    assert "| softmax, with flip |" in md and "| softmax |" in md
+    store = store_path(tmp_path / "features", data, "efficientnet_lite0", ("penultimate",), ("flip",))
+    fit(FitConfig(store=store, out=tmp_path / "fit", classifiers=("softmax",), views="on", folds=3, repeats=1))
+    test = tmp_path / "new"
+    write_images(test, {"a": 4, "c": 4}, size=40, seed=11)
+    report, _ = evaluate_bundle(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
+                                run_advisor=False, progress=False)
+    config = report["sections"][0]["configs"][0]
+    predictions, _ = predict_images(tmp_path / "fit" / "softmax.skops", [test], progress=False)
+    assert config["views"] == ["flip"]
+    assert config["accuracy"]["mean"] == pytest.approx(np.mean([p.top[0][0] == p.path.split("/")[-2]
+                                                                for p in predictions]))
+    assert store_path(tmp_path / "features", test, "efficientnet_lite0", ("penultimate",), ("flip",)).is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "no/such/folder"], "--data: dataset no/such/folder does not exist"),
     (["--data", "x", "--bundle", "no/such.skops"], "bundle no/such.skops does not exist"),

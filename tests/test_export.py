@@ -43,12 +43,15 @@ def without_tensorflow(code: str, *args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A calibrated SVM and a softmax bundle on Tux Paint (codes of stage6), an SVM on stage6 and penultimate
-    codes side by side, and a tiny fine-tuned network."""
+    codes side by side, a softmax trained on each image and its mirror image, and a tiny fine-tuned network."""
     root = tmp_path_factory.mktemp("export")
     extract(ExtractConfig(data=TUX, out=root / "tux.h5", layers=("stage6", "penultimate"), progress=False))
     fit(FitConfig(store=root / "tux.h5", out=root / "linear", layers=("stage6",), folds=2, repeats=1, jobs=1))
     fit(FitConfig(store=root / "tux.h5", out=root / "joined", layers=("stage6+penultimate",), classifiers=("svm",),
                   folds=2, repeats=1, jobs=1))
+    extract(ExtractConfig(data=TUX, out=root / "flip.h5", layers=("stage6",), views=("flip",), progress=False))
+    fit(FitConfig(store=root / "flip.h5", out=root / "views", classifiers=("softmax",), views="on", folds=2,
+                  repeats=1, jobs=1))
     write_images(root / "small", {"red": 8, "green": 8}, size=48)
     finetune(FinetuneConfig(data=root / "small", out=root / "finetuned", image_size=64, head_epochs=1,
                             finetune_epochs=1, unfreeze=4, batch_size=8, progress=False))
@@ -72,7 +75,7 @@ print(",".join(model.card["class_names"]))
 
 
 @pytest.mark.parametrize("kind", ["linear/svm.skops", "linear/softmax.skops", "joined/svm.skops",
-                                  "finetuned/model.keras"])
+                                  "views/softmax.skops", "finetuned/model.keras"])
 def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
     source = models / kind
     files = sorted(TUX.rglob("*.png"))[::11]

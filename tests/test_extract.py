@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import ROOT, write_images
 from pipeline.backbones.factory import create_model
@@ -115,6 +115,34 @@ def test_store_of_another_configuration_is_refused(dataset, tmp_path):
     with pytest.raises(UserError, match="different resize"):
         run(dataset, out, resize="pad")
     assert read_store(out).config.layers == ("penultimate",)
+
+
+def test_views_store_the_codes_of_mirrored_images_row_by_row(tmp_path):
+    write_images(tmp_path / "data", {"cat": 3, "dog": 3}, size=40)
+    for path in (tmp_path / "data").rglob("*.png"):  # the same images mirrored, as files
+        target = tmp_path / "mirrored" / path.relative_to(tmp_path / "data")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ImageOps.mirror(Image.open(path)).save(target)
+    run(tmp_path / "data", tmp_path / "f.h5", views=("flip",))
+    run(tmp_path / "mirrored", tmp_path / "m.h5")
+    store, mirrored = read_store(tmp_path / "f.h5"), read_store(tmp_path / "m.h5")
+    assert store.views == ("flip",) and store.paths == mirrored.paths
+    stack = store.view_codes()
+    assert stack.shape == (2, 6, 1280)
+    np.testing.assert_allclose(stack[1], mirrored.codes(), rtol=1e-3, atol=1e-4)
+    assert np.abs(stack[1] - stack[0]).max() > 100 * np.abs(stack[1] - mirrored.codes()).max()
+
+    # A new image extends the store with its view; the other rows' codes are kept.
+    write_images(tmp_path / "more", {"cat": 1}, seed=9)
+    (tmp_path / "more" / "cat" / "img_0000.png").rename(tmp_path / "data" / "cat" / "new.png")
+    result = run(tmp_path / "data", tmp_path / "f.h5", views=("flip",))
+    assert (result.extracted, result.reused) == (1, 6)
+    after = read_store(tmp_path / "f.h5")
+    np.testing.assert_array_equal(after.codes(rows=[0, 1, 2, 4, 5, 6], view="flip"), stack[1])
+    with pytest.raises(UserError, match="different views"):
+        run(tmp_path / "data", tmp_path / "f.h5")
+    with pytest.raises(UserError, match="no view 'flip'"):
+        mirrored.codes(view="flip")
 
 
 def test_unlabelled_folder_and_manifest(tmp_path):

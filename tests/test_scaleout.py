@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,6 +27,8 @@ from pipeline.scaleout import listing
 from pipeline.store import read_store
 
 os.environ["RAY_AUTH_MODE"] = "token"  # the cluster and every driver, before Ray is imported
+# A fresh machine has no ~/.ray/auth_token, and `ray start` makes none: the cluster and its drivers share this one.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -60,7 +63,8 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_store(images, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "local.h5"
-    extract(ExtractConfig(data=images, out=out, layers=("stage6", "penultimate"), batch_size=8, progress=False))
+    extract(ExtractConfig(data=images, out=out, layers=("stage6", "penultimate"), views=("flip",), batch_size=8,
+                          progress=False))
     return read_store(out)
 
 
@@ -73,7 +77,8 @@ def assert_same_store(store, local) -> None:
     assert store.paths == local.paths and store.labels.tolist() == local.labels.tolist()
     assert sorted(store.skipped) == sorted(local.skipped)
     for layer in local.layers:
-        assert np.abs(store.codes(layer) - local.codes(layer)).max() < 1e-4
+        for view in (None, *store.views):
+            assert np.abs(store.codes(layer, view=view) - local.codes(layer, view=view)).max() < 1e-4
 
 
 def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_store, tmp_path, monkeypatch):
@@ -82,14 +87,15 @@ def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_s
 
     monkeypatch.setattr(listing, "fingerprint", no_stat_here)  # the cluster's listing has every file's status
     result = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
-                                   batch_size=8, ray=cluster, progress=False))
+                                   views=("flip",), batch_size=8, ray=cluster, progress=False))
     assert (result.extracted, result.skipped) == (80, 5) and result.engine == "onnx"
     store = read_store(tmp_path / "ray.h5")
+    assert store.views == ("flip",), "the cluster stores each image's mirror image too"
     assert_same_store(store, local_store)
     assert "decompression bomb" in dict(store.skipped)["dog/bomb.png"]
     assert not (tmp_path / "ray.h5.parts").exists()
     again = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
-                                  ray=cluster, progress=False))
+                                  views=("flip",), ray=cluster, progress=False))
     assert (again.extracted, again.reused) == (0, 80)
 
 

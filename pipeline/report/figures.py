@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from PIL import Image, ImageOps
 
 from ..images import to_rgb
+from ..results import variant
 
 DPI = 110
 
@@ -36,8 +37,9 @@ def _colours(n: int):
     return [cmap(k % cmap.N) for k in range(n)]
 
 
-def _kind(config: dict) -> str:
-    return config["classifier"] + (f", {config['class_weight']}" if config.get("class_weight") else "")
+def kind(config: dict) -> str:
+    """A configuration's classifier with its class weighting and views: ``svm, balanced, with flip``."""
+    return variant(config["classifier"], config.get("class_weight"), config.get("views", ()))
 
 
 def accuracy_chart(configs: list[dict]) -> bytes:
@@ -45,17 +47,17 @@ def accuracy_chart(configs: list[dict]) -> bytes:
     classifier, the best marked; the question it answers is "which one should I use"."""
     layered = len({c["layer"] for c in configs}) > 1
     rows = list(dict.fromkeys((c["backbone"], c["layer"]) for c in configs))  # best group first
-    kinds = list(dict.fromkeys(_kind(c) for c in configs))
+    kinds = list(dict.fromkeys(kind(c) for c in configs))
     colours = dict(zip(kinds, _colours(len(kinds))))
     fig, ax = _subplots(figsize=(8.5, 0.9 + 0.32 * len(rows) * len(kinds) + 0.25 * len(rows)))
     step = 0.8 / len(kinds)
     for c in configs:
         r = rows.index((c["backbone"], c["layer"]))
-        y = r + (kinds.index(_kind(c)) - (len(kinds) - 1) / 2) * step
+        y = r + (kinds.index(kind(c)) - (len(kinds) - 1) / 2) * step
         mean, (low, high) = c["accuracy"]["mean"], c["accuracy"]["ci95"]
         best = c is configs[0]
         ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="*" if best else "o",
-                    markersize=13 if best else 7, color=colours[_kind(c)], capsize=3, lw=1.6)
+                    markersize=13 if best else 7, color=colours[kind(c)], capsize=3, lw=1.6)
         ax.annotate(f"{mean:.3f}" + ("  best" if best else ""), (high, y), xytext=(5, 0),
                     textcoords="offset points", va="center", fontsize=9, fontweight="bold" if best else None)
     ax.axvline(configs[0]["accuracy"]["mean"], color="grey", ls=":", lw=1)

@@ -43,8 +43,8 @@ def _environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined)
     env.globals.update(groups_shown=GROUPS_SHOWN, group_shown=GROUP_SHOWN,
                        metric_name=lambda p: "macro-F1" if p.get("metric") == "macro_f1" else "accuracy")
-    env.filters.update(f3=lambda v: f"{v:.3f}", ci=_ci, signed_ci=_signed_ci, pct=lambda v: f"{100 * v:.0f}%",
-                       b64=lambda b: base64.b64encode(b).decode())
+    env.filters.update(kind=figures.kind, f3=lambda v: f"{v:.3f}", ci=_ci, signed_ci=_signed_ci,
+                       pct=lambda v: f"{100 * v:.0f}%", b64=lambda b: base64.b64encode(b).decode())
     return env
 
 
@@ -98,8 +98,7 @@ def format_summary(report: dict) -> str:
     lines = []
     for section in report["sections"]:
         best = section["configs"][0]
-        lines.append(f"{section['name']}: best {best['backbone']} · {best['layer']} · {best['classifier']}"
-                     + (f", {best['class_weight']}" if best.get("class_weight") else "")
+        lines.append(f"{section['name']}: best {best['backbone']} · {best['layer']} · {figures.kind(best)}"
                      + f", accuracy {best['accuracy']['mean']:.3f} {_ci(best['accuracy'])}")
         nested = section["protocol"].get("nested_choice")
         if nested:

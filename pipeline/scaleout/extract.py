@@ -37,6 +37,7 @@ class Encoder:
                  store: str, config: dict):
         from ..backbones.engine import frozen_network
         from ..backbones.loading import load_backbone
+        from ..extract import codes_of_views
 
         prepare_worker()
         model = load_backbone(backbone, weights, precision)
@@ -44,13 +45,13 @@ class Encoder:
             raise UserError(f"{backbone}'s weights on this node ({model.weights_source}) differ from the driver's")
         self.network = frozen_network(model, "features", layers, engine)
         self.shards = Shards(Path(store), StoreConfig.from_json(config))
+        self.encode = lambda pixels: codes_of_views(self.network, pixels, self.shards.config.views)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.flatnonzero(batch["error"] == "")
         codes = {}
         if len(ok):
-            outputs = self.network(batch["pixels"][ok])
-            codes = {name: np.asarray(o, np.float32) for name, o in zip(self.network.outputs, outputs)}
+            codes = self.encode(batch["pixels"][ok])
         fps = np.stack([batch["size"], batch["mtime"]], axis=1)
         failed = [(batch["path"][k], tuple(fps[k]), batch["error"][k]) for k in np.flatnonzero(batch["error"] != "")]
         self.shards.write(list(batch["path"][ok]), fps[ok], codes, failed)
