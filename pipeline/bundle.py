@@ -1,7 +1,7 @@
 """The saved classifier: a skops file with the fitted estimator and its metadata, and its sha256.
 
 A bundle never unpickles: skops.io rebuilds only scikit-learn's own types and
-the few listed in :data:`TRUSTED` (this project's SVM, the calibration wrappers),
+the few listed in :data:`TRUSTED` (this project's SVM and scaler, the calibration wrappers),
 and refuses a file naming any other type before creating anything, whether or
 not its checksum matches. The sha256 beside it (``sha256sum -c`` format) catches
 corruption. A run folder's bundles, checksums and metrics are replaced
@@ -25,8 +25,8 @@ from .provenance import file_sha256
 from .tta import VIEWS
 
 BUNDLE_FORMAT = 2  # 2: skops; 1 was a joblib pickle, refused
-TRUSTED = ["pipeline.linear_svm.LinearSVM", "sklearn.calibration._CalibratedClassifier",
-           "sklearn.calibration._SigmoidCalibration"]
+TRUSTED = ["pipeline.linear_svm.LinearSVM", "pipeline.scaling.PowerScaler",
+           "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"]
 
 
 @dataclass

@@ -27,29 +27,22 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import (RepeatedStratifiedKFold, StratifiedGroupKFold, StratifiedKFold,
                                      StratifiedShuffleSplit, train_test_split)
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
 
 from . import metrics, tta
 from .errors import UserError
 from .linear_svm import LinearSVM, svm_path
 from .results import CVResult, HeldOut, Protocol
+from .scaling import scaler
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
 
 CLASSIFIERS = ("svm", "softmax")
-NORMALISATIONS = ("standard", "l2")
 C_GRID = {"svm": tuple(np.logspace(-5, -1, 5)), "softmax": tuple(np.logspace(-4, 0, 5))}
 LARGE = 2000  # from this many training images, one inner validation split is precise enough
 
 
-def scaler(normalise: str):
-    if normalise not in NORMALISATIONS:
-        raise UserError(f"must be one of {', '.join(NORMALISATIONS)}, not {normalise!r}", param="normalise")
-    return StandardScaler() if normalise == "standard" else Normalizer()
-
-
-def make_classifier(kind: str, C: float, normalise: str = "standard", class_weight=None) -> Pipeline:
+def make_classifier(kind: str, C: float, normalise: str = "power", class_weight=None) -> Pipeline:
     """The classifier of ``kind`` behind its feature scaling, as a scikit-learn Pipeline."""
     if kind == "svm":
         model = LinearSVM(C=C, class_weight=class_weight)
@@ -149,7 +142,7 @@ def _inner_splits(y: np.ndarray, seed: int, groups: np.ndarray | None = None):
     return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
 
 
-def tune_C(kind, X, y, normalise="standard", class_weight=None, seed=0, groups=None,
+def tune_C(kind, X, y, normalise="power", class_weight=None, seed=0, groups=None,
            metric="accuracy") -> tuple[float, float]:
     """The C of the grid with the best mean inner-validation ``metric`` (the smallest among ties), and that score
     (NaN when the classes are too small to split); ``groups`` (near-duplicates, one per row) are kept inside one
@@ -216,7 +209,7 @@ def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int,
 
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
-                   normalise: str = "standard", class_weights: Sequence[str | None] = (None,), seed: int = 0,
+                   normalise: str = "power", class_weights: Sequence[str | None] = (None,), seed: int = 0,
                    jobs: int | None = None, groups: np.ndarray | None = None, metric: str | None = None,
                    views: Sequence[tuple[str, ...]] = ((),)) -> tuple[list[CVResult], Protocol]:
     """Nested cross-validation of every (layer, classifier, class weighting, views) on the same outer folds;
@@ -283,7 +276,7 @@ def nested_choice(results: Sequence[CVResult], n: int, k: int) -> CVResult | Non
         hyper="candidate", fit_seconds=float(sum(r.fit_seconds for r in results)))
 
 
-def fit_final(kind: str, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
+def fit_final(kind: str, X: np.ndarray, y: np.ndarray, normalise="power", class_weight=None,
               seed: int = 0, groups: np.ndarray | None = None, metric: str = "accuracy"):
     """Choose C on all of ``X`` by ``metric`` and refit; the model and ``{"C": C}``. The SVM gets Platt-calibrated
     probabilities."""
@@ -299,7 +292,7 @@ def _calibration_folds(y: np.ndarray, groups: np.ndarray | None):
     return list(StratifiedGroupKFold(max(2, min(3, per_class))).split(y, y, groups))
 
 
-def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="standard", class_weight=None,
+def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="power", class_weight=None,
                groups: np.ndarray | None = None):
     """The saved model of ``kind`` at a given C, trained on every view of ``X``: the SVM Platt-calibrated on 3
     inner folds (``groups``, and the views of each image, kept inside one), the softmax as is."""
@@ -351,7 +344,7 @@ def held_out(model, X, y, class_names, data: str) -> HeldOut:
                    metrics.per_class(y, predicted, class_names))
 
 
-def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="standard", class_weight=None,
+def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="power", class_weight=None,
                       seed: int = 0, jobs: int | None = None, Cs: Sequence[float] | None = None,
                       groups: np.ndarray | None = None, metric: str = "accuracy") -> np.ndarray:
     """Class probabilities of every row of ``X`` from its fold's model, made as the saved one is

@@ -46,10 +46,10 @@ class RunConfig:
 
 
 def _layers(backbone: str) -> tuple[str, ...]:
-    """The penultimate layer plus two earlier ones, for the small-and-unlike case."""
-    names = list(get_spec(backbone).feature_layers)
-    earlier = [n for n in ("stage4", "stage6") if n in names] or names[:-1][-2:]
-    return (*earlier, "penultimate")
+    """The backbone's default layers; where that is the penultimate alone, two earlier ones too (the
+    small-and-unlike case needs them)."""
+    spec = get_spec(backbone)
+    return spec.default_layers if len(spec.default_layers) > 1 else tuple(spec.feature_layers)[-3:]
 
 
 @dataclass

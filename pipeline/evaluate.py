@@ -50,7 +50,7 @@ class EvaluateConfig:
     features: Path = Path("features")
     folds: int = 5
     repeats: int | None = None
-    normalise: str = "standard"
+    normalise: str = "power"  # pipeline.scaling
     advise: bool = True
     seed: int = 0
     jobs: int | None = None

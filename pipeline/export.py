@@ -29,6 +29,7 @@ from .errors import UserError
 from .images import ResizePolicy
 from .loader import decoded_batches
 from .predict import bundle_backbone, collect_images, fine_tuned_network, fine_tuned_reject
+from .scaling import signed_power
 from .layer_sets import layer_parts
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ def _head(estimator, codes, d: int):
         estimator = getattr(estimator, "estimator", estimator)  # a streamed fit's FrozenEstimator
     scale, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
     W, b = _affine(clf.decision_function, d)
-    if hasattr(scale, "mean_"):  # StandardScaler folds into the Dense layer
+    if hasattr(scale, "nonnegative_"):  # PowerScaler: its signed power first
+        codes = signed_power(codes, scale.power, scale.nonnegative_, keras.ops)
+    if hasattr(scale, "mean_"):  # the standardisation folds into the Dense layer
         W, b = W / scale.scale_[:, None], b - (scale.mean_ / scale.scale_) @ W
     else:  # Normalizer (l2), as sklearn's normalize: zero norms left alone
         norm = keras.ops.sqrt(keras.ops.sum(codes * codes, axis=-1, keepdims=True))

@@ -37,7 +37,7 @@ class ExtractConfig:
     data: Path
     out: Path
     backbone: str = DEFAULT_BACKBONE
-    layers: tuple[str, ...] = ("penultimate",)
+    layers: tuple[str, ...] | None = None  # None: the backbone's default layers
     views: tuple[str, ...] = ()  # views whose codes are stored beside each image's (pipeline.tta)
     weights: Path | None = None
     batch_size: int = 32
@@ -91,7 +91,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     if not dataset.paths and not dataset.skipped:
         raise UserError(f"no images found in {cfg.data}", param="data")
     backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision)
-    layers = backbone.check_layers(cfg.layers)
+    layers = backbone.check_layers(cfg.layers or backbone.spec.default_layers)
     policy = resize_policy(backbone.spec, cfg.resize)
     return update_store(dataset, out, backbone, layers, policy, batch_size=cfg.batch_size,
                         workers=cfg.workers, progress=cfg.progress, engine=cfg.engine, cluster=cfg.ray,

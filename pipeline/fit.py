@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +40,7 @@ class FitConfig:
     out: Path
     classifiers: tuple[str, ...] = classify.CLASSIFIERS
     layers: tuple[str, ...] | None = None
-    normalise: str = "standard"
+    normalise: str | None = None  # pipeline.scaling; None: the task's own (power for classifiers, standard for ridge)
     folds: int = 5
     repeats: int | None = None
     class_weight: str | None = "auto"  # auto: none and balanced compete when the classes differ 1.5x; none; balanced
@@ -93,6 +93,7 @@ class Task:
     held_out: Callable  # (model, X, y, store, data) -> HeldOut
     describe: Callable  # (store, y) -> what metrics.json says of the data
     reject: Callable | None = None  # (candidate, X by layer, y, cfg, folds, groups) -> the "unknown" rule's figures
+    normalise: str = "power"  # the default scaling of the codes (pipeline.scaling)
 
 
 def _reject(candidate: CVResult, X: dict, y: np.ndarray, cfg: FitConfig, folds, groups) -> dict:
@@ -129,7 +130,8 @@ REGRESSION = Task(
     lambda X, y, store, cfg, groups: regress.cross_validate(X, y, cfg.folds, cfg.repeats, cfg.normalise, cfg.seed,
                                                             cfg.jobs),  # groups: None, not looked for
     lambda c, X, y, cfg, groups, metric: regress.fit_final(X, y, cfg.normalise),
-    lambda model, X, y, store, data: regress.held_out(model, X, y, data), _target_statistics)
+    lambda model, X, y, store, data: regress.held_out(model, X, y, data), _target_statistics,
+    normalise="standard")  # the power scaling was measured on classifiers only
 
 
 def _kind(r: CVResult) -> str:
@@ -254,6 +256,7 @@ def fit(cfg: FitConfig) -> FitResult:
         raise UserError("give one way of testing: a test fraction, a test store or test paths", param="test_store")
     store = read_store(cfg.store)
     task = REGRESSION if store.labels is None and store.targets is not None else CLASSIFICATION
+    cfg = replace(cfg, normalise=cfg.normalise or task.normalise)
     kinds = task.kinds(cfg)
     layers = list(cfg.layers or default_candidates(store.layers))
     budget = cfg.max_memory or stream_fit.default_max_memory()

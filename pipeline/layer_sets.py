@@ -17,7 +17,6 @@ def layer_parts(layer: str) -> list[str]:
 
 
 def default_candidates(layers: Sequence[str]) -> list[str]:
-    """The layers a fit compares by default: each stored layer, and the last two side by side (with stage6 and
-    penultimate stored, the best of the three beat the penultimate alone on three sets: README, "Fit")."""
-    layers = [x for x in layers if JOIN not in x]
-    return [*layers, JOIN.join(layers[-2:])] if len(layers) >= 2 else layers
+    """The layer a fit takes by default: every stored layer side by side (power-scaled, stage5, stage6 and
+    penultimate joined beat each layer alone and every pair tried on three sets: README, "Fit")."""
+    return [JOIN.join(layers)]

@@ -17,7 +17,8 @@ from sklearn.model_selection import RepeatedKFold
 from sklearn.pipeline import Pipeline
 
 from . import metrics
-from .classify import check_test_size, default_repeats, scaler
+from .classify import check_test_size, default_repeats
+from .scaling import scaler
 from .errors import UserError
 from .results import CVResult, HeldOut, Protocol
 

@@ -31,7 +31,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 
 from . import metrics
-from .classify import scaler
+from .scaling import scaler
 from .errors import UserError
 from .results import CVResult, HeldOut, Protocol
 from .layer_sets import layer_parts
@@ -164,7 +164,7 @@ def _predict(model, blocks: _Blocks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stream_fit(kind: str, store: FeatureStore, layer: str, train_rows: np.ndarray, budget: int,
-               normalise: str = "standard", class_weight: str | None = None, seed: int = 0):
+               normalise: str = "power", class_weight: str | None = None, seed: int = 0):
     """Fit ``kind`` on ``train_rows`` of ``store`` within ``budget`` bytes, one model per penalty in :data:`ALPHAS`
     in the same passes; returns the best on the validation split (a Pipeline, or the SVM calibrated around one),
     its :class:`CVResult` there, and ``{"alpha", "epochs"}``."""
@@ -177,7 +177,7 @@ def stream_fit(kind: str, store: FeatureStore, layer: str, train_rows: np.ndarra
     dim, chunk_rows = _dim(store, layer), _chunk_rows(store, layer, budget)
     train, val = _Blocks(store, layer, fit_rows, chunk_rows), _Blocks(store, layer, val_rows, chunk_rows)
     scale = scaler(normalise)
-    if hasattr(scale, "partial_fit"):  # the standard scaler; the l2 normaliser learns nothing
+    if hasattr(scale, "partial_fit"):  # the power and standard scalers; the l2 normaliser learns nothing
         for _, codes in train.chunks():
             scale.partial_fit(codes)
     else:

@@ -27,7 +27,8 @@ def list_backbones() -> None:
     for name in available():
         spec = get_spec(name)
         where = "offline" if spec.offline else "download"
-        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)}\n"
+        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)} "
+              f"(default: {' '.join(spec.default_layers)})\n"
               f"{'':24} {spec.description}")
 
 
@@ -37,8 +38,9 @@ def build_parser(prog: str | None = None):
                    help="folder with one sub-folder per class, an unlabelled folder, or a CSV manifest")
     p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>[_<view>].h5)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registered backbone (default {DEFAULT_BACKBONE})")
-    p.add_argument("--layers", nargs="+", default=["penultimate"],
-                   help="layers to extract, each globally pooled (default: penultimate)")
+    p.add_argument("--layers", nargs="+",
+                   help="layers to extract, each globally pooled (default: the backbone's, --list-backbones; "
+                        "stage5 stage6 penultimate for the offline ones, which fit_svm.py joins)")
     cli.add_views(p, "fit_svm.py then compares training on every view and averaging the predictions over them")
     p.add_argument("--weights", type=Path, help="local weights file instead of the default ImageNet weights")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
@@ -65,7 +67,7 @@ def main(args) -> int:
     views = "".join(f"_{v}" for v in args.views)
     out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}{views}.h5"
     result = extract(ExtractConfig(
-        data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers), views=tuple(args.views),
+        data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers or ()), views=tuple(args.views),
         weights=args.weights,
         batch_size=args.batch_size, workers=args.workers, precision=args.precision, engine=args.engine,
         resize=args.resize, unlabelled=args.unlabelled, ray=args.ray, progress=not args.quiet,

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from pipeline.commands import cli
-from pipeline.classify import CLASS_WEIGHTS, CLASSIFIERS, NORMALISATIONS, VIEW_SETTINGS
+from pipeline.classify import CLASS_WEIGHTS, CLASSIFIERS, VIEW_SETTINGS
+from pipeline.scaling import NORMALISATIONS
 from pipeline.fit import FitConfig, fit
 from pipeline.reject import DEFAULT_RATE
 from pipeline.stream_fit import parse_memory
@@ -28,10 +29,12 @@ def build_parser(prog: str | None = None):
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and the bundles")
     p.add_argument("--classifier", choices=[*CLASSIFIERS, "both"], default="both", help="default: both")
     p.add_argument("--layers", nargs="+",
-                   help="layers of the store to compare; a+b joins two layers' codes side by side "
-                        "(default: each it holds, and its last two joined)")
-    p.add_argument("--normalise", choices=NORMALISATIONS, default="standard",
-                   help="standard: zero mean, unit variance per feature (default); l2: unit-length rows")
+                   help="layers of the store to compare; a+b joins layers' codes side by side "
+                        "(default: every layer it holds, joined)")
+    p.add_argument("--normalise", choices=NORMALISATIONS,
+                   help="power: fourth root of the never-negative features, then standard (default for classes); "
+                        "standard: zero mean, unit variance per feature (default for a numeric target); "
+                        "l2: unit-length rows")
     p.add_argument("--folds", type=int, default=5, help="outer folds (default 5; never more than the smallest class)")
     p.add_argument("--repeats", type=int, help="outer repeats (default: 3 under 1,000 images, else 1)")
     p.add_argument("--class-weight", choices=CLASS_WEIGHTS, default="auto",

@@ -114,7 +114,7 @@ def test_store_of_another_configuration_is_refused(dataset, tmp_path):
         run(dataset, out, backbone="mobilenet_v2")
     with pytest.raises(UserError, match="different resize"):
         run(dataset, out, resize="pad")
-    assert read_store(out).config.layers == ("penultimate",)
+    assert read_store(out).config.layers == ("stage5", "stage6", "penultimate")  # lite0's default layers
 
 
 def test_views_store_the_codes_of_mirrored_images_row_by_row(tmp_path):

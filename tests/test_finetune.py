@@ -75,7 +75,7 @@ def test_head_starts_as_the_linear_probe(backbones):
                          augmentation=augmentation(0))
     init_head_from_probe(model, pooled_codes(model, pixels, 4), labels, seed=0)
     codes = keras.Model(model.inputs, model.get_layer("pool").output).predict(pixels, verbose=0)
-    probe, _ = fit_final("softmax", codes, labels)
+    probe, _ = fit_final("softmax", codes, labels, "standard")  # a Dense head takes standardisation only
     np.testing.assert_allclose(model.predict(pixels, verbose=0), probe.predict_proba(codes), atol=1e-4)
 
 

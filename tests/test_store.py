@@ -65,7 +65,7 @@ def test_assemble_and_read(tmp_path):
     np.testing.assert_array_equal(joined, np.hstack(parts))
     with pytest.raises(UserError, match="no layer 'stage6'"):
         store.codes("stage6+penultimate")
-    assert default_candidates(store.layers) == ["stage4", "penultimate", "stage4+penultimate"]
+    assert default_candidates(store.layers) == ["stage4+penultimate"]
     assert default_candidates(["penultimate"]) == ["penultimate"]
 
     # A second store reusing rows of the first one, as a rerun does.

@@ -50,7 +50,8 @@ class BackboneSpec:
     preprocessed input, as keras.applications' builders do (``weights``: None,
     ``"imagenet"`` or a Keras weights file); ``feature_layers`` maps layer names
     (early to late, ending with ``penultimate``) to the Keras layers pooled;
-    ``converter(model, state_dict)`` loads a torch ``.pth``.
+    ``converter(model, state_dict)`` loads a torch ``.pth``; ``default_layers`` are those extracted when none are
+    named.
     """
 
     name: str
@@ -63,6 +64,7 @@ class BackboneSpec:
     converter: Callable | None = None
     crop_fraction: float = 0.875
     interpolation: str = "bilinear"
+    default_layers: tuple[str, ...] = ("penultimate",)
 
     @property
     def offline(self) -> bool:
