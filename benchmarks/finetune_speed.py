@@ -6,7 +6,12 @@ On Fashion-MNIST images at one resolution, in one process: an epoch of the full
 network on augmented pixels with everything trainable (what run.py's full mode
 trains for data unlike ImageNet), the same with only the blocks after the cut
 trainable, and an epoch of the tail from the cached activations; the first
-epoch of each (tracing) is not counted. Also the one-off cost of the cache.
+epoch of each (tracing) is not counted. Also the one-off cost of the cache, and
+the FLOP rates: forward GFLOP per image of the full network and of the tail
+(TensorFlow's profiler), a training step counted as three forward passes of
+what trains (forward, gradients of the inputs and of the weights), against
+float32 matmul GFLOP/s measured in the same run: the rate the tail would need
+for a given speed-up over the full network.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "data")]
+sys.path[:0] = [str(ROOT), str(ROOT / "data"), str(ROOT / "benchmarks")]
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from fetch_data import fetch_fashion_mnist  # noqa: E402
+from flops import matmul_gflops, model_gflop  # noqa: E402
 
 from pipeline.backbones.engine import frozen_network  # noqa: E402
 from pipeline.backbones.factory import create_model, set_trainable  # noqa: E402
@@ -78,6 +84,9 @@ def main() -> None:
     cache = time.perf_counter() - started
     cached = seconds_per_epoch(tail, activations.astype(np.float16).astype(np.float32), labels, args.batch_size)
 
+    plain = create_model(backbone, "finetune", classes=10, input_size=args.size)  # augmentation aside
+    full_gflop = model_gflop(plain, pixels.shape[1:], str(pixels.dtype))
+    tail_gflop = model_gflop(tail, activations.shape[1:])
     n = len(labels)
     print(f"{n} images at {args.size} px, cut {args.cut}, efficientnet_lite0, batch {args.batch_size}")
     print(f"full network, all trainable:          {whole:7.1f} s/epoch ({n / whole:6.1f} images/s)")
@@ -86,6 +95,12 @@ def main() -> None:
     print(f"cache, one view ({front.engine}):            {cache:7.1f} s ({n / cache:6.1f} images/s)")
     print(f"tail against the full network: {whole / cached:.1f}x faster per epoch "
           f"({after_cut / cached:.1f}x against the same blocks trained on pixels)")
+    limit, full_step, tail_step = matmul_gflops(), 3 * full_gflop, 3 * tail_gflop
+    print(f"training GFLOP per image: full network {full_step:.3f}, tail {tail_step:.3f} "
+          f"({full_step / tail_step:.1f}x fewer); achieved {n / whole * full_step:.0f} and "
+          f"{n / cached * tail_step:.0f} GFLOP/s; float32 matmul {limit:.0f} GFLOP/s")
+    print(f"10x the full network per epoch would need the tail at {10 * n / whole * tail_step:.0f} GFLOP/s "
+          f"({10 * n / whole * tail_step / limit:.0%} of matmul)")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ EXAMPLES = """\
   {prog} data/fashion_mnist --sample 300 --json advice.json
   {prog} data/mnist --budget 5            # linear unless fine-tuning fits in 5 minutes
 
-small:   under 2,500 images or a median class under 250 images
-similar: BatchNorm divergence from ImageNet statistics under 0.1; far: 0.23 and over
+small:   under 1,000 images or a median class under 100 images
+similar: BatchNorm divergence from ImageNet statistics under 0.1; far: 0.31 and over
   small + similar      -> linear classifier on penultimate codes
   small + unlike/far   -> linear classifier on earlier-layer codes
   large + similar      -> fine-tune the later layers

@@ -102,4 +102,5 @@ def real_sets() -> dict[str, Path]:
     import fetch_data
 
     return {"tuxpaint": fetch_data.fetch_tuxpaint(), "foolbox": fetch_data.fetch_foolbox() / "imagenet",
-            "mnist": fetch_data.fetch_mnist(), "fashion_mnist": fetch_data.fetch_fashion_mnist()}
+            "mnist": fetch_data.fetch_mnist(), "fashion_mnist": fetch_data.fetch_fashion_mnist(),
+            "digits": fetch_data.fetch_digits()}
