@@ -125,6 +125,12 @@ def test_auto_is_onnx_on_a_cpu_and_keras_on_a_gpu(monkeypatch):
         resolve_engine("onnx")
 
 
+def test_auto_runs_the_statistics_network_on_keras(backbones):
+    """Its reductions defeat ONNX Runtime's fusions (README, "Advise"), while the codes run on ONNX."""
+    assert resolve_engine("auto") == "onnx"
+    assert frozen_network(backbones("mobilenet_v2"), "statistics").engine == "keras"
+
+
 def test_every_command_that_runs_the_network_takes_engine():
     assert engine_module.ENGINES == ("auto", "keras", "onnx"), "scripts/cli.py writes these names out"
     for script in ("extract", "predict", "advise", "evaluate", "run"):
