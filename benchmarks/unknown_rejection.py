@@ -13,6 +13,10 @@ classifier and target rate: the shares of known and unseen images rejected by
 one threshold on the top probability (what pipeline.reject does), by one
 threshold per predicted class, and, for the SVM, by both on the maximum of its
 one-vs-rest Platt probabilities before they are normalised to sum to one.
+Two scores that are not the classifier's: the Mahalanobis distance to the
+nearest class mean (power-scaled codes, one covariance shared by the classes,
+Ledoit-Wolf shrunk: Lee et al. 2018's detector on frozen codes), and the sum
+of its rank and the top probability's rank among the out-of-fold scores.
 """
 
 from __future__ import annotations
@@ -23,22 +27,53 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sklearn.covariance import LedoitWolf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import classify  # noqa: E402
 from pipeline.layer_sets import default_candidates, layer_parts  # noqa: E402
+from pipeline.scaling import PowerScaler  # noqa: E402
 from pipeline.store import read_store  # noqa: E402
 
 RATES = (0.02, 0.05, 0.1, 0.2)
 FOLDS = 3
 
 
-def confidences(kind: str, model, X: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+class Mahalanobis:
+    """Minus the squared Mahalanobis distance to the nearest class mean of power-scaled codes, with one
+    Ledoit-Wolf covariance of the codes around their class means."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray):
+        self.scaler = PowerScaler().fit(X)
+        Z = self.scaler.transform(X)
+        self.means = np.stack([Z[y == c].mean(0) for c in range(int(y.max()) + 1)])
+        self.precision = LedoitWolf().fit(Z - self.means[y]).precision_
+
+    def __call__(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Z = self.scaler.transform(X)
+        ZP = Z @ self.precision
+        d = (ZP * Z).sum(1)[:, None] - 2 * ZP @ self.means.T + ((self.means @ self.precision) * self.means).sum(1)
+        return -d.min(1), d.argmin(1)
+
+
+def ranked(confidence: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The share of ``reference`` (out-of-fold confidences of known images) under each of ``confidence``."""
+    return np.searchsorted(np.sort(reference), confidence) / len(reference)
+
+
+def combined(by_score: dict, reference: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The Mahalanobis rank plus the top probability's, with the classifier's predicted class."""
+    top, predicted = by_score["top probability"]
+    rank = ranked(top, reference["top probability"]) + ranked(by_score["Mahalanobis"][0], reference["Mahalanobis"])
+    return rank, predicted
+
+
+def confidences(kind: str, model, density: Mahalanobis, X: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each score's (confidence, predicted class) of ``X``: low confidence is unknown."""
     proba = model.predict_proba(X)
-    out = {"top probability": (proba.max(1), proba.argmax(1))}
+    out = {"top probability": (proba.max(1), proba.argmax(1)), "Mahalanobis": density(X)}
     if kind == "svm":
         calibrated = model.calibrated_classifiers_[0]
         margins = calibrated.estimator.decision_function(X)
@@ -61,15 +96,21 @@ def held_out_class(kind: str, X: np.ndarray, labels: np.ndarray, held: int, coun
     known, y = X[keep], np.unique(labels[keep], return_inverse=True)[1]
     classes = int(y.max()) + 1
     for train, test in classify.outer_folds(y, FOLDS, 1, seed):
-        oof: dict[str, list] = {}
+        parts: dict[str, list] = {}
         for inner_train, inner_test in classify.outer_folds(y[train], FOLDS, 1, seed):
-            model, _ = classify.fit_final(kind, known[train][inner_train], y[train][inner_train], seed=seed)
-            for name, pair in confidences(kind, model, known[train][inner_test]).items():
-                oof.setdefault(name, []).append(pair)
+            Xi, yi = known[train][inner_train], y[train][inner_train]
+            model, _ = classify.fit_final(kind, Xi, yi, seed=seed)
+            for name, pair in confidences(kind, model, Mahalanobis(Xi, yi), known[train][inner_test]).items():
+                parts.setdefault(name, []).append(pair)
+        oof = {name: tuple(np.concatenate(part) for part in zip(*pairs)) for name, pairs in parts.items()}
         model, _ = classify.fit_final(kind, known[train], y[train], seed=seed)
-        scored = {"known": confidences(kind, model, known[test]), "unseen": confidences(kind, model, X[~keep])}
-        for name, pairs in oof.items():
-            confidence, predicted = (np.concatenate(part) for part in zip(*pairs))
+        density = Mahalanobis(known[train], y[train])
+        scored = {"known": confidences(kind, model, density, known[test]),
+                  "unseen": confidences(kind, model, density, X[~keep])}
+        reference = {name: oof[name][0] for name in ("top probability", "Mahalanobis")}
+        for by_score in (oof, *scored.values()):
+            by_score["Mahalanobis + top"] = combined(by_score, reference)
+        for name, (confidence, predicted) in oof.items():
             for rate in RATES:
                 for mode, cut in thresholds(confidence, predicted, classes, rate).items():
                     for part, by_score in scored.items():
