@@ -28,6 +28,7 @@ from . import metrics, regress
 from .backbones.factory import create_model, set_trainable
 from .backbones.loading import load_backbone
 from .classify import fit_final
+from .augment import RandomAffine
 from .device import accelerators
 from .errors import UserError
 from .extract import DEFAULT_BACKBONE, resize_policy
@@ -95,14 +96,10 @@ def _decode_all(files, policy, batch_size) -> tuple[np.ndarray, list[int], list[
     return np.concatenate(pixels) if pixels else np.zeros((0, policy.size, policy.size, 3), np.uint8), ok, failed
 
 
-def augmentation(seed: int) -> keras.Sequential:
-    """Flips, small rotations, translations and zooms: the label-preserving variation a small set lacks."""
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.05, fill_mode="nearest", seed=seed),
-        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed),
-        keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed),
-    ], name="augmentation")
+def augmentation(seed: int, flip: bool = True) -> RandomAffine:
+    """Small rotations, shifts and zooms, and mirrors with ``flip``: the label-preserving variation a small set
+    lacks."""
+    return RandomAffine(rotation=0.05, zoom=0.1, translation=0.1, flip=flip, seed=seed, name="augmentation")
 
 
 def init_head_from_probe(model, codes: np.ndarray, labels: np.ndarray, seed: int, class_weight=None) -> float:
@@ -303,7 +300,7 @@ def _full_mode(cfg: FinetuneConfig, backbone, policy, task: _Task, pixels: np.nd
     else:
         model = create_model(backbone, "finetune", layers=(cfg.top,), classes=len(task.names),
                              input_size=policy.size, hidden=cfg.hidden, dropout=cfg.dropout,
-                             augmentation=augmentation(cfg.seed) if cfg.augment else None, seed=cfg.seed)
+                             augmentation=augmentation(cfg.seed, cfg.flip) if cfg.augment else None, seed=cfg.seed)
         init = _probe_init(cfg, model)
         if init is not None:
             init(pooled_codes(model, train[0], cfg.batch_size), train[1])
@@ -317,6 +314,7 @@ def _full_mode(cfg: FinetuneConfig, backbone, policy, task: _Task, pixels: np.nd
     outputs = [model.predict(pixels[idx], batch_size=cfg.batch_size, verbose=0) if len(idx) else None
                for idx in (task.val, task.test)]
     protocol = {"unfreeze": cfg.unfreeze_from or f"last {cfg.unfreeze} weighted layers", "augment": cfg.augment,
+                "flip": cfg.augment and cfg.flip,
                 "learning_rates": {"head": cfg.learning_rate, "later layers": cfg.learning_rate / 10}}
     return model, history, outputs, protocol
 

@@ -137,6 +137,7 @@ def fine_tuned_network(path: Path) -> tuple[keras.Model, list[str], ResizePolicy
     backbone, read from the ``classes.json`` and ``metrics.json`` beside it."""
     import keras
 
+    from . import augment  # noqa: F401  (registers full mode's RandomAffine for loading)
     from .backbones.registry import get_spec
     from .extract import resize_policy
 

@@ -24,8 +24,9 @@ starts as the linear probe on the training split's codes, the blocks learn
 the validation split keeps the best of up to --tail-epochs epochs.
 
 Full mode (the default on a GPU): the whole network runs on augmented pixels
-every epoch; phase 1 trains the head, phase 2 unfreezes the last --unfreeze
-weighted layers at a learning rate ten times smaller.
+(small rotations, shifts and zooms; mirrors too with --flip) every epoch;
+phase 1 trains the head, phase 2 unfreezes the last --unfreeze weighted layers
+at a learning rate ten times smaller.
 
 Rerunning the same command after an interruption resumes. Writes model.keras,
 classes.json, history.json, curves.png and metrics.json (the same form as
@@ -45,12 +46,14 @@ def build_parser(prog: str | None = None):
                    help="the feature layer the new head sits on (default penultimate; an earlier one drops the "
                         "blocks after it)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the head (default 0.2)")
+    p.add_argument("--flip", action="store_true", help="mirror images left to right too (tail: every other view; "
+                                                       "full: half the time); leave off where a mirror changes "
+                                                       "the class")
     tail = p.add_argument_group("tail mode")
     tail.add_argument("--cut", metavar="LAYER", help="the feature layer whose activations are cached; the blocks "
                                                      "after it train (default: stage5 for EfficientNet-Lite)")
     tail.add_argument("--views", type=int, default=4, help="views per training image, the image itself "
                                                             "included (default 4)")
-    tail.add_argument("--flip", action="store_true", help="mirror every other view left to right")
     tail.add_argument("--tail-epochs", type=int, default=15, help="most epochs; early stopping decides "
                                                                    "(default 15)")
     tail.add_argument("--block-lr-factor", type=float, default=0.3,
@@ -63,7 +66,7 @@ def build_parser(prog: str | None = None):
     full.add_argument("--unfreeze", type=int, default=30, help="weighted layers unfrozen in phase 2 (default 30)")
     full.add_argument("--unfreeze-from", metavar="LAYER",
                       help="instead, unfreeze everything from this layer on (e.g. stage5 for the offline backbones)")
-    full.add_argument("--no-augment", action="store_true", help="no flips, rotations, translations, zooms")
+    full.add_argument("--no-augment", action="store_true", help="no rotations, shifts, zooms or flips")
     p.add_argument("--learning-rate", type=float, default=1e-3,
                    help="the head's; full mode's phase 2 uses a tenth (default 1e-3)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam, or sgd with momentum 0.9")

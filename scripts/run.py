@@ -33,7 +33,7 @@ def build_parser(prog: str | None = None):
                    help="fine-tuning mode: tail, full, or auto (full on a GPU, tail on a CPU; default)")
     p.add_argument("--image-size", type=int, help="fine-tuning resolution (default: the backbone's)")
     p.add_argument("--flip", action="store_true",
-                   help="tail mode: mirrored views too (leave off where a mirror changes the class)")
+                   help="mirror images too in fine-tuning (leave off where a mirror changes the class)")
     p.add_argument("--tail-epochs", type=int, default=15, help="tail mode: most epochs (default 15)")
     p.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
                    help="full mode: epochs of its two phases (default 5 5)")

@@ -4,6 +4,8 @@ test_tail.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +45,19 @@ def test_predict_accepts_the_finetuned_model(finetuned):
     predictions, description = predict_images(cfg.out / "model.keras", [cfg.data / "red"], progress=False)
     assert "fine-tuned" in description and len(predictions) == 10
     assert all(abs(sum(p for _, p in pred.top) - 1) < 1e-4 for pred in predictions)  # 2 classes, top-2
+
+
+def test_a_fresh_process_loads_the_augmented_network(finetuned):
+    """model.keras holds full mode's RandomAffine: predict.py, in a process that never fine-tuned, loads it."""
+    cfg, metrics = finetuned
+    assert metrics["protocol"]["augment"] and not metrics["protocol"]["flip"]
+    code = ("import sys; from pathlib import Path; from pipeline.predict import fine_tuned_network; "
+            "layer = fine_tuned_network(Path(sys.argv[1]))[0].get_layer('augmentation'); "
+            "print(type(layer).__name__, layer.flip)")
+    done = subprocess.run([sys.executable, "-c", code, str(cfg.out / "model.keras")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["RandomAffine", "False"]
 
 
 def test_rerun_after_phase_one_resumes(finetuned, caplog):

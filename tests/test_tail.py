@@ -120,7 +120,7 @@ def test_the_cached_tail_is_the_saved_network_on_pixels(tmp_path, backbones):
     tail, codes, first = tail_network(model, backbone, "stage5")
     assert first.startswith("_blocks") and tail.input.shape[1:] == (4, 4, 112)
     pixels = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3)).astype(np.uint8)
-    activations = frozen_network(backbone, "front", ("stage5",), "onnx", size=64)(pixels)[0]
+    activations = frozen_network(backbone, "front", ("stage5",), "auto", size=64)(pixels)[0]
     cached = tail.predict_on_batch(activations.astype(np.float16).astype(np.float32))
     model.save(tmp_path / "model.keras")
     direct = keras.models.load_model(tmp_path / "model.keras").predict_on_batch(pixels)
