@@ -7,9 +7,10 @@ epoch then shows every training image in one of its views, drawn at random,
 to the trainable blocks and the head: the head starts as the linear probe on
 the cached codes (LP-FT), BatchNorm stays frozen in inference mode, the blocks
 learn ``block_lr_factor`` times slower than the head, and early stopping on the
-validation split keeps the best epoch; the weights are then mixed with the
-starting point's in the proportion that scores best on the validation split
-(the start itself when no epoch beat it). The trained blocks are the fine-tuning
+validation split ends training; the weights averaged over the epochs from the
+third on (stochastic weight averaging) are then mixed with the starting point's
+in the proportion that scores best on the validation split (the start itself
+when training did not beat it). The trained blocks are the fine-tuning
 network's own layers, so ``model.keras`` maps pixels to classes as the full
 mode's does.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,44 @@ def cache_views(backbone: Backbone, policy: ResizePolicy, folder: Path, files: S
     return cache, failed
 
 
+AVERAGE_FROM = 2  # the first epoch (from 0) in the weight average
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """At the end of training, sets the model to the mean of its weights at the end of each epoch from ``first``
+    on (stochastic weight averaging, Izmailov et al. 2018): on Fashion-MNIST 3,000 the best epoch's weights
+    scored 0.858 and 0.878 on run.py's held-out images, the average 0.882 and 0.878. BatchNorm is frozen, so
+    the average needs no new statistics. The mean is saved at each epoch's end (``path``, written whole and
+    renamed) and taken up again by a run resumed after an interruption."""
+
+    def __init__(self, path: Path, first: int = AVERAGE_FROM):
+        super().__init__()
+        self.path, self.first, self.count, self.mean = path, first, 0, None
+
+    def on_train_begin(self, logs=None):
+        if self.path.exists():
+            with np.load(self.path) as saved:
+                self.count = int(saved["count"])
+                self.mean = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.first:
+            return
+        weights = self.model.get_weights()
+        self.count += 1
+        self.mean = weights if self.mean is None else [m + (w - m) / self.count for m, w in zip(self.mean, weights)]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        with open(partial, "wb") as f:
+            np.savez(f, count=self.count, **{f"w{i}": m for i, m in enumerate(self.mean)})
+        os.replace(partial, self.path)
+
+    def on_train_end(self, logs=None):
+        if self.mean is not None:
+            self.model.set_weights(self.mean)
+        self.path.unlink(missing_ok=True)
+
+
 MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -163,9 +203,10 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
     metric = "loss" if regression else "accuracy"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup" / "tail")),
-        keras.callbacks.EarlyStopping(monitor=f"val_{metric}", patience=settings.patience,
-                                      restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor=f"val_{metric}", patience=settings.patience),
     ]
+    average = WeightAverage(out / "backup" / "tail_average.npz", min(AVERAGE_FROM, settings.epochs - 1))
+    callbacks.append(average)
     data = RandomViews(cache, train[0], train[1], settings.views.count, settings.batch_size, seed)
     val_x = np.concatenate(list(cache.batches(0, val[0], 256)))
     initial = tail.get_weights()
@@ -177,7 +218,8 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
     scores = fitted.history[f"val_{metric}"]
     mix, by_mix = interpolate(tail, initial, (val_x, val[1]), metric, regression, before)
     history = {"tail": {**{k: [float(v) for v in vals] for k, vals in fitted.history.items()},
-                        f"val_{metric}_before": float(before), "kept_start": mix == 0.0, "mix": mix,
+                        f"val_{metric}_before": float(before), "averaged_epochs": average.count,
+                        "kept_start": mix == 0.0, "mix": mix,
                         f"val_{metric}_by_mix": by_mix, "seconds": seconds,
                         "seconds_per_epoch": seconds / max(1, len(scores))}}
     return tail, history

@@ -20,8 +20,10 @@ leave it off where a mirror changes the class, as for digits), and its output
 at --cut is cached in OUT/activations (HDF5, float16, reused by later runs).
 The blocks after the cut and the head then train from the cache: the head
 starts as the linear probe on the training split's codes, the blocks learn
---block-lr-factor times slower, BatchNorm stays frozen, and early stopping on
-the validation split keeps the best of up to --tail-epochs epochs.
+--block-lr-factor times slower, BatchNorm stays frozen, early stopping on the
+validation split ends training (at most --tail-epochs epochs), and the weights
+averaged over the epochs from the third on are mixed with the start's in the
+share that scores best on the validation split.
 
 Full mode (the default on a GPU): the whole network runs on augmented pixels
 (small rotations, shifts and zooms; mirrors too with --flip) every epoch;

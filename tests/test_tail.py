@@ -19,7 +19,7 @@ from pipeline.finetune import FinetuneConfig, finetune
 from pipeline.images import fingerprint
 from pipeline.optimizers import make_optimizer
 from pipeline.predict import predict_images
-from pipeline.tail import MIXES, interpolate, tail_network
+from pipeline.tail import MIXES, WeightAverage, interpolate, tail_network
 from pipeline.views import Views
 
 
@@ -192,3 +192,28 @@ def test_the_mix_of_start_and_trained_weights_is_the_best_on_validation():
     assert by_mix[str(mix)] == max(by_mix.values()) and set(by_mix) == {str(m) for m in MIXES}
     for got, a, b in zip(net.get_weights(), start, trained):
         np.testing.assert_allclose(got, (1 - mix) * a + mix * b, atol=1e-6)
+
+
+def test_the_weight_average_is_the_mean_of_the_later_epochs_and_survives_a_restart(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    net.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(net.get_weights()))
+    path = tmp_path / "backup" / "average.npz"
+    net.fit(x, y, epochs=5, batch_size=8, callbacks=[record, WeightAverage(path, first=2)], verbose=0)
+    for got, *epochs in zip(net.get_weights(), *seen):
+        np.testing.assert_allclose(got, np.mean(epochs[2:], axis=0), atol=1e-6)
+    assert not np.allclose(seen[-1][0], net.get_weights()[0]), "the average is not the last epoch's weights"
+    assert not path.exists(), "the saved mean goes once training ends"
+
+    interrupted = WeightAverage(path, first=0)  # an epoch ends, then the process dies
+    interrupted.set_model(net)
+    interrupted.on_epoch_end(0)
+    resumed = WeightAverage(path, first=0)
+    resumed.set_model(net)
+    resumed.on_train_begin()
+    assert resumed.count == 1 and all(np.array_equal(a, b) for a, b in zip(resumed.mean, net.get_weights()))
