@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from pipeline.commands import cli
-from pipeline.advise import advise, write_advice
+from pipeline.advise import FAR_DIVERGENCE, SIMILAR_DIVERGENCE, SMALL_IMAGES, SMALL_MEDIAN_CLASS, advise, write_advice
 
 EXAMPLES = """\
   {prog} data/tuxpaint
@@ -11,8 +11,9 @@ EXAMPLES = """\
   {prog} data/fashion_mnist --sample 300 --json advice.json
   {prog} data/mnist --budget 5            # linear unless fine-tuning fits in 5 minutes
 
-small:   under 1,000 images or a median class under 100 images
-similar: BatchNorm divergence from ImageNet statistics under 0.1; far: 0.31 and over
+""" + f"""\
+small:   under {SMALL_IMAGES:,} images or a median class under {SMALL_MEDIAN_CLASS} images
+similar: BatchNorm divergence from ImageNet statistics under {SIMILAR_DIVERGENCE}; far: {FAR_DIVERGENCE} and over
   small + similar      -> linear classifier on penultimate codes
   small + unlike/far   -> linear classifier on earlier-layer codes
   large + similar      -> fine-tune the later layers
