@@ -330,9 +330,9 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     mode = resolve_mode(cfg.mode)
     keras.utils.set_random_seed(cfg.seed)  # initialisation, dropout and augmentation draws
     backbone = load_backbone(cfg.backbone, precision=cfg.precision)
-    size = cfg.image_size or (default_size(backbone) if mode == "tail" else backbone.spec.input_size)
-    policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
     files = [dataset.root / p for p in dataset.paths]
+    size = cfg.image_size or (default_size(backbone, len(files)) if mode == "tail" else backbone.spec.input_size)
+    policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
     names = [] if regression else dataset.class_names
     cfg.out.mkdir(parents=True, exist_ok=True)
     if mode == "tail":  # view 0 of every image first: it tells which images decode before the split

@@ -50,6 +50,14 @@ def add_engine(p: argparse.ArgumentParser) -> None:
                    help="what runs the frozen network: auto (default): ONNX Runtime on a CPU, Keras on a GPU")
 
 
+def add_image_size(p: argparse.ArgumentParser) -> None:
+    """The ``--image-size`` option of the commands that fine-tune (``pipeline.tail.default_size``, written out
+    so that ``--help`` imports no Keras)."""
+    p.add_argument("--image-size", type=int,
+                   help="fine-tune at this resolution (default: the backbone's; in tail mode from 1,000 images, "
+                        "5/7 of it, 160 px for 224)")
+
+
 def add_views(p: argparse.ArgumentParser, then: str) -> None:
     """The ``--views`` option of the commands that extract codes (``pipeline.tta.VIEWS``); ``then``: what the
     command does with them."""

@@ -42,8 +42,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="tail, full, or auto: full where a GPU is seen, tail on a CPU (default auto)")
-    p.add_argument("--image-size", type=int, help="train at this resolution (default: the backbone's in full "
-                                                  "mode, 5/7 of it, 160 px for 224, in tail mode)")
+    cli.add_image_size(p)
     p.add_argument("--top", default="penultimate", metavar="LAYER",
                    help="the feature layer the new head sits on (default penultimate; an earlier one drops the "
                         "blocks after it)")

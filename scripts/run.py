@@ -31,8 +31,7 @@ def build_parser(prog: str | None = None):
                    help="auto fine-tunes only when its estimated time here fits (advise.py --help)")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="fine-tuning mode: tail, full, or auto (full on a GPU, tail on a CPU; default)")
-    p.add_argument("--image-size", type=int, help="fine-tuning resolution (default: the backbone's in full "
-                                                  "mode, 5/7 of it, 160 px for 224, in tail mode)")
+    cli.add_image_size(p)
     p.add_argument("--flip", action="store_true",
                    help="mirror images too in fine-tuning (leave off where a mirror changes the class)")
     p.add_argument("--tail-epochs", type=int, default=15, help="tail mode: most epochs (default 15)")

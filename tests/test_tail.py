@@ -19,7 +19,7 @@ from pipeline.finetune import FinetuneConfig, finetune
 from pipeline.images import fingerprint
 from pipeline.optimizers import make_optimizer
 from pipeline.predict import predict_images
-from pipeline.tail import MIXES, WeightAverage, interpolate, tail_network
+from pipeline.tail import FULL_SIZE_BELOW, MIXES, WeightAverage, default_size, interpolate, tail_network
 from pipeline.views import Views
 
 
@@ -65,6 +65,12 @@ class _CountingFront:
             raise KeyboardInterrupt
         self.images += len(pixels)
         return self.network(pixels)
+
+
+def test_small_sets_train_at_full_resolution(backbones):
+    backbone = backbones("efficientnet_lite0")
+    assert default_size(backbone, FULL_SIZE_BELOW - 1) == backbone.spec.input_size == 224
+    assert default_size(backbone, FULL_SIZE_BELOW) == 160, "5/7 of the side, in steps of 32"
 
 
 def test_the_cache_reuses_valid_rows_and_survives_a_kill(tmp_path, backbones):
