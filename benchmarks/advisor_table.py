@@ -21,10 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "data")]
 
-from fetch_data import (fetch_digits, fetch_fashion_mnist, fetch_mnist, fetch_tuxpaint,  # noqa: E402
-                        first_per_class)
+from fetch_data import (  # noqa: E402
+    fetch_digits,
+    fetch_fashion_mnist,
+    fetch_mnist,
+    fetch_tuxpaint,
+    first_per_class,
+)
 
-from pipeline.end_to_end import RunConfig, run  # noqa: E402
+from pipeline.escalate.run import RunConfig, run  # noqa: E402
 
 
 @dataclass(frozen=True)

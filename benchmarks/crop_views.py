@@ -8,7 +8,7 @@ are computed for the image, its mirror, crops of 7/8 of the side resized back
 the fit stage's protocol and folds on five sets of views: none, the mirror,
 the mirror and centre crops, the mirror and corners, the centre crop alone.
 Training uses every view of the training images; prediction averages over the
-views of the test image (pipeline.tta). Prints svm and softmax accuracy.
+views of the test image (pipeline.linear.tta). Prints svm and softmax accuracy.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import classify  # noqa: E402
+from pipeline.backbones.codes import resize_policy  # noqa: E402
 from pipeline.backbones.engine import frozen_network  # noqa: E402
 from pipeline.backbones.loading import load_backbone  # noqa: E402
-from pipeline.extract import DEFAULT_BACKBONE, resize_policy  # noqa: E402
-from pipeline.images import discover  # noqa: E402
-from pipeline.loader import decoded_batches  # noqa: E402
+from pipeline.backbones.options import DEFAULT_BACKBONE  # noqa: E402
+from pipeline.data.discover import discover  # noqa: E402
+from pipeline.data.loader import decoded_batches  # noqa: E402
+from pipeline.linear import classify  # noqa: E402
 
 LAYERS = ("stage5", "stage6", "penultimate")
 CROP = 0.875

@@ -7,7 +7,7 @@ copy), a JPEG at quality 85, a resized copy (shrunk to 60% when its short side
 has at least 200 pixels, as photos are; enlarged twice otherwise, since the
 small images of these sets shrunk lose their content), and a copy padded by 5%
 on every side (a re-framed scan). All are extracted with the default backbone
-and layer (pipeline.duplicates.similarity), and the script prints, per set and
+and layer (pipeline.linear.duplicates.similarity), and the script prints, per set and
 per kind of copy, the share of copies whose similarity to their original
 reaches the threshold (they are caught), and the highest similarity between
 two distinct originals of one class, which must stay under it (distinct
@@ -27,12 +27,18 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "data")]
 
-from fetch_data import (fetch_digits, fetch_fashion_mnist, fetch_foolbox, fetch_tuxpaint,  # noqa: E402
-                        first_per_class)
+from fetch_data import (  # noqa: E402
+    fetch_digits,
+    fetch_fashion_mnist,
+    fetch_foolbox,
+    fetch_tuxpaint,
+    first_per_class,
+)
 
-from pipeline.duplicates import DEFAULT_THRESHOLD, similarity  # noqa: E402
-from pipeline.extract import ExtractConfig, extract  # noqa: E402
-from pipeline.store import read_store  # noqa: E402
+from pipeline.linear.duplicates import DEFAULT_THRESHOLD, similarity  # noqa: E402
+from pipeline.store.config import ExtractConfig  # noqa: E402
+from pipeline.store.extract import extract  # noqa: E402
+from pipeline.store.reader import read_store  # noqa: E402
 
 SETS = {"tuxpaint": fetch_tuxpaint, "fashion_mnist": fetch_fashion_mnist, "digits": fetch_digits,
         "foolbox_photos": fetch_foolbox}

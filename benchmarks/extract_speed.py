@@ -51,7 +51,8 @@ from flops import matmul_gflops, model_gflop  # noqa: E402
 def make_photos(dest: Path, count: int, seed: int = 0) -> None:
     """JPEGs of 640 to 1600 px on the long side from the real data sets, in two class folders."""
     from fetch_data import fetch_foolbox, fetch_tuxpaint
-    from pipeline.images import to_rgb
+
+    from pipeline.data.decode import to_rgb
 
     sources = sorted(fetch_tuxpaint().rglob("*.png")) + sorted((fetch_foolbox() / "imagenet").glob("*.jpg"))
     rng = np.random.default_rng(seed)
@@ -70,10 +71,10 @@ def make_photos(dest: Path, count: int, seed: int = 0) -> None:
 
 
 def phase_model_alone(data: Path, backbone_name: str, batch: int, engine: str, workers: int | None) -> dict:
+    from pipeline.backbones.codes import resize_policy
     from pipeline.backbones.engine import frozen_network
     from pipeline.backbones.loading import load_backbone
-    from pipeline.extract import resize_policy
-    from pipeline.images import decode_image
+    from pipeline.data.decode import decode_image
 
     backbone = load_backbone(backbone_name)
     spec = backbone.spec
@@ -92,7 +93,8 @@ def phase_model_alone(data: Path, backbone_name: str, batch: int, engine: str, w
 
 
 def phase_extract(data: Path, backbone_name: str, batch: int, engine: str, workers: int | None) -> dict:
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.store.config import ExtractConfig
+    from pipeline.store.extract import extract
 
     with tempfile.TemporaryDirectory() as tmp:
         result = extract(ExtractConfig(data=data, out=Path(tmp) / "codes.h5", backbone=backbone_name,
@@ -137,8 +139,8 @@ def run_phase(name: str, data: Path, backbone: str, batch: int, engine: str = "k
 
 def decode_rates(data: Path, size: int) -> dict[str, float]:
     """Images/s of one thread decoding the JPEGs, and PNG copies of them with Pillow and with libspng."""
-    from pipeline import images
-    from pipeline.images import ResizePolicy, decode_image
+    from pipeline.data import discover as images
+    from pipeline.data.decode import ResizePolicy, decode_image
 
     jpegs = sorted(data.rglob("*.jpg"))[:60]
     pngs = []

@@ -30,13 +30,13 @@ import numpy as np  # noqa: E402
 from fetch_data import fetch_fashion_mnist  # noqa: E402
 from flops import matmul_gflops, model_gflop  # noqa: E402
 
+from pipeline.backbones.codes import resize_policy  # noqa: E402
 from pipeline.backbones.engine import frozen_network  # noqa: E402
 from pipeline.backbones.factory import create_model, set_trainable  # noqa: E402
 from pipeline.backbones.loading import load_backbone  # noqa: E402
-from pipeline.extract import resize_policy  # noqa: E402
-from pipeline.finetune import _decode_all, augmentation  # noqa: E402
-from pipeline.images import discover  # noqa: E402
-from pipeline.tail import tail_network  # noqa: E402
+from pipeline.data.discover import discover  # noqa: E402
+from pipeline.finetune.stage import _decode_all, augmentation  # noqa: E402
+from pipeline.finetune.tail import tail_network  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):

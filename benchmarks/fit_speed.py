@@ -32,7 +32,7 @@ def synthetic(n=10_000, d=1280, k=10, seed=0):
 
 
 def timed_fit(store: Path, out: Path) -> tuple[float, dict]:
-    from pipeline.fit import FitConfig, fit
+    from pipeline.linear.fit import FitConfig, fit
 
     started = time.perf_counter()
     metrics = fit(FitConfig(store=store, out=out)).to_json()
@@ -41,7 +41,9 @@ def timed_fit(store: Path, out: Path) -> tuple[float, dict]:
 
 def main() -> None:
     from conftest import write_store
-    from pipeline.extract import ExtractConfig, extract
+
+    from pipeline.store.config import ExtractConfig
+    from pipeline.store.extract import extract
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -11,7 +11,9 @@ def model_gflop(model, shape: tuple[int, ...], dtype: str = "float32") -> float:
     """GFLOP of one forward pass of a Keras model on one input of ``shape`` (batch excluded), counted by
     TensorFlow's profiler on the frozen graph."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
     from tensorflow.python.profiler import model_analyzer, option_builder
 
     graph = convert_variables_to_constants_v2(tf.function(lambda x: model(x)).get_concrete_function(

@@ -26,10 +26,11 @@ sys.path.insert(0, str(ROOT / "data"))  # fetch_data.py
 def main() -> None:
     from fetch_data import fetch_tuxpaint
 
-    from pipeline.export import export
-    from pipeline.extract import ExtractConfig, extract
-    from pipeline.fit import FitConfig, fit
-    from pipeline.predict import predict_images
+    from pipeline.deploy.export import export
+    from pipeline.deploy.predict import predict_images
+    from pipeline.linear.fit import FitConfig, fit
+    from pipeline.store.config import ExtractConfig
+    from pipeline.store.extract import extract
 
     data = fetch_tuxpaint()
     with tempfile.TemporaryDirectory() as tmp:

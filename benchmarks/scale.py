@@ -40,7 +40,8 @@ EPOCHS = 3
 def phase_extract(data: Path, out: Path, address: str | None) -> dict:
     """One extraction in this process; with Ray, the time from the first finished batch on is timed apart."""
     import pipeline.scaleout.extract as cluster_extract
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.store.config import ExtractConfig
+    from pipeline.store.extract import extract
 
     arrivals: list[tuple[float, int]] = []
     original = cluster_extract.cluster_shards
@@ -62,8 +63,8 @@ def phase_extract(data: Path, out: Path, address: str | None) -> dict:
 
 def phase_stream(store: Path, budget: int) -> dict:
     """The streamed fit, held to EPOCHS epochs: memory does not depend on their number, the time is per epoch."""
-    from pipeline import stream_fit
-    from pipeline.fit import FitConfig, fit
+    from pipeline.linear import stream as stream_fit
+    from pipeline.linear.fit import FitConfig, fit
 
     stream_fit.MAX_EPOCHS = EPOCHS
 
@@ -82,7 +83,8 @@ def run_phase(*args: str) -> dict:
 
 def synthetic_store(path: Path, rows: int, dim: int) -> None:
     """A valid store of ``rows`` random codes, written shard by shard (the writer's memory stays small)."""
-    from pipeline.store import Row, Shards, StoreConfig, assemble
+    from pipeline.store.layout import StoreConfig
+    from pipeline.store.writer import Row, Shards, assemble
 
     config = StoreConfig("efficientnet_lite0", "synthetic", ("penultimate",), 224,
                          {"mean": [0.0] * 3, "std": [1.0] * 3, "bgr": False}, {"size": 224, "mode": "crop"})
@@ -136,7 +138,7 @@ def ray_phases(tmp: Path, images: int) -> None:
 
 
 def stream_phases(tmp: Path) -> None:
-    from pipeline.stream_fit import ALPHAS
+    from pipeline.linear.stream import ALPHAS
 
     budget, dim = 64 * 2**20, 256
     stream = {}

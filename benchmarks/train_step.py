@@ -23,10 +23,10 @@ sys.path[:0] = [str(ROOT)]
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.backbones.device import accelerators  # noqa: E402
 from pipeline.backbones.factory import create_model, set_trainable  # noqa: E402
 from pipeline.backbones.loading import load_backbone  # noqa: E402
-from pipeline.device import accelerators  # noqa: E402
-from pipeline.finetune import augmentation  # noqa: E402
+from pipeline.finetune.stage import augmentation  # noqa: E402
 
 
 def keras_layers() -> keras.Sequential:

@@ -10,7 +10,7 @@ cross-validation, the SVM Platt-calibrated), the model trained on both training
 folds is applied to the third fold's images (the known images wrongly rejected)
 and to the held-out class (the unseen images rejected). Printed for each
 classifier and target rate: the shares of known and unseen images rejected by
-one threshold on the top probability (what pipeline.reject does), by one
+one threshold on the top probability (what pipeline.linear.reject does), by one
 threshold per predicted class, and, for the SVM, by both on the maximum of its
 one-vs-rest Platt probabilities before they are normalised to sum to one.
 Two scores that are not the classifier's: the Mahalanobis distance to the
@@ -32,10 +32,10 @@ from sklearn.covariance import LedoitWolf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import classify  # noqa: E402
-from pipeline.layer_sets import default_candidates, layer_parts  # noqa: E402
-from pipeline.scaling import PowerScaler  # noqa: E402
-from pipeline.store import read_store  # noqa: E402
+from pipeline.linear import classify  # noqa: E402
+from pipeline.linear.scaling import PowerScaler  # noqa: E402
+from pipeline.store.layout import default_candidates, layer_parts  # noqa: E402
+from pipeline.store.reader import read_store  # noqa: E402
 
 RATES = (0.02, 0.05, 0.1, 0.2)
 FOLDS = 3

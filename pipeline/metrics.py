@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import f1_score, mean_absolute_error, precision_recall_fscore_support, r2_score
+from sklearn.metrics import (
+    f1_score,
+    mean_absolute_error,
+    precision_recall_fscore_support,
+    r2_score,
+)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class CVResult:
     fold_hyper: tuple = ()  # the value chosen in each outer fold, in the folds' order (not saved)
     class_weight: str | None = None
     fold_inner: tuple = ()  # each outer fold's inner-validation score at its chosen C (not saved)
-    views: tuple = ()  # the views (pipeline.tta) trained on and averaged over, beside the image itself
+    views: tuple = ()  # the views (pipeline.linear.tta) trained on and averaged over, beside the image itself
 
     @property
     def primary(self) -> Score:
@@ -78,7 +78,7 @@ class FinalModel:
     hyper: dict[str, float]
     bundle: str
     test: HeldOut | None = None
-    reject: dict | None = None  # a RejectRule's figures (pipeline.reject)
+    reject: dict | None = None  # a RejectRule's figures (pipeline.linear.reject)
     class_weight: str | None = None
     views: tuple = ()
 

@@ -3,7 +3,14 @@
 from pathlib import Path
 
 from pipeline.commands import cli
-from pipeline.advise import FAR_DIVERGENCE, SIMILAR_DIVERGENCE, SMALL_IMAGES, SMALL_MEDIAN_CLASS, advise, write_advice
+
+from pipeline.escalate.config import AdviseConfig
+from pipeline.escalate.rule import (
+    FAR_DIVERGENCE,
+    SIMILAR_DIVERGENCE,
+    SMALL_IMAGES,
+    SMALL_MEDIAN_CLASS,
+)
 
 EXAMPLES = """\
   {prog} data/tuxpaint
@@ -17,7 +24,7 @@ similar: BatchNorm divergence from ImageNet statistics under {SIMILAR_DIVERGENCE
   small + similar      -> linear classifier on penultimate codes
   small + unlike/far   -> linear classifier on earlier-layer codes
   large + similar      -> fine-tune the later layers
-  large + unlike       -> linear classifier on earlier-layer codes (fine-tuning lost in the README's table)
+  large + unlike       -> linear classifier on earlier-layer codes (fine-tuning lost in the advisor table)
   large + far          -> fine-tune the whole network
 With --budget, a large set gets the linear strategy when fine-tuning's estimated
 time on this machine (from the frozen network's measured speed) is over it."""
@@ -26,18 +33,21 @@ time on this machine (from the frozen network's measured speed) is over it."""
 def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("source", type=Path, help="image folder, CSV manifest, or a feature store (.h5)")
-    p.add_argument("--backbone", help="backbone to measure with (default: the store's, or efficientnet_lite0)")
-    p.add_argument("--sample", type=int, default=200, help="images used for the similarity (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="fixes the sample (default 0)")
-    p.add_argument("--weights", type=Path, help="local weights file for the backbone")
-    p.add_argument("--budget", type=float, metavar="MINUTES", help="time fine-tuning may take here")
-    cli.add_engine(p)
+    cli.option(p, AdviseConfig, "backbone", help="backbone to measure with (default: the store's, or the default "
+                                                 "backbone)")
+    cli.option(p, AdviseConfig, "sample", type=int, help="images used for the similarity (default %(default)s)")
+    cli.option(p, AdviseConfig, "seed", type=int, help="fixes the sample (default %(default)s)")
+    cli.option(p, AdviseConfig, "weights", type=Path, help="local weights file for the backbone")
+    cli.option(p, AdviseConfig, "budget", type=float, metavar="MINUTES", help="time fine-tuning may take here")
+    cli.add_engine(p, AdviseConfig)
     p.add_argument("--json", type=Path, help="also write the figures and verdict as JSON")
     return p
 
 
 def main(args) -> int:
-    advice = advise(args.source, args.backbone, args.sample, args.seed, args.weights, args.engine, args.budget)
+    from pipeline.escalate.advise import advise, write_advice
+
+    advice = advise(cli.settings(AdviseConfig, args))
     print(advice.format())
     if args.json:
         write_advice(advice, args.json)

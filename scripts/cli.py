@@ -2,25 +2,32 @@
 
 Each command is a module of ``scripts/`` (installed as ``pipeline.commands``)
 with ``build_parser(prog)`` and ``main(args)``; ``python scripts/NAME.py`` and
-``cnn-codes NAME`` parse with the same parser. Process-wide settings (logging,
-warning filters, TensorFlow's log level, seeds) are made here, by the entry
-points; the library (``pipeline/``) never imports the commands.
+``cnn-codes NAME`` parse with the same parser, whose defaults and choices are
+the stage settings' own (:mod:`pipeline.settings`). Commands import a stage's
+code inside ``main``, so that ``--help`` imports no TensorFlow. Process-wide
+settings (logging, warning filters, TensorFlow's log level, seeds, Ray's
+authentication) are made here, by the entry points; the library
+(``pipeline/``) never imports the commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable
 
 # Before TensorFlow is first imported (the commands import the library after this): no C++ start-up chatter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.finetune.config import FULL_SIZE_BELOW  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
 
 # cnn-codes NAME -> its module in scripts/ (pipeline.commands)
 COMMANDS = {"extract": "extract", "fit": "fit_svm", "predict": "predict", "advise": "advise",
@@ -36,44 +43,76 @@ def parser(description: str, examples: str, prog: str | None = None) -> argparse
     )
 
 
+def option(p, settings: type[Settings], name: str, *flags: str, **kwargs) -> None:
+    """Add the option of the setting ``name`` of ``settings``: its default and choices come from the settings
+    (write ``%(default)s`` in the help to show the default); ``flags`` default to ``--name-with-dashes``."""
+    kwargs.setdefault("default", settings.default(name))
+    if settings.choices(name) is not None and kwargs.get("action") is None:
+        kwargs.setdefault("choices", settings.choices(name))
+    kwargs.setdefault("dest", name)
+    p.add_argument(*(flags or (f"--{name.replace('_', '-')}",)), **kwargs)
+
+
+def settings(cls: type[Settings], args: argparse.Namespace, **values):
+    """``cls`` made from the parsed ``args`` (those of its fields the parser has; lists become tuples), then
+    ``values``; a bad value is the library's one-line error, naming the flag."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    return cls(**{**given, **values})
+
+
+def progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
 def add_ray(p: argparse.ArgumentParser) -> None:
-    """The ``--ray`` option of the commands that scale out (README, "Scaling out")."""
+    """The ``--ray`` option of the commands that scale out (docs/scaleout.md)."""
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run on a Ray cluster: auto (the one `ray start` runs here), local (a new one in this "
                         "process) or HOST:PORT; needs the ray extra")
 
 
-def add_engine(p: argparse.ArgumentParser) -> None:
-    """The ``--engine`` option of every command that runs the frozen network (the names of
-    ``pipeline.backbones.engine.ENGINES``, written out so that ``--help`` imports no Keras)."""
-    p.add_argument("--engine", choices=("auto", "keras", "onnx"), default="auto",
-                   help="what runs the frozen network: auto (default): ONNX Runtime on a CPU, Keras on a GPU")
+def add_engine(p: argparse.ArgumentParser, settings: type[Settings], help_text: str | None = None) -> None:
+    """The ``--engine`` option of every command that runs the frozen network."""
+    option(p, settings, "engine", help=help_text or "what runs the frozen network: auto (default): ONNX Runtime on "
+                                                     "a CPU, Keras on a GPU")
 
 
-def add_image_size(p: argparse.ArgumentParser) -> None:
-    """The ``--image-size`` option of the commands that fine-tune (``pipeline.tail.default_size``, written out
-    so that ``--help`` imports no Keras)."""
-    p.add_argument("--image-size", type=int,
-                   help="fine-tune at this resolution (default: the backbone's; in tail mode from 1,000 images, "
-                        "5/7 of it, 160 px for 224)")
+def add_image_size(p: argparse.ArgumentParser, settings: type[Settings]) -> None:
+    """The ``--image-size`` option of the commands that fine-tune."""
+    option(p, settings, "image_size", type=int,
+           help=f"fine-tune at this resolution (default: the backbone's; in tail mode from {FULL_SIZE_BELOW:,} "
+                "images, 5/7 of it, 160 px for 224)")
 
 
-def add_views(p: argparse.ArgumentParser, then: str) -> None:
-    """The ``--views`` option of the commands that extract codes (``pipeline.tta.VIEWS``); ``then``: what the
-    command does with them."""
-    from pipeline.tta import VIEWS
-
-    p.add_argument("--views", nargs="+", choices=VIEWS, default=[],
-                   help=f"also extract the codes of these views of each image (flip: mirrored left to right); {then} "
-                        "(default: none)")
+def add_views(p: argparse.ArgumentParser, settings: type[Settings], then: str) -> None:
+    """The ``--views`` option of the commands that extract codes; ``then``: what the command does with them."""
+    option(p, settings, "views", nargs="+",
+           help=f"also extract the codes of these views of each image (flip: mirrored left to right); {then} "
+                "(default: none)")
 
 
-def add_duplicates(p: argparse.ArgumentParser) -> None:
-    """The ``--duplicate-threshold`` option of the commands that cross-validate (the value of
-    ``pipeline.duplicates.DEFAULT_THRESHOLD``, written out so that ``--help`` imports no SciPy)."""
-    p.add_argument("--duplicate-threshold", type=float, default=0.95, metavar="SIMILARITY",
-                   help="images whose codes are at least this similar are near-duplicates, kept inside one fold "
-                        "(default 0.95; 0: do not look for them)")
+def add_duplicates(p: argparse.ArgumentParser, settings: type[Settings]) -> None:
+    """The ``--duplicate-threshold`` option of the commands that cross-validate."""
+    option(p, settings, "duplicate_threshold", type=float, metavar="SIMILARITY",
+           help="images whose codes are at least this similar are near-duplicates, kept inside one fold "
+                "(default %(default)s; 0: do not look for them)")
+
+
+def _prepare_ray(address: str) -> None:
+    """Before Ray is first imported: a cluster started with a token (``ray start`` left one in ~/.ray) is joined
+    with it, as ``ray start`` decides; Ray Data's own progress bars and per-job lines give way to the command's."""
+    if address != "local" and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    try:
+        import ray.data
+    except ImportError:
+        return  # the library says what to install
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
 
 
 def _flag(p: argparse.ArgumentParser, param: str | None) -> str | None:
@@ -99,6 +138,8 @@ def run(build_parser: Callable[[str | None], argparse.ArgumentParser], main: Cal
     # Bombs are refused with a recorded reason; Pillow's own warning would only be noise.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     set_verbosity(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    if getattr(args, "ray", None):
+        _prepare_ray(args.ray)
     if getattr(args, "seed", None) is not None:
         import keras
 

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from pipeline.commands import cli
-from pipeline.export import FORMATS, QUANTIZATIONS, card_path, export
+
+from pipeline.deploy.config import ExportConfig
 
 EXAMPLES = """\
   {prog} runs/tuxpaint/linear/svm.skops --format onnx --out tuxpaint.onnx
@@ -19,17 +20,21 @@ The class names, input size and resize policy are written beside the model
 def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("model", type=Path, help="a .skops bundle (fit_svm.py) or a .keras model (finetune.py)")
-    p.add_argument("--format", choices=FORMATS, required=True, help="onnx, tflite (LiteRT), savedmodel or keras")
+    cli.option(p, ExportConfig, "format", required=True, help="onnx, tflite (LiteRT), savedmodel or keras")
     p.add_argument("--out", type=Path, required=True, help="file to write (a folder for savedmodel)")
-    p.add_argument("--quantize", choices=QUANTIZATIONS, help="tflite only: float16, or int8 (needs --calibration)")
-    p.add_argument("--calibration", type=Path, help="typical images for int8 quantization (folder, up to 200 used)")
-    p.add_argument("--weights", type=Path, help="the local backbone weights the bundle was extracted with")
+    cli.option(p, ExportConfig, "quantize", help="tflite only: float16, or int8 (needs --calibration)")
+    cli.option(p, ExportConfig, "calibration", type=Path,
+               help="typical images for int8 quantization (folder, up to 200 used)")
+    cli.option(p, ExportConfig, "weights", type=Path,
+               help="the local backbone weights the bundle was extracted with")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     return p
 
 
 def main(args) -> int:
-    out = export(args.model, args.format, args.out, args.quantize, args.calibration, args.weights)
+    from pipeline.deploy.export import card_path, export
+
+    out = export(cli.settings(ExportConfig, args))
     size = sum(f.stat().st_size for f in out.rglob("*")) if out.is_dir() else out.stat().st_size
     print(f"wrote {out} ({size / 2**20:.1f} MiB) and {card_path(out)}")
     return 0

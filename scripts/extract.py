@@ -3,11 +3,9 @@
 from pathlib import Path
 
 from pipeline.commands import cli
+
 from pipeline.errors import UserError
-from pipeline.backbones.registry import available, get_spec
-from pipeline.device import PRECISIONS
-from pipeline.extract import DEFAULT_BACKBONE, ExtractConfig, extract
-from pipeline.images import RESIZE_MODES
+from pipeline.store.config import ExtractConfig
 
 EXAMPLES = """\
   {prog} data/tuxpaint --out features/tuxpaint.h5
@@ -24,6 +22,8 @@ extracts only new and changed images; removed images leave the store."""
 
 
 def list_backbones() -> None:
+    from pipeline.backbones.registry import available, get_spec
+
     for name in available():
         spec = get_spec(name)
         where = "offline" if spec.offline else "download"
@@ -37,21 +37,23 @@ def build_parser(prog: str | None = None):
     p.add_argument("data", nargs="?", type=Path,
                    help="folder with one sub-folder per class, an unlabelled folder, or a CSV manifest")
     p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>[_<view>].h5)")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registered backbone (default {DEFAULT_BACKBONE})")
-    p.add_argument("--layers", nargs="+",
-                   help="layers to extract, each globally pooled (default: the backbone's, --list-backbones; "
-                        "stage5 stage6 penultimate for the offline ones, which fit_svm.py joins)")
-    cli.add_views(p, "fit_svm.py then compares training on every view and averaging the predictions over them")
-    p.add_argument("--weights", type=Path, help="local weights file instead of the default ImageNet weights")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=int, help="decoding threads (default: number of CPUs)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: mixed float16 on a GPU, float32 on the CPU (default)")
-    cli.add_engine(p)
+    cli.option(p, ExtractConfig, "backbone", help="registered backbone (default %(default)s)")
+    cli.option(p, ExtractConfig, "layers", nargs="+",
+               help="layers to extract, each globally pooled (default: the backbone's, --list-backbones; "
+                    "stage5 stage6 penultimate for the offline ones, which fit_svm.py joins)")
+    cli.add_views(p, ExtractConfig, "fit_svm.py then compares training on every view and averaging the predictions "
+                                    "over them")
+    cli.option(p, ExtractConfig, "weights", type=Path,
+               help="local weights file instead of the default ImageNet weights")
+    cli.option(p, ExtractConfig, "batch_size", type=int, help="images per forward pass (default %(default)s)")
+    cli.option(p, ExtractConfig, "workers", type=int, help="decoding threads (default: number of CPUs)")
+    cli.option(p, ExtractConfig, "precision", help="auto: mixed float16 on a GPU, float32 on the CPU (default)")
+    cli.add_engine(p, ExtractConfig)
     cli.add_ray(p)
-    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
-                   help="crop: aspect-preserving resize + centre crop (default); pad; stretch")
-    p.add_argument("--unlabelled", action="store_true", help="treat sub-folders as plain folders, not classes")
+    cli.option(p, ExtractConfig, "resize",
+               help="crop: aspect-preserving resize + centre crop (default); pad; stretch")
+    cli.option(p, ExtractConfig, "unlabelled", action="store_true",
+               help="treat sub-folders as plain folders, not classes")
     p.add_argument("--list-backbones", action="store_true", help="list the registered backbones and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -66,12 +68,15 @@ def main(args) -> int:
         raise UserError("required (or --list-backbones)", param="data")
     views = "".join(f"_{v}" for v in args.views)
     out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}{views}.h5"
-    result = extract(ExtractConfig(
-        data=args.data, out=out, backbone=args.backbone, layers=tuple(args.layers or ()), views=tuple(args.views),
-        weights=args.weights,
-        batch_size=args.batch_size, workers=args.workers, precision=args.precision, engine=args.engine,
-        resize=args.resize, unlabelled=args.unlabelled, ray=args.ray, progress=not args.quiet,
-    ))
+    cfg = cli.settings(ExtractConfig, args, out=out, progress=cli.progress(args))
+    from pipeline.store.extract import extract
+
+    if args.ray:
+        from pipeline.scaleout.extract import OnCluster
+
+        result = extract(cfg, OnCluster(args.ray))
+    else:
+        result = extract(cfg)
     print(result.summary())
     return 0
 

@@ -3,10 +3,8 @@
 from pathlib import Path
 
 from pipeline.commands import cli
-from pipeline.device import PRECISIONS
-from pipeline.extract import DEFAULT_BACKBONE
-from pipeline.backbones.engine import ENGINES
-from pipeline.finetune import MODES, OPTIMIZERS, FinetuneConfig, finetune
+
+from pipeline.finetune.config import FinetuneConfig
 
 EXAMPLES = """\
   {prog} data/fashion_mnist --out runs/fashion --flip
@@ -36,65 +34,58 @@ fit_svm.py's, so the two compare directly)."""
 
 
 def build_parser(prog: str | None = None):
+    F = FinetuneConfig
     p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"default {DEFAULT_BACKBONE}")
-    p.add_argument("--mode", choices=MODES, default="auto",
-                   help="tail, full, or auto: full where a GPU is seen, tail on a CPU (default auto)")
-    cli.add_image_size(p)
-    p.add_argument("--top", default="penultimate", metavar="LAYER",
-                   help="the feature layer the new head sits on (default penultimate; an earlier one drops the "
-                        "blocks after it)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the head (default 0.2)")
-    p.add_argument("--flip", action="store_true", help="mirror images left to right too (tail: every other view; "
-                                                       "full: half the time); leave off where a mirror changes "
-                                                       "the class")
+    cli.option(p, F, "backbone", help="default %(default)s")
+    cli.option(p, F, "mode", help="tail, full, or auto: full where a GPU is seen, tail on a CPU (default auto)")
+    cli.add_image_size(p, F)
+    cli.option(p, F, "top", metavar="LAYER",
+               help="the feature layer the new head sits on (default %(default)s; an earlier one drops the blocks "
+                    "after it)")
+    cli.option(p, F, "dropout", type=float, help="dropout before the head (default %(default)s)")
+    cli.option(p, F, "flip", action="store_true",
+               help="mirror images left to right too (tail: every other view; full: half the time); leave off "
+                    "where a mirror changes the class")
     tail = p.add_argument_group("tail mode")
-    tail.add_argument("--cut", metavar="LAYER", help="the feature layer whose activations are cached; the blocks "
+    cli.option(tail, F, "cut", metavar="LAYER", help="the feature layer whose activations are cached; the blocks "
                                                      "after it train (default: stage5 for EfficientNet-Lite)")
-    tail.add_argument("--views", type=int, default=4, help="views per training image, the image itself "
-                                                            "included (default 4)")
-    tail.add_argument("--tail-epochs", type=int, default=15, help="most epochs; early stopping decides "
-                                                                   "(default 15)")
-    tail.add_argument("--block-lr-factor", type=float, default=0.3,
-                      help="the blocks' learning rate as a fraction of the head's (default 0.3)")
-    tail.add_argument("--engine", choices=ENGINES, default="auto", help="what runs the frozen front "
-                                                                         "(default: ONNX Runtime on a CPU)")
+    cli.option(tail, F, "views", type=int, help="views per training image, the image itself included "
+                                                "(default %(default)s)")
+    cli.option(tail, F, "tail_epochs", type=int, help="most epochs; early stopping decides (default %(default)s)")
+    cli.option(tail, F, "block_lr_factor", type=float,
+               help="the blocks' learning rate as a fraction of the head's (default %(default)s)")
+    cli.add_engine(tail, F, "what runs the frozen front (default: ONNX Runtime on a CPU)")
     full = p.add_argument_group("full mode")
-    full.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("HEAD", "FINETUNE"),
-                      help="epochs of phase 1 and phase 2 (default 5 5)")
-    full.add_argument("--unfreeze", type=int, default=30, help="weighted layers unfrozen in phase 2 (default 30)")
-    full.add_argument("--unfreeze-from", metavar="LAYER",
-                      help="instead, unfreeze everything from this layer on (e.g. stage5 for the offline backbones)")
-    full.add_argument("--no-augment", action="store_true", help="no rotations, shifts, zooms or flips")
-    p.add_argument("--learning-rate", type=float, default=1e-3,
-                   help="the head's; full mode's phase 2 uses a tenth (default 1e-3)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="adam, or sgd with momentum 0.9")
-    p.add_argument("--hidden", type=int, help="add a hidden dense layer of this width before the softmax")
-    p.add_argument("--no-probe", action="store_true", help="start the head from random weights")
-    p.add_argument("--val-size", type=float, default=0.2, help="stratified validation fraction (default 0.2)")
-    p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs (default 4)")
-    p.add_argument("--class-weight", choices=["balanced", "none"], default="balanced")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    full.add_argument("--epochs", type=int, nargs=2, default=[F.default("head_epochs"), F.default("finetune_epochs")],
+                      metavar=("HEAD", "FINETUNE"), help="epochs of phase 1 and phase 2 (default %(default)s)")
+    cli.option(full, F, "unfreeze", type=int, help="weighted layers unfrozen in phase 2 (default %(default)s)")
+    cli.option(full, F, "unfreeze_from", metavar="LAYER",
+               help="instead, unfreeze everything from this layer on (e.g. stage5 for the offline backbones)")
+    cli.option(full, F, "augment", "--no-augment", action="store_false", help="no rotations, shifts, zooms or flips")
+    cli.option(p, F, "learning_rate", type=float,
+               help="the head's; full mode's phase 2 uses a tenth (default %(default)s)")
+    cli.option(p, F, "optimizer", help="adam, or sgd with momentum 0.9")
+    cli.option(p, F, "hidden", type=int, help="add a hidden dense layer of this width before the softmax")
+    cli.option(p, F, "probe", "--no-probe", action="store_false", help="start the head from random weights")
+    cli.option(p, F, "val_size", type=float, help="stratified validation fraction (default %(default)s)")
+    cli.option(p, F, "patience", type=int, help="early-stopping patience in epochs (default %(default)s)")
+    p.add_argument("--class-weight", choices=[*F.choices("class_weight"), "none"], default=F.default("class_weight"),
+                   help="balanced: weight classes inversely to their size (default); none")
+    cli.option(p, F, "batch_size", type=int, help="images per step (default %(default)s)")
+    cli.option(p, F, "precision", help="auto: mixed float16 on a GPU, float32 on the CPU (default)")
+    cli.option(p, F, "seed", type=int, help="fixes the split, initialisation and draws (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines, warnings only")
     return p
 
 
 def main(args) -> int:
-    result = finetune(FinetuneConfig(
-        data=args.data, out=args.out, backbone=args.backbone, mode=args.mode, image_size=args.image_size,
-        cut=args.cut, top=args.top, dropout=args.dropout, views=args.views, flip=args.flip,
-        tail_epochs=args.tail_epochs,
-        block_lr_factor=args.block_lr_factor, engine=args.engine, head_epochs=args.epochs[0],
-        finetune_epochs=args.epochs[1], unfreeze=args.unfreeze, unfreeze_from=args.unfreeze_from,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, hidden=args.hidden,
-        augment=not args.no_augment, val_size=args.val_size, patience=args.patience,
-        class_weight=None if args.class_weight == "none" else "balanced", probe=not args.no_probe,
-        batch_size=args.batch_size, seed=args.seed, precision=args.precision, progress=not args.quiet,
-    ))
+    from pipeline.finetune.stage import finetune
+
+    result = finetune(cli.settings(
+        FinetuneConfig, args, head_epochs=args.epochs[0], finetune_epochs=args.epochs[1],
+        class_weight=None if args.class_weight == "none" else args.class_weight, progress=cli.progress(args)))
     v, images = result.validation, result.validation_images
     if result.task == "regression":
         print(f"validation R2 {v.scores['r2'].mean:.3f}, MAE {v.scores['mae'].mean:.4g} on {images} images; "

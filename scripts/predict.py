@@ -3,8 +3,9 @@
 from pathlib import Path
 
 from pipeline.commands import cli
+
+from pipeline.deploy.config import PredictConfig
 from pipeline.errors import UserError
-from pipeline.predict import predict_images, write_csv
 
 EXAMPLES = """\
   {prog} runs/tuxpaint/svm.skops photo.jpg
@@ -23,32 +24,34 @@ def build_parser(prog: str | None = None):
     p.add_argument("model", type=Path,
                    help="a .skops bundle (fit_svm.py), .keras model (finetune.py), .onnx or .tflite (export.py)")
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    cli.option(p, PredictConfig, "top_k", type=int, help="classes to show per image (default %(default)s)")
     p.add_argument("--out", type=Path, help="also write the predictions to this CSV file (with --ray: the Parquet "
                                             "folder they go to instead)")
-    p.add_argument("--weights", type=Path, help="the local backbone weights the bundle was extracted with")
-    p.add_argument("--reject", action="store_true",
-                   help="call an image unknown when its top probability is under the model's threshold (chosen "
-                        "when fitting so that about 5%% of known images fall under it; fit_svm.py --reject-rate)")
-    p.add_argument("--batch-size", type=int, default=32)
-    cli.add_engine(p)
+    cli.option(p, PredictConfig, "weights", type=Path,
+               help="the local backbone weights the bundle was extracted with")
+    cli.option(p, PredictConfig, "reject", action="store_true",
+               help="call an image unknown when its top probability is under the model's threshold (chosen "
+                    "when fitting so that about 5%% of known images fall under it; fit_svm.py --reject-rate)")
+    cli.option(p, PredictConfig, "batch_size", type=int, help="images per forward pass (default %(default)s)")
+    cli.add_engine(p, PredictConfig)
     cli.add_ray(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     return p
 
 
 def main(args) -> int:
+    cfg = cli.settings(PredictConfig, args, progress=cli.progress(args))
     if args.ray:
         if args.out is None:
             raise UserError("--ray writes Parquet: give the folder with --out, e.g. --out preds.parquet", param="out")
         from pipeline.scaleout.predict import predict_to_parquet
 
-        rows = predict_to_parquet(args.model, args.images, args.out, args.ray, args.top_k, args.batch_size,
-                                  args.weights, engine=args.engine, reject=args.reject)
+        rows = predict_to_parquet(cfg, args.out, args.ray)
         print(f"wrote {rows} predictions to {args.out}")
         return 0
-    predictions, description = predict_images(args.model, args.images, args.top_k, args.batch_size, args.weights,
-                                              progress=not args.quiet, engine=args.engine, reject=args.reject)
+    from pipeline.deploy.predict import predict_images, write_csv
+
+    predictions, description = predict_images(cfg)
     print(description)
     for pred in predictions:
         if pred.skipped:

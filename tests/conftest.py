@@ -68,7 +68,8 @@ def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, 
                 groups=None, views: dict[str, dict[str, np.ndarray]] | None = None):
     """A feature store from arrays, through the same shard-and-assemble path extraction uses; ``views``: the codes
     of each view, by view and layer."""
-    from pipeline.store import Row, Shards, StoreConfig, assemble, code_key
+    from pipeline.store.layout import StoreConfig, code_key
+    from pipeline.store.writer import Row, Shards, assemble
 
     views = views or {}
     config = StoreConfig(backbone, "checksum", tuple(layers), 224, {"mean": [0.0] * 3, "std": [1.0] * 3,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from fetch_data import first_per_class
 
-from pipeline.end_to_end import RunConfig, run
+from pipeline.escalate.config import RunConfig
+from pipeline.escalate.run import run
 
 
 @pytest.mark.parametrize("name,per_class,flip", [("tuxpaint", None, True), ("mnist", 30, False)])

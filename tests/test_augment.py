@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.augment import RandomAffine
+from pipeline.data.augment import RandomAffine
 
 
 def run(layer, x, training=True):

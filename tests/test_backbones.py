@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from pipeline.backbones import loading
+from pipeline.backbones.codes import resize_policy
+from pipeline.backbones.factory import create_model
 from pipeline.backbones.layers import Preprocess
 from pipeline.backbones.loading import load_backbone
-from pipeline.backbones.factory import create_model
 from pipeline.backbones.registry import available, get_spec, register
+from pipeline.data.decode import decode_image
 from pipeline.errors import UserError
-from pipeline.extract import resize_policy
-from pipeline.images import decode_image
 
 
 def imagenet_top1(backbone, photos) -> int:

@@ -8,17 +8,18 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, blobs, write_store
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import check_estimator
 
-from conftest import ROOT, blobs, write_store
-from pipeline import classify
-from pipeline.bundle import load_bundle, save_bundle
 from pipeline.errors import UserError
-from pipeline.fit import FitConfig, fit
-from pipeline.linear_svm import LinearSVM, svm_path
-from pipeline.store import read_store
+from pipeline.linear import cv, models
+from pipeline.linear.bundle import load_bundle, save_bundle
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
+from pipeline.linear.svm import LinearSVM, svm_path
+from pipeline.store.reader import read_store
 
 
 def test_linear_svm_passes_scikit_learn_checks():
@@ -81,14 +82,14 @@ def test_fit_picks_the_informative_layer_and_writes_everything(tmp_path):
 def test_choice_of_C_never_sees_the_outer_test_fold(monkeypatch):
     X, _, y = blobs()
     seen = []
-    real = classify.tune_C
+    real = cv.tune_C
 
     def spy(kind, Xs, ys, *args):
         seen.append(len(ys))
         return real(kind, Xs, ys, *args)
 
-    monkeypatch.setattr(classify, "tune_C", spy)
-    classify.cross_validate({"x": X}, y, ["a", "b", "c"], ("softmax",), folds=5, repeats=1, jobs=1)
+    monkeypatch.setattr(cv, "tune_C", spy)
+    cv.cross_validate({"x": X}, y, ["a", "b", "c"], ("softmax",), folds=5, repeats=1, jobs=1)
     assert seen == [72] * 5, "C is chosen on the 4/5 of the data that trains each outer fold"
 
 
@@ -121,7 +122,7 @@ def test_manifest_groups_stay_on_one_side_of_every_split(tmp_path, monkeypatch):
     store = write_store(tmp_path / "f.h5", {"x": X}, y, ["a", "b", "c"], groups=names)
     assert read_store(store).groups == names
     splits = []
-    real_inner, real_calibration = classify._inner_splits, classify._calibration_folds
+    real_inner, real_calibration = cv._inner_splits, models._calibration_folds
 
     def inner(y, seed, groups=None):
         out = list(real_inner(y, seed, groups))
@@ -133,8 +134,8 @@ def test_manifest_groups_stay_on_one_side_of_every_split(tmp_path, monkeypatch):
         splits.append((groups, out))
         return out
 
-    monkeypatch.setattr(classify, "_inner_splits", inner)
-    monkeypatch.setattr(classify, "_calibration_folds", calibration)
+    monkeypatch.setattr(cv, "_inner_splits", inner)
+    monkeypatch.setattr(models, "_calibration_folds", calibration)
     result = fit(FitConfig(store=store, out=tmp_path / "run", classifiers=("svm",), test_size=0.25, repeats=1,
                            duplicate_threshold=None, jobs=1))
     metrics = result.to_json()
@@ -148,7 +149,7 @@ def test_manifest_groups_stay_on_one_side_of_every_split(tmp_path, monkeypatch):
     for groups, folds in grouped:
         for train, test in folds:
             assert not set(groups[train]) & set(groups[test])
-    outer = classify.outer_folds(y[:90], 5, 1, 0, np.arange(90) // 4)
+    outer = cv.outer_folds(y[:90], 5, 1, 0, np.arange(90) // 4)
     for train, test in outer:
         assert not set(np.arange(90)[train] // 4) & set(np.arange(90)[test] // 4)
 
@@ -158,13 +159,14 @@ def test_views_of_a_test_image_never_train_its_model(monkeypatch):
     over the views of other images only (feature 0 carries the image's index, unscaled)."""
     from sklearn.preprocessing import FunctionTransformer
 
-    from pipeline import tta
+    from pipeline.linear import tta
 
     X, _, y = blobs((12, 12, 12))
     ids = np.random.default_rng(0).permutation(len(y))
     stack = np.stack([X, X + np.random.default_rng(1).normal(0, 0.3, X.shape).astype(np.float32)])
     stack[:, :, 0] = ids
-    monkeypatch.setattr(classify, "scaler", lambda normalise: FunctionTransformer())
+    for module in (cv, models):  # C's choice and the models trained
+        monkeypatch.setattr(module, "scaler", lambda normalise: FunctionTransformer())
     events = []
     real_rows, real_predict = tta.training_rows, tta.predict
 
@@ -179,8 +181,8 @@ def test_views_of_a_test_image_never_train_its_model(monkeypatch):
 
     monkeypatch.setattr(tta, "training_rows", training_rows)
     monkeypatch.setattr(tta, "predict", predict)
-    results, protocol = classify.cross_validate({"x": stack}, y, ["a", "b", "c"], ("softmax", "svm"), folds=3,
-                                                repeats=1, jobs=1, views=classify.view_options(("flip",)))
+    results, protocol = cv.cross_validate({"x": stack}, y, ["a", "b", "c"], ("softmax", "svm"), folds=3,
+                                                repeats=1, jobs=1, views=cv.view_options(("flip",)))
     assert [r.views for r in results] == [(), ("flip",), (), ("flip",)] and protocol.views == [[], ["flip"]]
     trained = None
     for what, seen in events:
@@ -196,7 +198,7 @@ def test_views_of_a_test_image_never_train_its_model(monkeypatch):
 
 
 def test_fit_with_views_compares_them_and_the_bundle_averages(tmp_path):
-    from pipeline import tta
+    from pipeline.linear import tta
 
     X, _, y = blobs((20, 20, 20), spread=2.0)
     flipped = X + np.random.default_rng(2).normal(0, 1.0, X.shape).astype(np.float32)
@@ -222,7 +224,7 @@ def test_fit_with_views_compares_them_and_the_bundle_averages(tmp_path):
 
 
 def test_groups_join_the_manifest_and_near_duplicates():
-    from pipeline.duplicates import joined, manifest_groups
+    from pipeline.linear.duplicates import joined, manifest_groups
     named = manifest_groups(["a", "", "a", "b", "", "b"])
     assert named[0] == named[2] and named[3] == named[5] and len(set(named)) == 4
     both = joined(named, np.array([0, 1, 2, 3, 1, 5]))  # rows 1 and 4 are near-duplicates
@@ -232,11 +234,11 @@ def test_groups_join_the_manifest_and_near_duplicates():
 def test_class_weighting_and_the_metric_follow_the_imbalance(tmp_path):
     """Balanced weights compete once the largest class is 1.5x the smallest, and macro-F1 chooses once it is
     over 3x; the saved model is the candidate the choice named."""
-    assert classify.class_weightings(np.repeat([0, 1], [20, 25])) == (None,)
-    assert classify.class_weightings(np.repeat([0, 1], [20, 30])) == (None, "balanced")
-    assert classify.class_weightings(np.repeat([0, 1], [20, 30]), "none") == (None,)
-    assert classify.selection_metric(np.repeat([0, 1], [20, 60])) == "accuracy"
-    assert classify.selection_metric(np.repeat([0, 1], [20, 61])) == "macro_f1"
+    assert cv.class_weightings(np.repeat([0, 1], [20, 25])) == (None,)
+    assert cv.class_weightings(np.repeat([0, 1], [20, 30])) == (None, "balanced")
+    assert cv.class_weightings(np.repeat([0, 1], [20, 30]), "none") == (None,)
+    assert cv.selection_metric(np.repeat([0, 1], [20, 60])) == "accuracy"
+    assert cv.selection_metric(np.repeat([0, 1], [20, 61])) == "macro_f1"
     X, _, y = blobs((80, 10, 10), spread=5.0)
     metrics = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], classifiers=("softmax",), duplicate_threshold=None)
     assert metrics["protocol"]["metric"] == "macro_f1" and metrics["protocol"]["class_weights"] == [None, "balanced"]
@@ -258,10 +260,10 @@ def test_nested_choice_picks_by_inner_scores_fold_by_fold():
 
     a = candidate("a", [0.9, 0.5, 0.9], [0.8, 0.8, 0.6])
     b = candidate("b", [0.6, 0.7, 0.8], [0.7, 0.9, 0.7])
-    chosen = classify.nested_choice([a, b], 90, 3)
+    chosen = cv.nested_choice([a, b], 90, 3)
     assert chosen.scores["accuracy"].folds == (0.9, 0.7, 0.8), "each fold scores the candidate its inner split chose"
     assert chosen.chosen == {"svm on b": 2, "svm on a": 1}
-    assert classify.nested_choice([a], 90, 3) is None
+    assert cv.nested_choice([a], 90, 3) is None
 
 
 def test_fit_reports_the_nested_choice(tmp_path):
@@ -375,10 +377,11 @@ def test_empty_or_binary_checksum_file_is_one_line(tmp_path, content):
 
 def test_run_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
     """A failure (or kill) while writing the new run leaves the old run whole and loadable."""
-    from pipeline import bundle as bundle_module
+    from pipeline.linear import bundle as bundle_module
 
     X, _, y = blobs()
     first = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"])
+    saved = {kind: load_bundle(tmp_path / "run" / f"{kind}.skops").created for kind in ("svm", "softmax")}
     real, calls = bundle_module.save_bundle, []
 
     def dies_on_the_second(b, path):
@@ -387,11 +390,11 @@ def test_run_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(b, path)
 
-    monkeypatch.setattr("pipeline.fit.save_bundle", dies_on_the_second)
+    monkeypatch.setattr("pipeline.linear.fit.save_bundle", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", jobs=1, seed=1))
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["created"] == first["created"]
     for kind in ("svm", "softmax"):
-        assert load_bundle(tmp_path / "run" / f"{kind}.skops").created <= first["created"]
+        assert load_bundle(tmp_path / "run" / f"{kind}.skops").created == saved[kind]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -6,15 +6,16 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import blobs, write_store
 from PIL import Image
 
-from conftest import blobs, write_store
-from pipeline import classify, duplicates
-from pipeline.duplicates import duplicate_sets, near_duplicate_groups
-from pipeline.extract import ExtractConfig, extract
-from pipeline.fit import FitConfig, fit
-from pipeline.store import read_store
-
+from pipeline.linear import cv, duplicates
+from pipeline.linear.config import FitConfig
+from pipeline.linear.duplicates import duplicate_sets, near_duplicate_groups
+from pipeline.linear.fit import fit
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 
 def test_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(imagenet_photos, tmp_path):
@@ -55,13 +56,13 @@ def test_a_group_never_falls_on_both_sides_of_a_fold():
     groups = np.arange(len(y))
     groups[[1, 2, 3]] = 1  # one group of three, and a pair across classes as a manifest's group may be
     groups[[50, 90]] = 50
-    for train, test in classify.outer_folds(y, 5, 3, 0, groups):
+    for train, test in cv.outer_folds(y, 5, 3, 0, groups):
         for members in ([1, 2, 3], [50, 90]):
             assert np.isin(members, test).all() or not np.isin(members, test).any()
-    for train, valid in classify._inner_splits(y, 0, groups):
+    for train, valid in cv._inner_splits(y, 0, groups):
         assert np.isin([1, 2, 3], valid).all() or not np.isin([1, 2, 3], valid).any()
-    plain = classify.outer_folds(y, 5, 1, 0)
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(plain, classify.outer_folds(y, 5, 1, 0, None)))
+    plain = cv.outer_folds(y, 5, 1, 0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(plain, cv.outer_folds(y, 5, 1, 0, None)))
 
 
 def test_fit_groups_copies_and_reports_both_estimates(tmp_path):
@@ -81,7 +82,8 @@ def test_fit_groups_copies_and_reports_both_estimates(tmp_path):
 
 
 def test_the_command_lines_default_is_the_librarys():
-    from pipeline.commands import evaluate as evaluate_command, fit_svm
+    from pipeline.commands import evaluate as evaluate_command
+    from pipeline.commands import fit_svm
 
     for command, required in ((fit_svm, ["f.h5", "--out", "r"]), (evaluate_command, ["--data", "d"])):
         args = command.build_parser().parse_args(required)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import write_images
-from pipeline import end_to_end
-from pipeline.end_to_end import RunConfig, run
+
+from pipeline.escalate import run as end_to_end
+from pipeline.escalate.config import RunConfig
+from pipeline.escalate.run import run
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, write_images
+
 from pipeline.backbones import engine as engine_module
+from pipeline.backbones.codes import resize_policy
 from pipeline.backbones.engine import frozen_network, resolve_engine
 from pipeline.backbones.loading import cache_dir, load_backbone
 from pipeline.backbones.registry import available
+from pipeline.data.decode import decode_image
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract, resize_policy
-from pipeline.images import decode_image
-from pipeline.store import read_store
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 
 def real_pixels(backbone, photos) -> np.ndarray:

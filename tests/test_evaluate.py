@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 from conftest import ROOT, write_images
 
-from pipeline.evaluate import EvaluateConfig, evaluate, store_path
-from pipeline.fit import FitConfig, fit
-from pipeline.report import write_report
+from pipeline.deploy.config import PredictConfig
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
+from pipeline.report.bundle_report import evaluate_bundle
+from pipeline.report.cache import store_path
+from pipeline.report.config import BundleReportConfig, EvaluateConfig
+from pipeline.report.grid import evaluate
+from pipeline.report.render import write_report
 
 MISLABELLED = ["b/mislabelled_0.png", "b/mislabelled_1.png"]
 
@@ -36,13 +41,13 @@ def grid(tmp_path_factory):
     # and 0.46 only, under cleanlab's per-class thresholds on 26 images, and it flags nothing
     common = dict(data=(data,), features=base / "features", folds=3, repeats=1, progress=False,
                   normalise="standard")
-    first, arrays = evaluate(EvaluateConfig(out=base / "report1", backbones=("efficientnet_lite0",), **common))
+    first = evaluate(EvaluateConfig(out=base / "report1", backbones=("efficientnet_lite0",), **common))
     lite0_store = store_path(base / "features", data, "efficientnet_lite0", ("penultimate",))
     mtime = lite0_store.stat().st_mtime_ns
-    second, arrays = evaluate(EvaluateConfig(out=base / "report2", backbones=("efficientnet_lite0", "mobilenet_v2"),
-                                             command="evaluate.py --data shapes", **common))
-    paths = write_report(second, arrays, base / "report2")
-    return {"base": base, "data": data, "first": first, "second": second, "paths": paths,
+    second = evaluate(EvaluateConfig(out=base / "report2", backbones=("efficientnet_lite0", "mobilenet_v2"),
+                                     command="evaluate.py --data shapes", **common))
+    paths = write_report(second, base / "report2")
+    return {"base": base, "data": data, "first": first.to_json(), "second": second.to_json(), "paths": paths,
             "lite0_mtime": (mtime, lite0_store.stat().st_mtime_ns)}
 
 
@@ -145,18 +150,18 @@ def test_report_files_hold_the_same_numbers(grid):
 
 
 def test_bundle_report_agrees_with_predict(grid, tmp_path):
-    from pipeline.evaluate import evaluate_bundle
-    from pipeline.predict import predict_images
+    from pipeline.deploy.predict import predict_images
 
     store = store_path(grid["base"] / "features", grid["data"], "efficientnet_lite0", ("penultimate",))
     fit(FitConfig(store=store, out=tmp_path / "fit", classifiers=("softmax",), folds=3, repeats=1))
     test = tmp_path / "new"
     write_images(test, {"a": 5, "c": 5}, size=40, seed=11)  # a class missing from the test set is fine
-    report, arrays = evaluate_bundle(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
-                                     run_advisor=False, progress=False)
-    paths = write_report(report, arrays, tmp_path / "report")
+    typed = evaluate_bundle(BundleReportConfig(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
+                                               advise=False, progress=False))
+    paths = write_report(typed, tmp_path / "report")
+    report = typed.to_json()
     section = report["sections"][0]
-    predictions, _ = predict_images(tmp_path / "fit" / "softmax.skops", [test], progress=False)
+    predictions, _ = predict_images(PredictConfig(tmp_path / "fit" / "softmax.skops", (test,), progress=False))
     expected = np.mean([p.top[0][0] == p.path.split("/")[-2] for p in predictions])
     assert section["configs"][0]["accuracy"]["mean"] == pytest.approx(expected)
     low, high = section["configs"][0]["accuracy"]["ci95"]
@@ -167,26 +172,25 @@ def test_bundle_report_agrees_with_predict(grid, tmp_path):
 
 
 def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):
-    from pipeline.evaluate import evaluate_bundle
-    from pipeline.predict import predict_images
+    from pipeline.deploy.predict import predict_images
 
     data = _dataset(tmp_path / "shapes")
-    report, arrays = evaluate(EvaluateConfig(data=(data,), out=tmp_path / "report", classifiers=("softmax",),
-                                             views=("flip",), features=tmp_path / "features", folds=3, repeats=1,
-                                             advise=False, progress=False))
-    section = report["sections"][0]
+    typed = evaluate(EvaluateConfig(data=(data,), out=tmp_path / "report", classifiers=("softmax",),
+                                    views=("flip",), features=tmp_path / "features", folds=3, repeats=1,
+                                    advise=False, progress=False))
+    section = typed.to_json()["sections"][0]
     assert sorted(tuple(c.get("views", ())) for c in section["configs"]) == [(), ("flip",)]
     assert section["protocol"]["views"] == [[], ["flip"]]
-    md = write_report(report, arrays, tmp_path / "report")["md"].read_text()
+    md = write_report(typed, tmp_path / "report")["md"].read_text()
     assert "| softmax, with flip |" in md and "| softmax |" in md
     store = store_path(tmp_path / "features", data, "efficientnet_lite0", ("penultimate",), ("flip",))
     fit(FitConfig(store=store, out=tmp_path / "fit", classifiers=("softmax",), views="on", folds=3, repeats=1))
     test = tmp_path / "new"
     write_images(test, {"a": 4, "c": 4}, size=40, seed=11)
-    report, _ = evaluate_bundle(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
-                                run_advisor=False, progress=False)
+    report = evaluate_bundle(BundleReportConfig(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
+                                                advise=False, progress=False)).to_json()
     config = report["sections"][0]["configs"][0]
-    predictions, _ = predict_images(tmp_path / "fit" / "softmax.skops", [test], progress=False)
+    predictions, _ = predict_images(PredictConfig(tmp_path / "fit" / "softmax.skops", (test,), progress=False))
     assert config["views"] == ["flip"]
     assert config["accuracy"]["mean"] == pytest.approx(np.mean([p.top[0][0] == p.path.split("/")[-2]
                                                                 for p in predictions]))
@@ -268,10 +272,10 @@ def test_report_renders_in_a_browser(grid, tmp_path):
 
 
 def test_finetuning_joins_the_grid_on_the_same_folds(grid, tmp_path):
-    report, _ = evaluate(EvaluateConfig(
+    report = evaluate(EvaluateConfig(
         data=(grid["data"],), out=tmp_path, backbones=("efficientnet_lite0",), classifiers=("softmax",),
         finetune=True, image_size=64, epochs=(1, 1), features=grid["base"] / "features", folds=3, repeats=1,
-        advise=False, progress=False))
+        advise=False, progress=False)).to_json()
     section = report["sections"][0]
     kinds = {c["classifier"]: c for c in section["configs"]}
     assert set(kinds) == {"softmax", "fine-tuned"}

@@ -8,19 +8,23 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, write_images
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from conftest import ROOT, write_images
-from pipeline.bundle import Bundle, load_bundle, save_bundle
+from pipeline.data.decode import decode_image
+from pipeline.deploy.config import ExportConfig
+from pipeline.deploy.export import card_path, export
+from pipeline.deploy.predict import load_predictor
 from pipeline.errors import UserError
-from pipeline.export import card_path, export
-from pipeline.extract import ExtractConfig, extract
-from pipeline.finetune import FinetuneConfig, finetune
-from pipeline.fit import FitConfig, fit
-from pipeline.images import decode_image
-from pipeline.predict import load_predictor
+from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.stage import finetune
+from pipeline.linear.bundle import Bundle, load_bundle, save_bundle
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
 
 TUX = ROOT / "data" / "tuxpaint"
 
@@ -67,7 +71,7 @@ def pixels_for(model_path, files) -> tuple[np.ndarray, np.ndarray]:
 
 RUN = """
 import sys, numpy as np
-from pipeline.runtime import ExportedModel
+from pipeline.deploy.runtime import ExportedModel
 model = ExportedModel(sys.argv[1])
 np.save(sys.argv[3], model(np.load(sys.argv[2])))
 print(",".join(model.card["class_names"]))
@@ -84,7 +88,7 @@ def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
     names = (load_bundle(source).class_names if source.suffix == ".skops"
              else json.loads((source.parent / "classes.json").read_text()))
     for fmt, name in (("onnx", "m.onnx"), ("tflite", "m.tflite")):
-        out = export(source, fmt, tmp_path / name)
+        out = export(ExportConfig(source, fmt, tmp_path / name))
         done = without_tensorflow(RUN, out, tmp_path / "pixels.npy", tmp_path / "p.npy")
         assert done.returncode == 0, done.stderr
         got = np.load(tmp_path / "p.npy")
@@ -94,19 +98,19 @@ def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
     import keras
     import tensorflow as tf
 
-    saved = tf.saved_model.load(str(export(source, "savedmodel", tmp_path / "saved")))
+    saved = tf.saved_model.load(str(export(ExportConfig(source, "savedmodel", tmp_path / "saved"))))
     got = saved.signatures["serving_default"](pixels=tf.constant(pixels))["probabilities"].numpy()
     assert np.abs(got - expected).max() < 1e-4
     card = json.loads(card_path(tmp_path / "saved").read_text())
     assert card["class_names"] == names
     assert card["reject_threshold"] == load_predictor(source).reject_threshold > 0, "--reject travels too"
-    reloaded = keras.models.load_model(export(source, "keras", tmp_path / "m.keras"))
+    reloaded = keras.models.load_model(export(ExportConfig(source, "keras", tmp_path / "m.keras")))
     assert np.abs(np.asarray(reloaded.predict_on_batch(pixels)) - expected).max() < 1e-4
 
 
 def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path):
     bundle = models / "linear" / "svm.skops"
-    out = export(bundle, "onnx", tmp_path / "tux.onnx")
+    out = export(ExportConfig(bundle, "onnx", tmp_path / "tux.onnx"))
     card_path(out).unlink()  # an ONNX file carries its card in its metadata too
     birds = TUX / "birds"
     command = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
@@ -124,9 +128,10 @@ def test_int8_and_float16_litert_models_are_smaller_and_agree(models, tmp_path):
     files = sorted(TUX.rglob("*.png"))[::4]
     pixels, expected = pixels_for(bundle, files)
     np.save(tmp_path / "pixels.npy", pixels)
-    full = export(bundle, "tflite", tmp_path / "full.tflite").stat().st_size
+    full = export(ExportConfig(bundle, "tflite", tmp_path / "full.tflite")).stat().st_size
     for quantize, smaller in (("float16", 0.6), ("int8", 0.35)):
-        out = export(bundle, "tflite", tmp_path / f"{quantize}.tflite", quantize=quantize, calibration=TUX / "birds")
+        out = export(ExportConfig(bundle, "tflite", tmp_path / f"{quantize}.tflite", quantize=quantize,
+                                  calibration=TUX / "birds"))
         assert out.stat().st_size < smaller * full
         done = without_tensorflow(RUN, out, tmp_path / "pixels.npy", tmp_path / "p.npy")
         assert done.returncode == 0, done.stderr
@@ -141,11 +146,11 @@ def test_what_cannot_be_exported_is_one_line(models, tmp_path):
     save_bundle(Bundle(ridge, "ridge", "stage6", [], svm.store_config, svm.weights_source, 1.0, "standard"),
                 tmp_path / "ridge.skops")
     with pytest.raises(UserError, match="regression bundle; export takes classifiers"):
-        export(tmp_path / "ridge.skops", "onnx", tmp_path / "r.onnx")
+        export(ExportConfig(tmp_path / "ridge.skops", "onnx", tmp_path / "r.onnx"))
     with pytest.raises(UserError, match="onnx models are written to .onnx files"):
-        export(models / "linear" / "svm.skops", "onnx", tmp_path / "model.bin")
+        export(ExportConfig(models / "linear" / "svm.skops", "onnx", tmp_path / "model.bin"))
     with pytest.raises(UserError, match="int8 needs calibration images"):
-        export(models / "linear" / "svm.skops", "tflite", tmp_path / "q.tflite", quantize="int8")
+        export(ExportConfig(models / "linear" / "svm.skops", "tflite", tmp_path / "q.tflite", quantize="int8"))
     done = subprocess.run([sys.executable, ROOT / "scripts" / "export.py", tmp_path / "ridge.skops", "--format",
                            "onnx", "--out", tmp_path / "r.onnx"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: model: ")
@@ -159,8 +164,8 @@ def test_the_classifier_head_equals_predict_proba(kind, normalise, classes):
     """Binary and multi-class, every scaling: the folded Dense layer and its probabilities are scikit-learn's."""
     import keras
 
-    from pipeline.classify import fit_final
-    from pipeline.export import _head
+    from pipeline.deploy.export import _head
+    from pipeline.linear.cv import fit_final
 
     rng = np.random.default_rng(classes)
     y = np.arange(90) % classes

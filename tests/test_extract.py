@@ -13,14 +13,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT, write_images
 from PIL import Image, ImageOps
 
-from conftest import ROOT, write_images
+from pipeline.backbones.codes import resize_policy
 from pipeline.backbones.factory import create_model
+from pipeline.data.decode import decode_image
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract, resize_policy
-from pipeline.images import decode_image
-from pipeline.store import read_store
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 BACKBONE = "efficientnet_lite0"
 

@@ -9,11 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import write_images
+
+from pipeline.deploy.config import PredictConfig
+from pipeline.deploy.predict import predict_images
 from pipeline.errors import UserError
-from pipeline.finetune import FinetuneConfig, finetune
-from pipeline.predict import predict_images
+from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.stage import finetune
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,8 @@ def test_outputs_in_the_fit_stage_form(finetuned):
 
 def test_predict_accepts_the_finetuned_model(finetuned):
     cfg, _ = finetuned
-    predictions, description = predict_images(cfg.out / "model.keras", [cfg.data / "red"], progress=False)
+    predictions, description = predict_images(PredictConfig(cfg.out / "model.keras", (cfg.data / "red",),
+                                                            progress=False))
     assert "fine-tuned" in description and len(predictions) == 10
     assert all(abs(sum(p for _, p in pred.top) - 1) < 1e-4 for pred in predictions)  # 2 classes, top-2
 
@@ -51,7 +54,7 @@ def test_a_fresh_process_loads_the_augmented_network(finetuned):
     """model.keras holds full mode's RandomAffine: predict.py, in a process that never fine-tuned, loads it."""
     cfg, metrics = finetuned
     assert metrics["protocol"]["augment"] and not metrics["protocol"]["flip"]
-    code = ("import sys; from pathlib import Path; from pipeline.predict import fine_tuned_network; "
+    code = ("import sys; from pathlib import Path; from pipeline.deploy.predict import fine_tuned_network; "
             "layer = fine_tuned_network(Path(sys.argv[1]))[0].get_layer('augmentation'); "
             "print(type(layer).__name__, layer.flip)")
     done = subprocess.run([sys.executable, "-c", code, str(cfg.out / "model.keras")], capture_output=True,
@@ -80,8 +83,9 @@ def test_head_starts_as_the_linear_probe(backbones):
     import keras
 
     from pipeline.backbones.factory import create_model
-    from pipeline.classify import fit_final
-    from pipeline.finetune import augmentation, init_head_from_probe, pooled_codes
+    from pipeline.finetune.full import augmentation
+    from pipeline.finetune.head import init_head_from_probe, pooled_codes
+    from pipeline.linear.cv import fit_final
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (12, 64, 64, 3)).astype(np.uint8)
@@ -98,7 +102,7 @@ def test_phase_two_unfreezes_from_a_named_block(backbones):
     import keras
 
     from pipeline.backbones.factory import create_model, set_trainable
-    from pipeline.finetune import first_trainable
+    from pipeline.finetune.full import first_trainable
 
     model = create_model(backbones("efficientnet_lite0"), "finetune", classes=2, input_size=64)
     base = model.get_layer("base")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.decode import DecodeError, ResizePolicy, decode_image
+from pipeline.data.discover import discover
 from pipeline.errors import UserError
-from pipeline.images import DecodeError, ResizePolicy, decode_image, discover
 
 POLICY = ResizePolicy(32, "stretch")
 
@@ -285,7 +286,7 @@ def test_manifest_listing_a_file_twice_with_two_labels_is_refused(tmp_path):
 
 def test_fast_png_decoding_gives_pillows_pixels_and_outcomes(tmp_path, monkeypatch):
     """libspng is used only where its pixels equal Pillow's; every other PNG, and every bad one, fares the same."""
-    from pipeline import images
+    from pipeline.data import decode as images
 
     assert images.pyspng is not None, "the fast extra is installed by make test"
     rng = np.random.default_rng(0)

@@ -7,22 +7,29 @@ import io
 
 import numpy as np
 import pytest
+from conftest import write_images
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import (check_get_params_invariance, check_no_attributes_set_in_init,
-                                            check_parameters_default_constructible, check_set_params)
+from sklearn.utils.estimator_checks import (
+    check_get_params_invariance,
+    check_no_attributes_set_in_init,
+    check_parameters_default_constructible,
+    check_set_params,
+)
 
-from conftest import write_images
-from pipeline import extract as extract_module
-from pipeline.bundle import load_bundle, save_bundle
+from pipeline.deploy.config import PredictConfig
+from pipeline.deploy.predict import predict_images, write_csv
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract
-from pipeline.fit import FitConfig, fit
-from pipeline.linear_svm import LinearSVM
-from pipeline.predict import predict_images, write_csv
-from pipeline.sklearn_api import CodesTransformer
+from pipeline.linear.bundle import load_bundle, save_bundle
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
+from pipeline.linear.svm import LinearSVM
+from pipeline.store import extract as extract_module
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
+from pipeline.store.transformer import CodesTransformer
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,8 @@ def test_predict_files_folders_globs_and_bad_files(trained, tmp_path):
     write_images(tmp_path / "new", {"": 2}, seed=5)
     (tmp_path / "new" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     inputs = [tmp_path / "new", str(trained / "data" / "red" / "img_000*.png"), tmp_path / "missing.png"]
-    predictions, _ = predict_images(trained / "run" / "softmax.skops", inputs, top_k=2, progress=False)
+    predictions, _ = predict_images(PredictConfig(trained / "run" / "softmax.skops", tuple(inputs), top_k=2,
+                                                  progress=False))
     by_path = {p.path: p for p in predictions}
     assert len(predictions) == 2 + 1 + 10 + 1
     assert "cannot decode" in by_path[str(tmp_path / "new" / "broken.jpg")].skipped or \
@@ -53,8 +61,8 @@ def test_predict_files_folders_globs_and_bad_files(trained, tmp_path):
 
 
 def test_svm_bundle_predicts_calibrated_probabilities(trained):
-    predictions, description = predict_images(trained / "run" / "svm.skops", [trained / "data" / "green"],
-                                             progress=False)
+    predictions, description = predict_images(PredictConfig(trained / "run" / "svm.skops",
+                                                            (trained / "data" / "green",), progress=False))
     assert "calibrated" in description
     assert all(p.top[0][0] == "green" and 0.5 < p.top[0][1] <= 1 for p in predictions)
 
@@ -64,7 +72,7 @@ def test_bundle_for_other_weights_is_refused(trained, tmp_path):
     bundle.store_config = {**bundle.store_config, "weights_checksum": "0" * 64}
     save_bundle(bundle, tmp_path / "other.skops")
     with pytest.raises(UserError, match="weights .* differ"):
-        predict_images(tmp_path / "other.skops", [trained / "data" / "red"], progress=False)
+        predict_images(PredictConfig(tmp_path / "other.skops", (trained / "data" / "red",), progress=False))
 
 
 def test_new_class_without_starting_over(trained, tmp_path):

@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.discover import discover
+from pipeline.deploy.config import PredictConfig
+from pipeline.deploy.predict import predict_images, write_csv
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract
-from pipeline.finetune import FinetuneConfig, finetune
-from pipeline.fit import FitConfig, fit
-from pipeline.images import discover
-from pipeline.predict import predict_images, write_csv
-from pipeline.store import read_store
+from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.stage import finetune
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +57,8 @@ def test_ridge_with_cross_validation_and_value_predictions(brightness, tmp_path)
     assert result["r2"]["mean"] > 0.5 and 0 < result["mae"]["mean"] < 0.6  # chance: R2 about 0
     assert metrics["final"]["ridge"]["test"]["images"] == 10
     assert "R2" in fitted.format()
-    predictions, description = predict_images(tmp_path / "run" / "ridge.skops",
-                                               [brightness / "img_00.png", brightness / "img_01.png"], progress=False)
+    predictions, description = predict_images(PredictConfig(
+        tmp_path / "run" / "ridge.skops", (brightness / "img_00.png", brightness / "img_01.png"), progress=False))
     assert "predicted values" in description
     truth = {f"img_{i:02d}.png": float(line.split(",")[1]) for i, line in
              enumerate((brightness / "targets.csv").read_text().splitlines()[1:3])}
@@ -71,5 +75,6 @@ def test_finetuning_a_regression_head(brightness, tmp_path):
     result = metrics["results"][0]
     assert metrics["task"] == "regression" and set(result) >= {"r2", "mae"}
     assert result["mae"]["mean"] < 0.6, "the head starts from ridge on the codes, so it is close already"
-    predictions, _ = predict_images(tmp_path / "ft" / "model.keras", [brightness / "img_05.png"], progress=False)
+    predictions, _ = predict_images(PredictConfig(tmp_path / "ft" / "model.keras", (brightness / "img_05.png",),
+                                                  progress=False))
     assert predictions[0].value is not None and np.isfinite(predictions[0].value)

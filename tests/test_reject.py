@@ -9,16 +9,19 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, write_images, write_store
-from pipeline import classify
-from pipeline.bundle import load_bundle
+
+from pipeline.deploy.config import PredictConfig
+from pipeline.deploy.predict import predict_images, write_csv
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract
-from pipeline.fit import FitConfig, fit
-from pipeline.predict import predict_images, write_csv
-from pipeline.reject import check_rate, coverage_curve, reject_rule
-from pipeline.store import read_store
+from pipeline.linear import cv
+from pipeline.linear.bundle import load_bundle
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
+from pipeline.linear.reject import coverage_curve, reject_rule
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 TUX = ROOT / "data" / "tuxpaint"
 
@@ -59,12 +62,13 @@ def test_coverage_curve_is_the_accuracy_of_the_most_confident():
 
 @pytest.mark.parametrize("rate", [1.0, -0.1])
 def test_a_rate_out_of_range_is_one_line(rate, tmp_path):
-    with pytest.raises(UserError, match="under 1"):
-        check_rate(rate)
-    X = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
-    store = write_store(tmp_path / "f.h5", {"x": X}, np.arange(20) % 2, ["a", "b"])
-    with pytest.raises(UserError, match="reject_rate"):
-        fit(FitConfig(store=store, out=tmp_path / "run", reject_rate=rate))
+    """The fit and fine-tuning stages' settings refuse it, naming the setting the command line shows as its flag."""
+    from pipeline.finetune.config import FinetuneConfig
+
+    with pytest.raises(UserError, match="^reject_rate: must be at least 0 and under 1"):
+        FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", reject_rate=rate)
+    with pytest.raises(UserError, match="^reject_rate: .*under 1"):
+        FinetuneConfig(data=tmp_path, out=tmp_path / "run", reject_rate=rate)
 
 
 def test_the_saved_threshold_is_the_out_of_fold_one_of_the_saved_model(tmp_path):
@@ -76,9 +80,9 @@ def test_the_saved_threshold_is_the_out_of_fold_one_of_the_saved_model(tmp_path)
     metrics = fit(FitConfig(store=store, out=tmp_path / "run", classifiers=("softmax",), folds=3, repeats=2,
                             jobs=1)).to_json()
     saved = metrics["final"]["softmax"]["reject"]
-    folds = classify.outer_folds(y, 3, 1, 0)
-    Cs = [classify.tune_C("softmax", X[train], y[train])[0] for train, _ in folds]
-    expected = reject_rule(y, classify.out_of_fold_proba("softmax", X, y, folds, jobs=1, Cs=Cs))
+    folds = cv.outer_folds(y, 3, 1, 0)
+    Cs = [cv.tune_C("softmax", X[train], y[train])[0] for train, _ in folds]
+    expected = reject_rule(y, cv.out_of_fold_proba("softmax", X, y, folds, jobs=1, Cs=Cs))
     assert saved == pytest.approx(expected.to_json())
     assert load_bundle(tmp_path / "run" / "softmax.skops").metrics["reject"] == saved
     assert 0.03 <= saved["rejected"] <= 0.05 and saved["accuracy_kept"] > saved["accuracy_all"]
@@ -101,9 +105,9 @@ def test_real_images_of_a_class_never_trained_on_are_rejected_more_often(tux):
     for out in range(len(store.class_names)):
         keep = labels != out
         y = np.unique(labels[keep], return_inverse=True)[1]
-        folds = classify.outer_folds(y, 3, 1, 0)
-        rule = reject_rule(y, classify.out_of_fold_proba("softmax", X[keep], y, folds))
-        model, _ = classify.fit_final("softmax", X[keep], y)
+        folds = cv.outer_folds(y, 3, 1, 0)
+        rule = reject_rule(y, cv.out_of_fold_proba("softmax", X[keep], y, folds))
+        model, _ = cv.fit_final("softmax", X[keep], y)
         unseen += int((model.predict_proba(X[~keep]).max(axis=1) < rule.threshold).sum())
         known += rule.rejected * keep.sum()
     unseen_rate, known_rate = unseen / len(labels), known / (len(labels) * (len(store.class_names) - 1))
@@ -114,8 +118,8 @@ def test_predict_reject_marks_unknown_images(tux, tmp_path):
     bundle = tux / "run" / "softmax.skops"
     threshold = load_bundle(bundle).metrics["reject"]["threshold"]
     images = [TUX / "birds", TUX / "fish"]
-    plain, _ = predict_images(bundle, images, progress=False)
-    marked, description = predict_images(bundle, images, progress=False, reject=True)
+    plain, _ = predict_images(PredictConfig(bundle, tuple(images), progress=False))
+    marked, description = predict_images(PredictConfig(bundle, tuple(images), progress=False, reject=True))
     assert f"unknown under {threshold:.3f}" in description
     assert [p.top for p in marked] == [p.top for p in plain]
     assert [p.unknown for p in marked] == [p.top[0][1] < threshold for p in plain]
@@ -131,10 +135,10 @@ def test_predict_reject_marks_unknown_images(tux, tmp_path):
 
 
 def test_a_model_without_a_threshold_is_one_line(tux, tmp_path):
-    from pipeline.bundle import save_bundle
+    from pipeline.linear.bundle import save_bundle
 
     bundle = load_bundle(tux / "run" / "softmax.skops")
     del bundle.metrics["reject"]  # as a streamed fit, or one made before thresholds, saves it
     save_bundle(bundle, tmp_path / "old.skops")
     with pytest.raises(UserError, match="no threshold for unknown"):
-        predict_images(tmp_path / "old.skops", [TUX / "birds"], progress=False, reject=True)
+        predict_images(PredictConfig(tmp_path / "old.skops", (TUX / "birds",), progress=False, reject=True))

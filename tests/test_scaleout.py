@@ -14,17 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, write_images, write_store
 from test_extract import add_bad_files
-import pipeline.images as images_module
+
+import pipeline.data.discover as images_module
+from pipeline.data.discover import discover
+from pipeline.deploy.config import PredictConfig
+from pipeline.deploy.predict import predict_images
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract
-from pipeline.fit import FitConfig, fit
-from pipeline.predict import predict_images
-from pipeline.images import discover
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
 from pipeline.scaleout import listing
-from pipeline.store import read_store
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 os.environ["RAY_AUTH_MODE"] = "token"  # the cluster and every driver, before Ray is imported
 # A fresh machine has no ~/.ray/auth_token, and `ray start` makes none: the cluster and its drivers share this one.
@@ -178,7 +181,7 @@ def test_a_rerun_after_the_driver_is_killed_reuses_finished_shards(cluster, imag
 def test_ray_prediction_writes_the_local_answers_to_parquet(cluster, images, local_store, tmp_path):
     fit(FitConfig(store=local_store.path, out=tmp_path / "fit", classifiers=("softmax",), layers=("penultimate",)))
     bundle = tmp_path / "fit" / "softmax.skops"
-    local, _ = predict_images(bundle, [images, tmp_path / "missing.jpg"], top_k=2, progress=False)
+    local, _ = predict_images(PredictConfig(bundle, (images, tmp_path / "missing.jpg"), top_k=2, progress=False))
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(bundle), str(images),
                            str(tmp_path / "missing.jpg"), "--top-k", "2", "--ray", cluster, "--out",
                            str(tmp_path / "preds.parquet")], capture_output=True, text=True, timeout=300)
@@ -225,7 +228,7 @@ def test_the_streamed_fit_matches_the_in_memory_fit(kind, tmp_path):
     assert a > 0.7 and abs(a - b) < 0.01, (a, b)  # measured: 0.4 (svm) and 0.5 (softmax) points apart
     saved = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
     assert saved["final"][kind]["alpha"] in saved["protocol"]["c_grid"]["alpha"]
-    from pipeline.bundle import load_bundle
+    from pipeline.linear.bundle import load_bundle
 
     estimator = load_bundle(tmp_path / "streamed" / f"{kind}.skops").estimator
     proba = estimator.predict_proba(X[:5])
@@ -235,7 +238,7 @@ def test_the_streamed_fit_matches_the_in_memory_fit(kind, tmp_path):
         assert type(clf).__name__ == "LogisticRegression" and clf.coef_.shape == (10, 64)
     import keras
 
-    from pipeline.export import _head
+    from pipeline.deploy.export import _head
 
     codes = keras.Input((64,))
     exported = keras.Model(codes, _head(estimator, codes, 64))  # what export.py folds into the graph

@@ -6,7 +6,7 @@ from sklearn.base import clone
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.errors import UserError
-from pipeline.scaling import PowerScaler, scaler
+from pipeline.linear.scaling import PowerScaler, scaler
 
 
 def _codes(rows=60, seed=0):

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.layer_sets import default_candidates
-from pipeline.store import FORMAT_VERSION, Row, Shards, StoreConfig, assemble, read_store, refuse_mismatch
+from pipeline.store.layout import (
+    FORMAT_VERSION,
+    StoreConfig,
+    default_candidates,
+    refuse_mismatch,
+)
+from pipeline.store.reader import read_store
+from pipeline.store.writer import Row, Shards, assemble
 
 CONFIG = StoreConfig("efficientnet_lite0", "abc", ("stage4", "penultimate"), 224,
                      {"mean": [127.0] * 3, "std": [128.0] * 3, "bgr": False}, {"size": 224, "mode": "crop"})
@@ -157,7 +163,7 @@ def test_one_writer_at_a_time_and_stale_temporary_files_go(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.store import writing
+    from pipeline.store.writer import writing
 
     out = tmp_path / "f.h5"
     (tmp_path / f".{out.name}.4242.tmp").write_text("left by a killed run")

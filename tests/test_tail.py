@@ -9,25 +9,28 @@ import h5py
 import keras
 import numpy as np
 import pytest
-
 from conftest import write_images
-from pipeline.activation_cache import CacheKey, build_cache
+
+from pipeline.backbones.codes import resize_policy
 from pipeline.backbones.engine import frozen_network
 from pipeline.backbones.factory import create_model
-from pipeline.extract import resize_policy
-from pipeline.finetune import FinetuneConfig, finetune
-from pipeline.images import fingerprint
-from pipeline.optimizers import make_optimizer
-from pipeline.predict import predict_images
-from pipeline.tail import FULL_SIZE_BELOW, MIXES, WeightAverage, default_size, interpolate, tail_network
-from pipeline.views import Views
+from pipeline.data.discover import fingerprint
+from pipeline.data.views import ShiftedViews
+from pipeline.deploy.config import PredictConfig
+from pipeline.deploy.predict import predict_images
+from pipeline.finetune.averaging import MIXES, WeightAverage, interpolate
+from pipeline.finetune.cache import CacheKey, build_cache
+from pipeline.finetune.config import FULL_SIZE_BELOW, FinetuneConfig
+from pipeline.finetune.optimizers import make_optimizer
+from pipeline.finetune.stage import finetune
+from pipeline.finetune.tail import default_size, tail_network
 
 
 def test_views_shift_within_reach_and_flip_only_when_asked():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
     paths = ["a.png", "b.png", "c.png"]
-    views = Views(count=4, flip=True, shift=0.25)
+    views = ShiftedViews(count=4, flip=True, shift=0.25)
     assert views.apply(0, pixels, paths) is pixels
     one = views.apply(1, pixels, paths)
     offsets = views.offsets(1, paths, 16)
@@ -78,7 +81,7 @@ def test_the_cache_reuses_valid_rows_and_survives_a_kill(tmp_path, backbones):
     files = write_images(tmp_path / "data", {"a": 4, "b": 4}, size=40)
     paths = [str(f.relative_to(tmp_path / "data")) for f in files]
     policy = dataclasses.replace(resize_policy(backbone.spec), size=64)
-    key = CacheKey(backbone.spec.name, backbone.weights_checksum, "stage5", policy, Views(3, seed=1))
+    key = CacheKey(backbone.spec.name, backbone.weights_checksum, "stage5", policy, ShiftedViews(3, seed=1))
     front = frozen_network(backbone, "front", ("stage5",), "keras", size=64)
     folder = tmp_path / "cache"
 
@@ -112,7 +115,7 @@ def test_the_cache_reuses_valid_rows_and_survives_a_kill(tmp_path, backbones):
 
 
 def policy_pixels(files, policy):
-    from pipeline.images import decode_image
+    from pipeline.data.decode import decode_image
 
     return np.stack([decode_image(f, policy) for f in files])
 
@@ -158,14 +161,15 @@ def test_tail_mode_is_the_default_on_a_cpu_and_writes_the_fit_stage_form(tail_ru
 
 def test_tail_model_predicts_from_pixels(tail_run):
     cfg, _ = tail_run
-    predictions, description = predict_images(cfg.out / "model.keras", [cfg.data / "blue"], progress=False)
+    predictions, description = predict_images(PredictConfig(cfg.out / "model.keras", (cfg.data / "blue",),
+                                                            progress=False))
     assert "fine-tuned" in description and len(predictions) == 10
     assert sum(pred.top[0][0] == "blue" for pred in predictions) >= 8
 
 
 def test_a_rerun_reuses_the_cache(tail_run, monkeypatch):
     cfg, _ = tail_run
-    import pipeline.activation_cache as activation_cache
+    import pipeline.finetune.cache as activation_cache
 
     def no_compute(*args, **kwargs):
         raise AssertionError("every view was cached")

@@ -12,10 +12,14 @@ import types
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, write_images
+
 from pipeline.backbones.torch_pickle import (
-    MAGIC_NUMBER, PROTOCOL_VERSION, TorchFileError, UnsafePickleError, load_legacy_state_dict,
+    MAGIC_NUMBER,
+    PROTOCOL_VERSION,
+    TorchFileError,
+    UnsafePickleError,
+    load_legacy_state_dict,
 )
 
 

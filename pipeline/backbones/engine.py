@@ -22,15 +22,15 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from ..device import accelerators
 from ..errors import UserError
 from ..provenance import file_sha256
+from .device import accelerators
 from .factory import create_model
 from .loading import Backbone, cache_dir
+from .options import ENGINES
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "keras", "onnx")
 OPSET = 17
 
 

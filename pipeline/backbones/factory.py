@@ -17,8 +17,8 @@ from typing import Sequence
 
 import keras
 
-from ..device import dtype_policy
 from ..errors import UserError
+from .device import dtype_policy
 from .layers import Preprocess
 from .loading import Backbone
 

@@ -14,9 +14,9 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from ..device import accelerators, dtype_policy
 from ..errors import UserError
 from ..provenance import file_sha256
+from .device import accelerators, dtype_policy
 from .registry import available, get_spec
 from .spec import BackboneSpec, KerasWeights, WheelWeights
 from .torch_pickle import TorchFileError, load_legacy_state_dict

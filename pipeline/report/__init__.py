@@ -1,5 +1,2 @@
-"""Reports: report.json, report.md and a self-contained report.html from an evaluation's results."""
-
-from .render import format_summary, write_report
-
-__all__ = ["format_summary", "write_report"]
+"""Evaluation reports: the grid that compares backbones, layers, classifiers and fine-tuning on shared folds, a
+saved bundle's report on new images, their typed content, figures, and report.json, report.md and report.html."""

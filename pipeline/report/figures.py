@@ -1,40 +1,17 @@
-"""The pictures of reports and training runs, as PNG (charts) and JPEG (thumbnails) bytes.
-
-Figures are made with matplotlib's object-oriented API (``Figure``, no
-pyplot), which draws without a display and leaves the process's backend alone.
-"""
+"""The pictures of reports, as PNG (charts, :mod:`pipeline.plots`) and JPEG (thumbnails) bytes."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image, ImageOps
 
-from ..images import to_rgb
+from ..data.decode import to_rgb
+from ..plots import colours, png, subplots
 from ..results import variant
-
-DPI = 110
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _subplots(*args, **kwargs):
-    fig = Figure(figsize=kwargs.pop("figsize"))
-    return fig, fig.subplots(*args, **kwargs)
-
-
-def _colours(n: int):
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(k % cmap.N) for k in range(n)]
 
 
 def kind(config: dict) -> str:
@@ -48,8 +25,8 @@ def accuracy_chart(configs: list[dict]) -> bytes:
     layered = len({c["layer"] for c in configs}) > 1
     rows = list(dict.fromkeys((c["backbone"], c["layer"]) for c in configs))  # best group first
     kinds = list(dict.fromkeys(kind(c) for c in configs))
-    colours = dict(zip(kinds, _colours(len(kinds))))
-    fig, ax = _subplots(figsize=(8.5, 0.9 + 0.32 * len(rows) * len(kinds) + 0.25 * len(rows)))
+    palette = dict(zip(kinds, colours(len(kinds))))
+    fig, ax = subplots(figsize=(8.5, 0.9 + 0.32 * len(rows) * len(kinds) + 0.25 * len(rows)))
     step = 0.8 / len(kinds)
     for c in configs:
         r = rows.index((c["backbone"], c["layer"]))
@@ -57,7 +34,7 @@ def accuracy_chart(configs: list[dict]) -> bytes:
         mean, (low, high) = c["accuracy"]["mean"], c["accuracy"]["ci95"]
         best = c is configs[0]
         ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="*" if best else "o",
-                    markersize=13 if best else 7, color=colours[kind(c)], capsize=3, lw=1.6)
+                    markersize=13 if best else 7, color=palette[kind(c)], capsize=3, lw=1.6)
         ax.annotate(f"{mean:.3f}" + ("  best" if best else ""), (high, y), xytext=(5, 0),
                     textcoords="offset points", va="center", fontsize=9, fontweight="bold" if best else None)
     ax.axvline(configs[0]["accuracy"]["mean"], color="grey", ls=":", lw=1)
@@ -70,9 +47,9 @@ def accuracy_chart(configs: list[dict]) -> bytes:
     ax.set_xticks([t for t in ax.get_xticks() if low - 1e-9 <= t <= min(high, 1.0) + 1e-9])  # none past 1
     ax.set_xlabel("accuracy: mean and 95% interval" + (f" over {folds} folds" if folds > 1 else ""))
     ax.grid(axis="x", alpha=0.3)
-    handles = [Line2D([], [], marker="o", ls="", color=colours[k], label=k) for k in kinds]
+    handles = [Line2D([], [], marker="o", ls="", color=palette[k], label=k) for k in kinds]
     ax.legend(handles=handles, title="classifier", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    return _png(fig)
+    return png(fig)
 
 
 def confusion_chart(confusion: list[list[int]], class_names: list[str]) -> bytes:
@@ -81,7 +58,7 @@ def confusion_chart(confusion: list[list[int]], class_names: list[str]) -> bytes
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
     side = max(4.0, 0.42 * n + 1.5)
-    fig, axes = _subplots(1, 2, figsize=(2 * side + 1.2, side), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(2 * side + 1.2, side), sharey=True)
     for ax, values, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], rates, "normalised by true class",
                                                                       ".2f")):
         image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -98,31 +75,31 @@ def confusion_chart(confusion: list[list[int]], class_names: list[str]) -> bytes
     axes[0].set_ylabel("true")
     axes[1].tick_params(labelleft=False)
     fig.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
-    return _png(fig)
+    return png(fig)
 
 
 def map_chart(embeddings: dict[str, np.ndarray], y: np.ndarray, class_names: list[str]) -> bytes:
     """The codes in two dimensions, one panel per method, coloured by class."""
-    colours = _colours(len(class_names))
-    fig, axes = _subplots(1, len(embeddings), figsize=(5.2 * len(embeddings) + 1.6, 4.8), squeeze=False)
+    palette = colours(len(class_names))
+    fig, axes = subplots(1, len(embeddings), figsize=(5.2 * len(embeddings) + 1.6, 4.8), squeeze=False)
     for ax, (method, xy) in zip(axes[0], embeddings.items()):
         for k, name in enumerate(class_names):
             mine = y == k
             if mine.any():
-                ax.scatter(xy[mine, 0], xy[mine, 1], s=14, color=colours[k], label=name, alpha=0.8, linewidths=0)
+                ax.scatter(xy[mine, 0], xy[mine, 1], s=14, color=palette[k], label=name, alpha=0.8, linewidths=0)
         ax.set_title(method, fontsize=11)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=9, markerscale=1.6,
                        ncols=1 if len(class_names) <= 20 else 2)
-    return _png(fig)
+    return png(fig)
 
 
 def coverage_chart(coverage: dict[str, list[float]], reject: dict) -> bytes:
     """Accuracy on the images kept against the share kept, when the least confident are called unknown; the
     default threshold (``predict.py --reject``) marked."""
-    fig, ax = _subplots(figsize=(6, 3.6))
-    ax.plot(coverage["coverage"], coverage["accuracy"], marker=".", color=_colours(1)[0])
+    fig, ax = subplots(figsize=(6, 3.6))
+    ax.plot(coverage["coverage"], coverage["accuracy"], marker=".", color=colours(1)[0])
     kept = 1 - reject["rejected"]
     ax.plot([kept], [reject["accuracy_kept"]], marker="*", markersize=13, ls="", color="black",
             label=f"unknown under {reject['threshold']:.3f}: {kept:.0%} kept, accuracy {reject['accuracy_kept']:.3f}")
@@ -131,7 +108,7 @@ def coverage_chart(coverage: dict[str, list[float]], reject: dict) -> bytes:
     ax.set_xlim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    return _png(fig)
+    return png(fig)
 
 
 def thumbnail(path: Path, size: int = 128) -> bytes | None:
@@ -146,20 +123,3 @@ def thumbnail(path: Path, size: int = 128) -> bytes | None:
             return buffer.getvalue()
     except (OSError, ValueError):
         return None
-
-
-def training_curves(history: dict) -> bytes:
-    """Loss and accuracy (or MAE) per epoch, training and validation, phase after phase."""
-    fig, axes = _subplots(1, 2, figsize=(10, 3.5))
-    start = 0
-    for phase, h in history.items():
-        epochs = np.arange(start + 1, start + 1 + len(h.get("loss", [])))
-        for ax, key in zip(axes, ("loss", "mae" if "mae" in h else "accuracy")):
-            ax.plot(epochs, h.get(key, []), marker="o", label=f"{phase} train")
-            ax.plot(epochs, h.get(f"val_{key}", []), marker="s", linestyle="--", label=f"{phase} validation")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(key)
-        start += len(h.get("loss", []))
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)

@@ -1,5 +1,6 @@
-"""Write an evaluation's report three ways from one dict: report.json (for programs), report.md (for a
-repository or a terminal) and report.html (one self-contained file, every image embedded, for a browser).
+"""Write an evaluation's report three ways from its JSON (:meth:`Report.to_json`): report.json (for programs),
+report.md (for a repository or a terminal) and report.html (one self-contained file, every image embedded, for a
+browser).
 
 The three are rendered from the same numbers with the same formatting filters, so they cannot disagree.
 """
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import jinja2
 
+from ..metrics import Score
+from ..results import variant
 from . import figures
+from .content import Report, Section
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +52,13 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _figures(report: dict, arrays: list[dict], out: Path) -> list[dict]:
-    """Draw every section's figures, write them under ``out/figures`` and return them per section."""
+def _figures(report: dict, sections: list[Section], out: Path) -> list[dict]:
+    """Draw every section's figures (``report``: the report as JSON; ``sections``: the typed sections, with their
+    arrays), write them under ``out/figures`` and return them per section."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     drawn = []
     used = set()
-    for section, extra in zip(report["sections"], arrays):
+    for section, typed in zip(report["sections"], sections):
         slug = _slug(section["name"])
         while slug in used:
             slug += "_"
@@ -62,7 +67,7 @@ def _figures(report: dict, arrays: list[dict], out: Path) -> list[dict]:
         pictures = {
             "accuracy": figures.accuracy_chart(section["configs"]),
             "confusion": figures.confusion_chart(best["confusion"], section["class_names"]),
-            "map": figures.map_chart(extra["embeddings"], extra["y"], section["class_names"]),
+            "map": figures.map_chart(typed.embeddings, typed.y, section["class_names"]),
             "coverage": figures.coverage_chart(best["coverage"], best["reject"]),
         }
         files = {}
@@ -79,11 +84,12 @@ def _figures(report: dict, arrays: list[dict], out: Path) -> list[dict]:
     return drawn
 
 
-def write_report(report: dict, arrays: list[dict], out: Path) -> dict[str, Path]:
+def write_report(typed: Report, out: Path) -> dict[str, Path]:
     """Write ``out/report.{json,md,html}`` and ``out/figures/``; returns the three paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    drawn = _figures(report, arrays, out)
+    report = typed.to_json()
+    drawn = _figures(report, typed.sections, out)
     env = _environment()
     paths = {kind: out / f"report.{kind}" for kind in ("json", "md", "html")}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
@@ -93,15 +99,20 @@ def write_report(report: dict, arrays: list[dict], out: Path) -> dict[str, Path]
     return paths
 
 
-def format_summary(report: dict) -> str:
-    """One line per dataset: its best configuration and accuracy, as ``evaluate.py`` prints it."""
+def format_summary(report: Report) -> str:
+    """One line per dataset: its best configuration and accuracy (and the honest figure of choosing it)."""
     lines = []
-    for section in report["sections"]:
-        best = section["configs"][0]
-        lines.append(f"{section['name']}: best {best['backbone']} · {best['layer']} · {figures.kind(best)}"
-                     + f", accuracy {best['accuracy']['mean']:.3f} {_ci(best['accuracy'])}")
-        nested = section["protocol"].get("nested_choice")
+    for section in report.sections:
+        best = section.rows[0]
+        r = best.result
+        kind = variant(r.classifier, r.class_weight, r.views)
+        lines.append(f"{section.name}: best {best.backbone} · {r.layer} · {kind}, accuracy "
+                     f"{_interval(r.scores['accuracy'])}")
+        nested = getattr(section.protocol, "nested", None)
         if nested:
-            lines.append(f"  chosen inside each fold instead: accuracy {nested['accuracy']['mean']:.3f} "
-                         f"{_ci(nested['accuracy'])}")
+            lines.append(f"  chosen inside each fold instead: accuracy {_interval(nested.scores['accuracy'])}")
     return "\n".join(lines)
+
+
+def _interval(score: Score) -> str:
+    return f"{score.mean:.3f} [{score.ci95[0]:.3f}, {score.ci95[1]:.3f}]"

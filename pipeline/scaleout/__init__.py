@@ -1,1 +1,1 @@
-"""Extraction and batch prediction on a Ray cluster (README, "Scaling out"); needs the ``ray`` extra."""
+"""Extraction and batch prediction on a Ray cluster (docs/scaleout.md); needs the ``ray`` extra."""

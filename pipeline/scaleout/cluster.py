@@ -9,7 +9,6 @@ retried (Ray Data's default for actor pools).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import numpy as np
 
 import pipeline
 
+from ..data.decode import DecodeError, ResizePolicy, decode_image
 from ..errors import UserError
-from ..images import DecodeError, ResizePolicy, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +25,8 @@ log = logging.getLogger(__name__)
 def connect(address: str) -> None:
     """Join the cluster at ``address``: ``auto`` (the one ``ray start`` runs here), ``local`` (a new one in
     this process, ended with it) or ``host:port`` / ``ray://host:port``. The workers import this package as
-    shipped from here, so every node runs the same code."""
-    if address != "local" and "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"  # as `ray start` decides; read when Ray is first imported
+    shipped from here, so every node runs the same code. A cluster that wants a token finds it as Ray
+    does (``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``: set by the caller, as the command line does)."""
     try:
         import ray
     except ImportError:
@@ -41,14 +38,8 @@ def connect(address: str) -> None:
         ray.init(address=None if address == "local" else address, runtime_env=runtime_env,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        hint = "; start one first (README, \"Scaling out\"), or use a local one" if address == "auto" else ""
+        hint = "; start one first (docs/scaleout.md), or use a local one" if address == "auto" else ""
         raise UserError(f"cannot join the Ray cluster at {address!r}: {e}{hint}", param="ray") from None
-    import ray.data
-
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-job lines; the commands say what ran
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the driver's own bar counts images
-    context.print_on_execution_start = False
     log.info("Ray cluster: %s", ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items())
                                            if k in ("CPU", "GPU")))
 

@@ -3,7 +3,7 @@
 The driver reads only the folder's first level (names and types). Each
 sub-folder, and each chunk of first-level files, is a Ray Data task that
 sorts out the image candidates by the same rules as a local run
-(:func:`pipeline.images.list_folder`) and takes each one's size and mtime, so
+(:func:`pipeline.data.discover.list_folder`) and takes each one's size and mtime, so
 on shared storage the many ``stat`` calls of a large archive spread over the
 cluster. Paths travel as bytes: a name that is not UTF-8 reaches the driver
 intact and is refused there, as locally.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import ListingPart, fingerprint
+from ..data.discover import ListingPart, fingerprint
 from .cluster import connect
 
 
@@ -40,7 +40,7 @@ def list_part(batch: dict) -> dict:
 
 
 class ClusterListing:
-    """A :data:`~pipeline.images.Lister` that lists on the cluster at ``address`` and keeps the statuses it
+    """A :data:`~pipeline.data.discover.Lister` that lists on the cluster at ``address`` and keeps the statuses it
     took, for :meth:`fingerprint`."""
 
     def __init__(self, address: str):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from ..deploy.config import PredictConfig
+from ..deploy.predict import collect_images, load_predictor
 from ..errors import UserError
-from ..predict import collect_images, load_predictor
 from .cluster import actor_pool, decode_batch, file_dataset, prepare_worker
 from .extract import DECODE_CPUS
 from .listing import ClusterListing
@@ -60,29 +60,28 @@ class Classifier:
         return out
 
 
-def predict_to_parquet(model: str | Path, inputs: Sequence[str | Path], out: str | Path, address: str,
-                       top_k: int = 3, batch_size: int = 32, weights: str | Path | None = None,
-                       precision: str = "auto", engine: str = "auto", reject: bool = False) -> int:
-    """Predict every image in ``inputs`` on the cluster into the Parquet folder ``out``; returns the rows.
-    ``reject``: a ``decision`` column, the top class or ``unknown`` (:meth:`Predictor.threshold`)."""
+def predict_to_parquet(cfg: PredictConfig, out: str | Path, address: str) -> int:
+    """Predict every image ``cfg`` names on the cluster at ``address`` into the Parquet folder ``out``; returns
+    the rows. Rejecting adds a ``decision`` column: the top class or ``unknown`` (:meth:`Predictor.threshold`)."""
     out = Path(out)
     if out.exists() and not (out.is_dir() and all(f.suffix == ".parquet" for f in out.iterdir())):
         raise UserError(f"{out} exists and is not a folder of Parquet files", param="out")
-    predictor = load_predictor(model, weights, precision, engine)  # a bad model fails here in one line
-    predictor.threshold(reject)  # as does one without a threshold for --reject
-    files, missing = collect_images(inputs, ClusterListing(address))
+    predictor = load_predictor(cfg.model, cfg.weights, cfg.precision, cfg.engine)  # a bad model fails here
+    predictor.threshold(cfg.reject)  # as does one without a threshold to reject with
+    files, missing = collect_images(cfg.images, ClusterListing(address))
     if not files and not missing:
         raise UserError("no images given", param="images")
     pool = actor_pool()
     columns = {"path": [str(f) for f in files] + [p.path for p in missing],
                "file": [str(Path(f).resolve()) for f in files] + [""] * len(missing),
                "error": [""] * len(files) + [p.skipped for p in missing]}
-    dataset = (file_dataset(columns, batch_size)
-               .map_batches(decode_batch, fn_kwargs={"policy": predictor.policy}, batch_size=batch_size,
+    dataset = (file_dataset(columns, cfg.batch_size)
+               .map_batches(decode_batch, fn_kwargs={"policy": predictor.policy}, batch_size=cfg.batch_size,
                             num_cpus=DECODE_CPUS)
-               .map_batches(Classifier, batch_size=batch_size, **pool.options(), fn_constructor_kwargs={
-                   "model": str(Path(model).resolve()), "weights": None if weights is None else str(weights),
-                   "precision": precision, "engine": engine, "top_k": top_k, "reject": reject}))
+               .map_batches(Classifier, batch_size=cfg.batch_size, **pool.options(), fn_constructor_kwargs={
+                   "model": str(Path(cfg.model).resolve()), "weights": None if cfg.weights is None else
+                   str(cfg.weights), "precision": cfg.precision, "engine": cfg.engine, "top_k": cfg.top_k,
+                   "reject": cfg.reject}))
     rows = len(columns["path"])
     log.info("predicting %d images on Ray: %d model actor(s)", rows, pool.actors)
     tmp = out.resolve().with_name(f".{out.name}.tmp")

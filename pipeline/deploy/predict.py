@@ -1,0 +1,238 @@
+"""Predictions for new images from a saved bundle (codes, then the classifier), a fine-tuned or an exported model.
+
+Keras, TensorFlow and scikit-learn are imported only for the models that need
+them, so an exported ``.onnx`` model predicts with the ``runtime`` extra alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.decode import ResizePolicy
+from ..data.discover import Lister, is_candidate, list_folder
+from ..data.loader import decoded_batches
+from ..data.views import views_of
+from ..errors import UserError
+from ..linear import tta
+from ..linear.kinds import REGRESSION, get_kind
+from ..store.layout import layer_parts
+from .config import PredictConfig
+from .runtime import EXTENSIONS, ExportedModel
+
+if TYPE_CHECKING:
+    import keras
+
+    from ..backbones.loading import Backbone
+    from ..linear.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one image with their probabilities, or the reason it was skipped."""
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    skipped: str | None = None
+    value: float | None = None  # regression models predict a number instead of classes
+    unknown: bool = False  # rejecting: the top probability is under the model's threshold
+
+    @property
+    def decision(self) -> str:
+        """The top class, or ``unknown``."""
+        return "unknown" if self.unknown else self.top[0][0] if self.top else ""
+
+
+def collect_images(inputs: Sequence[str | Path], lister: Lister | None = None) -> tuple[list[Path], list[Prediction]]:
+    """Files, folders (searched recursively; ``lister`` lists their parts) and glob patterns -> image files,
+    plus inputs that match nothing."""
+    files, missing = [], []
+    for item in map(str, inputs):
+        if any(ch in item for ch in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True)) if Path(m).is_file()]
+            files += [m for m in matches if is_candidate(m)]
+            if not matches:
+                missing.append(Prediction(item, skipped="no file matches this pattern"))
+        elif Path(item).is_dir():
+            files += list_folder(Path(item), lister)[0]
+        elif Path(item).is_file() or Path(item).is_symlink():
+            files.append(Path(item))
+        else:
+            missing.append(Prediction(item, skipped="file not found"))
+    return list(dict.fromkeys(files)), missing
+
+
+@dataclass
+class Predictor:
+    """What predicting needs, whatever the model: class names, the decoding policy, probabilities."""
+
+    class_names: list[str]
+    policy: ResizePolicy
+    description: str
+    probabilities: Callable[[np.ndarray, int], np.ndarray]  # (padded pixel batch, images in it) -> [n, classes]
+    regression: bool = False  # then "probabilities" are the predicted values, [n, 1]
+    reject_threshold: float | None = None  # top probabilities under it are "unknown" (pipeline.linear.reject)
+
+    def threshold(self, reject: bool) -> float | None:
+        """The threshold rejecting applies (None without ``reject``); one clear line when the model has none."""
+        if not reject:
+            return None
+        if self.regression:
+            raise UserError("is for classifiers; this model predicts a number", param="reject")
+        if self.reject_threshold is None:
+            raise UserError("this model has no threshold for unknown images: fit or fine-tune it again (a "
+                            "streamed fit has none)", param="reject")
+        return self.reject_threshold
+
+
+def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Backbone:
+    """The backbone a bundle's codes came from, refusing other weights than those it was trained on."""
+    from ..backbones.loading import load_backbone
+
+    backbone = load_backbone(bundle.backbone, weights, precision)
+    if backbone.weights_checksum != bundle.store_config["weights_checksum"]:
+        raise UserError(
+            f"the installed {bundle.backbone} weights ({backbone.weights_source}) differ from those the bundle "
+            f"was trained on ({bundle.weights_source}); install those or give their file", param="weights")
+    return backbone
+
+
+def _bundle_predictor(path: Path, weights, precision: str, engine: str) -> Predictor:
+    from ..backbones.engine import frozen_network
+    from ..linear.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    backbone = bundle_backbone(bundle, weights, precision)
+    network = frozen_network(backbone, "features", layer_parts(bundle.layer), engine)
+
+    def codes(pixels: np.ndarray, n: int) -> np.ndarray:  # a joined layer's parts side by side, as in the store
+        return np.concatenate(network(pixels), axis=1)[:n]
+
+    def proba(pixels: np.ndarray, n: int) -> np.ndarray:  # averaged over the image and its views
+        return tta.scores(bundle.estimator, np.stack([codes(p, n) for p in views_of(pixels, bundle.views)]))
+
+    kind = get_kind(bundle.classifier)
+    if kind.task == REGRESSION:
+        return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
+                         f"{kind.name} regression on {bundle.backbone}/{bundle.layer}: {kind.outputs}",
+                         lambda pixels, n: bundle.estimator.predict(codes(pixels, n)).reshape(-1, 1),
+                         regression=True)
+    outputs = kind.outputs
+    if bundle.views:
+        outputs += f" averaged over each image and its {'+'.join(bundle.views)}"
+    return Predictor(
+        bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
+        f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {outputs}", proba,
+        reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"))
+
+
+def fine_tuned_network(path: Path) -> tuple[keras.Model, list[str], ResizePolicy, str]:
+    """A network saved by the fine-tuning stage, its class names (none for regression), decoding policy and
+    backbone, read from the ``classes.json`` and ``metrics.json`` beside it."""
+    import keras
+
+    from ..backbones.codes import resize_policy
+    from ..backbones.registry import get_spec
+    from ..data import augment  # noqa: F401  (registers full mode's RandomAffine for loading)
+
+    try:
+        class_names = json.loads((path.parent / "classes.json").read_text())
+        backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]
+        model = keras.models.load_model(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load fine-tuned model {path}: {e}", param="model") from None
+    size = int(model.input_shape[1])
+    return model, class_names, dataclasses.replace(resize_policy(get_spec(backbone)), size=size), backbone
+
+
+def fine_tuned_reject(path: Path) -> float | None:
+    """The "unknown" threshold the fine-tuning stage chose on its validation split (None: none recorded)."""
+    try:
+        final = json.loads((path.parent / "metrics.json").read_text())["final"]["finetune"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return (final.get("reject") or {}).get("threshold")
+
+
+def _keras_predictor(path: Path) -> Predictor:
+    model, class_names, policy, backbone = fine_tuned_network(path)
+    size = policy.size
+    regression = class_names == []
+    what = "predicted values" if regression else "softmax probabilities"
+    return Predictor(class_names or ["value"], policy, f"fine-tuned {backbone} at {size}px: {what}",
+                     lambda pixels, n: np.asarray(model.predict_on_batch(pixels), np.float64)[:n], regression,
+                     fine_tuned_reject(path))
+
+
+def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto",
+                   engine: str = "auto") -> Predictor:
+    """A bundle from the fit stage (``.skops``), a model from the fine-tuning stage (``.keras``, run by Keras) or
+    an exported model (``.onnx``, ``.tflite``: see :mod:`pipeline.deploy.export`)."""
+    path = Path(path)
+    if path.suffix in EXTENSIONS:
+        model = ExportedModel(path)
+        card = model.card
+        return Predictor(card["class_names"], ResizePolicy(**card["resize"]),
+                         f"exported {path.suffix[1:]} model ({card['source']}): class probabilities",
+                         lambda pixels, n: model(pixels)[:n], reject_threshold=card.get("reject_threshold"))
+    if path.suffix == ".keras":
+        if engine == "onnx":
+            log.info("fine-tuned networks run on Keras")
+        return _keras_predictor(path)
+    return _bundle_predictor(path, weights, precision, engine)
+
+
+def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
+    """Top-k predictions for every image ``cfg`` names, and a line saying what the probabilities are; with
+    ``reject``, images whose top probability is under the model's threshold are marked unknown."""
+    files, predictions = collect_images(cfg.images)
+    if not files and not predictions:
+        raise UserError("no images given", param="images")
+    predictor = load_predictor(cfg.model, cfg.weights, cfg.precision, cfg.engine)
+    threshold = predictor.threshold(cfg.reject)
+    k = max(1, min(cfg.top_k, len(predictor.class_names)))
+    with tqdm(total=len(files), unit="img", desc="predict", disable=not cfg.progress or not files) as bar:
+        for batch in decoded_batches(files, predictor.policy, cfg.batch_size):
+            if batch.ok:
+                for i, p in zip(batch.ok, predictor.probabilities(batch.pixels, len(batch.ok))):
+                    if predictor.regression:
+                        predictions.append(Prediction(str(files[i]), value=float(p[0])))
+                        continue
+                    order = np.argsort(-p)[:k]
+                    predictions.append(Prediction(str(files[i]),
+                                                  [(predictor.class_names[c], float(p[c])) for c in order],
+                                                  unknown=threshold is not None and p[order[0]] < threshold))
+            predictions += [Prediction(str(files[i]), skipped=reason) for i, reason in batch.failed]
+            bar.update(len(batch.items))
+    if threshold is not None:
+        return predictions, f"{predictor.description}; unknown under {threshold:.3f}"
+    return predictions, predictor.description
+
+
+def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int, reject: bool = False) -> None:
+    """One row per image: path, (with ``reject``) the decision, class and probability for each rank (or the
+    value), then the skip reason."""
+    regression = any(p.value is not None for p in predictions)
+    ranks = [] if regression else [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "probability")]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path"] + (["decision"] if reject else []) + (["value"] if regression else ranks)
+                        + ["skipped"])
+        for p in predictions:
+            if regression:
+                cells = ["" if p.value is None else f"{p.value:.6g}"]
+            else:
+                cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
+                cells += [""] * (2 * top_k - len(cells))
+            writer.writerow([p.path] + ([p.decision] if reject else []) + cells + [p.skipped or ""])

@@ -1,0 +1,64 @@
+"""Running an exported model without TensorFlow: ONNX Runtime for ``.onnx``, LiteRT for ``.tflite``.
+
+Imports nothing of Keras, TensorFlow or scikit-learn, so ``pip install
+'cnn-codes[runtime]'`` (numpy, pillow, onnxruntime) is enough to classify
+images with an exported ONNX model; decoding is the extract stage's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+EXTENSIONS = (".onnx", ".tflite")
+
+
+class ExportedModel:
+    """An exported classifier: ``model(pixels)`` maps a uint8 batch to class probabilities; ``card`` says the
+    class names, input size and resize policy (``MODEL.json`` beside it, or an ONNX file's own metadata)."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if path.suffix not in EXTENSIONS:
+            raise UserError(f"{path} is not an exported model ({', '.join(EXTENSIONS)})", param="model")
+        card = path.with_name(path.name + ".json")
+        try:
+            self._run, embedded = self._onnx(path) if path.suffix == ".onnx" else (self._tflite(path), None)
+            self.card = json.loads(card.read_text() if card.is_file() or embedded is None else embedded)
+        except Exception as e:  # noqa: BLE001 - a missing card, a bad file or runtime: one line
+            raise UserError(f"cannot load exported model {path}: {type(e).__name__}: {e}", param="model") from None
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run(np.ascontiguousarray(pixels, np.uint8))
+
+    @staticmethod
+    def _onnx(path: Path):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        embedded = session.get_modelmeta().custom_metadata_map.get("cnn_codes")
+        return (lambda pixels: session.run(None, {name: pixels})[0]), embedded
+
+    @staticmethod
+    def _tflite(path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+        source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+        def run(pixels):
+            if tuple(source["shape"]) != pixels.shape:
+                interpreter.resize_tensor_input(source["index"], pixels.shape)
+                interpreter.allocate_tensors()
+                source["shape"] = np.array(pixels.shape)
+            interpreter.set_tensor(source["index"], pixels)
+            interpreter.invoke()
+            return interpreter.get_tensor(target["index"]).copy()
+
+        interpreter.allocate_tensors()
+        return run

@@ -1,0 +1,146 @@
+"""The fine-tuning stage: a new softmax on the pretrained base, in one of two modes.
+
+``tail`` (the default on a CPU): the frozen front runs once per augmented view
+and is cached; the blocks after the cut and the head train from the cache
+(:mod:`pipeline.finetune.tail`). ``full`` (the default on a GPU): the whole network
+runs on augmented pixels every epoch, head first, then the later layers at a
+ten times smaller learning rate (:mod:`pipeline.finetune.full`). In both the head
+starts from a linear probe on the training split, BatchNorm stays in inference
+mode, a stratified validation split drives early stopping, and interrupted
+training resumes. Outputs are in the fit stage's form, so reports compare them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import metrics
+from ..backbones.codes import resize_policy
+from ..backbones.device import accelerators
+from ..backbones.loading import load_backbone
+from ..data.discover import discover
+from ..errors import UserError
+from ..linear.kinds import get_kind
+from ..linear.reject import reject_rule
+from ..metrics import Score
+from ..provenance import library_versions, now_iso
+from ..results import CVResult, HeldOut
+from .config import FinetuneConfig
+from .curves import training_curves
+from .full import decode_all, full_mode
+from .split import split_images
+from .tail import cache_views, default_size, tail_mode, tail_settings
+
+log = logging.getLogger(__name__)
+
+FINETUNED = get_kind("fine-tuned")
+
+
+def resolve_mode(mode: str) -> str:
+    """``tail`` or ``full``: ``auto`` is ``full`` where a GPU is seen, ``tail`` on a CPU."""
+    if mode == "auto":
+        mode = "full" if accelerators() else "tail"
+        log.info("fine-tuning mode: %s (%s)", mode, "a GPU is seen" if mode == "full" else
+                 "the default on a CPU: the frozen front runs once per view and is cached; full mode trains "
+                 "on pixels")
+    return mode
+
+
+@dataclass
+class FinetuneResult:
+    """A fine-tuned network's figures: on the validation split, and on held-out test images if any."""
+
+    task: str
+    data: str
+    backbone: str
+    image_size: int
+    weights_checksum: str
+    images: int
+    skipped: list
+    class_names: list[str]
+    protocol: dict
+    validation: CVResult
+    validation_images: int
+    test: HeldOut | None
+    versions: dict
+    created: str
+    reject: dict | None = None  # the "unknown" rule, set on the validation split (pipeline.linear.reject)
+
+    def to_json(self) -> dict:
+        final = {"model": "model.keras", "validation_images": self.validation_images}
+        if self.test is not None:
+            final["test"] = self.test.to_json()
+        if self.reject is not None:
+            final["reject"] = self.reject
+        return {"task": self.task, "data": self.data, "backbone": self.backbone, "image_size": self.image_size,
+                "weights_checksum": self.weights_checksum, "images": self.images, "skipped": self.skipped,
+                "classes": len(self.class_names), "class_names": self.class_names, "protocol": self.protocol,
+                "results": [self.validation.to_json()], "final": {"finetune": final},
+                "versions": self.versions, "created": self.created}
+
+
+def _scores(outputs: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[dict[str, float], dict | None]:
+    """Scores of a network's ``outputs`` (and per-class figures for a classifier)."""
+    if not names:
+        return metrics.regression_scores(y, outputs), None
+    predicted = np.argmax(outputs, axis=1)
+    return metrics.classification_scores(y, predicted), metrics.per_class(y, predicted, names)
+
+
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    """Train, save ``model.keras``, ``classes.json``, ``history.json``, ``curves.png`` and ``metrics.json``."""
+    dataset = discover(cfg.data)
+    regression = dataset.targets is not None and not dataset.labelled
+    if not dataset.labelled and not regression:
+        raise UserError(f"{cfg.data} has no labels: fine-tuning needs one sub-folder per class, or a manifest "
+                        "with a label or a numeric target column", param="data")
+    mode = resolve_mode(cfg.mode)
+    backbone = load_backbone(cfg.backbone, precision=cfg.precision)
+    files = [dataset.root / p for p in dataset.paths]
+    size = cfg.image_size or (default_size(backbone, len(files)) if mode == "tail" else backbone.spec.input_size)
+    policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
+    names = [] if regression else dataset.class_names
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if mode == "tail":  # view 0 of every image first: it tells which images decode before the split
+        cache, failed = cache_views(backbone, policy, cfg.out / "activations", files, dataset.paths,
+                                    [1] * len(files), tail_settings(cfg, backbone))
+        cache.close()
+        ok = sorted(set(range(len(files))) - {i for i, _ in failed})
+        split = split_images(cfg, dataset, ok, names)
+        model, history, (val_out, test_out), protocol = tail_mode(cfg, backbone, policy, split)
+    else:
+        pixels, ok, failed = decode_all(files, policy, cfg.batch_size)
+        split = split_images(cfg, dataset, ok, names)
+        model, history, (val_out, test_out), protocol = full_mode(cfg, backbone, policy, split, pixels)
+    model.save(cfg.out / "model.keras")
+    (cfg.out / "classes.json").write_text(json.dumps(names))
+    (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
+    (cfg.out / "curves.png").write_bytes(training_curves(history))
+
+    val_y = split.targets[split.val]
+    scores, per_class = _scores(val_out, val_y, names)
+    n = len(val_y)
+    validation = CVResult(
+        "finetuned", FINETUNED.name,
+        {name: Score(v, 0.0, None if regression else metrics.wilson(v, n), (v,)) for name, v in scores.items()},
+        {}, per_class=per_class, fit_seconds=sum(h["seconds"] for h in history.values()))
+    held = None
+    if test_out is not None:
+        held = HeldOut("held-out images", len(split.test), *_scores(test_out, split.targets[split.test], names))
+    result = FinetuneResult(
+        "regression" if regression else "classification", str(cfg.data), backbone.spec.name, policy.size,
+        backbone.weights_checksum, len(split.targets) - len(split.test),
+        [(dataset.paths[i], reason) for i, reason in failed], names,
+        {"mode": mode, "validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split",
+         "seed": cfg.seed, "optimizer": cfg.optimizer, "linear_probe_init": bool(cfg.probe and not cfg.hidden),
+         "top": cfg.top, "dropout": cfg.dropout, "patience": cfg.patience,
+         **protocol},
+        validation, n, held, library_versions(), now_iso(),
+        None if regression else reject_rule(val_y, val_out, cfg.reject_rate).to_json())
+    (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result

@@ -1,0 +1,108 @@
+"""What the fit stage found and saved: :class:`FitResult`, written to ``metrics.json`` and printed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..results import CVResult, FinalModel, Protocol
+
+_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "r2": "R2", "mae": "MAE"}
+
+
+def _kind(r: CVResult) -> str:
+    return r.classifier + (" bal." if r.class_weight else "") + (f" +{'+'.join(r.views)}" if r.views else "")
+
+
+@dataclass
+class FitResult:
+    """Everything the fit stage found and saved, as written to ``metrics.json``."""
+
+    task: str
+    store: str
+    run_dir: str
+    backbone: str
+    weights_checksum: str
+    images: int
+    dataset: dict  # classes and their counts, or the target's statistics
+    protocol: Protocol
+    results: list[CVResult]
+    best: CVResult
+    final: dict[str, FinalModel]
+    seconds: float
+    versions: dict
+    created: str
+    duplicates: dict | None = None  # the groups kept inside one fold, and what grouping changed
+    nested: CVResult | None = None  # the honest figure of choosing between the candidates inside each fold
+
+    def to_json(self) -> dict:
+        return {**({"task": self.task} if self.task != "classification" else {}),
+                "store": self.store, "run_dir": self.run_dir, "backbone": self.backbone,
+                "weights_checksum": self.weights_checksum, "images": self.images, **self.dataset,
+                "protocol": asdict(self.protocol), "results": [r.to_json() for r in self.results],
+                "best": {"layer": self.best.layer, "classifier": self.best.classifier,
+                         **({"class_weight": self.best.class_weight} if self.best.class_weight else {}),
+                         **({"views": list(self.best.views)} if self.best.views else {})},
+                **({"nested_choice": self.nested.to_json()} if self.nested else {}),
+                "final": {kind: m.to_json() for kind, m in self.final.items()}, "seconds": self.seconds,
+                **({"duplicates": self.duplicates} if self.duplicates else {}),
+                "versions": self.versions, "created": self.created}
+
+    def format(self) -> str:
+        """The human-readable summary (the same figures as metrics.json)."""
+        p = self.protocol
+        regression = self.task == "regression"
+        first, second = ("r2", "mae") if regression else ("accuracy", "macro_f1")
+        w = max(14, *(len(r.layer) for r in self.results))
+        k = max(10, *(len(_kind(r)) for r in self.results))
+        if regression:
+            t = self.dataset["target"]
+            head = [f"{self.images} images, numeric target (mean {t['mean']:.3g}, sd {t['std']:.3g}), "
+                    f"backbone {self.backbone}",
+                    f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), alpha chosen by {p.inner}"]
+            columns = (f"{'layer':{w}} {'model':{k}} {'R2':>8}  {'95% interval':15} {'MAE':>8}  "
+                       f"{'alpha (most chosen)':15}")
+        else:
+            how = (f"streamed fit: SGD on chunks, epochs and alpha chosen on {p.inner}" if p.outer_folds == 0 else
+                   f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), C chosen by {p.inner}")
+            head = [f"{self.images} images, {self.dataset['classes']} classes, backbone {self.backbone}",
+                    f"{how} (seed {p.seed})"]
+            columns = (f"{'layer':{w}} {'classifier':{k}} {'accuracy':>8}  {'95% interval':15} {'macro-F1':>8}  "
+                       f"{'C (most chosen)' if p.outer_folds else 'alpha':15}")
+        lines = [*head, *[f"note: {n}" for n in p.notes], "", columns]
+        metric = p.metric if p.metric in self.best.scores else first
+        for r in sorted(self.results, key=lambda r: -r.scores[metric].mean):
+            a, b = r.scores[first], r.scores[second]
+            lines.append(f"{r.layer:{w}} {_kind(r):{k}} {a.mean:8.3f}  [{a.ci95[0]:.3f}, {a.ci95[1]:.3f}]  "
+                         f"{b.mean:{'8.4g' if regression else '8.3f'}}  {next(iter(r.chosen)):15}")
+        if any(r.class_weight for r in self.results):
+            lines.append("bal.: classes weighted inversely to their size")
+        for views in dict.fromkeys(r.views for r in self.results if r.views):
+            lines.append(f"+{'+'.join(views)}: trained on each image and its {'+'.join(views)} view too, predicted "
+                         "on the mean of their probabilities")
+        lines.append(f"\nbest: {self.best.name}" + ("" if metric == first else f" (by {_LABELS[metric]})"))
+        if self.nested:
+            a, b = self.nested.scores[first], self.nested.scores[second]
+            picks = ", ".join(f"{name} {n}x" for name, n in self.nested.chosen.items())
+            lines.append(f"chosen inside each outer fold instead (the honest figure of this choice): accuracy "
+                         f"{a.mean:.3f} [{a.ci95[0]:.3f}, {a.ci95[1]:.3f}], macro-F1 {b.mean:.3f}; picked {picks}")
+        if self.duplicates:
+            d = self.duplicates
+            kept = [f"{len(d['groups'])} near-duplicate group(s)"] + (
+                [f"{d['manifest_groups']} manifest group(s)"] if d.get("manifest_groups") else [])
+            lines.append(f"kept inside one fold: {', '.join(kept)}; best accuracy {d['accuracy_grouped']:.3f} "
+                         f"grouped, {d['accuracy_ungrouped']:.3f} if they were not")
+        for m in self.final.values():
+            hyper = ", ".join(f"{k}={v:g}" for k, v in m.hyper.items())
+            line = f"saved {Path(self.run_dir) / m.bundle} ({m.layer}, {hyper})"
+            if m.test is not None:
+                line += f"; test on {m.test.data}: " + ", ".join(
+                    f"{_LABELS[name]} {value:.4g}" for name, value in m.test.scores.items())
+            lines.append(line)
+            if m.reject is not None and m.reject["threshold"] > 0:
+                r = m.reject
+                lines.append(f"  unknown under top probability {r['threshold']:.3f}: out of fold it rejected "
+                             f"{r['rejected']:.1%} of known images (accuracy on the rest {r['accuracy_kept']:.3f}, "
+                             f"{r['accuracy_all']:.3f} on all)")
+        lines.append(f"time: {self.seconds:.1f} s")
+        return "\n".join(lines)

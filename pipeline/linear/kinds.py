@@ -1,0 +1,148 @@
+"""The registry of model kinds: one typed entry per kind of model the project makes, saves, exports and reports.
+
+Every place that treats kinds differently asks the entry (its estimator, the
+penalty grid cross-validation chooses from, whether its probabilities are
+Platt-calibrated, how the streamed fit trains it, what its bundle may hold,
+whether it exports), so adding a classifier is one entry here plus its tests.
+Estimators are imported when a model is built, so that the settings and the
+command line's ``--help`` import no scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import UserError
+
+CLASSIFICATION, REGRESSION = "classification", "regression"
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """How the streamed fit (:mod:`pipeline.linear.stream`) trains a kind on chunks: ``learner(alpha, seed)``
+    makes a model with ``partial_fit``, ``finish(model, alpha, n)`` turns it into the in-memory estimator."""
+
+    loss: str
+    learner: Callable[[float, int], Any]
+    finish: Callable[[Any, float, int], Any] = lambda model, alpha, n: model
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model: what it is (``task``), how it is made (``build(C, class_weight)``, ``path``), chosen
+    (``grid`` of ``hyper``), calibrated, streamed, saved and exported, and how its outputs are described."""
+
+    name: str
+    task: str
+    outputs: str  # what its predictions are, as predict says
+    grid: tuple[float, ...] = ()
+    hyper: str = "C"
+    build: Callable[[float, str | None], Any] | None = None  # None: not a scikit-learn model (a network)
+    path: Callable[..., Iterator] | None = None  # (X, y, grid, class_weight) -> fitted models along the grid
+    calibrated: bool = False  # saved with Platt sigmoids around it (CalibratedClassifierCV)
+    incremental: Incremental | None = None
+    trusted: tuple[str, ...] = ()  # types of this project a bundle of this kind may hold (pipeline.linear.bundle)
+    exportable: bool = True  # as one graph from pixels to probabilities (pipeline.deploy.export)
+
+    @property
+    def linear(self) -> bool:
+        """A scikit-learn model on codes, saved as a bundle (else a fine-tuned network)."""
+        return self.build is not None
+
+
+def _svm(C: float, class_weight=None):
+    from .svm import LinearSVM
+
+    return LinearSVM(C=C, class_weight=class_weight)
+
+
+def _svm_path(X, y, grid, class_weight=None):
+    from .svm import svm_path
+
+    return svm_path(X, y, grid, class_weight)
+
+
+def _softmax(C: float, class_weight=None):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, class_weight=class_weight, max_iter=2000)
+
+
+def _softmax_path(X, y, grid, class_weight=None):
+    """Softmax fits along ``grid``, each warm-started from the last."""
+    model = _softmax(grid[0], class_weight).set_params(warm_start=True)
+    return (model.set_params(C=C).fit(X, y) for C in grid)
+
+
+def _hinge_learner(alpha: float, seed: int):
+    from sklearn.linear_model import SGDClassifier
+
+    return SGDClassifier(loss="hinge", alpha=alpha, average=True, random_state=seed)
+
+
+BATCH = 256  # the streamed softmax's Adam steps; its penalty is scaled by it to mean SGD's per-row alpha
+LEARNING_RATE = 3e-3  # Adam's, on standardised codes: 1e-3 (the default) is slow to converge, 1e-2 noisy
+
+
+def _multinomial_learner(alpha: float, seed: int):
+    """A multinomial logistic regression trained by Adam (``MLPClassifier`` without hidden layers)."""
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(hidden_layer_sizes=(), alpha=alpha * BATCH, batch_size=BATCH,
+                         learning_rate_init=LEARNING_RATE, random_state=seed)
+
+
+def _as_logistic(mlp, alpha: float, n: int):
+    """The fitted streamed softmax as the ``LogisticRegression`` it equals (C = 1 / (alpha n)), so that the
+    bundle, the export and fine-tuning's head see the in-memory fit's estimator."""
+    model = _softmax(1.0 / (alpha * n))
+    model.classes_, model.n_features_in_ = mlp.classes_, mlp.n_features_in_
+    model.coef_, model.intercept_ = mlp.coefs_[0].T.copy(), mlp.intercepts_[0].copy()
+    model.n_iter_ = np.array([mlp.n_iter_])
+    return model
+
+
+CALIBRATION = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
+SCALERS = ("pipeline.linear.scaling.PowerScaler",)  # every kind's codes are scaled first (pipeline.linear.scaling)
+ALPHAS = tuple(np.logspace(-2, 5, 8))  # ridge's penalties, chosen by efficient leave-one-out
+
+
+def _ridge(C: float = 1.0, class_weight=None):
+    from sklearn.linear_model import RidgeCV
+
+    return RidgeCV(alphas=ALPHAS)
+
+
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
+    ModelKind("svm", CLASSIFICATION, "calibrated SVM probabilities (Platt)", tuple(np.logspace(-5, -1, 5)),
+              build=_svm, path=_svm_path, calibrated=True, incremental=Incremental("hinge", _hinge_learner),
+              trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION)),
+    ModelKind("softmax", CLASSIFICATION, "softmax probabilities", tuple(np.logspace(-4, 0, 5)),
+              build=_softmax, path=_softmax_path,
+              incremental=Incremental("multinomial log", _multinomial_learner, _as_logistic)),
+    ModelKind("ridge", REGRESSION, "predicted values", ALPHAS, hyper="alpha", build=_ridge, exportable=False),
+    ModelKind("fine-tuned", CLASSIFICATION, "softmax probabilities", exportable=True),
+)}
+
+
+def get_kind(name: str) -> ModelKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UserError(f"must be one of {', '.join(KINDS)}, not {name!r}", param="classifiers") from None
+
+
+def kinds_for(task: str) -> tuple[str, ...]:
+    """The kinds the fit stage makes for ``task`` (``classification``: the classifiers it compares)."""
+    return tuple(name for name, kind in KINDS.items() if kind.task == task and kind.linear)
+
+
+CLASSIFIERS = kinds_for(CLASSIFICATION)
+
+
+def trusted_types() -> list[str]:
+    """Every type of this project a bundle may hold, besides scikit-learn's own."""
+    return sorted({t for kind in KINDS.values() for t in kind.trusted} | set(SCALERS))

@@ -1,0 +1,38 @@
+"""A model of each kind as it is trained and saved: the codes' scaling, then the kind's estimator, with Platt
+sigmoids around it for the kinds whose scores are not probabilities (:mod:`pipeline.linear.kinds`)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import Pipeline
+
+from . import tta
+from .kinds import get_kind
+from .scaling import scaler
+
+
+def make_classifier(kind: str, C: float, normalise: str = "power", class_weight=None) -> Pipeline:
+    """The model of ``kind`` behind its feature scaling, as a scikit-learn Pipeline."""
+    return Pipeline([("scale", scaler(normalise)), ("clf", get_kind(kind).build(C, class_weight))])
+
+
+def _calibration_folds(y: np.ndarray, groups: np.ndarray | None):
+    """Platt scaling's folds: stratified 3-fold (fewer for a small class), each group inside one fold."""
+    if groups is None:
+        return min(3, int(np.bincount(y).min()))
+    per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    return list(StratifiedGroupKFold(max(2, min(3, per_class))).split(y, y, groups))
+
+
+def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="power", class_weight=None,
+               groups: np.ndarray | None = None):
+    """The saved model of ``kind`` at a given C, trained on every view of ``X``: a calibrated kind (the SVM)
+    Platt-calibrated on 3 inner folds (``groups``, and the views of each image, kept inside one), others as
+    they are."""
+    X, y, groups = tta.training_rows(X, y, groups)
+    model = make_classifier(kind, C, normalise, class_weight)
+    if get_kind(kind).calibrated:
+        model = CalibratedClassifierCV(model, method="sigmoid", cv=_calibration_folds(y, groups), ensemble=False)
+    return model.fit(X, y)

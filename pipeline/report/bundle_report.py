@@ -1,0 +1,78 @@
+"""A saved bundle's report on a new labelled folder: the grid's sections, with bootstrap intervals over the
+folder's images instead of cross-validation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+from ..data.decode import ResizePolicy
+from ..data.discover import discover
+from ..deploy.predict import bundle_backbone
+from ..errors import UserError
+from ..escalate.advise import advise
+from ..escalate.config import AdviseConfig
+from ..linear import tta
+from ..linear.bundle import load_bundle
+from ..linear.kinds import CLASSIFICATION, get_kind
+from ..provenance import file_sha256, library_versions, now_iso
+from ..results import CVResult
+from ..store.extract import update_store
+from ..store.layout import layer_parts
+from ..store.reader import read_store
+from .cache import extraction_record, store_path
+from .config import BundleReportConfig
+from .content import Details, HeldOutProtocol, Report, Row, Section
+from .diagnostics import model_details
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_bundle(cfg: BundleReportConfig) -> Report:
+    """The report of the bundle ``cfg.bundle`` on the labelled folder ``cfg.data``."""
+    if Path(cfg.bundle).suffix == ".keras":
+        raise UserError("takes a fitted classifier bundle (.skops); compare fine-tuned networks in the grid, "
+                        "or predict with one", param="bundle")
+    bundle = load_bundle(cfg.bundle)
+    if get_kind(bundle.classifier).task != CLASSIFICATION:
+        raise UserError(f"{cfg.bundle} is a regression bundle; the report is for classifiers", param="bundle")
+    dataset = discover(cfg.data)
+    if not dataset.labelled:
+        raise UserError(f"{cfg.data} has no class labels: give a folder with one sub-folder per class, or a "
+                        "manifest with a label column", param="data")
+    unknown = sorted(set(dataset.class_names) - set(bundle.class_names))
+    if unknown:
+        raise UserError(f"{cfg.data} has classes the bundle was not trained on: {', '.join(unknown)}", param="data")
+    backbone = bundle_backbone(bundle, cfg.weights)
+    layers = layer_parts(bundle.layer)
+    views = tuple(bundle.views)
+    path = store_path(cfg.features, cfg.data, bundle.backbone, tuple(layers), views)
+    result = update_store(dataset, path, backbone, layers, ResizePolicy(**bundle.store_config["resize"]),
+                          progress=cfg.progress, engine=cfg.engine, views=views)
+    log.info("%s", result.summary())
+    store = read_store(path)
+    names = list(bundle.class_names)
+    index = {name: k for k, name in enumerate(names)}
+    y = np.array([index[store.class_names[label]] for label in store.labels])
+    codes = store.view_codes(bundle.layer)
+    proba = np.zeros((len(y), len(names)))
+    proba[:, bundle.estimator.classes_] = tta.scores(bundle.estimator, codes)
+    trained = bundle.metrics.get("cross_validation", {})
+    scored = CVResult(bundle.layer, bundle.classifier, metrics.bootstrap(y, proba.argmax(axis=1), seed=cfg.seed),
+                      {f"{bundle.C:g}": 1}, fit_seconds=float(trained.get("fit_seconds", 0.0)), views=views)
+    row = Row(bundle.backbone, scored, extraction_record(result, store), paired=False,
+              training_cv_accuracy=trained.get("accuracy"))
+    advice = advise(AdviseConfig(cfg.data, bundle.backbone, seed=cfg.seed, engine=cfg.engine)) if cfg.advise else None
+    details = Details(row, bundle.layer, f"the bundle's own predictions on the {len(y)} images of {cfg.data}",
+                      model_details(store.paths, y, proba, names))
+    section = Section.make(cfg.data, Path(store.attrs.get("dataset_root", Path(cfg.data).resolve())), names, y,
+                           HeldOutProtocol(str(cfg.bundle), bundle.created, cfg.seed), [row], details, codes[0],
+                           advice, cfg.seed)
+    return Report(f"{Path(cfg.bundle).name} on {section.name}", "bundle", [section], now_iso(), cfg.command,
+                  cfg.seed, {bundle.backbone: {"weights_checksum": backbone.weights_checksum,
+                                               "weights_source": backbone.weights_source}},
+                  library_versions(), {"path": str(cfg.bundle), "sha256": file_sha256(cfg.bundle),
+                                       "created": bundle.created, "versions": bundle.versions})

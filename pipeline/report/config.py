@@ -1,0 +1,64 @@
+"""The evaluate stage's settings: the grid (:mod:`pipeline.report.grid`) and a bundle's report
+(:mod:`pipeline.report.bundle_report`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backbones.options import DEFAULT_BACKBONE, ENGINES
+from ..data.views import VIEWS
+from ..errors import UserError
+from ..linear.config import CLASS_WEIGHTS, DEFAULT_DUPLICATE_THRESHOLD, NORMALISATIONS
+from ..linear.kinds import CLASSIFIERS
+from ..settings import Settings, at_least, setting
+
+FEATURES = Path("features")  # where codes are cached, one store per dataset, backbone and layer set
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Settings):
+    """Settings of one grid: every dataset x backbone x layer x classifier (and fine-tuning)."""
+
+    data: tuple[Path, ...]
+    out: Path
+    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=CLASSIFIERS)
+    layers: tuple[str, ...] = ("penultimate",)
+    views: tuple[str, ...] = setting((), choices=VIEWS)  # with and without these views compete
+    finetune: bool = False
+    image_size: int | None = setting(None, check=at_least(32))
+    epochs: tuple[int, int] = (5, 5)  # full mode's two phases
+    features: Path = FEATURES
+    folds: int = setting(5, check=at_least(2))
+    repeats: int | None = setting(None, check=at_least(1))
+    normalise: str = setting("power", choices=NORMALISATIONS)
+    advise: bool = True
+    seed: int = 0
+    jobs: int | None = None
+    engine: str = setting("auto", choices=ENGINES)
+    command: str = ""
+    progress: bool = True
+    duplicate_threshold: float | None = DEFAULT_DUPLICATE_THRESHOLD
+    class_weight: str | None = setting("auto", choices=CLASS_WEIGHTS)
+
+    def check(self) -> None:
+        if not self.data:
+            raise UserError("give at least one dataset", param="data")
+        if not self.backbones:
+            raise UserError("give at least one backbone", param="backbones")
+
+
+@dataclass(frozen=True)
+class BundleReportConfig(Settings):
+    """Settings of a saved bundle's report on a new labelled folder."""
+
+    bundle: Path
+    data: Path
+    features: Path = FEATURES
+    seed: int = 0
+    advise: bool = True
+    command: str = ""
+    progress: bool = True
+    weights: Path | None = None
+    engine: str = setting("auto", choices=ENGINES)

@@ -1,0 +1,77 @@
+"""Stage settings: one frozen dataclass per stage holds every default, the values each setting takes and its
+checks, in one place.
+
+The command line reads its defaults and choices from there (``scripts/cli.py``)
+and the library checks a stage's settings once, when they are made: a bad
+value is a :class:`~pipeline.errors.UserError` naming the field, which the
+command line shows as its flag. Settings modules import nothing heavy, so
+``--help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from .errors import UserError
+
+Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it, or None
+
+
+def setting(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, check: Check | None = None) -> Any:
+    """A field of a stage's settings: its ``default``, the values it takes (``choices``, for each element of a
+    tuple) and ``check``. None is always allowed where it is the default."""
+    return dataclasses.field(default=default, metadata={"choices": choices, "check": check})
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low}, not {v}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else f"must be positive, not {v}"
+
+
+def between(low: float, high: float) -> Check:
+    """Strictly between ``low`` and ``high``: a fraction of a set, for example."""
+    return lambda v: None if low < v < high else f"must be between {low:g} and {high:g}, not {v}"
+
+
+def share(v: float) -> str | None:
+    """A share of images that may be nothing but not all: [0, 1)."""
+    return None if 0 <= v < 1 else f"must be at least 0 and under 1, not {v}"
+
+
+class Settings:
+    """The base of the stages' settings: checked when made (and when ``dataclasses.replace`` makes another)."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            choices = f.metadata.get("choices")
+            for item in (value if isinstance(value, tuple) else (value,)) if choices is not None else ():
+                if item not in choices:
+                    raise UserError(f"must be one of {', '.join(map(str, choices))}, not {item!r}", param=f.name)
+            check = f.metadata.get("check")
+            problem = check(value) if check is not None else None
+            if problem:
+                raise UserError(problem, param=f.name)
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields, after each field's own; raise a :class:`UserError` naming the field at fault."""
+
+    @classmethod
+    def field(cls, name: str) -> dataclasses.Field:
+        return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        f = cls.field(name)
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    @classmethod
+    def choices(cls, name: str) -> tuple | None:
+        return cls.field(name).metadata.get("choices")

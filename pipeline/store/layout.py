@@ -1,0 +1,85 @@
+"""What a feature store holds and how it is named, without HDF5: the configuration that must match for codes
+to be mixed, the names of stored codes, and candidate layers (one stored layer, or several side by side:
+``stage6+penultimate``). Predicting with an exported model needs only this much.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import UserError
+
+FORMAT_VERSION = 2  # 2: fletcher32 checksums on the numeric datasets; 1 is still read
+JOIN = "+"  # "stage6+penultimate": the codes of both layers side by side, one candidate
+
+
+def layer_parts(layer: str) -> list[str]:
+    """The stored layers a candidate layer names (one, or several joined by ``+``)."""
+    return layer.split(JOIN)
+
+
+def default_candidates(layers: Sequence[str]) -> list[str]:
+    """The layer a fit takes by default: every stored layer side by side (power-scaled, stage5, stage6 and
+    penultimate joined beat each layer alone and every pair tried on three sets: README, "Fit")."""
+    return [JOIN.join(layers)]
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """What must be identical for two sets of codes to be mixed in one store."""
+
+    backbone: str
+    weights_checksum: str
+    layers: tuple[str, ...]
+    input_size: int
+    preprocessing: dict
+    resize: dict
+    views: tuple[str, ...] = ()  # views of each image whose codes are stored too (pipeline.linear.tta)
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StoreConfig":
+        values = {f.name: data[f.name] for f in fields(cls) if f.name != "views"}
+        values["layers"] = tuple(values["layers"])
+        return cls(**values, views=tuple(data.get("views", ())))  # configs before views have none
+
+    def differences(self, other: "StoreConfig") -> list[str]:
+        mine, theirs = self.to_json(), other.to_json()
+        return [k for k in mine if mine[k] != theirs[k]]
+
+
+def config_attrs(config: StoreConfig) -> dict:
+    return {k: v if isinstance(v, (str, int)) else json.dumps(v) for k, v in config.to_json().items()}
+
+
+def config_from_attrs(attrs) -> StoreConfig:
+    data = {}
+    for f in fields(StoreConfig):
+        value = attrs.get(f.name, "[]") if f.name == "views" else attrs[f.name]  # stores before views have none
+        data[f.name] = json.loads(value) if f.name in ("layers", "preprocessing", "resize", "views") else value
+    data["input_size"] = int(data["input_size"])
+    return StoreConfig.from_json(data)
+
+
+def code_key(layer: str, view: str | None = None) -> str:
+    """The name of a stored layer's codes, of the images (``layer``) or of one view of them (``view/layer``)."""
+    return layer if view is None else f"{view}/{layer}"
+
+
+def dataset_name(key: str) -> str:
+    """Where the codes :func:`code_key` names lie in a store."""
+    return f"views/{key}" if "/" in key else f"features/{key}"
+
+
+def refuse_mismatch(existing: StoreConfig, wanted: StoreConfig, where: Path) -> None:
+    diff = existing.differences(wanted)
+    if diff:
+        raise UserError(
+            f"{where} was made with a different {', '.join(diff)} "
+            f"(backbone {existing.backbone}, layers {','.join(existing.layers)}); "
+            "write to another file or delete it", param="out")

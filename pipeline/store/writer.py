@@ -1,0 +1,173 @@
+"""Writing a feature store crash-safely: one writer at a time (``flock`` on ``<store>.lock``), each completed
+batch a ``.npz`` shard in ``<store>.parts/``, and the store assembled from shards and reusable old rows into a
+temporary file renamed into place, so a kill never leaves a half store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from ..errors import UserError
+from .layout import (
+    FORMAT_VERSION,
+    StoreConfig,
+    code_key,
+    config_attrs,
+    dataset_name,
+    refuse_mismatch,
+)
+
+_STR = h5py.string_dtype("utf-8")
+_BLOCK = 2048  # rows per write when assembling
+
+
+class Shards:
+    """Completed batches of an extraction in progress, in ``<store>.parts/``, one ``.npz`` each."""
+
+    def __init__(self, store: Path, config: StoreConfig):
+        self.store, self.dir = store, store.with_name(store.name + ".parts")
+        self.config = config
+        meta = self.dir / "config.json"
+        if meta.is_file():
+            refuse_mismatch(StoreConfig.from_json(json.loads(meta.read_text())), config,
+                            Path(f"{self.dir} (an interrupted extraction)"))
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_atomically(meta, lambda tmp: tmp.write_text(json.dumps(config.to_json())))
+        self.files = sorted(self.dir.glob("shard-*.npz"))
+        self.run = uuid.uuid4().hex[:12]  # this run's shards never take another run's names
+
+    def index(self) -> tuple[dict, dict]:
+        """``(path, size, mtime) -> (shard, row)`` for extracted rows, and ``-> reason`` for failures."""
+        rows, failures = {}, {}
+        for shard in self.files:
+            with np.load(shard) as z:
+                for row, (p, fp) in enumerate(zip(z["paths"], z["fingerprints"])):
+                    rows[(str(p), *map(int, fp))] = (shard, row)
+                for p, fp, reason in zip(z["failed_paths"], z["failed_fingerprints"], z["failed_reasons"]):
+                    failures[(str(p), *map(int, fp))] = str(reason)
+        return rows, failures
+
+    def write(self, paths: Sequence[str], fingerprints: np.ndarray, codes: dict[str, np.ndarray],
+              failed: Sequence[tuple[str, tuple[int, int], str]]) -> None:
+        target = self.dir / f"shard-{self.run}-{len(self.files):07d}.npz"
+        arrays = {
+            "paths": np.asarray(paths, dtype=str).reshape(-1),
+            "fingerprints": np.asarray(fingerprints, dtype=np.int64).reshape(-1, 2),
+            "failed_paths": np.asarray([f[0] for f in failed], dtype=str).reshape(-1),
+            "failed_fingerprints": np.asarray([f[1] for f in failed], dtype=np.int64).reshape(-1, 2),
+            "failed_reasons": np.asarray([f[2] for f in failed], dtype=str).reshape(-1),
+        }
+        arrays |= {f"codes/{key}": c for key, c in codes.items()}  # keys: code_key
+        _write_atomically(target, lambda tmp: np.savez(tmp, **arrays))
+        self.files.append(target)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing(store: Path):
+    """Hold ``<store>.lock`` while writing ``store`` (a second writer is refused in one line), and remove the
+    temporary files of killed runs; an ``flock`` dies with its process, so a kill never leaves it locked."""
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.with_name(store.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another process is writing {store}; wait for it to finish or write to another file",
+                            param="out") from None
+        parts = store.with_name(store.name + ".parts")
+        for stale in [*store.parent.glob(f".{store.name}.*.tmp"), *parts.glob(".*.tmp*")]:
+            stale.unlink(missing_ok=True)
+        yield
+
+
+def _write_atomically(target: Path, write) -> None:
+    """Write through ``write(tmp)`` then rename: a kill leaves either nothing or the whole file."""
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+    write(tmp)
+    os.replace(tmp, target)
+
+
+@dataclass
+class Row:
+    """Where the codes of one output row come from: a shard file or the previous store."""
+
+    path: str
+    fingerprint: tuple[int, int]
+    source: Path
+    index: int
+
+
+def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: dict[str, int],
+             labels: Sequence[int] | None, class_names: Sequence[str] | None,
+             skipped: Iterable[tuple[str, str]], attrs: dict, targets: Sequence[float] | None = None,
+             groups: Sequence[str] | None = None) -> None:
+    """Write the final store from ``rows`` block by block (memory stays flat), then rename into place."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    skipped = list(skipped)
+    n = len(rows)
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update({"format_version": FORMAT_VERSION, **config_attrs(config)})
+        f.attrs.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()})
+        f.attrs["feature_dims"] = json.dumps(feature_dims)
+        f.create_group("features")
+        checked = {"fletcher32": True} if n else {}  # a checksum per chunk, verified on every read
+        dsets = {
+            key: f.create_dataset(dataset_name(key), shape=(n, d), dtype="float32",
+                                  chunks=(max(1, min(n, 256)), d) if n else None, **checked)
+            for view in (None, *config.views) for layer, d in feature_dims.items()
+            for key in [code_key(layer, view)]
+        }
+        f.create_dataset("paths", data=[r.path for r in rows], dtype=_STR)
+        f.create_dataset("fingerprints", data=np.asarray([r.fingerprint for r in rows], np.int64).reshape(n, 2),
+                         **checked)
+        if labels is not None:
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64), **checked)
+            f.create_dataset("class_names", data=list(class_names), dtype=_STR)
+        if targets is not None:
+            f.create_dataset("targets", data=np.asarray(targets, dtype=np.float64), **checked)
+        if groups is not None:
+            f.create_dataset("groups", data=list(groups), dtype=_STR)
+        f.create_dataset("skipped/paths", data=[s[0] for s in skipped], dtype=_STR)
+        f.create_dataset("skipped/reasons", data=[s[1] for s in skipped], dtype=_STR)
+        for start in range(0, n, _BLOCK):
+            block = rows[start:start + _BLOCK]
+            for key, dset in dsets.items():
+                dset[start:start + len(block)] = _gather(block, key)
+    os.replace(tmp, out)
+
+
+def _gather(block: Sequence[Row], key: str) -> np.ndarray:
+    """The codes ``key`` (:func:`code_key`) of a block of rows, reading each source once."""
+    by_source: dict[Path, list[int]] = {}
+    for i, row in enumerate(block):
+        by_source.setdefault(row.source, []).append(i)
+    out = None
+    for source, positions in by_source.items():
+        wanted = np.asarray([block[i].index for i in positions])
+        if source.suffix == ".npz":
+            with np.load(source) as z:
+                values = z[f"codes/{key}"][wanted]
+        else:
+            order = np.argsort(wanted)
+            with h5py.File(source, "r") as f:
+                data = f[dataset_name(key)]
+                values = np.empty((len(wanted), data.shape[1]), np.float32)
+                values[order] = data[wanted[order]]
+        if out is None:
+            out = np.empty((len(block), values.shape[1]), np.float32)
+        out[positions] = values
+    return out
