@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo check test bench clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,14 @@ demo: $(STAMP) data/tuxpaint/.complete
 	$(PY) scripts/run.py data/tuxpaint --out runs/tuxpaint
 	$(PY) scripts/evaluate.py --data data/tuxpaint --backbones efficientnet_lite0 mobilenet_v2 --out reports/tuxpaint
 
-test: $(STAMP) data/foolbox/.complete data/tuxpaint/.complete data/mnist/.complete data/fashion_mnist/.complete
+DATA := data/foolbox/.complete data/tuxpaint/.complete data/mnist/.complete data/fashion_mnist/.complete
+
+# The fast tier, for your own loop: every module's logic on small inputs (docs/architecture.md, "Tests in tiers").
+check: $(STAMP) $(DATA)
+	$(PY) -m pytest -m "not slow and not ray and not browser"
+
+# Everything, as CI runs it.
+test: $(STAMP) $(DATA)
 	$(PY) -m pytest
 
 bench: $(STAMP) data/tuxpaint/.complete

@@ -29,7 +29,8 @@ from fetch_data import (  # noqa: E402
     first_per_class,
 )
 
-from pipeline.escalate.run import RunConfig, run  # noqa: E402
+from pipeline.escalate.config import RunConfig  # noqa: E402
+from pipeline.escalate.run import run  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pipeline.backbones.loading import load_backbone  # noqa: E402
 from pipeline.backbones.options import DEFAULT_BACKBONE  # noqa: E402
 from pipeline.data.discover import discover  # noqa: E402
 from pipeline.data.loader import decoded_batches  # noqa: E402
-from pipeline.linear import classify  # noqa: E402
+from pipeline.linear import cv  # noqa: E402
 
 LAYERS = ("stage5", "stage6", "penultimate")
 CROP = 0.875
@@ -78,7 +78,7 @@ def main() -> None:
         joined = {v: np.concatenate(c) for v, c in codes.items()}
         for label, views in SETS.items():
             X = np.stack([joined[v] for v in ("image", *views)]) if views else joined["image"]
-            results, _ = classify.cross_validate({"joined": X}, y, dataset.class_names, views=(views,))
+            results, _ = cv.cross_validate({"joined": X}, y, dataset.class_names, views=(views,))
             print(f"{folder.name:16s} {label:24s} " + "  ".join(f"{r.classifier} {r.primary.mean:.4f}"
                                                              for r in results), flush=True)
 

@@ -139,7 +139,7 @@ def run_phase(name: str, data: Path, backbone: str, batch: int, engine: str = "k
 
 def decode_rates(data: Path, size: int) -> dict[str, float]:
     """Images/s of one thread decoding the JPEGs, and PNG copies of them with Pillow and with libspng."""
-    from pipeline.data import discover as images
+    from pipeline.data import decode as images
     from pipeline.data.decode import ResizePolicy, decode_image
 
     jpegs = sorted(data.rglob("*.jpg"))[:60]

@@ -35,7 +35,7 @@ from pipeline.backbones.engine import frozen_network  # noqa: E402
 from pipeline.backbones.factory import create_model, set_trainable  # noqa: E402
 from pipeline.backbones.loading import load_backbone  # noqa: E402
 from pipeline.data.discover import discover  # noqa: E402
-from pipeline.finetune.stage import _decode_all, augmentation  # noqa: E402
+from pipeline.finetune.full import augmentation, decode_all  # noqa: E402
 from pipeline.finetune.tail import tail_network  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     pick = np.random.default_rng(0).choice(len(dataset.paths), args.images, replace=False)
     backbone = load_backbone("efficientnet_lite0")
     policy = dataclasses.replace(resize_policy(backbone.spec), size=args.size)
-    pixels, ok, _ = _decode_all([dataset.root / dataset.paths[i] for i in pick], policy, 64)
+    pixels, ok, _ = decode_all([dataset.root / dataset.paths[i] for i in pick], policy, 64)
     labels = np.array([dataset.class_names.index(dataset.labels[pick[i]]) for i in ok])
 
     full = create_model(backbone, "finetune", classes=10, input_size=args.size, augmentation=augmentation(0))

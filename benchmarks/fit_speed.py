@@ -32,7 +32,8 @@ def synthetic(n=10_000, d=1280, k=10, seed=0):
 
 
 def timed_fit(store: Path, out: Path) -> tuple[float, dict]:
-    from pipeline.linear.fit import FitConfig, fit
+    from pipeline.linear.config import FitConfig
+    from pipeline.linear.fit import fit
 
     started = time.perf_counter()
     metrics = fit(FitConfig(store=store, out=out)).to_json()

@@ -28,7 +28,9 @@ def main() -> None:
 
     from pipeline.deploy.export import export
     from pipeline.deploy.predict import predict_images
-    from pipeline.linear.fit import FitConfig, fit
+    from pipeline.deploy.config import ExportConfig, PredictConfig
+    from pipeline.linear.config import FitConfig
+    from pipeline.linear.fit import fit
     from pipeline.store.config import ExtractConfig
     from pipeline.store.extract import extract
 
@@ -39,21 +41,21 @@ def main() -> None:
         fit(FitConfig(store=tmp / "tux.h5", out=tmp / "run", classifiers=("softmax",), folds=3, repeats=1))
         bundle = tmp / "run" / "softmax.skops"
         models = {BUNDLE: bundle,
-                  "exported ONNX": export(bundle, "onnx", tmp / "m.onnx"),
-                  "exported LiteRT float32": export(bundle, "tflite", tmp / "m.tflite")}
+                  "exported ONNX": export(ExportConfig(bundle, "onnx", tmp / "m.onnx")),
+                  "exported LiteRT float32": export(ExportConfig(bundle, "tflite", tmp / "m.tflite"))}
         for q in ("float16", "int8"):
-            models[f"exported LiteRT {q}"] = export(bundle, "tflite", tmp / f"{q}.tflite", quantize=q,
-                                                    calibration=data)
+            models[f"exported LiteRT {q}"] = export(ExportConfig(bundle, "tflite", tmp / f"{q}.tflite", quantize=q,
+                                                                 calibration=data))
         top1, probabilities = {}, {}
         print(f"{len(list(data.rglob('*.png')))} Tux Paint images, efficientnet_lite0 penultimate codes, softmax")
         for name, path in models.items():
-            predict_images(path, [data], progress=False)  # warm-up: conversion, first-call tracing
+            predict_images(PredictConfig(path, (data,), progress=False))  # warm-up: conversion, first-call tracing
             start = time.perf_counter()
-            predictions, _ = predict_images(path, [data], top_k=1, progress=False)
+            predictions, _ = predict_images(PredictConfig(path, (data,), top_k=1, progress=False))
             seconds = time.perf_counter() - start
             top1[name] = [p.top[0][0] for p in predictions]
-            probabilities[name] = np.array([sorted(p.top) for p in (predict_images(path, [data], top_k=99,
-                                                                                   progress=False)[0])])[..., 1]
+            everything = predict_images(PredictConfig(path, (data,), top_k=99, progress=False))[0]
+            probabilities[name] = np.array([sorted(p.top) for p in everything])[..., 1]
             gap = np.abs(probabilities[name].astype(float) - probabilities[BUNDLE].astype(float)).max()
             size = path.stat().st_size / 2**20 if path.suffix != ".skops" else float("nan")
             agree = sum(a == b for a, b in zip(top1[name], top1[BUNDLE])) / len(predictions)

@@ -39,20 +39,32 @@ EPOCHS = 3
 
 def phase_extract(data: Path, out: Path, address: str | None) -> dict:
     """One extraction in this process; with Ray, the time from the first finished batch on is timed apart."""
-    import pipeline.scaleout.extract as cluster_extract
     from pipeline.store.config import ExtractConfig
-    from pipeline.store.extract import extract
+    from pipeline.store.extract import Here, extract
 
     arrivals: list[tuple[float, int]] = []
-    original = cluster_extract.cluster_shards
 
-    def timed(*args, **kwargs):
-        for block in original(*args, **kwargs):
-            arrivals.append((time.perf_counter(), len(block[1]) + len(block[2])))
-            yield block
+    class Timed:
+        """The site, with the arrival of each finished shard timed."""
 
-    cluster_extract.cluster_shards = timed
-    result = extract(ExtractConfig(data=data, out=out, ray=address, progress=False))
+        def __init__(self, site):
+            self.site, self.lister = site, site.lister
+
+        def fingerprint(self, path):
+            return self.site.fingerprint(path)
+
+        def shards(self, job):
+            for block in self.site.shards(job):
+                arrivals.append((time.perf_counter(), len(block[1]) + len(block[2])))
+                yield block
+
+    if address is None:
+        result = extract(ExtractConfig(data=data, out=out, progress=False), Here())
+        arrivals.clear()  # the local stage is timed whole
+    else:
+        from pipeline.scaleout.extract import OnCluster
+
+        result = extract(ExtractConfig(data=data, out=out, progress=False), Timed(OnCluster(address)))
     out_dict = {"images": result.extracted, "seconds": result.seconds}
     if arrivals:
         first = arrivals[0]
@@ -64,7 +76,8 @@ def phase_extract(data: Path, out: Path, address: str | None) -> dict:
 def phase_stream(store: Path, budget: int) -> dict:
     """The streamed fit, held to EPOCHS epochs: memory does not depend on their number, the time is per epoch."""
     from pipeline.linear import stream as stream_fit
-    from pipeline.linear.fit import FitConfig, fit
+    from pipeline.linear.config import FitConfig
+    from pipeline.linear.fit import fit
 
     stream_fit.MAX_EPOCHS = EPOCHS
 
@@ -95,7 +108,7 @@ def synthetic_store(path: Path, rows: int, dim: int) -> None:
         y = np.sort(rng.integers(0, 10, n))
         names = [f"c{label}/img_{start + i:08d}.png" for i, label in enumerate(y)]
         shards.write(names, np.zeros((n, 2), np.int64),
-                     {"penultimate": centres[y] + rng.normal(0, 1, (n, dim)).astype(np.float32)}, [])
+                     {("penultimate", None): centres[y] + rng.normal(0, 1, (n, dim)).astype(np.float32)}, [])
         out_rows += [Row(p, (0, 0), shards.files[-1], i) for i, p in enumerate(names)]
         labels += y.tolist()
     order = np.argsort([r.path for r in out_rows], kind="stable")

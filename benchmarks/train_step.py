@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from pipeline.backbones.device import accelerators  # noqa: E402
 from pipeline.backbones.factory import create_model, set_trainable  # noqa: E402
 from pipeline.backbones.loading import load_backbone  # noqa: E402
-from pipeline.finetune.stage import augmentation  # noqa: E402
+from pipeline.finetune.full import augmentation  # noqa: E402
 
 
 def keras_layers() -> keras.Sequential:

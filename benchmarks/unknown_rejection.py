@@ -32,7 +32,8 @@ from sklearn.covariance import LedoitWolf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.linear import classify  # noqa: E402
+from pipeline.linear import cv  # noqa: E402
+from pipeline.linear.kinds import CLASSIFIERS  # noqa: E402
 from pipeline.linear.scaling import PowerScaler  # noqa: E402
 from pipeline.store.layout import default_candidates, layer_parts  # noqa: E402
 from pipeline.store.reader import read_store  # noqa: E402
@@ -95,15 +96,15 @@ def held_out_class(kind: str, X: np.ndarray, labels: np.ndarray, held: int, coun
     keep = labels != held
     known, y = X[keep], np.unique(labels[keep], return_inverse=True)[1]
     classes = int(y.max()) + 1
-    for train, test in classify.outer_folds(y, FOLDS, 1, seed):
+    for train, test in cv.outer_folds(y, FOLDS, 1, seed):
         parts: dict[str, list] = {}
-        for inner_train, inner_test in classify.outer_folds(y[train], FOLDS, 1, seed):
+        for inner_train, inner_test in cv.outer_folds(y[train], FOLDS, 1, seed):
             Xi, yi = known[train][inner_train], y[train][inner_train]
-            model, _ = classify.fit_final(kind, Xi, yi, seed=seed)
+            model, _ = cv.fit_final(kind, Xi, yi, seed=seed)
             for name, pair in confidences(kind, model, Mahalanobis(Xi, yi), known[train][inner_test]).items():
                 parts.setdefault(name, []).append(pair)
         oof = {name: tuple(np.concatenate(part) for part in zip(*pairs)) for name, pairs in parts.items()}
-        model, _ = classify.fit_final(kind, known[train], y[train], seed=seed)
+        model, _ = cv.fit_final(kind, known[train], y[train], seed=seed)
         density = Mahalanobis(known[train], y[train])
         scored = {"known": confidences(kind, model, density, known[test]),
                   "unseen": confidences(kind, model, density, X[~keep])}
@@ -124,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("store", type=Path, help="a labelled feature store (extract.py's output)")
     parser.add_argument("--layer", help="the codes to use (default: the fit's, every stored layer joined)")
-    parser.add_argument("--classifiers", nargs="+", default=list(classify.CLASSIFIERS))
+    parser.add_argument("--classifiers", nargs="+", default=list(CLASSIFIERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

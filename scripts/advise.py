@@ -45,9 +45,10 @@ def build_parser(prog: str | None = None):
 
 
 def main(args) -> int:
+    cfg = cli.settings(AdviseConfig, args)
     from pipeline.escalate.advise import advise, write_advice
 
-    advice = advise(cli.settings(AdviseConfig, args))
+    advice = advise(cfg)
     print(advice.format())
     if args.json:
         write_advice(advice, args.json)

@@ -5,9 +5,10 @@ with ``build_parser(prog)`` and ``main(args)``; ``python scripts/NAME.py`` and
 ``cnn-codes NAME`` parse with the same parser, whose defaults and choices are
 the stage settings' own (:mod:`pipeline.settings`). Commands import a stage's
 code inside ``main``, so that ``--help`` imports no TensorFlow. Process-wide
-settings (logging, warning filters, TensorFlow's log level, seeds, Ray's
+settings (logging, warning filters, TensorFlow's log level, Ray's
 authentication) are made here, by the entry points; the library
-(``pipeline/``) never imports the commands.
+(``pipeline/``) never imports the commands. ``--seed`` needs no global seed:
+every split, shuffle, draw and initialisation takes it explicitly.
 """
 
 from __future__ import annotations
@@ -140,10 +141,6 @@ def run(build_parser: Callable[[str | None], argparse.ArgumentParser], main: Cal
     set_verbosity(getattr(args, "quiet", False), getattr(args, "verbose", False))
     if getattr(args, "ray", None):
         _prepare_ray(args.ray)
-    if getattr(args, "seed", None) is not None:
-        import keras
-
-        keras.utils.set_random_seed(args.seed)  # Python, numpy and the backend: shuffles and initialisation
     try:
         sys.exit(main(args) or 0)
     except UserError as e:

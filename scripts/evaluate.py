@@ -55,19 +55,22 @@ def build_parser(prog: str | None = None):
 
 
 def main(args) -> int:
-    from pipeline.report.bundle_report import evaluate_bundle
-    from pipeline.report.grid import evaluate
-    from pipeline.report.render import format_summary, write_report
-
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
     out = args.out or Path("reports") / "_".join(d.resolve().stem for d in args.data)
     if args.bundle:
         if len(args.data) != 1:
             raise UserError("takes one dataset folder", param="bundle")
-        report = evaluate_bundle(cli.settings(BundleReportConfig, args, data=args.data[0], command=command,
-                                              progress=cli.progress(args)))
+        cfg = cli.settings(BundleReportConfig, args, data=args.data[0], command=command, progress=cli.progress(args))
+        from pipeline.report.bundle_report import evaluate_bundle
+
+        report = evaluate_bundle(cfg)
     else:
-        report = evaluate(cli.settings(EvaluateConfig, args, out=out, command=command, progress=cli.progress(args)))
+        cfg = cli.settings(EvaluateConfig, args, out=out, command=command, progress=cli.progress(args))
+        from pipeline.report.grid import evaluate
+
+        report = evaluate(cfg)
+    from pipeline.report.render import format_summary, write_report
+
     paths = write_report(report, out)
     print(format_summary(report))
     print(f"report: {paths['html']}")

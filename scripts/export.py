@@ -32,9 +32,10 @@ def build_parser(prog: str | None = None):
 
 
 def main(args) -> int:
+    cfg = cli.settings(ExportConfig, args)
     from pipeline.deploy.export import card_path, export
 
-    out = export(cli.settings(ExportConfig, args))
+    out = export(cfg)
     size = sum(f.stat().st_size for f in out.rglob("*")) if out.is_dir() else out.stat().st_size
     print(f"wrote {out} ({size / 2**20:.1f} MiB) and {card_path(out)}")
     return 0

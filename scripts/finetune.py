@@ -81,11 +81,12 @@ def build_parser(prog: str | None = None):
 
 
 def main(args) -> int:
+    cfg = cli.settings(FinetuneConfig, args, head_epochs=args.epochs[0], finetune_epochs=args.epochs[1],
+                       class_weight=None if args.class_weight == "none" else args.class_weight,
+                       progress=cli.progress(args))
     from pipeline.finetune.stage import finetune
 
-    result = finetune(cli.settings(
-        FinetuneConfig, args, head_epochs=args.epochs[0], finetune_epochs=args.epochs[1],
-        class_weight=None if args.class_weight == "none" else args.class_weight, progress=cli.progress(args)))
+    result = finetune(cfg)
     v, images = result.validation, result.validation_images
     if result.task == "regression":
         print(f"validation R2 {v.scores['r2'].mean:.3f}, MAE {v.scores['mae'].mean:.4g} on {images} images; "

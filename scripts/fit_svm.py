@@ -60,9 +60,9 @@ def build_parser(prog: str | None = None):
 
 
 def main(args) -> int:
+    cfg = cli.settings(FitConfig, args, **({} if args.classifier == "both" else {"classifiers": (args.classifier,)}))
     from pipeline.linear.fit import fit
 
-    cfg = cli.settings(FitConfig, args, **({} if args.classifier == "both" else {"classifiers": (args.classifier,)}))
     print(fit(cfg).format())
     return 0
 

@@ -42,10 +42,11 @@ def build_parser(prog: str | None = None):
 
 
 def main(args) -> int:
+    out = args.out or Path("runs") / args.data.resolve().name
+    cfg = cli.settings(RunConfig, args, out=out, progress=cli.progress(args))
     from pipeline.escalate.run import format_summary, run
 
-    out = args.out or Path("runs") / args.data.resolve().name
-    result = run(cli.settings(RunConfig, args, out=out, progress=cli.progress(args)))
+    result = run(cfg)
     print(result.fit.format() + "\n")
     print(format_summary(result))
     print(f"\nwrote {out / 'summary.md'}")

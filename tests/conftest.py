@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,8 +20,12 @@ sys.path.insert(0, str(ROOT / "data"))  # data/fetch_data.py: the registries' da
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Converted weights go to a fresh cache, so conversion itself is tested (subprocesses inherit it)."""
-    os.environ["CNN_CODES_CACHE_DIR"] = str(tmp_path_factory.mktemp("weights-cache"))
+    """Converted weights and graphs go to a fresh cache, so conversion itself is tested (subprocesses inherit
+    it); the test workers of one run (pytest-xdist) share it, as processes converting at once may."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "weights-cache"
+    shared.mkdir(exist_ok=True)
+    os.environ["CNN_CODES_CACHE_DIR"] = str(shared)
     yield
 
 
@@ -68,7 +76,7 @@ def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, 
                 groups=None, views: dict[str, dict[str, np.ndarray]] | None = None):
     """A feature store from arrays, through the same shard-and-assemble path extraction uses; ``views``: the codes
     of each view, by view and layer."""
-    from pipeline.store.layout import StoreConfig, code_key
+    from pipeline.store.layout import StoreConfig
     from pipeline.store.writer import Row, Shards, assemble
 
     views = views or {}
@@ -78,7 +86,7 @@ def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, 
     n = len(next(iter(layers.values())))
     names = [f"img_{i:05d}.png" for i in range(n)]
     shards = Shards(path, config)
-    codes = {code_key(k, view): np.asarray(v, np.float32)
+    codes = {(k, view): np.asarray(v, np.float32)
              for view, by_layer in [(None, layers), *views.items()] for k, v in by_layer.items()}
     shards.write(names, np.zeros((n, 2), np.int64), codes, [])
     assemble(path, config, [Row(p, (0, 0), shards.files[0], i) for i, p in enumerate(names)],
@@ -105,3 +113,19 @@ def real_sets() -> dict[str, Path]:
     return {"tuxpaint": fetch_data.fetch_tuxpaint(), "foolbox": fetch_data.fetch_foolbox() / "imagenet",
             "mnist": fetch_data.fetch_mnist(), "fashion_mnist": fetch_data.fetch_fashion_mnist(),
             "digits": fetch_data.fetch_digits()}
+
+
+def run_command(script: str, *argv) -> subprocess.CompletedProcess:
+    """``python scripts/SCRIPT.py ARGV`` run in this process, through the same entry point (parser, settings,
+    one-line errors and exit codes), without paying for another TensorFlow start-up; a traceback would escape
+    as the exception itself. The process boundary is tested apart (test_cli.py)."""
+    from pipeline.commands import cli
+
+    module = importlib.import_module(f"pipeline.commands.{script}")
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.run(module.build_parser, module.main, prog=f"python scripts/{script}.py", argv=list(map(str, argv)))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())

@@ -20,6 +20,7 @@ from pipeline.store.extract import extract
 @pytest.mark.parametrize("name,similar", [
     ("tuxpaint", True), ("foolbox", True), ("mnist", False), ("fashion_mnist", False),
 ])
+@pytest.mark.slow
 def test_similarity_to_imagenet_on_real_sets(real_sets, name, similar):
     advice = advise(AdviseConfig(real_sets[name], sample=60))
     assert advice.similar is similar
@@ -28,6 +29,7 @@ def test_similarity_to_imagenet_on_real_sets(real_sets, name, similar):
     assert margin > 0.33, advice.divergence
 
 
+@pytest.mark.slow
 def test_verdicts_for_the_two_calibration_cases(real_sets):
     tux = advise(AdviseConfig(real_sets["tuxpaint"], sample=40))
     assert (tux.images, tux.classes, tux.smallest_class, tux.small) == (220, 7, 11, True)
@@ -45,6 +47,7 @@ def test_verdicts_for_the_two_calibration_cases(real_sets):
     assert "BatchNorm divergence" in text and "similar below 0.1" in text and "under 2500 images" in text
 
 
+@pytest.mark.slow
 def test_a_budget_turns_a_large_set_to_the_linear_strategy(real_sets):
     free = advise(AdviseConfig(real_sets["mnist"], sample=64))
     assert free.images_per_second > 1 and free.finetune_minutes > 0 and not free.over_budget

@@ -1,5 +1,5 @@
-"""The advisor checked against outcomes on the smaller rows of the README's table: run.py with both
-strategies, and the verdict must name the winner (benchmarks/advisor_table.py runs every row)."""
+"""The advisor checked against outcomes on the smaller rows of the advisor table (docs/benchmarks.md): the whole
+pipeline with both strategies, and the verdict must name the winner (benchmarks/advisor_table.py runs every row)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from fetch_data import first_per_class
 
 from pipeline.escalate.config import RunConfig
 from pipeline.escalate.run import run
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name,per_class,flip", [("tuxpaint", None, True), ("mnist", 30, False)])

@@ -59,7 +59,10 @@ def test_converted_weights_are_cached_and_reused(backbones, monkeypatch):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(loading, "load_legacy_state_dict", no_conversion)
-    assert load_backbone("efficientnet_lite0").weights_checksum == first.weights_checksum
+    loading.forget_loaded()  # built anew: from the cache on disk, not the one this process keeps
+    again = load_backbone("efficientnet_lite0")
+    assert again is not first and again.weights_checksum == first.weights_checksum
+    assert load_backbone("efficientnet_lite0") is again, "kept for the next stage of the run"
 
 
 def test_local_pth_file_gives_the_same_weights(backbones):

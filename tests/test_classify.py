@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, blobs, write_store
+from conftest import blobs, run_command, write_store
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import check_estimator
@@ -75,7 +73,7 @@ def test_fit_picks_the_informative_layer_and_writes_everything(tmp_path):
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert on_disk["protocol"]["outer_folds"] == 5 and on_disk["protocol"]["repeats"] == 3
-    again = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "again", jobs=1, classifiers=("svm",)))
+    again = fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "again", jobs=1, classifiers=("svm",), repeats=1))
     assert "best: svm on noise+signal" in again.format()  # by default, every stored layer joined
 
 
@@ -328,8 +326,7 @@ def test_bundle_checksum_is_checked(tmp_path):
 def test_command_line_error_is_one_line(tmp_path):
     X, _, y = blobs((30, 30, 30))
     write_store(tmp_path / "one.h5", {"x": X[:30]}, y[:30], ["a"])
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_svm.py"), str(tmp_path / "one.h5"),
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    done = run_command("fit_svm", tmp_path / "one.h5", "--out", tmp_path / "run")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in done.stderr
 
@@ -380,7 +377,7 @@ def test_run_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
     from pipeline.linear import bundle as bundle_module
 
     X, _, y = blobs()
-    first = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"])
+    first = _fit(tmp_path, {"x": X}, y, ["a", "b", "c"], repeats=1)
     saved = {kind: load_bundle(tmp_path / "run" / f"{kind}.skops").created for kind in ("svm", "softmax")}
     real, calls = bundle_module.save_bundle, []
 
@@ -392,7 +389,7 @@ def test_run_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
 
     monkeypatch.setattr("pipeline.linear.fit.save_bundle", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):
-        fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", jobs=1, seed=1))
+        fit(FitConfig(store=tmp_path / "f.h5", out=tmp_path / "run", jobs=1, seed=1, repeats=1))
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["created"] == first["created"]
     for kind in ("svm", "softmax"):

@@ -19,6 +19,7 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_run_compares_candidates_on_the_same_held_out_images(data, monkeypatch):
     seen = {}
     real_fit, real_finetune = end_to_end.fit, end_to_end.finetune

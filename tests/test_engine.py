@@ -15,7 +15,7 @@ from conftest import ROOT, write_images
 from pipeline.backbones import engine as engine_module
 from pipeline.backbones.codes import resize_policy
 from pipeline.backbones.engine import frozen_network, resolve_engine
-from pipeline.backbones.loading import cache_dir, load_backbone
+from pipeline.backbones.loading import cache_dir, forget_loaded, load_backbone
 from pipeline.backbones.registry import available
 from pipeline.data.decode import decode_image
 from pipeline.errors import UserError
@@ -29,6 +29,7 @@ def real_pixels(backbone, photos) -> np.ndarray:
     return np.stack([decode_image(p, resize_policy(backbone.spec)) for p in [*photos, *tux]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", available(offline_only=True))
 def test_both_engines_give_the_same_codes_and_imagenet_answers(name, imagenet_photos, backbones):
     backbone = backbones(name)
@@ -74,8 +75,21 @@ def graphs() -> list[Path]:
     return sorted((cache_dir() / "onnx").glob("efficientnet_lite0-codes-*.onnx"))
 
 
-def test_a_corrupt_or_half_written_cached_graph_is_rebuilt(backbones, imagenet_photos):
-    reference = backbones("efficientnet_lite0")
+def _own_cache(tmp_path, monkeypatch) -> Path:
+    """A cache of this test's own, with the converted weights of the shared one (the graphs are converted anew)."""
+    own = tmp_path / "cache"
+    own.mkdir()
+    for name in os.listdir(cache_dir()):
+        if name.endswith(".weights.h5"):
+            os.symlink(cache_dir() / name, own / name)
+    monkeypatch.setenv("CNN_CODES_CACHE_DIR", str(own))
+    return own
+
+
+@pytest.mark.slow
+def test_a_corrupt_or_half_written_cached_graph_is_rebuilt(imagenet_photos, tmp_path, monkeypatch):
+    _own_cache(tmp_path, monkeypatch)  # other test workers may be reading the shared cache's graphs
+    reference = load_backbone("efficientnet_lite0")
     pixels = real_pixels(reference, imagenet_photos[:4])
     expected = frozen_network(reference, "features", engine="onnx")(pixels)[0]
     for damage in (lambda b: b[: len(b) // 2], lambda b: b[:1000] + bytes([b[1000] ^ 1]) + b[1001:], lambda b: b""):
@@ -84,6 +98,7 @@ def test_a_corrupt_or_half_written_cached_graph_is_rebuilt(backbones, imagenet_p
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
         stale = path.parent / f".{path.name.rsplit('-', 1)[0]}.{dead.stdout.strip()}.tmp"
         stale.write_bytes(b"left by a killed conversion")
+        forget_loaded()
         fresh = load_backbone("efficientnet_lite0")  # a new backbone: no network built in this process yet
         codes = frozen_network(fresh, "features", engine="onnx")(pixels)[0]
         assert np.abs(codes - expected).max() < 1e-6
@@ -91,13 +106,12 @@ def test_a_corrupt_or_half_written_cached_graph_is_rebuilt(backbones, imagenet_p
         assert not stale.exists(), "temporary files of dead conversions are removed"
 
 
-def test_two_processes_converting_at_once_both_succeed(tmp_path):
+@pytest.mark.slow
+def test_two_processes_converting_at_once_both_succeed(tmp_path, monkeypatch):
     write_images(tmp_path / "data", {"a": 3, "b": 3})
-    env = {**os.environ, "CNN_CODES_CACHE_DIR": str(tmp_path / "cache")}
-    os.makedirs(tmp_path / "cache")
-    for name in os.listdir(cache_dir()):  # the converted weights, not the graphs: each process converts
-        if name.endswith(".weights.h5"):
-            os.symlink(cache_dir() / name, tmp_path / "cache" / name)
+    load_backbone("efficientnet_lite0")  # its converted weights are in the shared cache: each process converts graphs
+    _own_cache(tmp_path, monkeypatch)
+    env = dict(os.environ)
     procs = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / "extract.py"), str(tmp_path / "data"),
                                "--out", str(tmp_path / f"{k}.h5"), "--engine", "onnx", "--quiet"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_images
+from conftest import ROOT, run_command, write_images, write_store
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -25,6 +25,7 @@ from pipeline.linear.config import FitConfig
 from pipeline.linear.fit import fit
 from pipeline.store.config import ExtractConfig
 from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 TUX = ROOT / "data" / "tuxpaint"
 
@@ -80,6 +81,7 @@ print(",".join(model.card["class_names"]))
 
 @pytest.mark.parametrize("kind", ["linear/svm.skops", "linear/softmax.skops", "joined/svm.skops",
                                   "views/softmax.skops", "finetuned/model.keras"])
+@pytest.mark.slow
 def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
     source = models / kind
     files = sorted(TUX.rglob("*.png"))[::11]
@@ -108,6 +110,7 @@ def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
     assert np.abs(np.asarray(reloaded.predict_on_batch(pixels)) - expected).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path):
     bundle = models / "linear" / "svm.skops"
     out = export(ExportConfig(bundle, "onnx", tmp_path / "tux.onnx"))
@@ -123,6 +126,7 @@ def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path)
     assert len(top1[0]) == len(list(birds.glob("*.png"))) and top1[0] == top1[1]
 
 
+@pytest.mark.slow
 def test_int8_and_float16_litert_models_are_smaller_and_agree(models, tmp_path):
     bundle = models / "linear" / "softmax.skops"
     files = sorted(TUX.rglob("*.png"))[::4]
@@ -139,20 +143,19 @@ def test_int8_and_float16_litert_models_are_smaller_and_agree(models, tmp_path):
         assert agreement >= (0.98 if quantize == "float16" else 0.9), quantize
 
 
-def test_what_cannot_be_exported_is_one_line(models, tmp_path):
-    svm = load_bundle(models / "linear" / "svm.skops")
+def test_what_cannot_be_exported_is_one_line(tmp_path):
     rng = np.random.default_rng(0)
     ridge = Pipeline([("scale", StandardScaler()), ("clf", Ridge())]).fit(rng.normal(size=(20, 4)), rng.normal(size=20))
-    save_bundle(Bundle(ridge, "ridge", "stage6", [], svm.store_config, svm.weights_source, 1.0, "standard"),
+    store = read_store(write_store(tmp_path / "f.h5", {"stage6": rng.normal(size=(4, 4))}, None, None))
+    save_bundle(Bundle(ridge, "ridge", "stage6", [], store.config.to_json(), "test", 1.0, "standard"),
                 tmp_path / "ridge.skops")
     with pytest.raises(UserError, match="regression bundle; export takes classifiers"):
         export(ExportConfig(tmp_path / "ridge.skops", "onnx", tmp_path / "r.onnx"))
     with pytest.raises(UserError, match="onnx models are written to .onnx files"):
-        export(ExportConfig(models / "linear" / "svm.skops", "onnx", tmp_path / "model.bin"))
+        export(ExportConfig(tmp_path / "svm.skops", "onnx", tmp_path / "model.bin"))
     with pytest.raises(UserError, match="int8 needs calibration images"):
-        export(ExportConfig(models / "linear" / "svm.skops", "tflite", tmp_path / "q.tflite", quantize="int8"))
-    done = subprocess.run([sys.executable, ROOT / "scripts" / "export.py", tmp_path / "ridge.skops", "--format",
-                           "onnx", "--out", tmp_path / "r.onnx"], capture_output=True, text=True)
+        export(ExportConfig(tmp_path / "svm.skops", "tflite", tmp_path / "q.tflite", quantize="int8"))
+    done = run_command("export", tmp_path / "ridge.skops", "--format", "onnx", "--out", tmp_path / "r.onnx")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: model: ")
     assert "Traceback" not in done.stderr and not (tmp_path / "r.onnx").exists()
 

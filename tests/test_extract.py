@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT, write_images
+from conftest import ROOT, run_command, write_images
 from PIL import Image, ImageOps
 
 from pipeline.backbones.codes import resize_policy
@@ -190,6 +190,7 @@ def _script(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     write_images(tmp_path / "data", {"a": 200, "b": 200}, size=32)
     out = tmp_path / "killed.h5"
@@ -221,16 +222,15 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_command_line(tmp_path):
-    helped = subprocess.run([sys.executable, str(ROOT / "scripts" / "extract.py"), "--help"],
-                            capture_output=True, text=True)
+    helped = run_command("extract", "--help")
     assert helped.returncode == 0 and "examples:" in helped.stdout and "--layers" in helped.stdout
-    bad = _script(tmp_path / "missing", "--out", tmp_path / "f.h5")
-    stdout, stderr = bad.communicate(timeout=120)
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    bad = run_command("extract", tmp_path / "missing", "--out", tmp_path / "f.h5")
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 2
-    assert lines[-1].startswith("error:") and "Traceback" not in stderr
+    assert lines[-1].startswith("error:") and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_two_extractions_into_one_store_never_mix_codes(tmp_path):
     """The second writer is refused in one line while the first holds the store; the first's codes are right."""
     write_images(tmp_path / "data", {"a": 400, "b": 400}, size=32)

@@ -27,6 +27,7 @@ def finetuned(tmp_path_factory):
     return cfg, finetune(cfg).to_json()
 
 
+@pytest.mark.slow
 def test_outputs_in_the_fit_stage_form(finetuned):
     cfg, metrics = finetuned
     for name in ("model.keras", "classes.json", "history.json", "curves.png", "metrics.json"):
@@ -42,6 +43,7 @@ def test_outputs_in_the_fit_stage_form(finetuned):
     assert metrics["protocol"]["learning_rates"] == {"head": 1e-3, "later layers": 1e-4}
 
 
+@pytest.mark.slow
 def test_predict_accepts_the_finetuned_model(finetuned):
     cfg, _ = finetuned
     predictions, description = predict_images(PredictConfig(cfg.out / "model.keras", (cfg.data / "red",),
@@ -50,6 +52,7 @@ def test_predict_accepts_the_finetuned_model(finetuned):
     assert all(abs(sum(p for _, p in pred.top) - 1) < 1e-4 for pred in predictions)  # 2 classes, top-2
 
 
+@pytest.mark.slow
 def test_a_fresh_process_loads_the_augmented_network(finetuned):
     """model.keras holds full mode's RandomAffine: predict.py, in a process that never fine-tuned, loads it."""
     cfg, metrics = finetuned
@@ -63,6 +66,7 @@ def test_a_fresh_process_loads_the_augmented_network(finetuned):
     assert done.stdout.split()[-2:] == ["RandomAffine", "False"]
 
 
+@pytest.mark.slow
 def test_rerun_after_phase_one_resumes(finetuned, caplog):
     cfg, _ = finetuned
     import logging

@@ -68,6 +68,7 @@ def test_ridge_with_cross_validation_and_value_predictions(brightness, tmp_path)
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == "path,value,skipped"
 
 
+@pytest.mark.slow
 def test_finetuning_a_regression_head(brightness, tmp_path):
     metrics = finetune(FinetuneConfig(data=brightness / "targets.csv", out=tmp_path / "ft", image_size=64,
                                       head_epochs=2, finetune_epochs=1, unfreeze=5, batch_size=8,

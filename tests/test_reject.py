@@ -96,6 +96,7 @@ def tux(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_real_images_of_a_class_never_trained_on_are_rejected_more_often(tux):
     """Hold each Tux Paint class out in turn: a real backbone's codes, the saved model's rule at 5%. Measured
     on the whole set, not promised per class (README, "Predict")."""
@@ -114,6 +115,7 @@ def test_real_images_of_a_class_never_trained_on_are_rejected_more_often(tux):
     assert known_rate <= 0.05 and unseen_rate > 2 * known_rate, (unseen_rate, known_rate)
 
 
+@pytest.mark.slow
 def test_predict_reject_marks_unknown_images(tux, tmp_path):
     bundle = tux / "run" / "softmax.skops"
     threshold = load_bundle(bundle).metrics["reject"]["threshold"]
@@ -134,6 +136,7 @@ def test_predict_reject_marks_unknown_images(tux, tmp_path):
     assert list(csv.DictReader(open(tmp_path / "q.csv")))[0].keys() >= {"path", "decision", "class_1"}
 
 
+@pytest.mark.slow
 def test_a_model_without_a_threshold_is_one_line(tux, tmp_path):
     from pipeline.linear.bundle import save_bundle
 

@@ -1,8 +1,7 @@
-"""Scaling out: extraction and prediction on a real local Ray cluster (2 CPUs), and the streamed fit."""
+"""Scaling out: extraction and prediction on a real local Ray cluster (2 CPUs)."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_images, write_store
+from conftest import ROOT, write_images
 from test_extract import add_bad_files
 
 import pipeline.data.discover as images_module
@@ -25,6 +24,7 @@ from pipeline.errors import UserError
 from pipeline.linear.config import FitConfig
 from pipeline.linear.fit import fit
 from pipeline.scaleout import listing
+from pipeline.scaleout.extract import OnCluster
 from pipeline.store.config import ExtractConfig
 from pipeline.store.extract import extract
 from pipeline.store.reader import read_store
@@ -84,13 +84,14 @@ def assert_same_store(store, local) -> None:
             assert np.abs(store.codes(layer, view=view) - local.codes(layer, view=view)).max() < 1e-4
 
 
+@pytest.mark.ray
 def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_store, tmp_path, monkeypatch):
     def no_stat_here(path):
         raise AssertionError(f"the driver looked at {path}")
 
     monkeypatch.setattr(listing, "fingerprint", no_stat_here)  # the cluster's listing has every file's status
     result = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
-                                   views=("flip",), batch_size=8, ray=cluster, progress=False))
+                                   views=("flip",), batch_size=8, progress=False), OnCluster(cluster))
     assert (result.extracted, result.skipped) == (80, 5) and result.engine == "onnx"
     store = read_store(tmp_path / "ray.h5")
     assert store.views == ("flip",), "the cluster stores each image's mirror image too"
@@ -98,10 +99,11 @@ def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_s
     assert "decompression bomb" in dict(store.skipped)["dog/bomb.png"]
     assert not (tmp_path / "ray.h5.parts").exists()
     again = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
-                                  views=("flip",), ray=cluster, progress=False))
+                                  views=("flip",), progress=False), OnCluster(cluster))
     assert (again.extracted, again.reused) == (0, 80)
 
 
+@pytest.mark.ray
 def test_the_cluster_lists_a_folder_by_the_local_rules(cluster, tmp_path, monkeypatch):
     root = tmp_path / "tree"
     write_images(root, {"cat": 3, "dog": 2, "": 2}, size=16)  # two loose images at the top, outside any class
@@ -148,6 +150,7 @@ def _wait_for_shards(parts: Path, count: int, proc: subprocess.Popen, timeout: f
         time.sleep(0.02)
 
 
+@pytest.mark.ray
 def test_a_killed_model_actor_is_restarted_and_the_codes_stay_right(cluster, images, local_store, tmp_path):
     out = tmp_path / "killed.h5"
     proc = subprocess.Popen(extract_script(images, out, cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -163,6 +166,7 @@ def test_a_killed_model_actor_is_restarted_and_the_codes_stay_right(cluster, ima
     assert_same_store(read_store(out), local_store)
 
 
+@pytest.mark.ray
 def test_a_rerun_after_the_driver_is_killed_reuses_finished_shards(cluster, images, local_store, tmp_path):
     out = tmp_path / "resumed.h5"
     proc = subprocess.Popen(extract_script(images, out, cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -178,6 +182,7 @@ def test_a_rerun_after_the_driver_is_killed_reuses_finished_shards(cluster, imag
     assert_same_store(read_store(out), local_store)
 
 
+@pytest.mark.ray
 def test_ray_prediction_writes_the_local_answers_to_parquet(cluster, images, local_store, tmp_path):
     fit(FitConfig(store=local_store.path, out=tmp_path / "fit", classifiers=("softmax",), layers=("penultimate",)))
     bundle = tmp_path / "fit" / "softmax.skops"
@@ -203,43 +208,3 @@ def test_prediction_on_ray_needs_an_output_folder(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(tmp_path / "m.skops"),
                            str(tmp_path), "--ray", "local"], capture_output=True, text=True)
     assert done.returncode != 0 and "--ray writes Parquet" in done.stderr and "Traceback" not in done.stderr
-
-
-def hard_blobs(n: int, dim: int = 64, classes: int = 10, seed: int = 0):
-    """Overlapping Gaussian classes, sorted by class as a store's rows are (by class folder)."""
-    rng = np.random.default_rng(seed)
-    y = np.sort(rng.integers(0, classes, n))
-    X = rng.normal(0, 0.3, (classes, dim))[y] + rng.normal(0, 1, (n, dim))
-    return X.astype(np.float32), y
-
-
-@pytest.mark.parametrize("kind", ["svm", "softmax"])
-def test_the_streamed_fit_matches_the_in_memory_fit(kind, tmp_path):
-    X, y = hard_blobs(40_000)
-    store = write_store(tmp_path / "big.h5", {"penultimate": X}, y, [f"c{k}" for k in range(10)])
-    paths = read_store(store).paths
-    held = np.random.default_rng(1).choice(len(paths), 8000, replace=False)  # the same for both fits
-    common = dict(store=store, classifiers=(kind,), test_paths=tuple(paths[i] for i in held), seed=0)
-    in_memory = fit(FitConfig(out=tmp_path / "memory", **common))
-    streamed = fit(FitConfig(out=tmp_path / "streamed", max_memory=2 * 2**20, **common))  # codes: 10 MiB
-    assert in_memory.protocol.outer_folds == 5 and streamed.protocol.outer_folds == 0
-    assert "nested CV is pointless" in streamed.format()
-    a, b = (r.final[kind].test.scores["accuracy"] for r in (in_memory, streamed))
-    assert a > 0.7 and abs(a - b) < 0.01, (a, b)  # measured: 0.4 (svm) and 0.5 (softmax) points apart
-    saved = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
-    assert saved["final"][kind]["alpha"] in saved["protocol"]["c_grid"]["alpha"]
-    from pipeline.linear.bundle import load_bundle
-
-    estimator = load_bundle(tmp_path / "streamed" / f"{kind}.skops").estimator
-    proba = estimator.predict_proba(X[:5])
-    assert proba.shape == (5, 10) and np.allclose(proba.sum(axis=1), 1)
-    if kind == "softmax":  # the multinomial model, handed on as the in-memory fit's estimator
-        clf = estimator.named_steps["clf"]
-        assert type(clf).__name__ == "LogisticRegression" and clf.coef_.shape == (10, 64)
-    import keras
-
-    from pipeline.deploy.export import _head
-
-    codes = keras.Input((64,))
-    exported = keras.Model(codes, _head(estimator, codes, 64))  # what export.py folds into the graph
-    np.testing.assert_allclose(exported.predict(X[:5], verbose=0), proba, atol=1e-5)

@@ -21,8 +21,8 @@ CONFIG = StoreConfig("efficientnet_lite0", "abc", ("stage4", "penultimate"), 224
 
 
 def _shard(shards, names, offset):
-    codes = {"stage4": np.full((len(names), 3), offset, np.float32),
-             "penultimate": np.arange(len(names) * 5, dtype=np.float32).reshape(-1, 5) + offset}
+    codes = {("stage4", None): np.full((len(names), 3), offset, np.float32),
+             ("penultimate", None): np.arange(len(names) * 5, dtype=np.float32).reshape(-1, 5) + offset}
     shards.write(names, [(10 + i, 20 + i) for i in range(len(names))], codes,
                  [(f"bad{offset}.jpg", (1, 2), "not an image")])
 

@@ -145,6 +145,7 @@ def tail_run(tmp_path_factory):
     return cfg, finetune(cfg).to_json()
 
 
+@pytest.mark.slow
 def test_tail_mode_is_the_default_on_a_cpu_and_writes_the_fit_stage_form(tail_run):
     cfg, metrics = tail_run
     assert metrics["protocol"]["mode"] == "tail" and metrics["protocol"]["cut"] == "stage5"
@@ -159,6 +160,7 @@ def test_tail_mode_is_the_default_on_a_cpu_and_writes_the_fit_stage_form(tail_ru
     assert acc > 0.6, f"three colours tell apart after tail fine-tuning (chance 0.33), got {acc}"
 
 
+@pytest.mark.slow
 def test_tail_model_predicts_from_pixels(tail_run):
     cfg, _ = tail_run
     predictions, description = predict_images(PredictConfig(cfg.out / "model.keras", (cfg.data / "blue",),
@@ -167,6 +169,7 @@ def test_tail_model_predicts_from_pixels(tail_run):
     assert sum(pred.top[0][0] == "blue" for pred in predictions) >= 8
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_the_cache(tail_run, monkeypatch):
     cfg, _ = tail_run
     import pipeline.finetune.cache as activation_cache
@@ -178,6 +181,7 @@ def test_a_rerun_reuses_the_cache(tail_run, monkeypatch):
     assert finetune(dataclasses.replace(cfg, tail_epochs=1)).validation_images == 6
 
 
+@pytest.mark.slow
 def test_training_that_only_hurts_keeps_the_probe(tail_run):
     cfg, _ = tail_run
     result = finetune(dataclasses.replace(cfg, learning_rate=100.0, tail_epochs=2))  # steps that wreck the net

@@ -6,13 +6,12 @@ import collections
 import importlib.resources
 import io
 import pickle
-import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_images
+from conftest import run_command, write_images
 
 from pipeline.backbones.torch_pickle import (
     MAGIC_NUMBER,
@@ -183,8 +182,7 @@ def test_refused_global_is_one_line_from_the_command_line(tmp_path):
     buf.write(b"cos\nsystem\n(S'true'\ntR.")
     evil.write_bytes(buf.getvalue())
     write_images(tmp_path / "data", {"a": 2})
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "extract.py"), str(tmp_path / "data"), "--out",
-                           str(tmp_path / "f.h5"), "--backbone", "mobilenet_v2", "--weights", str(evil)],
-                          capture_output=True, text=True)
+    done = run_command("extract", tmp_path / "data", "--out", tmp_path / "f.h5", "--backbone", "mobilenet_v2",
+                       "--weights", evil)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "refusing to load global os.system" in done.stderr.strip().splitlines()[-1]

@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
 from ..data.views import views_of
-from ..store.layout import code_key
 from .engine import FrozenNetwork
 from .loading import Backbone
 from .spec import BackboneSpec
@@ -30,8 +29,8 @@ def code_dim(backbone: Backbone, layer: str) -> int:
 
 def iter_codes(network: FrozenNetwork, files: list[Path], policy: ResizePolicy, batch_size: int,
                workers: int | None = None, progress: bool = True, desc: str = "extract", views: tuple[str, ...] = ()):
-    """Yield ``(batch, {code key: codes of batch.ok})`` for ``files`` (with ``views``, theirs too), decoding in
-    parallel with the network."""
+    """Yield ``(batch, {(layer, view): codes of batch.ok})`` for ``files`` (view None: the images; with ``views``,
+    theirs too), decoding in parallel with the network."""
     bar = tqdm(total=len(files), unit="img", desc=desc, disable=not progress or not files, dynamic_ncols=True)
     skipped = 0
     try:
@@ -46,10 +45,10 @@ def iter_codes(network: FrozenNetwork, files: list[Path], policy: ResizePolicy, 
 
 
 def codes_of_views(network: FrozenNetwork, pixels: np.ndarray, views: tuple[str, ...] = (),
-                   n: int | None = None) -> dict[str, np.ndarray]:
-    """``{code key: codes}`` of the first ``n`` images of a batch and of each of their ``views``."""
+                   n: int | None = None) -> dict[tuple[str, str | None], np.ndarray]:
+    """``{(layer, view): codes}`` of the first ``n`` images of a batch (view None) and of each of their
+    ``views``."""
     codes = {}
     for v, seen in zip((None, *views), views_of(pixels, views)):
-        codes |= {code_key(name, v): np.asarray(o[:n], np.float32)
-                  for name, o in zip(network.outputs, network(seen))}
+        codes |= {(name, v): np.asarray(o[:n], np.float32) for name, o in zip(network.outputs, network(seen))}
     return codes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..provenance import file_sha256
-from .device import accelerators, dtype_policy
+from .device import accelerators, dtype_policy, resolve_precision
 from .registry import available, get_spec
 from .spec import BackboneSpec, KerasWeights, WheelWeights
 from .torch_pickle import TorchFileError, load_legacy_state_dict
@@ -66,8 +67,32 @@ class Backbone:
 def load_backbone(name: str | BackboneSpec, weights: str | os.PathLike | None = None,
                   precision: str = "auto") -> Backbone:
     """Build ``name`` with its ImageNet weights, or the local file ``weights`` (Keras ``.h5``, or a ``.pth``
-    for the torch-converted backbones); ``precision`` applies to this backbone and its networks only."""
-    spec = name if isinstance(name, BackboneSpec) else get_spec(name)
+    for the torch-converted backbones); ``precision`` applies to this backbone and its networks only.
+
+    A registered backbone is built once per process for the same weights, precision and cache folder (the last
+    few kept), with the networks derived from it: the stages of one run (advise, extract, fine-tune) share it
+    (:func:`forget_loaded` drops them)."""
+    if isinstance(name, BackboneSpec):
+        return _build(name, weights, precision)
+    stamp = None
+    if weights is not None and Path(weights).is_file():  # a rewritten file is built anew
+        st = Path(weights).stat()
+        stamp = (str(Path(weights).resolve()), st.st_size, st.st_mtime_ns)
+    return _cached(name, None if weights is None else str(weights), stamp, resolve_precision(precision),
+                   str(cache_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(name: str, weights: str | None, stamp, precision: str, cache: str) -> Backbone:
+    return _build(get_spec(name), weights, precision)
+
+
+def forget_loaded() -> None:
+    """Drop the backbones :func:`load_backbone` keeps, and the networks built from them."""
+    _cached.cache_clear()
+
+
+def _build(spec: BackboneSpec, weights, precision: str) -> Backbone:
     with dtype_policy(precision) as policy:
         if weights is not None:
             model = _from_local_file(spec, Path(weights))

@@ -118,8 +118,9 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
         return network, ModelCard(class_names, policy.size, policy.to_dict(), f"fine-tuned {backbone}",
                                   reject_threshold=fine_tuned_reject(model_path))
     bundle = load_bundle(model_path)
-    if not get_kind(bundle.classifier).exportable:
-        raise UserError(f"{model_path} is a {bundle.classifier} bundle; export takes classifiers", param="model")
+    kind = get_kind(bundle.classifier)
+    if not kind.exportable:
+        raise UserError(f"{model_path} is a {kind.task} bundle; export takes classifiers", param="model")
     if list(bundle.estimator.classes_) != list(range(len(bundle.class_names))):
         raise UserError(f"{model_path} was not trained on every one of its classes", param="model")
     backbone = bundle_backbone(bundle, weights, precision="float32")

@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..results import CVResult, Protocol
 from . import tta
 from .kinds import CLASSIFIERS, get_kind
-from .models import fit_with_C, make_classifier
+from .models import fit_with_C, make_model
 from .scaling import scaler
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed, groups, 
     C, inner = tune_C(kind, tta.rows(X, train), y[train], normalise, class_weight, seed,
                       None if groups is None else groups[train], metric)
     rows, labels, _ = tta.training_rows(tta.rows(X, train), y[train])
-    model = make_classifier(kind, C, normalise, class_weight).fit(rows, labels)
+    model = make_model(kind, C, normalise, class_weight).fit(rows, labels)
     predicted = tta.predict(model, tta.rows(X, test))
     return {"C": C, "inner": inner, "predicted": predicted, "seconds": time.perf_counter() - started,
             **metrics.classification_scores(y[test], predicted)}

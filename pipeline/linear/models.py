@@ -13,7 +13,7 @@ from .kinds import get_kind
 from .scaling import scaler
 
 
-def make_classifier(kind: str, C: float, normalise: str = "power", class_weight=None) -> Pipeline:
+def make_model(kind: str, C: float, normalise: str = "power", class_weight=None) -> Pipeline:
     """The model of ``kind`` behind its feature scaling, as a scikit-learn Pipeline."""
     return Pipeline([("scale", scaler(normalise)), ("clf", get_kind(kind).build(C, class_weight))])
 
@@ -32,7 +32,7 @@ def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="pow
     Platt-calibrated on 3 inner folds (``groups``, and the views of each image, kept inside one), others as
     they are."""
     X, y, groups = tta.training_rows(X, y, groups)
-    model = make_classifier(kind, C, normalise, class_weight)
+    model = make_model(kind, C, normalise, class_weight)
     if get_kind(kind).calibrated:
         model = CalibratedClassifierCV(model, method="sigmoid", cv=_calibration_folds(y, groups), ensemble=False)
     return model.fit(X, y)

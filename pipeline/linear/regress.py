@@ -20,14 +20,14 @@ from ..errors import UserError
 from ..results import CVResult, HeldOut, Protocol
 from .cv import default_repeats
 from .kinds import get_kind
-from .models import make_classifier
+from .models import make_model
 
 RIDGE = get_kind("ridge")
 
 
 def make_regressor(normalise: str = "standard") -> Pipeline:
     """Ridge behind its feature scaling; its penalty is chosen by efficient leave-one-out when fitted."""
-    return make_classifier(RIDGE.name, 1.0, normalise)
+    return make_model(RIDGE.name, 1.0, normalise)
 
 
 def fit_final(X: np.ndarray, y: np.ndarray, normalise: str = "standard") -> tuple[Pipeline, dict[str, float]]:

@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 
 def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     """The report of the bundle ``cfg.bundle`` on the labelled folder ``cfg.data``."""
-    if Path(cfg.bundle).suffix == ".keras":
-        raise UserError("takes a fitted classifier bundle (.skops); compare fine-tuned networks in the grid, "
-                        "or predict with one", param="bundle")
     bundle = load_bundle(cfg.bundle)
     if get_kind(bundle.classifier).task != CLASSIFICATION:
         raise UserError(f"{cfg.bundle} is a regression bundle; the report is for classifiers", param="bundle")

@@ -45,6 +45,9 @@ class EvaluateConfig(Settings):
     def check(self) -> None:
         if not self.data:
             raise UserError("give at least one dataset", param="data")
+        missing = [d for d in self.data if not Path(d).exists()]
+        if missing:
+            raise UserError(f"dataset {missing[0]} does not exist", param="data")
         if not self.backbones:
             raise UserError("give at least one backbone", param="backbones")
 
@@ -62,3 +65,8 @@ class BundleReportConfig(Settings):
     progress: bool = True
     weights: Path | None = None
     engine: str = setting("auto", choices=ENGINES)
+
+    def check(self) -> None:
+        if Path(self.bundle).suffix == ".keras":
+            raise UserError("takes a fitted classifier bundle (.skops); compare fine-tuned networks in the grid, "
+                            "or predict with one", param="bundle")

@@ -7,7 +7,6 @@ read back from the cache on every later call.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,6 @@ from ..data.discover import Dataset
 from ..errors import UserError
 from .extract import update_store
 from .reader import read_store
-
-
-@lru_cache(maxsize=4)
-def _backbone(name: str, weights: str | None):
-    return load_backbone(name, weights)
 
 
 def _as_paths(X) -> list[Path]:
@@ -66,7 +60,7 @@ class CodesTransformer(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Check the settings (no learning: the backbone is frozen)."""
         _as_paths(X)
-        backbone = _backbone(self.backbone, None if self.weights is None else str(self.weights))
+        backbone = load_backbone(self.backbone, self.weights)
         backbone.check_layers([self.layer])
         self.n_features_out_ = frozen_network(backbone, "features", [self.layer], self.engine).dims[0]
         return self
@@ -77,7 +71,7 @@ class CodesTransformer(TransformerMixin, BaseEstimator):
         paths = _as_paths(X)
         root = Path(paths[0].anchor if paths else "/")
         wanted = [p.relative_to(root).as_posix() for p in paths]
-        backbone = _backbone(self.backbone, None if self.weights is None else str(self.weights))
+        backbone = load_backbone(self.backbone, self.weights)
         dataset = Dataset(root, sorted(set(wanted)), None, None)
         store_path = self._cache_path()
         update_store(dataset, store_path, backbone, [self.layer], resize_policy(backbone.spec),

@@ -59,8 +59,10 @@ class Shards:
                     failures[(str(p), *map(int, fp))] = str(reason)
         return rows, failures
 
-    def write(self, paths: Sequence[str], fingerprints: np.ndarray, codes: dict[str, np.ndarray],
+    def write(self, paths: Sequence[str], fingerprints: np.ndarray, codes: dict[tuple[str, str | None], np.ndarray],
               failed: Sequence[tuple[str, tuple[int, int], str]]) -> None:
+        """One shard: the ``codes`` of ``paths`` by ``(layer, view)`` (view None: the image itself), and the files
+        that ``failed`` as ``(path, fingerprint, reason)``."""
         target = self.dir / f"shard-{self.run}-{len(self.files):07d}.npz"
         arrays = {
             "paths": np.asarray(paths, dtype=str).reshape(-1),
@@ -69,7 +71,7 @@ class Shards:
             "failed_fingerprints": np.asarray([f[1] for f in failed], dtype=np.int64).reshape(-1, 2),
             "failed_reasons": np.asarray([f[2] for f in failed], dtype=str).reshape(-1),
         }
-        arrays |= {f"codes/{key}": c for key, c in codes.items()}  # keys: code_key
+        arrays |= {f"codes/{code_key(layer, view)}": c for (layer, view), c in codes.items()}
         _write_atomically(target, lambda tmp: np.savez(tmp, **arrays))
         self.files.append(target)
 
