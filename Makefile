@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo check test bench clean
+.PHONY: setup demo check test lint bench clean
 
 setup: $(STAMP)
 
@@ -31,15 +31,20 @@ demo: $(STAMP) data/tuxpaint/.complete
 	$(PY) scripts/run.py data/tuxpaint --out runs/tuxpaint
 	$(PY) scripts/evaluate.py --data data/tuxpaint --backbones efficientnet_lite0 mobilenet_v2 --out reports/tuxpaint
 
+# One test worker per core, each kept to its core (tests/conftest.py); a test file runs in one worker.
+WORKERS := -n auto --dist loadfile
 DATA := data/foolbox/.complete data/tuxpaint/.complete data/mnist/.complete data/fashion_mnist/.complete
 
 # The fast tier, for your own loop: every module's logic on small inputs (docs/architecture.md, "Tests in tiers").
 check: $(STAMP) $(DATA)
-	$(PY) -m pytest -m "not slow and not ray and not browser"
+	$(PY) -m pytest $(WORKERS) -m "not slow and not ray and not browser"
 
 # Everything, as CI runs it.
 test: $(STAMP) $(DATA)
-	$(PY) -m pytest
+	$(PY) -m pytest $(WORKERS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check --select E,F,W,I --line-length 120 pipeline scripts tests benchmarks data
 
 bench: $(STAMP) data/tuxpaint/.complete
 	$(PY) benchmarks/extract_speed.py

@@ -8,7 +8,7 @@ Run by hand (``make bench`` runs it): prints, from one run on this machine,
 * the driver's peak memory on N and 3N images (flat: about 1.0);
 * the streamed fit's peak memory on synthetic stores 4x and 16x its budget
   (flat: about 1.0), and its time per epoch and GiB of codes;
-* the figures the README's throughput projection is built from: one thread's
+* the figures the throughput projection in docs/benchmarks.md is built from: one thread's
   JPEG decoding rate and the network's rate alone.
 
 Goal on this machine class: Ray at least 0.85x the local stage.

@@ -2,7 +2,7 @@
 and device is active: per precision, per augmentation, with the base frozen (phase 1) or training.
 
     python benchmarks/train_step.py [--size 224] [--batch 32] [--steps 20]
-    KERAS_BACKEND=jax python benchmarks/train_step.py     # the GPU check (README, "GPU")
+    KERAS_BACKEND=jax python benchmarks/train_step.py     # the GPU check (docs/gpu.md)
     python benchmarks/train_step.py --size 128 --precisions float32 --frozen-batches --steps 5
 
 Random pixels; the first call of each network (tracing, compilation) is timed

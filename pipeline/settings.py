@@ -18,9 +18,11 @@ from .errors import UserError
 Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it, or None
 
 
-def setting(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, check: Check | None = None) -> Any:
+def setting(default: Any = dataclasses.MISSING, *, choices: tuple | Callable[[], tuple] | None = None,
+            check: Check | None = None) -> Any:
     """A field of a stage's settings: its ``default``, the values it takes (``choices``, for each element of a
-    tuple) and ``check``. None is always allowed where it is the default."""
+    tuple; a function giving them when they come from a registry) and ``check``. None is always allowed where it
+    is the default."""
     return dataclasses.field(default=default, metadata={"choices": choices, "check": check})
 
 
@@ -50,7 +52,7 @@ class Settings:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            choices = f.metadata.get("choices")
+            choices = self.choices(f.name)
             for item in (value if isinstance(value, tuple) else (value,)) if choices is not None else ():
                 if item not in choices:
                     raise UserError(f"must be one of {', '.join(map(str, choices))}, not {item!r}", param=f.name)
@@ -74,4 +76,5 @@ class Settings:
 
     @classmethod
     def choices(cls, name: str) -> tuple | None:
-        return cls.field(name).metadata.get("choices")
+        choices = cls.field(name).metadata.get("choices")
+        return choices() if callable(choices) else choices

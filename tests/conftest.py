@@ -15,6 +15,13 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Under pytest-xdist each worker keeps to a core of its own (before any library sizes its thread pools by the
+# cores it may use), so the workers do not fight over the cores every backend would otherwise spread over.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+    _cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_cores[int(_WORKER.removeprefix("gw")) % len(_cores)]})
 sys.path.insert(0, str(ROOT / "data"))  # data/fetch_data.py: the registries' data sets, fetched at set-up
 
 

@@ -44,6 +44,10 @@ def test_library_messages_name_no_flags_or_scripts():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
                 if "pip install" not in node.value and (FLAG.search(node.value) or SCRIPT.search(node.value)):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    for template in (ROOT / "pipeline" / "report" / "templates").glob("*.j2"):  # what reports say
+        for number, line in enumerate(template.read_text().splitlines(), start=1):
+            if re.search(r"(^|[\s(])--[a-z]", line) or SCRIPT.search(line):
+                offenders.append(f"{template.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders
 
 

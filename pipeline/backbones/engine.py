@@ -1,4 +1,4 @@
-"""Engines that run the factory's frozen networks: Keras, or the same graph in ONNX Runtime (README, "Engines").
+"""Engines that run the factory's frozen networks: Keras, or the same graph in ONNX Runtime (docs/extract.md).
 
 The ONNX graph is the project's own Keras model, converted once with tf2onnx
 and cached; its file name holds the key and the sha256 of its bytes, and it is
@@ -84,8 +84,8 @@ def frozen_network(backbone: Backbone, head: str = "features", layers: Sequence[
     if size is not None and head != "front":
         raise ValueError(f"only a front network takes a size, not {head!r}")
     if engine == "auto" and head == "statistics":
-        # Its hundred-odd reductions of activations defeat ONNX Runtime's fusions: 31 and 33 images/s against
-        # Keras' 55 and 50 (efficientnet_lite0, mobilenet_v2; README, "Advise").
+        # Its hundred-odd reductions of activations defeat ONNX Runtime's fusions: Keras runs it faster
+        # (docs/benchmarks.md, "The advisor table").
         engine = "keras"
     engine = resolve_engine(engine, backbone.precision)
     layers = tuple(backbone.check_layers(layers)) if head in ("features", "front") else ()

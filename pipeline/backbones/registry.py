@@ -18,8 +18,8 @@ TORCHVISION = Preprocessing(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 
 KERAS_TF = Preprocessing(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))
 KERAS_CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), bgr=True)
 IDENTITY = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-# lite0's default layers: joined and power-scaled, they beat its penultimate alone on three sets by 2 points or more;
-# not on lite2 or MobileNetV2 (README, Fit), which keep the penultimate
+# lite0's default layers: joined and power-scaled, they beat its penultimate alone on three sets; not on lite2 or
+# MobileNetV2, which keep the penultimate (docs/benchmarks.md, "Layers and scaling")
 LITE0_LAYERS = ("stage5", "stage6", "penultimate")
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -2,10 +2,11 @@
 
 Keras' RandomRotation, RandomTranslation and RandomZoom each resample the whole
 batch through ``ops.image.affine_transform``; on JAX that is a 4-D
-``map_coordinates`` and made a training step on an H100 70 times slower (README,
-"GPU"). Here the rotation, zoom, shift and optional mirror of each image are
-composed into one map, and the image is sampled once, bilinearly, from four
-gathers of whole pixels with the edges repeated: the same on every backend, and cheap on all.
+``map_coordinates``, and made a training step many times slower on a GPU
+(docs/benchmarks.md, "GPU"). Here the rotation, zoom, shift and optional mirror
+of each image are composed into one map, and the image is sampled once,
+bilinearly, from four gathers of whole pixels with the edges repeated: the same
+on every backend, and cheap on all.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from ..data.loader import decoded_batches
 from ..data.views import views_of
 from ..errors import UserError
 from ..linear.bundle import load_bundle
-from ..linear.kinds import get_kind
+from ..linear.kinds import get_kind, is_network
 from ..linear.scaling import signed_power
 from ..store.layout import layer_parts
 from .config import ExportConfig
@@ -111,7 +111,7 @@ def _head(estimator, codes, d: int):
 def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Model, ModelCard]:
     """A fit-stage bundle or a fine-tuned ``.keras`` model as one Keras network, and its card."""
     model_path = Path(model_path)
-    if model_path.suffix == ".keras":
+    if is_network(model_path):
         network, class_names, policy, backbone = fine_tuned_network(model_path)
         if not class_names:
             raise UserError(f"{model_path} predicts a numeric target; export takes classifiers", param="model")

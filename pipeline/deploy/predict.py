@@ -24,7 +24,7 @@ from ..data.loader import decoded_batches
 from ..data.views import views_of
 from ..errors import UserError
 from ..linear import tta
-from ..linear.kinds import REGRESSION, get_kind
+from ..linear.kinds import REGRESSION, get_kind, is_network
 from ..store.layout import layer_parts
 from .config import PredictConfig
 from .runtime import EXTENSIONS, ExportedModel
@@ -186,7 +186,7 @@ def load_predictor(path: str | Path, weights: str | Path | None = None, precisio
         return Predictor(card["class_names"], ResizePolicy(**card["resize"]),
                          f"exported {path.suffix[1:]} model ({card['source']}): class probabilities",
                          lambda pixels, n: model(pixels)[:n], reject_threshold=card.get("reject_threshold"))
-    if path.suffix == ".keras":
+    if is_network(path):
         if engine == "onnx":
             log.info("fine-tuned networks run on Keras")
         return _keras_predictor(path)

@@ -18,6 +18,7 @@ from ..finetune.stage import finetune
 from ..linear.classify import split_test
 from ..linear.config import FitConfig
 from ..linear.fit import FitResult, fit
+from ..linear.kinds import get_kind
 from ..provenance import now_iso
 from ..store.config import ExtractConfig
 from ..store.extract import extract
@@ -27,6 +28,8 @@ from .config import AdviseConfig, RunConfig
 from .rule import Strategy
 
 log = logging.getLogger(__name__)
+
+FINETUNED = get_kind("fine-tuned")
 
 
 def _layers(backbone: str) -> tuple[str, ...]:
@@ -112,7 +115,7 @@ def run(cfg: RunConfig) -> RunResult:
             engine=cfg.engine, seed=cfg.seed, test_paths=test_paths,
             unfreeze=10_000 if strategy is Strategy.FINETUNE_WHOLE else 30, progress=cfg.progress))
         test = finetuned.test
-        candidates.append(Candidate("fine-tuned network", str(cfg.out / "finetune" / "model.keras"),
+        candidates.append(Candidate("fine-tuned network", str(cfg.out / "finetune" / FINETUNED.file),
                                     test.scores["accuracy"], test.scores["macro_f1"], time.perf_counter() - started,
                                     train_seconds=finetuned.validation.fit_seconds))
     best = max(candidates, key=lambda c: (c.test_accuracy, c.test_macro_f1))
@@ -125,7 +128,7 @@ def run(cfg: RunConfig) -> RunResult:
         f"the advisor recommends: {advice.recommendation}",
         candidates, best, reason,
         # Did the candidate the advisor favoured win? Only known when both kinds ran.
-        ((best.name == "fine-tuned network") == strategy.finetunes) if do_finetune else None,
+        (best.model.endswith(FINETUNED.file) == strategy.finetunes) if do_finetune else None,
         now_iso(), fitted)
     (cfg.out / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
     (cfg.out / "summary.md").write_text(format_summary(result) + "\n")

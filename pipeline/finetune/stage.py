@@ -72,7 +72,7 @@ class FinetuneResult:
     reject: dict | None = None  # the "unknown" rule, set on the validation split (pipeline.linear.reject)
 
     def to_json(self) -> dict:
-        final = {"model": "model.keras", "validation_images": self.validation_images}
+        final = {"model": FINETUNED.file, "validation_images": self.validation_images}
         if self.test is not None:
             final["test"] = self.test.to_json()
         if self.reject is not None:
@@ -117,7 +117,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         pixels, ok, failed = decode_all(files, policy, cfg.batch_size)
         split = split_images(cfg, dataset, ok, names)
         model, history, (val_out, test_out), protocol = full_mode(cfg, backbone, policy, split, pixels)
-    model.save(cfg.out / "model.keras")
+    model.save(cfg.out / FINETUNED.file)
     (cfg.out / "classes.json").write_text(json.dumps(names))
     (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
     (cfg.out / "curves.png").write_bytes(training_curves(history))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..settings import Settings, at_least, between, setting, share
-from .kinds import CLASSIFIERS
+from .kinds import CLASSIFIERS, classifiers
 
 NORMALISATIONS = ("power", "standard", "l2")  # how codes are scaled (pipeline.linear.scaling)
 CLASS_WEIGHTS = ("auto", "none", "balanced")
@@ -32,7 +32,7 @@ class FitConfig(Settings):
 
     store: Path
     out: Path
-    classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=CLASSIFIERS)
+    classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=classifiers)
     layers: tuple[str, ...] | None = None  # None: every stored layer, joined
     normalise: str | None = setting(None, choices=NORMALISATIONS)  # None: the task's own
     folds: int = setting(5, check=at_least(2))

@@ -6,7 +6,7 @@ centred on the set's mean code, reaches :data:`DEFAULT_THRESHOLD`; groups are
 the connected components of that relation. The threshold was calibrated with
 ``benchmarks/duplicate_threshold.py``: exact copies, copies shrunk and
 re-encoded as JPEG, and padded copies against distinct images of one class, on
-three sets (README, "Fit").
+three sets (docs/benchmarks.md, "Near-duplicates").
 """
 
 from __future__ import annotations

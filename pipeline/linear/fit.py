@@ -28,6 +28,7 @@ from .bundle import Bundle, replace_folder, save_bundle
 from .config import FitConfig
 from .duplicates import duplicate_sets, subset
 from .fit_result import FitResult
+from .kinds import get_kind
 from .tasks import Classification, Regression, codes_of, task_of
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def fit(cfg: FitConfig) -> FitResult:
         if data.test is not None:
             test_X, test_y, what = data.test
             test = task.held_out(model, codes_of(test_X, chosen[kind]), test_y, store, what)
-        final[kind] = FinalModel(chosen[kind].layer, hyper, f"{kind}.skops", test,
+        final[kind] = FinalModel(chosen[kind].layer, hyper, get_kind(kind).file, test,
                                  task.reject(chosen[kind], X, y, cfg, protocol, groups), chosen[kind].class_weight,
                                  chosen[kind].views)
     return _save(cfg, task, store, kinds, refits, final, chosen, protocol, results, best, started, grouping, nested)
@@ -186,7 +187,7 @@ def _streamed(cfg: FitConfig, task: Task, store: FeatureStore, layer: str, budge
               for kind in kinds}
     results = [r for _, r, _ in fitted.values()]
     refits = [(model, {"alpha": chosen["alpha"]}) for model, _, chosen in fitted.values()]
-    final = {kind: FinalModel(layer, hyper, f"{kind}.skops", None if held is None else stream.held_out(
+    final = {kind: FinalModel(layer, hyper, get_kind(kind).file, None if held is None else stream.held_out(
         model, store, layer, held, budget, f"{len(held)} held-out images"))
         for kind, (model, hyper) in zip(kinds, refits)}
     protocol = stream.protocol(cfg.normalise, weight, cfg.seed, budget, need,

@@ -11,6 +11,7 @@ command line's ``--help`` import no scikit-learn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -37,6 +38,7 @@ class ModelKind:
 
     name: str
     task: str
+    file: str  # how its model is saved in a run folder: a bundle (.skops), or a fine-tuned network (.keras)
     outputs: str  # what its predictions are, as predict says
     grid: tuple[float, ...] = ()
     hyper: str = "C"
@@ -51,6 +53,11 @@ class ModelKind:
     def linear(self) -> bool:
         """A scikit-learn model on codes, saved as a bundle (else a fine-tuned network)."""
         return self.build is not None
+
+
+def is_network(path) -> bool:
+    """Whether ``path`` names a fine-tuned network (saved as the fine-tuned kind's file is)."""
+    return Path(path).suffix == Path(KINDS["fine-tuned"].file).suffix
 
 
 def _svm(C: float, class_weight=None):
@@ -117,14 +124,15 @@ def _ridge(C: float = 1.0, class_weight=None):
 
 
 KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
-    ModelKind("svm", CLASSIFICATION, "calibrated SVM probabilities (Platt)", tuple(np.logspace(-5, -1, 5)),
+    ModelKind("svm", CLASSIFICATION, "svm.skops", "calibrated SVM probabilities (Platt)", tuple(np.logspace(-5, -1, 5)),
               build=_svm, path=_svm_path, calibrated=True, incremental=Incremental("hinge", _hinge_learner),
               trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION)),
-    ModelKind("softmax", CLASSIFICATION, "softmax probabilities", tuple(np.logspace(-4, 0, 5)),
+    ModelKind("softmax", CLASSIFICATION, "softmax.skops", "softmax probabilities", tuple(np.logspace(-4, 0, 5)),
               build=_softmax, path=_softmax_path,
               incremental=Incremental("multinomial log", _multinomial_learner, _as_logistic)),
-    ModelKind("ridge", REGRESSION, "predicted values", ALPHAS, hyper="alpha", build=_ridge, exportable=False),
-    ModelKind("fine-tuned", CLASSIFICATION, "softmax probabilities", exportable=True),
+    ModelKind("ridge", REGRESSION, "ridge.skops", "predicted values", ALPHAS, hyper="alpha", build=_ridge,
+              exportable=False),
+    ModelKind("fine-tuned", CLASSIFICATION, "model.keras", "softmax probabilities"),
 )}
 
 
@@ -140,7 +148,12 @@ def kinds_for(task: str) -> tuple[str, ...]:
     return tuple(name for name, kind in KINDS.items() if kind.task == task and kind.linear)
 
 
-CLASSIFIERS = kinds_for(CLASSIFICATION)
+def classifiers() -> tuple[str, ...]:
+    """The classifiers registered now (the settings' choices)."""
+    return kinds_for(CLASSIFICATION)
+
+
+CLASSIFIERS = classifiers()  # the default: every classifier
 
 
 def trusted_types() -> list[str]:

@@ -5,7 +5,7 @@ shown. The threshold is set on probabilities of images the model never trained
 on (out-of-fold, made as the saved model is), so that a chosen share of known
 images (default 5%) falls under it: those are the known images it will wrongly
 call unknown. What it does to images of classes never trained on is measured,
-not promised (README, "Predict").
+not promised (docs/benchmarks.md, "Unknown images").
 """
 
 from __future__ import annotations

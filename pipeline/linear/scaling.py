@@ -6,8 +6,8 @@ activations dominate a linear model's dot products. A signed power below one
 (Perronnin et al.'s power normalisation, here the fourth root) evens them out.
 Columns that take negative values in training (a stage's linear projection,
 as efficientnet's stage6) are left as they are: the power there only magnified
-noise near zero. Measured on three sets (README, "Fit"), the fourth root beat
-the square root and plain standardisation.
+noise near zero. On three sets the fourth root beat the square root and plain
+standardisation (docs/benchmarks.md, "Layers and scaling").
 """
 
 from __future__ import annotations

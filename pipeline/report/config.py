@@ -10,7 +10,7 @@ from ..backbones.options import DEFAULT_BACKBONE, ENGINES
 from ..data.views import VIEWS
 from ..errors import UserError
 from ..linear.config import CLASS_WEIGHTS, DEFAULT_DUPLICATE_THRESHOLD, NORMALISATIONS
-from ..linear.kinds import CLASSIFIERS
+from ..linear.kinds import CLASSIFIERS, classifiers, is_network
 from ..settings import Settings, at_least, setting
 
 FEATURES = Path("features")  # where codes are cached, one store per dataset, backbone and layer set
@@ -23,7 +23,7 @@ class EvaluateConfig(Settings):
     data: tuple[Path, ...]
     out: Path
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
-    classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=CLASSIFIERS)
+    classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=classifiers)
     layers: tuple[str, ...] = ("penultimate",)
     views: tuple[str, ...] = setting((), choices=VIEWS)  # with and without these views compete
     finetune: bool = False
@@ -67,6 +67,6 @@ class BundleReportConfig(Settings):
     engine: str = setting("auto", choices=ENGINES)
 
     def check(self) -> None:
-        if Path(self.bundle).suffix == ".keras":
+        if is_network(self.bundle):
             raise UserError("takes a fitted classifier bundle (.skops); compare fine-tuned networks in the grid, "
                             "or predict with one", param="bundle")

@@ -99,7 +99,7 @@ def _finetune_row(data: Path, root: Path, backbone: str, paths: list[str], y: np
         accuracy.append(result.test.scores["accuracy"])
         macro_f1.append(result.test.scores["macro_f1"])
         seconds += result.validation.fit_seconds
-        predictions, _ = predict_images(PredictConfig(out / "model.keras", tuple(root / paths[i] for i in test),
+        predictions, _ = predict_images(PredictConfig(out / FINETUNED.file, tuple(root / paths[i] for i in test),
                                                       top_k=len(names), progress=False))
         by_path = {p.path: p for p in predictions}
         column = {name: k for k, name in enumerate(names)}

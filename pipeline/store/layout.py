@@ -22,8 +22,8 @@ def layer_parts(layer: str) -> list[str]:
 
 
 def default_candidates(layers: Sequence[str]) -> list[str]:
-    """The layer a fit takes by default: every stored layer side by side (power-scaled, stage5, stage6 and
-    penultimate joined beat each layer alone and every pair tried on three sets: README, "Fit")."""
+    """The layer a fit takes by default: every stored layer side by side (joined, they beat each layer alone and
+    every pair tried: docs/benchmarks.md, "Layers and scaling")."""
     return [JOIN.join(layers)]
 
 
