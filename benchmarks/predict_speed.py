@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "data"))  # fetch_data.py
 def main() -> None:
     from fetch_data import fetch_tuxpaint
 
+    from pipeline.deploy.config import ExportConfig, PredictConfig
     from pipeline.deploy.export import export
     from pipeline.deploy.predict import predict_images
-    from pipeline.deploy.config import ExportConfig, PredictConfig
     from pipeline.linear.config import FitConfig
     from pipeline.linear.fit import fit
     from pipeline.store.config import ExtractConfig
