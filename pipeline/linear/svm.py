@@ -1,9 +1,8 @@
 """A linear SVM for dense CNN codes: LinearSVC's objective, solved with L-BFGS on BLAS.
 
 scikit-learn's ``LinearSVC`` (liblinear) is built for sparse data; on dense
-codes it took 20-50 s per fit on 8,000 x 1,280 codes on this project's
-machines, which makes nested cross-validation on a few thousand images
-impractical. The objective here is the same (one-vs-rest squared hinge loss
+codes it is slow enough to make nested cross-validation on a few thousand
+images impractical (docs/benchmarks.md, "Fit speed"). The objective here is the same (one-vs-rest squared hinge loss
 with an L2 penalty, for each class k)::
 
     min_w,b  1/2 ||w||^2 + C sum_i s_i max(0, 1 - y_ik (w . x_i + b))^2
