@@ -21,7 +21,7 @@ Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it, or No
 def setting(default: Any = dataclasses.MISSING, *, choices: tuple | Callable[[], tuple] | None = None,
             check: Check | None = None) -> Any:
     """A field of a stage's settings: its ``default``, the values it takes (``choices``, for each element of a
-    tuple; a function giving them when they come from a registry) and ``check``. None is always allowed where it
+    tuple or list; a function giving them when they come from a registry) and ``check``. None is always allowed where it
     is the default."""
     return dataclasses.field(default=default, metadata={"choices": choices, "check": check})
 
@@ -53,7 +53,7 @@ class Settings:
             if value is None:
                 continue
             choices = self.choices(f.name)
-            for item in (value if isinstance(value, tuple) else (value,)) if choices is not None else ():
+            for item in (value if isinstance(value, (tuple, list)) else (value,)) if choices is not None else ():
                 if item not in choices:
                     raise UserError(f"must be one of {', '.join(map(str, choices))}, not {item!r}", param=f.name)
             check = f.metadata.get("check")

@@ -46,13 +46,12 @@ class Encoder:
             raise UserError(f"{backbone}'s weights on this node ({model.weights_source}) differ from the driver's")
         self.network = frozen_network(model, "features", layers, engine)
         self.shards = Shards(Path(store), StoreConfig.from_json(config))
-        self.encode = lambda pixels: codes_of_views(self.network, pixels, self.shards.config.views)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.flatnonzero(batch["error"] == "")
         codes = {}
         if len(ok):
-            codes = self.encode(batch["pixels"][ok])
+            codes = codes_of_views(self.network, batch["pixels"][ok], self.shards.config.views)
         fps = np.stack([batch["size"], batch["mtime"]], axis=1)
         failed = [(batch["path"][k], tuple(fps[k]), batch["error"][k]) for k in np.flatnonzero(batch["error"] != "")]
         self.shards.write(list(batch["path"][ok]), fps[ok], codes, failed)
