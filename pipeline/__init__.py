@@ -18,4 +18,4 @@ Below them all: ``errors``, ``settings`` (every stage's settings derive from it)
 ``provenance`` and ``plots``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

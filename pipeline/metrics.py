@@ -99,3 +99,41 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(centre - half), float(centre + half)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """How much more often B is right than A on the same images: the difference of accuracies, its percentile
+    bootstrap interval at ``level`` (images resampled in pairs) and McNemar's exact two-sided p-value."""
+
+    a: float
+    b: float
+    difference: float
+    interval: tuple[float, float]
+    level: float
+    p_value: float
+    images: int
+
+    def to_json(self) -> dict:
+        return {"a": self.a, "b": self.b, "difference": self.difference, "interval": list(self.interval),
+                "level": self.level, "p_value": self.p_value, "images": self.images}
+
+
+def paired_difference(right_a: np.ndarray, right_b: np.ndarray, level: float = 0.9, resamples: int = 2000,
+                      seed: int = 0) -> PairedDifference:
+    """B's accuracy minus A's from each image's right-or-wrong under both (``right_a``, ``right_b``: booleans).
+
+    Pairing removes the images' own difficulty from the comparison: only the images where the two disagree
+    move it. McNemar's exact test is the binomial test of those discordant images."""
+    right_a, right_b = np.asarray(right_a, bool), np.asarray(right_b, bool)
+    if right_a.shape != right_b.shape or right_a.ndim != 1 or not len(right_a):
+        raise ValueError("paired_difference needs two equal-length, non-empty vectors")
+    delta = right_b.astype(float) - right_a.astype(float)
+    draws = np.random.default_rng(seed).integers(0, len(delta), (resamples, len(delta)))
+    means = delta[draws].mean(axis=1)
+    tail = (1 - level) / 2
+    b_only, a_only = int((right_b & ~right_a).sum()), int((right_a & ~right_b).sum())
+    p = float(stats.binomtest(b_only, b_only + a_only).pvalue) if b_only + a_only else 1.0
+    return PairedDifference(float(right_a.mean()), float(right_b.mean()), float(delta.mean()),
+                            (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))), level, p,
+                            len(delta))

@@ -1,4 +1,4 @@
-"""Run the whole pipeline on a labelled image folder: advise, extract, fit, fine-tune if advised, choose."""
+"""Run the whole pipeline on a labelled image folder: advise, extract, fit, pilot, fine-tune if it pays, choose."""
 
 from pathlib import Path
 
@@ -11,6 +11,10 @@ EXAMPLES = """\
   {prog} data/fashion_mnist --flip
   {prog} photos/ --finetune always --out runs/photos
 
+With --finetune auto (the default) a small set stays linear; on a large one a
+short pilot fine-tune is scored against the linear model on training-split
+images kept from both, and the full fine-tune runs only where the pilot finds
+it ahead (or inconclusive where the set's situation proposes fine-tuning).
 Fine-tuning runs in tail mode on a CPU (the frozen front is computed once per
 view and cached; see finetune.py --help) and in full mode on a GPU.
 Writes OUT/summary.md and OUT/summary.json (what was chosen and why, with the
@@ -25,9 +29,9 @@ def build_parser(prog: str | None = None):
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>)")
     cli.option(p, R, "backbone", help="default %(default)s")
     cli.option(p, R, "test_size", type=float, help="held-out fraction for the comparison (default %(default)s)")
-    cli.option(p, R, "finetune", help="auto: only where the advisor recommends it (default)")
+    cli.option(p, R, "finetune", help="auto: where the pilot decides for it (default); always; never")
     cli.option(p, R, "budget", type=float, metavar="MINUTES",
-               help="auto fine-tunes only when its estimated time here fits (advise.py --help)")
+               help="auto fine-tunes only when the full run's time here, as the pilot measured it, fits")
     cli.option(p, R, "mode", help="fine-tuning mode: tail, full, or auto (full on a GPU, tail on a CPU; default)")
     cli.add_image_size(p, R)
     cli.option(p, R, "flip", action="store_true",

@@ -15,6 +15,7 @@ from pipeline.escalate.advise import (
 from pipeline.escalate.config import AdviseConfig
 from pipeline.store.config import ExtractConfig
 from pipeline.store.extract import extract
+from pipeline.store.reader import read_store
 
 
 @pytest.mark.parametrize("name,similar", [
@@ -68,6 +69,8 @@ def test_advice_for_the_images_behind_a_store(tmp_path):
     extract(ExtractConfig(data=tmp_path / "data", out=tmp_path / "f.h5", backbone="mobilenet_v2", progress=False))
     advice = advise(AdviseConfig(tmp_path / "f.h5", sample=8))
     assert advice.backbone == "mobilenet_v2" and advice.images == 8 and advice.sampled == 8
+    assert set(advice.transferability) == set(read_store(tmp_path / "f.h5").layers)  # cheap scores, every layer
+    assert "k-NN accuracy" in advice.format() and "transferability" in advice.to_json()
     (tmp_path / "data" / "a" / "img_0000.png").unlink()
     with pytest.raises(UserError, match="not at"):
         advise(AdviseConfig(tmp_path / "f.h5", sample=8))

@@ -38,6 +38,7 @@ from .rule import (
     SMALL_MEDIAN_CLASS,
     Strategy,
 )
+from .transferability import LayerScores, layer_scores
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Advice:
     images_per_second: float  # the frozen network's forward passes on this machine
     finetune_minutes: float  # fine-tuning's estimated wall time here
     budget_minutes: float | None = None
+    transferability: dict[str, LayerScores] | None = None  # cheap scores per layer, when advising on a store
 
     @property
     def over_budget(self) -> bool:
@@ -80,7 +82,9 @@ class Advice:
                 "similar": self.similar, "far": self.far, "images_per_second": self.images_per_second,
                 "finetune_minutes": self.finetune_minutes, "budget_minutes": self.budget_minutes,
                 "over_budget": self.over_budget, "recommendation": self.recommendation,
-                "thresholds": self.thresholds}
+                "thresholds": self.thresholds,
+                **({"transferability": {k: v.to_json() for k, v in self.transferability.items()}}
+                   if self.transferability else {})}
 
     def format(self) -> str:
         size = "small" if self.small else "large"
@@ -95,11 +99,14 @@ class Advice:
             f"{self.divergence:.3f} ({like} ImageNet; similar below {t['similar_divergence']}, far from "
             f"{t['far_divergence']}), "
             f"ImageNet-head entropy {self.entropy:.2f}",
+            *[f"cheap scores of {layer} codes: k-NN accuracy {v.knn_accuracy:.3f}, LogME {v.logme:.3f}"
+              for layer, v in (self.transferability or {}).items()],
             f"situation: {size} and {like} ImageNet",
             f"fine-tuning would take about {self.finetune_minutes:.0f} min here (the frozen network runs "
             f"{self.images_per_second:.0f} images/s)" + (f", over the budget of {self.budget_minutes:g} min"
                                                           if self.over_budget else ""),
-            f"recommendation: {self.recommendation}",
+            f"recommendation: {self.recommendation}" + ("" if self.small else
+                                                          " (the run stage decides with a pilot on your data)"),
         ]
         if self.backbone not in CALIBRATED_ON:
             lines.append(f"note: the threshold was calibrated on {', '.join(CALIBRATED_ON)}")
@@ -145,9 +152,11 @@ def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePol
 def advise(cfg: AdviseConfig) -> Advice:
     """Advice for an image folder / CSV manifest, or for the images behind a feature store; with a budget,
     fine-tuning is advised only when its estimated time here fits."""
-    source, backbone = Path(cfg.source), cfg.backbone
+    source, backbone, scores = Path(cfg.source), cfg.backbone, None
     if source.suffix in (".h5", ".hdf5"):
         store = read_store(source)
+        if store.labels is not None:
+            scores = layer_scores(store, store.layers, np.arange(len(store)), cfg.seed)
         root = Path(store.attrs.get("dataset_root", source.parent))
         paths, labels = store.paths, store.labels
         backbone = backbone or store.config.backbone
@@ -180,7 +189,7 @@ def advise(cfg: AdviseConfig) -> Advice:
         thresholds={"small_images": SMALL_IMAGES, "small_median_class": SMALL_MEDIAN_CLASS,
                     "similar_divergence": SIMILAR_DIVERGENCE, "far_divergence": FAR_DIVERGENCE},
         images_per_second=rate, finetune_minutes=len(paths) * FINETUNE_FORWARD_PASSES / rate / 60,
-        budget_minutes=cfg.budget,
+        budget_minutes=cfg.budget, transferability=scores,
     )
 
 

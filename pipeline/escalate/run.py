@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from ..backbones.registry import get_spec
 from ..errors import UserError
 from ..finetune.config import FinetuneConfig
-from ..finetune.stage import finetune
+from ..finetune.stage import FinetuneResult, finetune
 from ..linear.classify import split_test
 from ..linear.config import FitConfig
 from ..linear.fit import FitResult, fit
@@ -25,7 +25,10 @@ from ..store.extract import extract
 from ..store.reader import read_store
 from .advise import Advice, advise
 from .config import AdviseConfig, RunConfig
+from .decide import Decision, decide, needs_pilot
+from .pilot import PilotResult, run_pilot
 from .rule import Strategy
+from .transferability import LayerScores, layer_scores
 
 log = logging.getLogger(__name__)
 
@@ -57,47 +60,92 @@ class Candidate:
 
 @dataclass
 class RunResult:
-    """What ``run`` did, chose and why; ``fit`` is the fit stage's result."""
+    """What ``run`` did, chose and why."""
 
     data: str
     backbone: str
     seed: int
     held_out_images: int
     advice: Advice
-    finetune_ran: bool
-    finetune_why: str
+    proposal: Strategy  # the heuristic's: the set's situation's strategy
+    transferability: dict[str, LayerScores]  # the cheap scores of each layer's codes, on the training part
+    pilot: PilotResult | None
+    decision: Decision
     candidates: list[Candidate]
     chosen: Candidate
     why: str
-    advisor_agreed: bool | None
     created: str
     fit: FitResult
+    finetuned: FinetuneResult | None = None  # the fine-tuning stage's result, where it ran
+
+    @property
+    def finetune_ran(self) -> bool:
+        return self.decision.finetune
 
     def to_json(self) -> dict:
         return {"data": self.data, "backbone": self.backbone, "seed": self.seed,
                 "held_out_images": self.held_out_images, "advice": self.advice.to_json(),
-                "finetune": {"ran": self.finetune_ran, "why": self.finetune_why},
+                "proposal": self.proposal.value,
+                "transferability": {layer: s.to_json() for layer, s in self.transferability.items()},
+                **({"pilot": self.pilot.to_json()} if self.pilot else {}),
+                "finetune": {"ran": self.decision.finetune, "why": self.decision.why},
                 "candidates": [c.to_json() for c in self.candidates], "chosen": self.chosen.to_json(),
-                "why": self.why, "advisor_agreed": self.advisor_agreed, "created": self.created}
+                "why": self.why, "created": self.created}
+
+
+def finetune_config(cfg: RunConfig, proposal: Strategy, test_paths: tuple[str, ...]) -> FinetuneConfig:
+    """The full fine-tune ``run`` makes: the whole network for a set unlike ImageNet, the later layers else."""
+    return FinetuneConfig(
+        data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, mode=cfg.mode, image_size=cfg.image_size,
+        flip=cfg.flip, tail_epochs=cfg.tail_epochs, head_epochs=cfg.epochs[0], finetune_epochs=cfg.epochs[1],
+        engine=cfg.engine, seed=cfg.seed, test_paths=test_paths,
+        unfreeze=10_000 if proposal is Strategy.FINETUNE_WHOLE else 30, progress=cfg.progress)
+
+
+def finetuned_candidate(ft: FinetuneConfig) -> tuple[Candidate, FinetuneResult]:
+    """Run the full fine-tune ``ft``; the network scored on its test images (the held-out ones), and the
+    stage's result."""
+    started = time.perf_counter()
+    finetuned = finetune(ft)
+    test = finetuned.test
+    return Candidate("fine-tuned network", str(ft.out / FINETUNED.file), test.scores["accuracy"],
+                     test.scores["macro_f1"], time.perf_counter() - started,
+                     train_seconds=finetuned.validation.fit_seconds), finetuned
+
+
+def _decide(cfg: RunConfig, advice: Advice, proposal: Strategy, ft: FinetuneConfig, store, fitted: FitResult
+            ) -> tuple[PilotResult | None, Decision]:
+    if cfg.finetune != "auto":
+        return None, Decision(cfg.finetune == "always", f"asked to fine-tune {cfg.finetune}")
+    if not needs_pilot(advice.small):
+        return None, decide(proposal, None, cfg.budget)
+    pilot = run_pilot(ft, store, fitted)
+    log.info("%s", pilot.format())
+    return pilot, decide(proposal, pilot, cfg.budget)
 
 
 def run(cfg: RunConfig) -> RunResult:
     """Run everything into ``cfg.out``; writes summary.json and summary.md."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    advice = advise(AdviseConfig(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine, budget=cfg.budget))
+    advice = advise(AdviseConfig(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine))
     log.info("%s", advice.format())
+    proposal = Strategy.for_situation(advice.small, advice.similar, advice.far)
     store_path = cfg.out / "features.h5"
     started = time.perf_counter()
-    extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=_layers(cfg.backbone),
+    layers = _layers(cfg.backbone)
+    extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=layers,
                           engine=cfg.engine, progress=cfg.progress))
     store = read_store(store_path)
     if store.labels is None:
         raise UserError("comparing candidates needs class labels; fit and fine-tune a numeric target "
                         "separately", param="data")
-    _, test_idx = split_test(store.labels, cfg.test_size, cfg.seed)
+    train_idx, test_idx = split_test(store.labels, cfg.test_size, cfg.seed)
     test_paths = tuple(store.paths[i] for i in sorted(test_idx))
     fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed))
     linear_seconds = time.perf_counter() - started
+    scores = layer_scores(store, layers, train_idx, cfg.seed)
+    log.info("cheap scores (k-NN accuracy, LogME) on the training part: %s", ", ".join(
+        f"{layer} {s.knn_accuracy:.3f}, {s.logme:.3f}" for layer, s in scores.items()))
 
     candidates = []
     for kind, final in fitted.final.items():
@@ -105,31 +153,19 @@ def run(cfg: RunConfig) -> RunResult:
             f"{kind} on {final.layer} codes", str(cfg.out / "linear" / final.bundle),
             final.test.scores["accuracy"], final.test.scores["macro_f1"], linear_seconds,
             cv_accuracy_by_layer={r.layer: r.primary.mean for r in fitted.results if r.classifier == kind}))
-    strategy = advice.strategy
-    do_finetune = cfg.finetune == "always" or (cfg.finetune == "auto" and strategy.finetunes)
-    if do_finetune:
-        started = time.perf_counter()
-        finetuned = finetune(FinetuneConfig(
-            data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, mode=cfg.mode, image_size=cfg.image_size,
-            flip=cfg.flip, tail_epochs=cfg.tail_epochs, head_epochs=cfg.epochs[0], finetune_epochs=cfg.epochs[1],
-            engine=cfg.engine, seed=cfg.seed, test_paths=test_paths,
-            unfreeze=10_000 if strategy is Strategy.FINETUNE_WHOLE else 30, progress=cfg.progress))
-        test = finetuned.test
-        candidates.append(Candidate("fine-tuned network", str(cfg.out / "finetune" / FINETUNED.file),
-                                    test.scores["accuracy"], test.scores["macro_f1"], time.perf_counter() - started,
-                                    train_seconds=finetuned.validation.fit_seconds))
+    ft = finetune_config(cfg, proposal, test_paths)
+    pilot, decision = _decide(cfg, advice, proposal, ft, store, fitted)
+    log.info("fine-tune: %s (%s)", "yes" if decision.finetune else "no", decision.why)
+    finetuned = None
+    if decision.finetune:
+        candidate, finetuned = finetuned_candidate(ft)
+        candidates.append(candidate)
     best = max(candidates, key=lambda c: (c.test_accuracy, c.test_macro_f1))
     reason = (f"highest accuracy on the {len(test_paths)} held-out images "
               f"({best.test_accuracy:.3f}; " + ", ".join(
                   f"{c.name} {c.test_accuracy:.3f}" for c in candidates if c is not best) + ")")
-    result = RunResult(
-        str(cfg.data), cfg.backbone, cfg.seed, len(test_paths), advice, do_finetune,
-        f"asked to fine-tune {cfg.finetune}" if cfg.finetune != "auto" else
-        f"the advisor recommends: {advice.recommendation}",
-        candidates, best, reason,
-        # Did the candidate the advisor favoured win? Only known when both kinds ran.
-        (best.model.endswith(FINETUNED.file) == strategy.finetunes) if do_finetune else None,
-        now_iso(), fitted)
+    result = RunResult(str(cfg.data), cfg.backbone, cfg.seed, len(test_paths), advice, proposal, scores, pilot,
+                       decision, candidates, best, reason, now_iso(), fitted, finetuned)
     (cfg.out / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
     (cfg.out / "summary.md").write_text(format_summary(result) + "\n")
     return result
@@ -141,10 +177,18 @@ def format_summary(result: RunResult) -> str:
     lines = [
         f"# {result.data} with {result.backbone}",
         "",
-        f"Advisor: {a.images} images in {a.classes} classes ({'small' if a.small else 'large'}), "
+        f"Heuristic: {a.images} images in {a.classes} classes ({'small' if a.small else 'large'}), "
         f"BatchNorm divergence {a.divergence:.3f} ({'similar to' if a.similar else 'unlike'} ImageNet) "
-        f"-> {a.recommendation}.",
-        f"Fine-tuning {'ran' if result.finetune_ran else 'skipped'}: {result.finetune_why}.",
+        f"-> proposes: {result.proposal.value}.",
+        "",
+        "Cheap scores of the cached codes on the training part (shown, not trusted alone):",
+        "",
+        "| layer | k-NN accuracy | LogME |",
+        "|---|---|---|",
+        *[f"| {layer} | {s.knn_accuracy:.3f} | {s.logme:.3f} |" for layer, s in result.transferability.items()],
+        "",
+        *([f"{result.pilot.format()}.", ""] if result.pilot else []),
+        f"Fine-tuning {'ran' if result.finetune_ran else 'skipped'}: {result.decision.why}.",
         "",
         "| candidate | held-out accuracy | held-out macro-F1 | minutes |",
         "|---|---|---|---|",

@@ -35,7 +35,9 @@ class FinetuneConfig(Settings):
     patience: int = setting(4, check=at_least(1))
     class_weight: str | None = setting("balanced", choices=CLASS_WEIGHTS)
     probe: bool = True  # the head starts as a linear probe on the training codes (LP-FT)
-    test_paths: tuple[str, ...] = ()
+    test_paths: tuple[str, ...] = ()  # scored at the end, never trained or chosen on
+    exclude_paths: tuple[str, ...] = ()  # left out altogether (another stage's held-out images)
+    cache: Path | None = None  # tail mode's activation cache folder; None: out/activations
     batch_size: int = setting(32, check=at_least(1))
     seed: int = 0
     precision: str = setting("auto", choices=PRECISIONS)

@@ -34,7 +34,7 @@ from .config import FinetuneConfig
 from .curves import training_curves
 from .full import decode_all, full_mode
 from .split import split_images
-from .tail import cache_views, default_size, tail_mode, tail_settings
+from .tail import activation_folder, cache_views, default_size, tail_mode, tail_settings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class FinetuneResult:
     versions: dict
     created: str
     reject: dict | None = None  # the "unknown" rule, set on the validation split (pipeline.linear.reject)
+    test_outputs: dict[str, np.ndarray] | None = None  # each test image's outputs, by path (not written)
 
     def to_json(self) -> dict:
         final = {"model": FINETUNED.file, "validation_images": self.validation_images}
@@ -101,21 +102,25 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                         "with a label or a numeric target column", param="data")
     mode = resolve_mode(cfg.mode)
     backbone = load_backbone(cfg.backbone, precision=cfg.precision)
-    files = [dataset.root / p for p in dataset.paths]
-    size = cfg.image_size or (default_size(backbone, len(files)) if mode == "tail" else backbone.spec.input_size)
+    excluded = set(cfg.exclude_paths)
+    kept = [i for i, p in enumerate(dataset.paths) if p not in excluded]  # dataset index of each file
+    files = [dataset.root / dataset.paths[i] for i in kept]
+    # The whole set's size decides the resolution, so a run without the excluded images shares the cache.
+    size = cfg.image_size or (default_size(backbone, len(dataset.paths)) if mode == "tail"
+                              else backbone.spec.input_size)
     policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
     names = [] if regression else dataset.class_names
     cfg.out.mkdir(parents=True, exist_ok=True)
     if mode == "tail":  # view 0 of every image first: it tells which images decode before the split
-        cache, failed = cache_views(backbone, policy, cfg.out / "activations", files, dataset.paths,
+        cache, failed = cache_views(backbone, policy, activation_folder(cfg), files, [dataset.paths[i] for i in kept],
                                     [1] * len(files), tail_settings(cfg, backbone))
         cache.close()
         ok = sorted(set(range(len(files))) - {i for i, _ in failed})
-        split = split_images(cfg, dataset, ok, names)
+        split = split_images(cfg, dataset, [kept[i] for i in ok], names)
         model, history, (val_out, test_out), protocol = tail_mode(cfg, backbone, policy, split)
     else:
         pixels, ok, failed = decode_all(files, policy, cfg.batch_size)
-        split = split_images(cfg, dataset, ok, names)
+        split = split_images(cfg, dataset, [kept[i] for i in ok], names)
         model, history, (val_out, test_out), protocol = full_mode(cfg, backbone, policy, split, pixels)
     model.save(cfg.out / FINETUNED.file)
     (cfg.out / "classes.json").write_text(json.dumps(names))
@@ -135,12 +140,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     result = FinetuneResult(
         "regression" if regression else "classification", str(cfg.data), backbone.spec.name, policy.size,
         backbone.weights_checksum, len(split.targets) - len(split.test),
-        [(dataset.paths[i], reason) for i, reason in failed], names,
+        [(dataset.paths[kept[i]], reason) for i, reason in failed], names,
         {"mode": mode, "validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split",
          "seed": cfg.seed, "optimizer": cfg.optimizer, "linear_probe_init": bool(cfg.probe and not cfg.hidden),
          "top": cfg.top, "dropout": cfg.dropout, "patience": cfg.patience,
          **protocol},
         validation, n, held, library_versions(), now_iso(),
-        None if regression else reject_rule(val_y, val_out, cfg.reject_rate).to_json())
+        None if regression else reject_rule(val_y, val_out, cfg.reject_rate).to_json(),
+        None if test_out is None else {split.paths[i]: out for i, out in zip(split.test, test_out)})
     (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
     return result

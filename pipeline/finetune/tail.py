@@ -51,6 +51,11 @@ def default_cut(backbone: Backbone) -> str:
     return names[max(0, len(names) - 3)]
 
 
+def activation_folder(cfg: FinetuneConfig) -> Path:
+    """Where the activation cache lives: ``cfg.cache``, or the run's own folder."""
+    return cfg.cache or cfg.out / "activations"
+
+
 def default_size(backbone: Backbone, images: int) -> int:
     """Tail mode's default resolution for a set of ``images``: the backbone's under :data:`FULL_SIZE_BELOW`,
     else about 5/7 of its side, in steps of 32 (160 px for 224): half the pixels and so about half the time
@@ -165,7 +170,7 @@ def tail_mode(cfg: FinetuneConfig, backbone: Backbone, policy: ResizePolicy, spl
     settings = tail_settings(cfg, backbone)
     wanted = np.ones(len(split.paths), int)
     wanted[split.train] = settings.views.count
-    cache, failed = cache_views(backbone, policy, cfg.out / "activations", split.files, split.paths, wanted, settings)
+    cache, failed = cache_views(backbone, policy, activation_folder(cfg), split.files, split.paths, wanted, settings)
     try:
         if failed:
             raise UserError(f"{split.paths[failed[0][0]]} could not be decoded any more ({failed[0][1]}); did it "
