@@ -71,6 +71,7 @@ ROWS = (
     Row("digits", lambda work, name: fetch_digits(), False),
     Row("glyphs_500", lambda work, name: make_glyphs(50, work / "data" / name), False),
     Row("glyphs_3000", lambda work, name: make_glyphs(300, work / "data" / name), False),
+    Row("glyphs_cluttered_3000", lambda work, name: make_glyphs(300, work / "data" / name, clutter=True), False),
     Row("cells_3000", lambda work, name: make_cells(500, work / "data" / name), True),
 )
 
@@ -147,7 +148,44 @@ def run_cases(rows, seeds, work: Path) -> None:
                   flush=True)
 
 
-# The report: everything below reads cases.jsonl only.
+def repilot(rows, seeds, epochs: int, work: Path) -> None:
+    """Rerun the pilot of each finished case with ``epochs`` tail epochs (the full run's settings and the linear
+    stage's choice as recorded), appending its verdict to ``WORK/pilots_EPOCHS.jsonl``."""
+    from types import SimpleNamespace
+
+    from pipeline.escalate import pilot as pilot_module
+    from pipeline.escalate.config import RunConfig
+    from pipeline.escalate.run import finetune_config
+    from pipeline.linear.classify import split_test
+    from pipeline.store.reader import read_store
+
+    path, done = work / f"pilots_{epochs}.jsonl", set()
+    if path.exists():
+        done = {(c["row"], c["seed"]) for c in map(json.loads, path.read_text().splitlines())}
+    pilot_module.EPOCHS = epochs
+    cases = [json.loads(line) for line in (work / "cases.jsonl").read_text().splitlines()]
+    for case in cases:
+        row = next(r for r in rows if r.name == case["row"])
+        if case["seed"] not in seeds or (row.name, case["seed"]) in done:
+            continue
+        out = work / "runs" / row.name / f"seed{case['seed']}"
+        cfg = RunConfig(data=row.make(work, row.name), out=out, flip=row.flip, seed=case["seed"], progress=False)
+        store = read_store(out / "features.h5")
+        test_rows = np.sort(split_test(store.labels, cfg.test_size, case["seed"])[1])
+        ft = finetune_config(cfg, Strategy[case["proposal"]], tuple(store.paths[i] for i in test_rows))
+        recorded = json.loads((out / "linear" / "metrics.json").read_text())
+        kind = recorded["best"]["classifier"]
+        final = recorded["final"][kind]
+        fitted = SimpleNamespace(best=SimpleNamespace(classifier=kind), final={kind: SimpleNamespace(
+            layer=final["layer"], hyper={"C": final["C"]}, class_weight=final.get("class_weight"))})
+        result = pilot_module.run_pilot(ft, store, fitted)
+        with path.open("a") as f:
+            f.write(json.dumps({"row": row.name, "seed": case["seed"], "pilot": result.to_json()}) + "\n")
+        print(f"{row.name} seed {case['seed']}: pilot at {epochs} epochs {result.verdict} "
+              f"({result.comparison.difference:+.3f}), {result.seconds / 60:.1f} min", flush=True)
+
+
+# The report: everything below reads cases.jsonl (and pilots_N.jsonl) only.
 
 def _pilot(case: dict) -> PilotResult:
     p = case["pilot"]
@@ -194,25 +232,29 @@ def _fit_heuristic(cases: list[dict]) -> tuple[float, float]:
     return best[1], best[2]
 
 
-def _policies(cases: list[dict]) -> dict[str, list[tuple[bool, bool, dict]]]:
-    """Each policy's (fine-tunes, ran a pilot, case) per case, the heuristic refitted without the case's row."""
-    out: dict[str, list] = {"heuristic alone": [], "pilot alone": [], "heuristic + pilot": [],
-                            "run.py as shipped (the rule fitted on the earlier six rows)": []}
+def _policies(cases: list[dict], pilots: dict | None = None, label: str = ""
+              ) -> dict[str, list[tuple[bool, bool, dict]]]:
+    """Each policy's (fine-tunes, ran a pilot, case) per case, the heuristic refitted without the case's row;
+    ``pilots``: (row, seed) -> another pilot's record to read instead of the case's own."""
+    out: dict[str, list] = {"heuristic alone": [], f"pilot{label} alone": [], f"heuristic + pilot{label}": [],
+                            "as it ran (4-epoch pilot, the rule from the earlier six rows)": []}
     for case in cases:
         s, f = _fit_heuristic([c for c in cases if c["row"] != case["row"]])
+        if pilots:  # the other pilot's evidence and cost
+            case = {**case, "pilot": pilots[case["row"], case["seed"]]["pilot"]}
         proposal = _proposal(case, s, f)
         small = case["images"] < s or case["median_class"] < SMALL_MEDIAN_CLASS
         pilot = _pilot(case)
         out["heuristic alone"].append((proposal.finetunes, False, case))
-        out["pilot alone"].append((pilot.verdict == "ahead", True, case))
-        out["heuristic + pilot"].append((decide(proposal, None if small else pilot).finetune, not small, case))
-        out["run.py as shipped (the rule fitted on the earlier six rows)"].append(
+        out[f"pilot{label} alone"].append((pilot.verdict == "ahead", True, case))
+        out[f"heuristic + pilot{label}"].append((decide(proposal, None if small else pilot).finetune, not small,
+                                                 case))
+        out["as it ran (4-epoch pilot, the rule from the earlier six rows)"].append(
             (case["decision"]["finetune"], not _library_small(case), case))
     return out
 
 
-def report(work: Path) -> None:
-    cases = [json.loads(line) for line in (work / "cases.jsonl").read_text().splitlines()]
+def _case_table(cases: list[dict]) -> None:
     print("| set | seed | images | divergence | winner (fine-tuned - linear, 95% interval) | heuristic | pilot "
           "(difference, 90% interval) | decision | k-NN / LogME (best layer) | linear min | pilot min | "
           "fine-tune min (estimated) | run.py min |")
@@ -229,14 +271,42 @@ def report(work: Path) -> None:
               f"{'fine-tune' if c['decision']['finetune'] else 'linear'} | {knn['knn_accuracy']:.3f} / {logme:.2f} | "
               f"{c['linear']['minutes']:.1f} | {p['seconds'] / 60:.1f} | {c['tuned']['minutes']:.1f} "
               f"({p['full_minutes']:.1f}) | {c['run_minutes']:.1f} |")
-    print("\n| policy | wrong calls | accuracy lost, points (mean, worst) | minutes for nothing (total) |")
-    print("|---|---|---|---|")
-    for name, calls in _policies(cases).items():
+
+
+def _regret(policies: dict) -> None:
+    print("| policy | wrong calls | of them clear (the winner's interval excludes 0) | accuracy lost, points "
+          "(mean, worst) | minutes for nothing (total) |")
+    print("|---|---|---|---|---|")
+    for name, calls in policies.items():
         outcomes = [_outcome(c, ft, piloted) for ft, piloted, c in calls]
-        wrong = sum(ft != _won(c) for ft, _, c in calls)
+        wrong = [c for ft, _, c in calls if ft != _won(c)]
+        clear = sum(c["test"]["interval"][0] > 0 or c["test"]["interval"][1] < 0 for c in wrong)
         lost = [o[0] for o in outcomes]
-        print(f"| {name} | {wrong} of {len(calls)} | {np.mean(lost):.2f}, {max(lost):.1f} | "
+        print(f"| {name} | {len(wrong)} of {len(calls)} | {clear} | {np.mean(lost):.2f}, {max(lost):.1f} | "
               f"{sum(o[1] for o in outcomes):.1f} |")
+
+
+def report(work: Path) -> None:
+    cases = [json.loads(line) for line in (work / "cases.jsonl").read_text().splitlines()]
+    _case_table(cases)
+    print()
+    _regret(_policies(cases))
+    for path in sorted(work.glob("pilots_*.jsonl")):
+        epochs = path.stem.split("_")[1]
+        pilots = {(p["row"], p["seed"]): p for p in map(json.loads, path.read_text().splitlines())}
+        subset = [c for c in cases if (c["row"], c["seed"]) in pilots]
+        print(f"\nThe {len(subset)} cases rerun with a {epochs}-epoch pilot (minutes: the rerun's, its views cached):")
+        print(f"\n| set | seed | pilot, 4 epochs | pilot, {epochs} epochs | pilot minutes |\n|---|---|---|---|---|")
+        for c in subset:
+            p = pilots[c["row"], c["seed"]]["pilot"]
+            before = c["pilot"]
+            print(f"| {c['row']} | {c['seed']} | {before['verdict']} ({before['comparison']['difference']:+.3f}) "
+                  f"| {p['verdict']} ({p['comparison']['difference']:+.3f} [{p['comparison']['interval'][0]:+.3f}, "
+                  f"{p['comparison']['interval'][1]:+.3f}]) | {p['seconds'] / 60:.1f} |")
+        print()
+        label = f" ({epochs} epochs)"
+        _regret({**_policies(subset), **{k: v for k, v in _policies(subset, pilots, label).items() if label in k}})
+    print()
     _cheap_report(cases)
 
 
@@ -268,15 +338,19 @@ def _cheap_report(cases: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("run", "report"))
+    p.add_argument("action", choices=("run", "repilot", "report"))
+    p.add_argument("--pilot-epochs", type=int, default=8, help="repilot: the pilot's tail epochs")
     p.add_argument("--only", nargs="+", choices=[r.name for r in ROWS], help="rows to run (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "advisor_table")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in ROWS if not args.only or r.name in args.only]
     if args.action == "run":
-        run_cases([r for r in ROWS if not args.only or r.name in args.only], args.seeds, args.work)
+        run_cases(rows, args.seeds, args.work)
+    elif args.action == "repilot":
+        repilot(rows, args.seeds, args.pilot_epochs, args.work)
     else:
         report(args.work)
 

@@ -1,11 +1,12 @@
 """Build the advisor table's own sets (benchmarks/advisor_table.py) from the package registries.
 
-    python data/make_sets.py glyphs cells clipart
+    python data/make_sets.py glyphs glyphs_cluttered cells clipart
 
 - ``glyphs``: ten Greek letters rendered in the fonts of Debian's
   fonts-dejavu-core and fonts-liberation (regular, bold, italic, serif, mono),
   at random sizes, angles and places, light on dark with noise and blur:
-  large and far from ImageNet.
+  large and far from ImageNet. ``glyphs_cluttered``: ten confusable ones,
+  smaller, fainter, turned further, among scribbles of their own shade.
 - ``cells``: greyscale microscopy-like fields of six kinds (few or many round
   cells, elongated ones, cells with a dark nucleus, rings, clumps), drawn at
   random: medical-like patterns, unlike ImageNet.
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 FONT_PACKAGES = ("fonts-dejavu-core", "fonts-liberation")
 GLYPHS = {"alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "zeta": "ζ", "eta": "η",
           "theta": "θ", "lambda": "λ", "xi": "ξ"}
+CLUTTERED_GLYPHS = {"alpha": "α", "sigma": "σ", "omicron": "ο", "delta": "δ", "nu": "ν", "upsilon": "υ",
+                    "kappa": "κ", "chi": "χ", "rho": "ρ", "phi": "φ"}
 CLIPART_PACKAGE = "openclipart-png"
 CLIPART_CLASSES = ("computer", "food", "people", "recreation", "shapes", "signs_and_symbols", "transportation")
 
@@ -50,21 +53,38 @@ def _unpack(packages, into: Path) -> Path:
     return root
 
 
-def _glyph(font: ImageFont.FreeTypeFont, char: str, rng: np.random.Generator, size: int) -> Image.Image:
+def _glyph(font: ImageFont.FreeTypeFont, char: str, rng: np.random.Generator, size: int,
+           clutter: bool = False) -> Image.Image:
     canvas = Image.new("L", (2 * size, 2 * size), 0)
-    ImageDraw.Draw(canvas).text((size, size), char, fill=int(rng.integers(170, 256)), font=font, anchor="mm")
-    canvas = canvas.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR)
+    draw = ImageDraw.Draw(canvas)
+    shade = int(rng.integers(150, 240) if clutter else rng.integers(170, 256))
+    draw.text((size, size), char, fill=shade, font=font, anchor="mm")
+    if clutter:  # strokes and arcs of the glyph's own shade: a letter among scribbles
+        for _ in range(int(rng.integers(2, 6))):
+            box = sorted(rng.uniform(size // 2, 3 * size // 2, 2)), sorted(rng.uniform(size // 2, 3 * size // 2, 2))
+            xy = (box[0][0], box[1][0], box[0][1] + 4, box[1][1] + 4)
+            width = int(rng.integers(1, 4))
+            if rng.random() < 0.5:
+                draw.line(xy, fill=shade, width=width)
+            else:
+                draw.arc(xy, *sorted(rng.uniform(0, 360, 2)), fill=shade, width=width)
+    canvas = canvas.rotate(float(rng.uniform(-35, 35) if clutter else rng.uniform(-20, 20)),
+                           resample=Image.BILINEAR)
     dx, dy = rng.integers(-size // 8, size // 8 + 1, 2)
     box = (size // 2 + dx, size // 2 + dy, size // 2 + dx + size, size // 2 + dy + size)
     glyph = np.asarray(canvas.crop(box), np.float64)
-    background = rng.uniform(0, 80) + rng.normal(0, rng.uniform(2, 20), glyph.shape)
+    background = rng.uniform(*((30, 100) if clutter else (0, 80))) + rng.normal(0, rng.uniform(2, 20), glyph.shape)
     image = Image.fromarray(np.clip(np.maximum(glyph, background), 0, 255).astype(np.uint8))
     return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
 
 
-def make_glyphs(per_class: int, dest: Path | None = None, size: int = 64, seed: int = 0) -> Path:
-    """``per_class`` renderings of each of :data:`GLYPHS`, one folder per letter."""
-    dest = dest or DATA_DIR / f"glyphs_{per_class * len(GLYPHS)}"
+def make_glyphs(per_class: int, dest: Path | None = None, size: int = 64, seed: int = 0, clutter: bool = False
+                ) -> Path:
+    """``per_class`` renderings of each of :data:`GLYPHS` (with ``clutter``: of the confusable
+    :data:`CLUTTERED_GLYPHS`, smaller, lower in contrast, turned further, among scribbles), one folder per
+    letter."""
+    glyphs = CLUTTERED_GLYPHS if clutter else GLYPHS
+    dest = dest or DATA_DIR / f"glyphs{'_cluttered' if clutter else ''}_{per_class * len(glyphs)}"
     if (dest / DONE).exists():
         return dest
     rng = np.random.default_rng(seed)
@@ -73,11 +93,12 @@ def make_glyphs(per_class: int, dest: Path | None = None, size: int = 64, seed: 
         if not fonts:
             raise UserError(f"no fonts in {', '.join(FONT_PACKAGES)}")
         shutil.rmtree(dest, ignore_errors=True)
-        for name, char in GLYPHS.items():
+        for name, char in glyphs.items():
             (dest / name).mkdir(parents=True)
             for i in range(per_class):
-                font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), int(rng.integers(30, 52)))
-                _glyph(font, char, rng, size).save(dest / name / f"{i:04d}.png")
+                points = int(rng.integers(22, 40) if clutter else rng.integers(30, 52))
+                font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), points)
+                _glyph(font, char, rng, size, clutter).save(dest / name / f"{i:04d}.png")
     (dest / DONE).touch()
     return dest
 
@@ -152,7 +173,8 @@ def make_clipart(per_class: int, dest: Path | None = None) -> Path:
     return dest
 
 
-MAKERS = {"glyphs": make_glyphs, "cells": make_cells, "clipart": make_clipart}
+MAKERS = {"glyphs": make_glyphs, "glyphs_cluttered": lambda n: make_glyphs(n, clutter=True), "cells": make_cells,
+          "clipart": make_clipart}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ The training part of the data (never the held-out images) is split once more:
 a stratified quarter, the comparison images, is kept from both contenders. The
 linear contender is the fit stage's chosen model kind, layer and C, refitted
 on the rest of the codes; the fine-tuned one is the full run's recipe at a
-fraction of its cost (:data:`EPOCHS` epochs and :data:`VIEWS` views in tail
+fraction of its cost (:data:`EPOCHS` epochs at most and :data:`VIEWS` views in tail
 mode, one epoch per phase in full mode) on the same rest, sharing the full
 run's activation cache, so the views it computes are not computed again. Both
 predict the comparison images, and the paired difference of their accuracies
@@ -36,7 +36,7 @@ from ..store.reader import FeatureStore
 log = logging.getLogger(__name__)
 
 SHARE = 0.25  # of the training part: the comparison images
-EPOCHS = 4  # tail mode's epochs in the pilot (full mode: one per phase)
+EPOCHS = 8  # tail mode's epochs in the pilot, at most the full run's (full mode: one per phase); why: docs/run.md
 VIEWS = 2  # tail mode's views per image in the pilot; the full run adds the others
 LEVEL = 0.9  # the two-sided interval, whose lower end is a one-sided 95% bound (pipeline.escalate.decide)
 
@@ -92,7 +92,8 @@ def linear_contender(store: FeatureStore, fitted: FitResult, train: np.ndarray, 
 def pilot_config(full: FinetuneConfig, compared: list[str]) -> FinetuneConfig:
     """The full run's settings at the pilot's size: its held-out images left out, the comparison images as its
     test images, the full run's activation cache."""
-    return dataclasses.replace(full, out=full.out.parent / "pilot", tail_epochs=EPOCHS, views=min(VIEWS, full.views),
+    return dataclasses.replace(full, out=full.out.parent / "pilot", tail_epochs=min(EPOCHS, full.tail_epochs),
+                               views=min(VIEWS, full.views),
                                head_epochs=1, finetune_epochs=1, test_paths=tuple(compared),
                                exclude_paths=full.test_paths, cache=activation_folder(full))
 
