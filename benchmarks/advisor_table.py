@@ -44,7 +44,7 @@ from fetch_data import (  # noqa: E402
 from make_sets import make_cells, make_clipart, make_glyphs  # noqa: E402
 
 from pipeline.escalate.decide import decide  # noqa: E402
-from pipeline.escalate.pilot import PilotResult  # noqa: E402
+from pipeline.escalate.pilot import EPOCHS, PilotResult  # noqa: E402
 from pipeline.escalate.rule import SIMILAR_DIVERGENCE, SMALL_IMAGES, SMALL_MEDIAN_CLASS, Strategy  # noqa: E402
 from pipeline.metrics import PairedDifference, paired_difference  # noqa: E402
 
@@ -232,12 +232,15 @@ def _fit_heuristic(cases: list[dict]) -> tuple[float, float]:
     return best[1], best[2]
 
 
+LIBRARY = "run.py's decision (its pilot, the rule's thresholds from the earlier six rows)"
+
+
 def _policies(cases: list[dict], pilots: dict | None = None, label: str = ""
               ) -> dict[str, list[tuple[bool, bool, dict]]]:
     """Each policy's (fine-tunes, ran a pilot, case) per case, the heuristic refitted without the case's row;
     ``pilots``: (row, seed) -> another pilot's record to read instead of the case's own."""
     out: dict[str, list] = {"heuristic alone": [], f"pilot{label} alone": [], f"heuristic + pilot{label}": [],
-                            "as it ran (4-epoch pilot, the rule from the earlier six rows)": []}
+                            LIBRARY: []}
     for case in cases:
         s, f = _fit_heuristic([c for c in cases if c["row"] != case["row"]])
         if pilots:  # the other pilot's evidence and cost
@@ -249,9 +252,30 @@ def _policies(cases: list[dict], pilots: dict | None = None, label: str = ""
         out[f"pilot{label} alone"].append((pilot.verdict == "ahead", True, case))
         out[f"heuristic + pilot{label}"].append((decide(proposal, None if small else pilot).finetune, not small,
                                                  case))
-        out["as it ran (4-epoch pilot, the rule from the earlier six rows)"].append(
-            (case["decision"]["finetune"], not _library_small(case), case))
+        out[LIBRARY].append((case["decision"]["finetune"], not _library_small(case), case))
     return out
+
+
+def _verdict(pilot: dict) -> str:
+    c = pilot["comparison"]
+    return f"{pilot['verdict']} ({c['difference']:+.3f} [{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}])"
+
+
+def _row_table(cases: list[dict]) -> None:
+    """Per row over its seeds: the mean held-out gain of fine-tuning, the seeds it won and won clearly, the
+    heuristic's proposal, each seed's pilot verdict and decision, the mean minutes."""
+    print("| set | images | divergence | seeds | fine-tuned - linear (mean; per seed) | fine-tuning won (clearly) | "
+          "heuristic | pilot per seed | decision per seed | run.py min (mean) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(c["row"] for c in cases):
+        row = sorted((c for c in cases if c["row"] == name), key=lambda c: c["seed"])
+        diffs = [c["test"]["difference"] for c in row]
+        clear = sum(c["test"]["interval"][0] > 0 for c in row)
+        print(f"| {name} | {row[0]['images']} | {np.mean([c['divergence'] for c in row]):.3f} | {len(row)} | "
+              f"{np.mean(diffs):+.3f}; {', '.join(f'{d:+.3f}' for d in diffs)} | {sum(map(_won, row))} ({clear}) | "
+              f"{Strategy[row[0]['proposal']].value} | {', '.join(c['pilot']['verdict'] for c in row)} | "
+              f"{', '.join('fine-tune' if c['decision']['finetune'] else 'linear' for c in row)} | "
+              f"{np.mean([c['run_minutes'] for c in row]):.1f} |")
 
 
 def _case_table(cases: list[dict]) -> None:
@@ -266,8 +290,7 @@ def _case_table(cases: list[dict]) -> None:
         winner = "fine-tune" if _won(c) else "linear"
         print(f"| {c['row']} | {c['seed']} | {c['images']} | {c['divergence']:.3f} | {winner} "
               f"({t['difference']:+.3f} [{t['interval'][0]:+.3f}, {t['interval'][1]:+.3f}]) | "
-              f"{Strategy[c['proposal']].value} | {p['verdict']} ({p['comparison']['difference']:+.3f} "
-              f"[{p['comparison']['interval'][0]:+.3f}, {p['comparison']['interval'][1]:+.3f}]) | "
+              f"{Strategy[c['proposal']].value} | {_verdict(p)} | "
               f"{'fine-tune' if c['decision']['finetune'] else 'linear'} | {knn['knn_accuracy']:.3f} / {logme:.2f} | "
               f"{c['linear']['minutes']:.1f} | {p['seconds'] / 60:.1f} | {c['tuned']['minutes']:.1f} "
               f"({p['full_minutes']:.1f}) | {c['run_minutes']:.1f} |")
@@ -288,6 +311,9 @@ def _regret(policies: dict) -> None:
 
 def report(work: Path) -> None:
     cases = [json.loads(line) for line in (work / "cases.jsonl").read_text().splitlines()]
+    cases.sort(key=lambda c: ([r.name for r in ROWS].index(c["row"]), c["seed"]))
+    _row_table(cases)
+    print()
     _case_table(cases)
     print()
     _regret(_policies(cases))
@@ -295,14 +321,14 @@ def report(work: Path) -> None:
         epochs = path.stem.split("_")[1]
         pilots = {(p["row"], p["seed"]): p for p in map(json.loads, path.read_text().splitlines())}
         subset = [c for c in cases if (c["row"], c["seed"]) in pilots]
-        print(f"\nThe {len(subset)} cases rerun with a {epochs}-epoch pilot (minutes: the rerun's, its views cached):")
-        print(f"\n| set | seed | pilot, 4 epochs | pilot, {epochs} epochs | pilot minutes |\n|---|---|---|---|---|")
+        print(f"\nThe {len(subset)} cases with a {epochs}-epoch pilot beside run.py's {EPOCHS}-epoch one:")
+        print(f"\n| set | seed | pilot, {EPOCHS} epochs | pilot, {epochs} epochs | pilot minutes ({EPOCHS}, {epochs}) |"
+              "\n|---|---|---|---|---|")
         for c in subset:
             p = pilots[c["row"], c["seed"]]["pilot"]
             before = c["pilot"]
-            print(f"| {c['row']} | {c['seed']} | {before['verdict']} ({before['comparison']['difference']:+.3f}) "
-                  f"| {p['verdict']} ({p['comparison']['difference']:+.3f} [{p['comparison']['interval'][0]:+.3f}, "
-                  f"{p['comparison']['interval'][1]:+.3f}]) | {p['seconds'] / 60:.1f} |")
+            print(f"| {c['row']} | {c['seed']} | {_verdict(before)} | {_verdict(p)} | {before['seconds'] / 60:.1f}, "
+                  f"{p['seconds'] / 60:.1f} |")
         print()
         label = f" ({epochs} epochs)"
         _regret({**_policies(subset), **{k: v for k, v in _policies(subset, pilots, label).items() if label in k}})

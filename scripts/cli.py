@@ -32,7 +32,8 @@ from pipeline.settings import Settings  # noqa: E402
 
 # cnn-codes NAME -> its module in scripts/ (pipeline.commands)
 COMMANDS = {"extract": "extract", "fit": "fit_svm", "predict": "predict", "advise": "advise",
-            "finetune": "finetune", "run": "run", "evaluate": "evaluate", "export": "export"}
+            "finetune": "finetune", "run": "run", "evaluate": "evaluate", "export": "export",
+            "suggest": "suggest"}
 
 
 def parser(description: str, examples: str, prog: str | None = None) -> argparse.ArgumentParser:

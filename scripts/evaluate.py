@@ -18,6 +18,7 @@ EXAMPLES = """\
   {prog} --data data/fashion_mnist --views flip --out reports/flip   # with and without mirrored views
   {prog} --data data/tuxpaint --finetune --epochs 3 3 --image-size 160 --out reports/ft
   {prog} --bundle runs/tuxpaint/linear/svm.skops --data new_photos/ --out reports/new
+  {prog} --data data/tuxpaint --heatmaps 12 --out reports/tuxpaint   # more images explained
 
 Codes are cached in --features (one store per dataset, backbone and layer set): a rerun with one
 more backbone extracts only that backbone. Every configuration of a dataset is scored on the same
@@ -47,6 +48,9 @@ def build_parser(prog: str | None = None):
     cli.option(p, E, "folds", type=int, help="outer cross-validation folds (default %(default)s)")
     cli.option(p, E, "repeats", type=int, help="repeats of the outer folds (default 3 under 1,000 images, else 1)")
     cli.option(p, E, "advise", "--no-advice", action="store_false", help="skip the advisor")
+    cli.option(p, E, "heatmaps", type=int, metavar="N",
+               help="draw where the model looked on its N most confident mistakes and N images it got right "
+                    "(default %(default)s; 0: none; the best linear configuration or the bundle)")
     cli.add_duplicates(p, E)
     cli.option(p, E, "seed", type=int, help="fixes every split (default %(default)s)")
     cli.add_engine(p, E)

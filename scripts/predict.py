@@ -12,6 +12,7 @@ EXAMPLES = """\
   {prog} runs/tuxpaint/softmax.skops new_photos/ --top-k 3 --out predictions.csv
   {prog} runs/tuxpaint/svm.skops 'shots/**/*.jpg'
   {prog} runs/tuxpaint/softmax.skops new_photos/ --reject   # "unknown" for what looks like no class
+  {prog} runs/tuxpaint/softmax.skops new_photos/ --explain heatmaps/   # where it looked, one PNG each
   {prog} runs/tuxpaint_finetuned/model.keras photo.jpg
   {prog} tuxpaint.onnx photo.jpg          # exported: needs only numpy, pillow, onnxruntime
   {prog} runs/tuxpaint/softmax.skops /shared/archive --ray auto --out /shared/preds.parquet
@@ -32,6 +33,9 @@ def build_parser(prog: str | None = None):
     cli.option(p, PredictConfig, "reject", action="store_true",
                help="call an image unknown when its top probability is under the model's threshold (chosen "
                     "when fitting so that about 5%% of known images fall under it; fit_svm.py --reject-rate)")
+    cli.option(p, PredictConfig, "explain", type=Path, metavar="FOLDER",
+               help="also write each image's heatmap of where the evidence for its top class lies, as a PNG in "
+                    "FOLDER (occlusion on a 7x7 grid: 50 forward passes per image)")
     cli.option(p, PredictConfig, "batch_size", type=int, help="images per forward pass (default %(default)s)")
     cli.add_engine(p, PredictConfig)
     cli.add_ray(p)
@@ -42,6 +46,8 @@ def build_parser(prog: str | None = None):
 def main(args) -> int:
     cfg = cli.settings(PredictConfig, args, progress=cli.progress(args))
     if args.ray:
+        if cfg.explain is not None:
+            raise UserError("heatmaps are drawn on this machine, not on a cluster: leave out --ray", param="explain")
         if args.out is None:
             raise UserError("--ray writes Parquet: give the folder with --out, e.g. --out preds.parquet", param="out")
         from pipeline.scaleout.predict import predict_to_parquet
@@ -64,6 +70,8 @@ def main(args) -> int:
     if args.out:
         write_csv(predictions, args.out, args.top_k, args.reject)
         print(f"wrote {args.out}")
+    if cfg.explain is not None:
+        print(f"wrote {sum(1 for p in predictions if p.heatmap)} heatmaps to {cfg.explain}")
     skipped = sum(1 for p in predictions if p.skipped)
     unknown = f" ({sum(p.unknown for p in predictions)} unknown)" if args.reject else ""
     print(f"{len(predictions) - skipped} images classified{unknown}, {skipped} skipped")

@@ -48,6 +48,18 @@ def test_svm_path_equals_separate_fits():
         np.testing.assert_allclose(fitted.coef_, alone.coef_, rtol=1e-3, atol=1e-4)
 
 
+def test_svm_survives_lapacks_svd_not_converging(monkeypatch):
+    """gesdd can fail on float32 codes (it did on 2,520 clipart images): the SVM falls back to gesvd, same fit."""
+    X, _, y = blobs(n_per_class=(10, 10, 10), dim=64)  # fewer images than dimensions: the SVD path
+    expected = LinearSVM(C=1e-2).fit(X, y).coef_
+
+    def fails(*args, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(np.linalg, "svd", fails)
+    np.testing.assert_allclose(LinearSVM(C=1e-2).fit(X, y).coef_, expected, rtol=1e-3, atol=1e-4)
+
+
 def _fit(tmp_path, codes, y, names, **kwargs):
     store = write_store(tmp_path / "f.h5", codes, y, names)
     return fit(FitConfig(store=store, out=tmp_path / "run", jobs=1, **kwargs)).to_json()

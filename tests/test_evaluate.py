@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,12 @@ def test_best_configuration_details(grid):
     assert d["reject"]["accuracy_all"] == pytest.approx(d["accuracy"]) and d["reject"]["rejected"] <= 0.05
     assert section["map"]["methods"] == ["PCA", "t-SNE"]
     assert section["advice"]["recommendation"] and section["advice"]["images"] == 26
+    heat = d["heatmaps"]  # the most confident mistakes first, then right answers, each for its predicted class
+    mistakes = [m for m in heat["images"] if m["mistake"]]
+    assert [m["path"] for m in mistakes] == [m["path"] for m in d["misclassified"][:4]]
+    assert heat["images"][:len(mistakes)] == mistakes and len(heat["images"]) == len(mistakes) + 4
+    assert all(m["true"] == m["predicted"] for m in heat["images"][len(mistakes):])
+    assert "occlusion" in heat["method"]
 
 
 def test_report_files_hold_the_same_numbers(grid):
@@ -132,8 +139,10 @@ def test_report_files_hold_the_same_numbers(grid):
     dup = section["best"]["duplicates"]  # each mislabelled copy is grouped with its original, in one fold
     pairs = [["a/img_0000.png", MISLABELLED[0]], ["a/img_0001.png", MISLABELLED[1]]]
     assert sorted(map(sorted, dup["groups"])) == pairs
-    galleries = len(section["best"]["misclassified"]) + len(section["best"]["label_issues"]) + 4
+    galleries = (len(section["best"]["misclassified"]) + len(section["best"]["label_issues"]) + 4
+                 + len(section["best"]["heatmaps"]["images"]))
     assert html.count("data:image/jpeg;base64,") == galleries > 0
+    assert html.count('alt="heatmap of ') == len(section["best"]["heatmaps"]["images"]) and "report.html" in md
     assert "Possibly mislabelled images" in html and "Possibly mislabelled images" in md
     nested = section["protocol"]["nested_choice"]["accuracy"]
     assert all(f"Chosen inside each outer fold</b>: accuracy {nested['mean']:.3f}" in text.replace("**", "</b>")
@@ -167,6 +176,9 @@ def test_bundle_report_agrees_with_predict(grid, tmp_path):
     assert section["best"]["per_class"]["b"]["support"] == 0 and section["images"] == 10
     assert report["meta"]["bundle"]["sha256"] == (tmp_path / "fit" / "softmax.skops.sha256").read_text().split()[0]
     assert "Cross-validated accuracy when the bundle was trained" in paths["html"].read_text()
+    top = {Path(p.path).relative_to(test).as_posix(): p.top[0][0] for p in predictions}
+    explained = section["best"]["heatmaps"]["images"]  # heatmaps of the class the bundle predicted
+    assert explained and all(top[m["path"]] == m["predicted"] for m in explained)
 
 
 def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):

@@ -127,6 +127,24 @@ def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path)
 
 
 @pytest.mark.slow
+def test_an_exported_model_is_explained_as_its_bundle_without_tensorflow(models, tmp_path):
+    """Occlusion needs forward passes only: the .onnx model's heatmap is the bundle's, with no TensorFlow."""
+    bundle = models / "linear" / "softmax.skops"
+    out = export(ExportConfig(bundle, "onnx", tmp_path / "tux.onnx"))
+    bird = sorted((TUX / "birds").glob("*.png"))[0]
+    command = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    done = without_tensorflow(command, ROOT / "scripts" / "predict.py", out, bird, "--explain", tmp_path / "onnx",
+                              "--quiet")
+    assert done.returncode == 0 and "wrote 1 heatmaps" in done.stdout, done.stderr
+    assert run_command("predict", bundle, bird, "--explain", tmp_path / "bundle", "--engine", "keras",
+                       "--quiet").returncode == 0
+    from PIL import Image
+
+    exported, original = (np.asarray(Image.open(next((tmp_path / d).glob("*.png"))), float) for d in ("onnx", "bundle"))
+    assert np.abs(exported - original).mean() < 2.0  # 0-255 scale: the same overlay up to rounding
+
+
+@pytest.mark.slow
 def test_int8_and_float16_litert_models_are_smaller_and_agree(models, tmp_path):
     bundle = models / "linear" / "softmax.skops"
     files = sorted(TUX.rglob("*.png"))[::4]

@@ -27,6 +27,7 @@ class PredictConfig(Settings):
     precision: str = setting("auto", choices=PRECISIONS)
     engine: str = setting("auto", choices=ENGINES)
     reject: bool = False  # images under the model's "unknown" threshold are marked unknown
+    explain: Path | None = None  # a folder for each image's heatmap of the top class (pipeline.deploy.explain)
     progress: bool = True
 
 
@@ -49,3 +50,25 @@ class ExportConfig(Settings):
                             f"{Path(self.out).name}", param="out")
         if self.quantize == "int8" and self.calibration is None:
             raise UserError("int8 needs calibration images (a folder of typical inputs)", param="calibration")
+
+
+@dataclass(frozen=True)
+class SuggestConfig(Settings):
+    """Settings of one suggestion: the ``count`` images of ``images`` (files, folders searched recursively, glob
+    patterns, or one feature store of unlabelled images) whose labels would help ``model`` (a bundle) most."""
+
+    model: Path
+    images: tuple
+    count: int = setting(20, check=at_least(1))
+    labelled: Path | None = None  # the bundle's training store (default: the one its metrics.json names)
+    seed: int = 0
+    batch_size: int = setting(32, check=at_least(1))
+    weights: Path | None = None
+    precision: str = setting("auto", choices=PRECISIONS)
+    engine: str = setting("auto", choices=ENGINES)
+    progress: bool = True
+
+    def check(self) -> None:
+        if Path(self.model).suffix != ".skops":
+            raise UserError(f"suggests for a bundle (.skops) of the fit stage, not {Path(self.model).name}",
+                            param="model")

@@ -47,6 +47,7 @@ class Prediction:
     skipped: str | None = None
     value: float | None = None  # regression models predict a number instead of classes
     unknown: bool = False  # rejecting: the top probability is under the model's threshold
+    heatmap: str | None = None  # explaining: the PNG of where the evidence for the top class lies
 
     @property
     def decision(self) -> str:
@@ -108,16 +109,29 @@ def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Ba
     return backbone
 
 
-def _bundle_predictor(path: Path, weights, precision: str, engine: str) -> Predictor:
+def bundle_codes(bundle: Bundle, weights=None, precision: str = "auto", engine: str = "auto",
+                 layers: Sequence[str] = ()) -> Callable[[np.ndarray, int], dict[str, np.ndarray]]:
+    """(padded pixel batch, images in it) -> the codes of the bundle's layer and of ``layers``, from one pass of
+    its backbone (a joined layer's parts side by side, as in the store)."""
     from ..backbones.engine import frozen_network
-    from ..linear.bundle import load_bundle
 
-    bundle = load_bundle(path)
-    backbone = bundle_backbone(bundle, weights, precision)
-    network = frozen_network(backbone, "features", layer_parts(bundle.layer), engine)
+    wanted = list(dict.fromkeys([bundle.layer, *layers]))
+    parts = list(dict.fromkeys(part for layer in wanted for part in layer_parts(layer)))
+    network = frozen_network(bundle_backbone(bundle, weights, precision), "features", parts, engine)
 
-    def codes(pixels: np.ndarray, n: int) -> np.ndarray:  # a joined layer's parts side by side, as in the store
-        return np.concatenate(network(pixels), axis=1)[:n]
+    def codes(pixels: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        out = dict(zip(parts, network(pixels)))
+        return {layer: np.concatenate([out[x] for x in layer_parts(layer)], axis=1)[:n] for layer in wanted}
+
+    return codes
+
+
+def bundle_predictor(bundle: Bundle, weights=None, precision: str = "auto", engine: str = "auto") -> Predictor:
+    """The predictor of a bundle, loaded or made in memory: its backbone's codes, then its classifier."""
+    network = bundle_codes(bundle, weights, precision, engine)
+
+    def codes(pixels: np.ndarray, n: int) -> np.ndarray:
+        return network(pixels, n)[bundle.layer]
 
     def proba(pixels: np.ndarray, n: int) -> np.ndarray:  # averaged over the image and its views
         return tta.scores(bundle.estimator, np.stack([codes(p, n) for p in views_of(pixels, bundle.views)]))
@@ -190,7 +204,9 @@ def load_predictor(path: str | Path, weights: str | Path | None = None, precisio
         if engine == "onnx":
             log.info("fine-tuned networks run on Keras")
         return _keras_predictor(path)
-    return _bundle_predictor(path, weights, precision, engine)
+    from ..linear.bundle import load_bundle
+
+    return bundle_predictor(load_bundle(path), weights, precision, engine)
 
 
 def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
@@ -201,11 +217,16 @@ def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
         raise UserError("no images given", param="images")
     predictor = load_predictor(cfg.model, cfg.weights, cfg.precision, cfg.engine)
     threshold = predictor.threshold(cfg.reject)
+    if cfg.explain is not None:
+        if predictor.regression:
+            raise UserError("draws where the evidence for a class lies; this model predicts a number",
+                            param="explain")
+        Path(cfg.explain).mkdir(parents=True, exist_ok=True)
     k = max(1, min(cfg.top_k, len(predictor.class_names)))
     with tqdm(total=len(files), unit="img", desc="predict", disable=not cfg.progress or not files) as bar:
         for batch in decoded_batches(files, predictor.policy, cfg.batch_size):
             if batch.ok:
-                for i, p in zip(batch.ok, predictor.probabilities(batch.pixels, len(batch.ok))):
+                for row, (i, p) in enumerate(zip(batch.ok, predictor.probabilities(batch.pixels, len(batch.ok)))):
                     if predictor.regression:
                         predictions.append(Prediction(str(files[i]), value=float(p[0])))
                         continue
@@ -213,6 +234,9 @@ def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
                     predictions.append(Prediction(str(files[i]),
                                                   [(predictor.class_names[c], float(p[c])) for c in order],
                                                   unknown=threshold is not None and p[order[0]] < threshold))
+                    if cfg.explain is not None:
+                        predictions[-1].heatmap = _explain(predictor, batch.pixels[row], int(order[0]), cfg,
+                                                           f"{len(predictions):05d}_{files[i].stem}.png")
             predictions += [Prediction(str(files[i]), skipped=reason) for i, reason in batch.failed]
             bar.update(len(batch.items))
     if threshold is not None:
@@ -220,19 +244,30 @@ def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
     return predictions, predictor.description
 
 
+def _explain(predictor: Predictor, pixels: np.ndarray, target: int, cfg: PredictConfig, name: str) -> str:
+    """Write the heatmap of class ``target`` on one decoded image into ``cfg.explain``; its path."""
+    from .explain import encoded, occlusion, overlay
+
+    path = Path(cfg.explain) / name
+    path.write_bytes(encoded(overlay(pixels, occlusion(predictor.probabilities, pixels, target, cfg.batch_size))))
+    return str(path)
+
+
 def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int, reject: bool = False) -> None:
     """One row per image: path, (with ``reject``) the decision, class and probability for each rank (or the
-    value), then the skip reason."""
+    value), (explaining) the heatmap's path, then the skip reason."""
     regression = any(p.value is not None for p in predictions)
+    explained = any(p.heatmap for p in predictions)
     ranks = [] if regression else [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "probability")]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path"] + (["decision"] if reject else []) + (["value"] if regression else ranks)
-                        + ["skipped"])
+                        + (["heatmap"] if explained else []) + ["skipped"])
         for p in predictions:
             if regression:
                 cells = ["" if p.value is None else f"{p.value:.6g}"]
             else:
                 cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
                 cells += [""] * (2 * top_k - len(cells))
-            writer.writerow([p.path] + ([p.decision] if reject else []) + cells + [p.skipped or ""])
+            writer.writerow([p.path] + ([p.decision] if reject else []) + cells
+                            + ([p.heatmap or ""] if explained else []) + [p.skipped or ""])

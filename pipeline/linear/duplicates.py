@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 _BLOCK = 1024  # rows per block of the similarity matrix: 1024 x n float32
 
 
-def _unit(codes: np.ndarray) -> np.ndarray:
+def unit_codes(codes: np.ndarray) -> np.ndarray:
+    """Rows centred on their mean code and scaled to unit length: the geometry near-duplicates are judged in."""
     X = np.asarray(codes, np.float32)
     X = X - X.mean(axis=0)
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
@@ -33,14 +34,24 @@ def _unit(codes: np.ndarray) -> np.ndarray:
 
 def similarity(codes: np.ndarray) -> np.ndarray:
     """Cosine similarity of every pair of rows, centred on the mean code (n x n: for small sets)."""
-    X = _unit(codes)
+    X = unit_codes(codes)
     return X @ X.T
+
+
+def nearest_similarity(codes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per row of ``codes``: its similarity to the most similar row of ``reference``, both centred on their joint
+    mean code (so a threshold means what it means within one set). Memory: one block at a time."""
+    both = unit_codes(np.concatenate([codes, reference]))
+    X, R = both[:len(codes)], both[len(codes):]
+    if not len(R) or not len(X):  # nothing to compare with: no row is a near-duplicate
+        return np.full(len(X), -1.0, np.float32)
+    return np.concatenate([(X[s:s + _BLOCK] @ R.T).max(axis=1) for s in range(0, len(X), _BLOCK)])
 
 
 def near_duplicate_groups(codes: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """A group number per row; rows whose similarity reaches ``threshold``, directly or through others, share
     one. Memory: one block of the similarity matrix at a time."""
-    X = _unit(codes)
+    X = unit_codes(codes)
     rows, cols = [], []
     for start in range(0, len(X), _BLOCK):
         block = X[start:start + _BLOCK] @ X.T

@@ -24,6 +24,7 @@ import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
+import scipy.linalg
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -40,8 +41,12 @@ def _basis(X: np.ndarray):
     """
     n, d = X.shape
     if n < d:
-        U, S, Vt = np.linalg.svd(X, full_matrices=False)
-        return U * S, S.astype(np.float64), Vt.astype(np.float64)
+        try:
+            U, S, Vt = np.linalg.svd(X, full_matrices=False)
+        except np.linalg.LinAlgError:  # LAPACK's divide and conquer (gesdd) can fail to converge on float32 codes
+            U, S, Vt = scipy.linalg.svd(X.astype(np.float64), full_matrices=False, lapack_driver="gesvd")
+            U = U.astype(X.dtype)
+        return U * S.astype(U.dtype), S.astype(np.float64), Vt.astype(np.float64)
     # With n >= d any orthonormal V spans the row space, so the Gram's float32
     # rounding only touches the preconditioner, never the solution.
     eigenvalues, V = np.linalg.eigh((X.T @ X).astype(np.float64))

@@ -11,7 +11,7 @@ import numpy as np
 from .. import metrics
 from ..data.decode import ResizePolicy
 from ..data.discover import discover
-from ..deploy.predict import bundle_backbone
+from ..deploy.predict import bundle_backbone, bundle_predictor
 from ..errors import UserError
 from ..escalate.advise import advise
 from ..escalate.config import AdviseConfig
@@ -27,6 +27,7 @@ from .cache import extraction_record, store_path
 from .config import BundleReportConfig
 from .content import Details, HeldOutProtocol, Report, Row, Section
 from .diagnostics import model_details
+from .heatmaps import explain_predictions
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,12 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     advice = advise(AdviseConfig(cfg.data, bundle.backbone, seed=cfg.seed, engine=cfg.engine)) if cfg.advise else None
     details = Details(row, bundle.layer, f"the bundle's own predictions on the {len(y)} images of {cfg.data}",
                       model_details(store.paths, y, proba, names))
-    section = Section.make(cfg.data, Path(store.attrs.get("dataset_root", Path(cfg.data).resolve())), names, y,
+    root = Path(store.attrs.get("dataset_root", Path(cfg.data).resolve()))
+    if cfg.heatmaps:
+        details.heatmaps = explain_predictions(bundle_predictor(bundle, cfg.weights, engine=cfg.engine), root,
+                                               store.paths, y, proba, names, cfg.heatmaps, cfg.seed,
+                                               "the bundle, for the class it predicted")
+    section = Section.make(cfg.data, root, names, y,
                            HeldOutProtocol(str(cfg.bundle), bundle.created, cfg.seed), [row], details, codes[0],
                            advice, cfg.seed)
     return Report(f"{Path(cfg.bundle).name} on {section.name}", "bundle", [section], now_iso(), cfg.command,

@@ -13,6 +13,7 @@ from ..linear.config import CLASS_WEIGHTS, DEFAULT_DUPLICATE_THRESHOLD, NORMALIS
 from ..linear.kinds import CLASSIFIERS, classifiers, is_network
 from ..settings import Settings, at_least, setting
 
+HEATMAPS = 4  # of the most confident mistakes, and of images predicted right (pipeline.report.heatmaps)
 FEATURES = Path("features")  # where codes are cached, one store per dataset, backbone and layer set
 
 
@@ -41,6 +42,7 @@ class EvaluateConfig(Settings):
     progress: bool = True
     duplicate_threshold: float | None = DEFAULT_DUPLICATE_THRESHOLD
     class_weight: str | None = setting("auto", choices=CLASS_WEIGHTS)
+    heatmaps: int = setting(HEATMAPS, check=at_least(0))  # mistakes and right answers explained (linear best only)
 
     def check(self) -> None:
         if not self.data:
@@ -65,6 +67,7 @@ class BundleReportConfig(Settings):
     progress: bool = True
     weights: Path | None = None
     engine: str = setting("auto", choices=ENGINES)
+    heatmaps: int = setting(HEATMAPS, check=at_least(0))
 
     def check(self) -> None:
         if is_network(self.bundle):

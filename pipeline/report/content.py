@@ -14,6 +14,7 @@ from ..escalate.advise import Advice
 from ..linear.kinds import get_kind
 from ..results import CVResult, Protocol
 from .diagnostics import ModelDetails, code_map
+from .heatmaps import Heatmaps
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Details:
     predictions: str
     model: ModelDetails
     duplicates: DuplicateGroups | None = None
+    heatmaps: Heatmaps | None = None
 
     def to_json(self) -> dict:
         r = self.row.result
@@ -135,7 +137,8 @@ class Details:
                 **({"class_weight": r.class_weight} if r.class_weight else {}),
                 **({"views": list(r.views)} if r.views else {}), "map_layer": self.map_layer,
                 "predictions": self.predictions, **self.model.to_json(),
-                **({"duplicates": self.duplicates.to_json()} if self.duplicates else {})}
+                **({"duplicates": self.duplicates.to_json()} if self.duplicates else {}),
+                **({"heatmaps": self.heatmaps.to_json()} if self.heatmaps else {})}
 
 
 @dataclass

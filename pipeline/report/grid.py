@@ -16,13 +16,14 @@ import numpy as np
 
 from .. import metrics
 from ..deploy.config import PredictConfig
-from ..deploy.predict import predict_images
+from ..deploy.predict import bundle_predictor, predict_images
 from ..errors import UserError
 from ..escalate.advise import advise
 from ..escalate.config import AdviseConfig
 from ..finetune.config import FinetuneConfig
 from ..finetune.stage import finetune
 from ..linear import cv, tta
+from ..linear.bundle import Bundle
 from ..linear.classify import check_training_data
 from ..linear.duplicates import duplicate_sets, store_groups
 from ..linear.kinds import get_kind
@@ -45,6 +46,7 @@ from .content import (
     Section,
 )
 from .diagnostics import model_details
+from .heatmaps import Heatmaps, explain_predictions
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +177,28 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section:
     details = Details(best, map_layer, f"out-of-fold: every image predicted once, by one of the {len(folds)} {how} "
                                        "trained without it (first repeat's folds)",
                       model_details(paths, y, proba, names))
+    if cfg.heatmaps and best.linear:
+        details.heatmaps = _heatmaps(stores[best.backbone], best, _codes_of(codes, best), y, names, paths, proba,
+                                     root, groups, metric, cfg)
     if groups is not None:
         details.duplicates = _duplicates(paths, y, names, duplicates, best, codes, cfg, metric)
         protocol.notes.append(f"{len(details.duplicates.groups)} group(s) of near-duplicate images kept inside one "
                               "fold")
     return Section.make(data, root, names, y, grid, table, details, codes[best.backbone][map_layer][0], advice,
                         cfg.seed)
+
+
+def _heatmaps(store: FeatureStore, best: Row, X: np.ndarray, y: np.ndarray, names: list[str], paths: list[str],
+              proba: np.ndarray, root: Path, groups, metric: str, cfg: EvaluateConfig) -> Heatmaps:
+    """Heatmaps of the best configuration's out-of-fold predictions, drawn with it refitted on every image (as
+    the fit stage saves it)."""
+    r = best.result
+    model, hyper = cv.fit_final(r.classifier, X, y, cfg.normalise, r.class_weight, cfg.seed, groups, metric)
+    bundle = Bundle(model, r.classifier, r.layer, names, store.config.to_json(),
+                    str(store.attrs.get("weights_source", "")), hyper["C"], cfg.normalise, views=list(r.views))
+    return explain_predictions(bundle_predictor(bundle, engine=cfg.engine), root, paths, y, proba, names,
+                               cfg.heatmaps, cfg.seed, "the best configuration refitted on every image, for the "
+                                                       "class its out-of-fold model predicted")
 
 
 def _duplicates(paths, y, names, duplicates, best: Row, codes, cfg: EvaluateConfig, metric: str) -> DuplicateGroups:

@@ -80,7 +80,8 @@ def _figures(report: dict, sections: list[Section], out: Path) -> list[dict]:
                   for gallery in ("misclassified", "label_issues")}
         thumbs["duplicates"] = [[figures.thumbnail(root / path) for path in group[:GROUP_SHOWN]]
                                 for group in best.get("duplicates", {}).get("groups", [])[:GROUPS_SHOWN]]
-        drawn.append({"png": pictures, "thumbnails": thumbs})
+        heatmaps = typed.details.heatmaps
+        drawn.append({"png": pictures, "thumbnails": thumbs, "heatmaps": heatmaps.pictures if heatmaps else []})
     return drawn
 
 
