@@ -64,6 +64,9 @@ def main(args) -> int:
             print(f"{pred.path}\tskipped: {pred.skipped}")
         elif pred.value is not None:
             print(f"{pred.path}\tvalue {pred.value:.6g}")
+        elif pred.labels is not None:
+            print(f"{pred.path}\tlabels: " + (", ".join(f"{name} {prob:.3f}" for name, prob in pred.labels)
+                                              or "none over its threshold"))
         else:
             print(f"{pred.path}\t" + ("unknown\t" if pred.unknown else "")
                   + "\t".join(f"{name} {prob:.3f}" for name, prob in pred.top))

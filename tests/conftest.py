@@ -80,9 +80,9 @@ def write_images(root: Path, per_class: dict[str, int], size: int = 40, seed: in
 
 
 def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, backbone="efficientnet_lite0",
-                groups=None, views: dict[str, dict[str, np.ndarray]] | None = None):
+                groups=None, views: dict[str, dict[str, np.ndarray]] | None = None, multilabels=None):
     """A feature store from arrays, through the same shard-and-assemble path extraction uses; ``views``: the codes
-    of each view, by view and layer."""
+    of each view, by view and layer; ``multilabels``: several labels per image (0/1, one column per class name)."""
     from pipeline.store.layout import StoreConfig
     from pipeline.store.writer import Row, Shards, assemble
 
@@ -98,7 +98,8 @@ def write_store(path: Path, layers: dict[str, np.ndarray], labels, class_names, 
     shards.write(names, np.zeros((n, 2), np.int64), codes, [])
     assemble(path, config, [Row(p, (0, 0), shards.files[0], i) for i, p in enumerate(names)],
              {k: np.asarray(v).shape[1] for k, v in layers.items()},
-             None if labels is None else list(labels), class_names, [], {"weights_source": "test"}, groups=groups)
+             None if labels is None else list(labels), class_names, [], {"weights_source": "test"}, groups=groups,
+             multilabels=multilabels)
     shards.remove()
     return path
 

@@ -22,7 +22,7 @@ def test_the_registry_describes_every_kind():
     assert get_kind("svm").calibrated and not get_kind("softmax").calibrated and not get_kind("ridge").exportable
     assert set(TRUSTED) == set(trusted_types()) >= {"pipeline.linear.svm.LinearSVM",
                                                      "pipeline.linear.scaling.PowerScaler"}
-    with pytest.raises(UserError, match="must be one of svm, softmax, ridge, fine-tuned"):
+    with pytest.raises(UserError, match="must be one of svm, softmax, svm-ovr, logistic-ovr, ridge, fine-tuned"):
         get_kind("forest")
 
 

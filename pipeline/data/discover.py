@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
 )
 _JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+LABEL_SEPARATOR = ";"  # between the labels of one image in a manifest's labels column: car;sign
 
 
 @dataclass
@@ -36,10 +37,15 @@ class Dataset:
     ignored: int = 0
     targets: list[float] | None = None
     groups: list[str] | None = None  # a manifest's group column (one patient, object or session); "" stands alone
+    label_sets: list[tuple[str, ...]] | None = None  # a manifest's labels column: several labels per image
 
     @property
     def labelled(self) -> bool:
         return self.labels is not None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.label_sets is not None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -113,8 +119,9 @@ def list_folder(folder: Path, lister: Lister | None = None) -> tuple[list[Path],
 
 
 def discover(source: str | Path, unlabelled: bool = False, lister: Lister | None = None) -> Dataset:
-    """Images of a CSV manifest (``path``, ``label`` and/or a numeric ``target``, optionally ``group``: images of
-    one group are never split between training and test) or a folder: labelled by its
+    """Images of a CSV manifest (``path``, ``label`` and/or a numeric ``target``, or ``labels``: several per
+    image, separated by :data:`LABEL_SEPARATOR`; optionally ``group``: images of one group are never split
+    between training and test) or a folder: labelled by its
     first-level sub-folders (searched recursively) if they hold images and not ``unlabelled``; ``lister``
     lists a folder's parts (:func:`list_folder`)."""
     source = Path(source)
@@ -157,9 +164,14 @@ def _from_manifest(manifest: Path) -> Dataset:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"cannot read manifest {manifest}: {e}") from None
     if not rows or "path" not in rows[0]:
-        raise UserError(f"manifest {manifest} needs a header row with a 'path' column (and 'label' or 'target')")
+        raise UserError(f"manifest {manifest} needs a header row with a 'path' column (and 'label', 'labels' or "
+                        "'target')")
     labelled, regression, grouped = "label" in rows[0], "target" in rows[0], "group" in rows[0]
-    paths, labels, targets, groups, skipped = [], [], [], [], []
+    multilabel = "labels" in rows[0]
+    if multilabel and (labelled or regression):
+        raise UserError(f"manifest {manifest} has a 'labels' column (several labels per image) and a 'label' or "
+                        "'target' column: keep one", param="data")
+    paths, labels, targets, groups, label_sets, skipped = [], [], [], [], [], []
     seen: dict[str, tuple] = {}
     for line, row in enumerate(rows, start=2):
         rel = (row["path"] or "").strip()
@@ -167,7 +179,7 @@ def _from_manifest(manifest: Path) -> Dataset:
             continue
         if "\0" in rel:
             raise UserError(f"manifest {manifest}, line {line}: the path contains a NUL byte", param="data")
-        entry = (row.get("label"), row.get("target"), row.get("group"))
+        entry = (row.get("label"), row.get("labels"), row.get("target"), row.get("group"))
         if rel in seen:
             if seen[rel] != entry:
                 raise UserError(f"manifest {manifest}, line {line}: {rel} is listed again with another label "
@@ -180,6 +192,12 @@ def _from_manifest(manifest: Path) -> Dataset:
         paths.append(rel)
         if labelled:
             labels.append((row["label"] or "").strip())
+        if multilabel:
+            names = tuple(sorted({n.strip() for n in (row["labels"] or "").split(LABEL_SEPARATOR) if n.strip()}))
+            if not names:
+                raise UserError(f"manifest {manifest}, line {line}: {rel} has no label (give one or more, separated "
+                                f"by '{LABEL_SEPARATOR}')", param="data")
+            label_sets.append(names)
         if grouped:
             groups.append((row["group"] or "").strip())
         if regression:
@@ -189,6 +207,7 @@ def _from_manifest(manifest: Path) -> Dataset:
                 raise UserError(f"manifest {manifest}, line {line}: target {row['target']!r} is not a number") from None
     if labelled and any(not label for label in labels):
         raise UserError(f"manifest {manifest} has rows with an empty label")
-    class_names = sorted(set(labels)) if labelled else None
+    class_names = sorted(set(labels)) if labelled else sorted(set().union(*label_sets)) if multilabel else None
     return Dataset(root, paths, labels if labelled else None, class_names, skipped=skipped,
-                   targets=targets if regression else None, groups=groups if grouped else None)
+                   targets=targets if regression else None, groups=groups if grouped else None,
+                   label_sets=label_sets if multilabel else None)

@@ -28,7 +28,7 @@ from ..data.loader import decoded_batches
 from ..data.views import views_of
 from ..errors import UserError
 from ..linear.bundle import load_bundle
-from ..linear.kinds import get_kind, is_network
+from ..linear.kinds import MULTILABEL, get_kind, is_network
 from ..linear.scaling import signed_power
 from ..store.layout import layer_parts
 from .config import ExportConfig
@@ -54,6 +54,7 @@ class ModelCard:
     input: str = "uint8 pixels, shape [batch, size, size, 3], RGB"
     output: str = "float32 class probabilities, shape [batch, classes], in class_names order"
     reject_threshold: float | None = None  # a top probability under it: "unknown" (predict.py --reject)
+    label_thresholds: list[float] | None = None  # several labels per image: a label is given over its threshold
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,6 +76,22 @@ def _affine(decision, d: int) -> tuple[np.ndarray, np.ndarray]:
     return W, b
 
 
+def _per_label(ovr, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` of a one-vs-rest model's per-label logits: each label's decision value, through its Platt
+    sigmoid's affine part where it is calibrated (sigmoid(-(a f + c)))."""
+    columns = []
+    for est in ovr.estimators_:
+        if hasattr(est, "calibrated_classifiers_"):
+            (calibrated,) = est.calibrated_classifiers_
+            (platt,) = calibrated.calibrators
+            W, b = _affine(calibrated.estimator.decision_function, d)
+            W, b = -W * platt.a_, -(b * platt.a_ + platt.b_)
+        else:
+            W, b = _affine(est.decision_function, d)
+        columns.append((W, b))
+    return np.concatenate([W for W, _ in columns], axis=1), np.concatenate([b for _, b in columns])
+
+
 def _head(estimator, codes, d: int):
     """The fitted scikit-learn classifier on ``codes`` (a Keras tensor) as layers: class probabilities."""
     platt = None
@@ -84,7 +101,8 @@ def _head(estimator, codes, d: int):
         estimator = calibrated.estimator
         estimator = getattr(estimator, "estimator", estimator)  # a streamed fit's FrozenEstimator
     scale, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
-    W, b = _affine(clf.decision_function, d)
+    multilabel = getattr(clf, "multilabel_", False)  # one model per label: a sigmoid each, not normalised
+    W, b = _per_label(clf, d) if multilabel else _affine(clf.decision_function, d)
     if hasattr(scale, "nonnegative_"):  # PowerScaler: its signed power first
         codes = signed_power(codes, scale.power, scale.nonnegative_, keras.ops)
     if hasattr(scale, "mean_"):  # the standardisation folds into the Dense layer
@@ -95,11 +113,13 @@ def _head(estimator, codes, d: int):
     if platt is not None:  # sigmoid(-(a f + b)) per decision column, folded into the Dense layer
         a, c = np.array([p[0] for p in platt]), np.array([p[1] for p in platt])
         W, b = -W * a, -(b * a + c)
-    binary = W.shape[1] == 1
-    activation = "sigmoid" if platt is not None or binary else "softmax"
+    binary = W.shape[1] == 1 and not multilabel
+    activation = "sigmoid" if platt is not None or binary or multilabel else "softmax"
     dense = keras.layers.Dense(W.shape[1], activation=activation, dtype="float32", name="classifier")
     p = dense(codes)
     dense.set_weights([W.astype(np.float32), b.astype(np.float32)])
+    if multilabel:
+        return p
     if binary:
         return keras.ops.concatenate([1.0 - p, p], axis=-1)
     if platt is not None:  # one-vs-rest sigmoids normalised, uniform where all of them vanish
@@ -136,9 +156,11 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
                                        axis=0)
     network = keras.Model(pixels, probabilities, name=f"{bundle.backbone}_{bundle.classifier}")
     policy = ResizePolicy(**bundle.store_config["resize"])
+    multilabel = {"output": "float32 probabilities of each label, shape [batch, labels], in class_names order",
+                  "label_thresholds": bundle.metrics["thresholds"]} if kind.task == MULTILABEL else {}
     return network, ModelCard(list(bundle.class_names), policy.size, policy.to_dict(),
                               f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}",
-                              reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"))
+                              reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"), **multilabel)
 
 
 def export(cfg: ExportConfig) -> Path:

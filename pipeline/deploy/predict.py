@@ -19,12 +19,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.decode import ResizePolicy
-from ..data.discover import Lister, is_candidate, list_folder
+from ..data.discover import LABEL_SEPARATOR, Lister, is_candidate, list_folder
 from ..data.loader import decoded_batches
 from ..data.views import views_of
 from ..errors import UserError
 from ..linear import tta
-from ..linear.kinds import REGRESSION, get_kind, is_network
+from ..linear.kinds import MULTILABEL, REGRESSION, get_kind, is_network
 from ..store.layout import layer_parts
 from .config import PredictConfig
 from .runtime import EXTENSIONS, ExportedModel
@@ -47,6 +47,7 @@ class Prediction:
     skipped: str | None = None
     value: float | None = None  # regression models predict a number instead of classes
     unknown: bool = False  # rejecting: the top probability is under the model's threshold
+    labels: list[tuple[str, float]] | None = None  # several labels per image: those over their thresholds
     heatmap: str | None = None  # explaining: the PNG of where the evidence for the top class lies
 
     @property
@@ -84,6 +85,7 @@ class Predictor:
     probabilities: Callable[[np.ndarray, int], np.ndarray]  # (padded pixel batch, images in it) -> [n, classes]
     regression: bool = False  # then "probabilities" are the predicted values, [n, 1]
     reject_threshold: float | None = None  # top probabilities under it are "unknown" (pipeline.linear.reject)
+    label_thresholds: np.ndarray | None = None  # several labels per image: a label is given over its threshold
 
     def threshold(self, reject: bool) -> float | None:
         """The threshold rejecting applies (None without ``reject``); one clear line when the model has none."""
@@ -91,6 +93,9 @@ class Predictor:
             return None
         if self.regression:
             raise UserError("is for classifiers; this model predicts a number", param="reject")
+        if self.label_thresholds is not None:
+            raise UserError("is for one label per image; this model gives each label over its own threshold",
+                            param="reject")
         if self.reject_threshold is None:
             raise UserError("this model has no threshold for unknown images: fit or fine-tune it again (a "
                             "streamed fit has none)", param="reject")
@@ -137,6 +142,11 @@ def bundle_predictor(bundle: Bundle, weights=None, precision: str = "auto", engi
         return tta.scores(bundle.estimator, np.stack([codes(p, n) for p in views_of(pixels, bundle.views)]))
 
     kind = get_kind(bundle.classifier)
+    if kind.task == MULTILABEL:
+        thresholds = np.asarray(bundle.metrics["thresholds"], np.float64)
+        return Predictor(bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
+                         f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind.outputs}, each label "
+                         "given over its threshold", proba, label_thresholds=thresholds)
     if kind.task == REGRESSION:
         return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
                          f"{kind.name} regression on {bundle.backbone}/{bundle.layer}: {kind.outputs}",
@@ -197,9 +207,13 @@ def load_predictor(path: str | Path, weights: str | Path | None = None, precisio
     if path.suffix in EXTENSIONS:
         model = ExportedModel(path)
         card = model.card
+        thresholds = card.get("label_thresholds")
         return Predictor(card["class_names"], ResizePolicy(**card["resize"]),
-                         f"exported {path.suffix[1:]} model ({card['source']}): class probabilities",
-                         lambda pixels, n: model(pixels)[:n], reject_threshold=card.get("reject_threshold"))
+                         f"exported {path.suffix[1:]} model ({card['source']}): "
+                         + ("label probabilities, each label given over its threshold" if thresholds else
+                            "class probabilities"),
+                         lambda pixels, n: model(pixels)[:n], reject_threshold=card.get("reject_threshold"),
+                         label_thresholds=None if thresholds is None else np.asarray(thresholds, np.float64))
     if is_network(path):
         if engine == "onnx":
             log.info("fine-tuned networks run on Keras")
@@ -234,6 +248,9 @@ def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
                     predictions.append(Prediction(str(files[i]),
                                                   [(predictor.class_names[c], float(p[c])) for c in order],
                                                   unknown=threshold is not None and p[order[0]] < threshold))
+                    if predictor.label_thresholds is not None:
+                        predictions[-1].labels = [(predictor.class_names[c], float(p[c])) for c in np.argsort(-p)
+                                                  if p[c] >= predictor.label_thresholds[c]]
                     if cfg.explain is not None:
                         predictions[-1].heatmap = _explain(predictor, batch.pixels[row], int(order[0]), cfg,
                                                            f"{len(predictions):05d}_{files[i].stem}.png")
@@ -254,20 +271,22 @@ def _explain(predictor: Predictor, pixels: np.ndarray, target: int, cfg: Predict
 
 
 def write_csv(predictions: Sequence[Prediction], path: str | Path, top_k: int, reject: bool = False) -> None:
-    """One row per image: path, (with ``reject``) the decision, class and probability for each rank (or the
-    value), (explaining) the heatmap's path, then the skip reason."""
+    """One row per image: path, (with ``reject``) the decision, (several labels per image) the labels given,
+    class and probability for each rank (or the value), (explaining) the heatmap's path, then the skip reason."""
     regression = any(p.value is not None for p in predictions)
     explained = any(p.heatmap for p in predictions)
+    multilabel = any(p.labels is not None for p in predictions)
     ranks = [] if regression else [f"{what}_{r}" for r in range(1, top_k + 1) for what in ("class", "probability")]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path"] + (["decision"] if reject else []) + (["value"] if regression else ranks)
-                        + (["heatmap"] if explained else []) + ["skipped"])
+        writer.writerow(["path"] + (["decision"] if reject else []) + (["labels"] if multilabel else [])
+                        + (["value"] if regression else ranks) + (["heatmap"] if explained else []) + ["skipped"])
         for p in predictions:
             if regression:
                 cells = ["" if p.value is None else f"{p.value:.6g}"]
             else:
                 cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
                 cells += [""] * (2 * top_k - len(cells))
-            writer.writerow([p.path] + ([p.decision] if reject else []) + cells
+            given = [LABEL_SEPARATOR.join(name for name, _ in p.labels or [])] if multilabel else []
+            writer.writerow([p.path] + ([p.decision] if reject else []) + given + cells
                             + ([p.heatmap or ""] if explained else []) + [p.skipped or ""])

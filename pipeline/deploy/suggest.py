@@ -19,7 +19,7 @@ from ..data.views import views_of
 from ..errors import UserError
 from ..linear import tta
 from ..linear.bundle import Bundle, load_bundle
-from ..linear.kinds import REGRESSION, get_kind
+from ..linear.kinds import CLASSIFICATION, get_kind
 from ..linear.label_next import rank
 from ..store.layout import layer_parts
 from ..store.reader import FeatureStore, read_store
@@ -116,8 +116,9 @@ def _from_images(cfg: SuggestConfig, bundle: Bundle, files: list[Path]
 def suggest(cfg: SuggestConfig) -> Suggestions:
     """The ``cfg.count`` images to label next, the most useful first."""
     bundle = load_bundle(cfg.model)
-    if get_kind(bundle.classifier).task == REGRESSION:
-        raise UserError("suggests images for classifiers; this bundle predicts a number", param="model")
+    if get_kind(bundle.classifier).task != CLASSIFICATION:
+        raise UserError(f"suggests images for single-label classifiers; this is a {get_kind(bundle.classifier).task} "
+                        "bundle", param="model")
     labelled = read_store(labelled_store(cfg))
     _check_store(labelled, bundle, [DUPLICATE_LAYER], "labelled")
     skipped: list[tuple[str, str]] = []

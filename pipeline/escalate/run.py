@@ -136,6 +136,9 @@ def run(cfg: RunConfig) -> RunResult:
     extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=layers,
                           engine=cfg.engine, progress=cfg.progress))
     store = read_store(store_path)
+    if store.multilabels is not None:
+        raise UserError("compares candidates on one label per image; for several labels per image, extract and "
+                        "fit (the fit stage makes one model per label)", param="data")
     if store.labels is None:
         raise UserError("comparing candidates needs class labels; fit and fine-tune a numeric target "
                         "separately", param="data")

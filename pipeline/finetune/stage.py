@@ -96,6 +96,9 @@ def _scores(outputs: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[dict[
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Train, save ``model.keras``, ``classes.json``, ``history.json``, ``curves.png`` and ``metrics.json``."""
     dataset = discover(cfg.data)
+    if dataset.multilabel:
+        raise UserError(f"{cfg.data} gives several labels per image; fine-tuning takes one (a label column)",
+                        param="data")
     regression = dataset.targets is not None and not dataset.labelled
     if not dataset.labelled and not regression:
         raise UserError(f"{cfg.data} has no labels: fine-tuning needs one sub-folder per class, or a manifest "

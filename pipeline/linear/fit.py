@@ -29,11 +29,11 @@ from .config import FitConfig
 from .duplicates import duplicate_sets, subset
 from .fit_result import FitResult
 from .kinds import get_kind
-from .tasks import Classification, Regression, codes_of, task_of
+from .tasks import Classification, MultiLabel, Regression, codes_of, task_of
 
 log = logging.getLogger(__name__)
 
-Task = Classification | Regression
+Task = Classification | Regression | MultiLabel
 
 
 @dataclass
@@ -114,7 +114,7 @@ def fit(cfg: FitConfig) -> FitResult:
         test = None
         if data.test is not None:
             test_X, test_y, what = data.test
-            test = task.held_out(model, codes_of(test_X, chosen[kind]), test_y, store, what)
+            test = task.held_out(model, hyper, codes_of(test_X, chosen[kind]), test_y, store, what)
         final[kind] = FinalModel(chosen[kind].layer, hyper, get_kind(kind).file, test,
                                  task.reject(chosen[kind], X, y, cfg, protocol, groups), chosen[kind].class_weight,
                                  chosen[kind].views)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from ..results import CVResult, FinalModel, Protocol
 
-_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "r2": "R2", "mae": "MAE"}
+_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "r2": "R2", "mae": "MAE", "micro_f1": "micro-F1",
+           "subset_accuracy": "subset accuracy", "map": "mAP"}
+_FIRST = {"regression": ("r2", "mae"), "multilabel": ("micro_f1", "map")}  # else accuracy and macro-F1
 
 
 def _kind(r: CVResult) -> str:
@@ -52,7 +54,7 @@ class FitResult:
         """The human-readable summary (the same figures as metrics.json)."""
         p = self.protocol
         regression = self.task == "regression"
-        first, second = ("r2", "mae") if regression else ("accuracy", "macro_f1")
+        first, second = _FIRST.get(self.task, ("accuracy", "macro_f1"))
         w = max(14, *(len(r.layer) for r in self.results))
         k = max(10, *(len(_kind(r)) for r in self.results))
         if regression:
@@ -65,10 +67,11 @@ class FitResult:
         else:
             how = (f"streamed fit: SGD on chunks, epochs and alpha chosen on {p.inner}" if p.outer_folds == 0 else
                    f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), C chosen by {p.inner}")
-            head = [f"{self.images} images, {self.dataset['classes']} classes, backbone {self.backbone}",
-                    f"{how} (seed {p.seed})"]
-            columns = (f"{'layer':{w}} {'classifier':{k}} {'accuracy':>8}  {'95% interval':15} {'macro-F1':>8}  "
-                       f"{'C (most chosen)' if p.outer_folds else 'alpha':15}")
+            what = (f"{self.dataset['labels']} labels, several per image" if self.task == "multilabel" else
+                    f"{self.dataset['classes']} classes")
+            head = [f"{self.images} images, {what}, backbone {self.backbone}", f"{how} (seed {p.seed})"]
+            columns = (f"{'layer':{w}} {'classifier':{k}} {_LABELS[first]:>8}  {'95% interval':15} "
+                       f"{_LABELS[second]:>8}  {'C (most chosen)' if p.outer_folds else 'alpha':15}")
         lines = [*head, *[f"note: {n}" for n in p.notes], "", columns]
         metric = p.metric if p.metric in self.best.scores else first
         for r in sorted(self.results, key=lambda r: -r.scores[metric].mean):
@@ -84,8 +87,9 @@ class FitResult:
         if self.nested:
             a, b = self.nested.scores[first], self.nested.scores[second]
             picks = ", ".join(f"{name} {n}x" for name, n in self.nested.chosen.items())
-            lines.append(f"chosen inside each outer fold instead (the honest figure of this choice): accuracy "
-                         f"{a.mean:.3f} [{a.ci95[0]:.3f}, {a.ci95[1]:.3f}], macro-F1 {b.mean:.3f}; picked {picks}")
+            lines.append(f"chosen inside each outer fold instead (the honest figure of this choice): "
+                         f"{_LABELS[first]} {a.mean:.3f} [{a.ci95[0]:.3f}, {a.ci95[1]:.3f}], {_LABELS[second]} "
+                         f"{b.mean:.3f}; picked {picks}")
         if self.duplicates:
             d = self.duplicates
             kept = [f"{len(d['groups'])} near-duplicate group(s)"] + (
@@ -93,7 +97,9 @@ class FitResult:
             lines.append(f"kept inside one fold: {', '.join(kept)}; best accuracy {d['accuracy_grouped']:.3f} "
                          f"grouped, {d['accuracy_ungrouped']:.3f} if they were not")
         for m in self.final.values():
-            hyper = ", ".join(f"{k}={v:g}" for k, v in m.hyper.items())
+            hyper = ", ".join(f"{k}={v:g}" for k, v in m.hyper.items() if not isinstance(v, list))
+            if "thresholds" in m.hyper:
+                hyper += ", thresholds " + " ".join(f"{t:.2f}" for t in m.hyper["thresholds"])
             line = f"saved {Path(self.run_dir) / m.bundle} ({m.layer}, {hyper})"
             if m.test is not None:
                 line += f"; test on {m.test.data}: " + ", ".join(

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 
-CLASSIFICATION, REGRESSION = "classification", "regression"
+CLASSIFICATION, REGRESSION, MULTILABEL = "classification", "regression", "multilabel"
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,23 @@ def _softmax_path(X, y, grid, class_weight=None):
     return (model.set_params(C=C).fit(X, y) for C in grid)
 
 
+def _one_vs_rest(binary):
+    from sklearn.multiclass import OneVsRestClassifier
+
+    return OneVsRestClassifier(binary)
+
+
+def _svm_ovr(C: float, class_weight=None):
+    """One calibrated SVM per label: Platt sigmoids on 3 inner folds, so each label has a probability."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return _one_vs_rest(CalibratedClassifierCV(_svm(C, class_weight), method="sigmoid", cv=3, ensemble=False))
+
+
+def _logistic_ovr(C: float, class_weight=None):
+    return _one_vs_rest(_softmax(C, class_weight))
+
+
 def _hinge_learner(alpha: float, seed: int):
     from sklearn.linear_model import SGDClassifier
 
@@ -112,6 +129,7 @@ def _as_logistic(mlp, alpha: float, n: int):
     return model
 
 
+SVM_GRID, SOFTMAX_GRID = tuple(np.logspace(-5, -1, 5)), tuple(np.logspace(-4, 0, 5))  # the penalties C
 CALIBRATION = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
 SCALERS = ("pipeline.linear.scaling.PowerScaler",)  # every kind's codes are scaled first (pipeline.linear.scaling)
 ALPHAS = tuple(np.logspace(-2, 5, 8))  # ridge's penalties, chosen by efficient leave-one-out
@@ -124,12 +142,17 @@ def _ridge(C: float = 1.0, class_weight=None):
 
 
 KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
-    ModelKind("svm", CLASSIFICATION, "svm.skops", "calibrated SVM probabilities (Platt)", tuple(np.logspace(-5, -1, 5)),
+    ModelKind("svm", CLASSIFICATION, "svm.skops", "calibrated SVM probabilities (Platt)", SVM_GRID,
               build=_svm, path=_svm_path, calibrated=True, incremental=Incremental("hinge", _hinge_learner),
               trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION)),
-    ModelKind("softmax", CLASSIFICATION, "softmax.skops", "softmax probabilities", tuple(np.logspace(-4, 0, 5)),
+    ModelKind("softmax", CLASSIFICATION, "softmax.skops", "softmax probabilities", SOFTMAX_GRID,
               build=_softmax, path=_softmax_path,
               incremental=Incremental("multinomial log", _multinomial_learner, _as_logistic)),
+    ModelKind("svm-ovr", MULTILABEL, "svm_ovr.skops", "one calibrated SVM probability (Platt) per label",
+              SVM_GRID, build=_svm_ovr,
+              trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION)),
+    ModelKind("logistic-ovr", MULTILABEL, "logistic_ovr.skops", "one logistic probability per label",
+              SOFTMAX_GRID, build=_logistic_ovr),
     ModelKind("ridge", REGRESSION, "ridge.skops", "predicted values", ALPHAS, hyper="alpha", build=_ridge,
               exportable=False),
     ModelKind("fine-tuned", CLASSIFICATION, "model.keras", "softmax probabilities"),

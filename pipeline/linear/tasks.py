@@ -1,5 +1,5 @@
-"""What differs between fitting classes (labels) and fitting a numeric target (``target``); the fit stage's flow
-(:func:`pipeline.linear.fit.fit`) is one for both and asks the task."""
+"""What differs between fitting classes (labels), several labels per image (``labels``) and a numeric target
+(``target``); the fit stage's flow (:func:`pipeline.linear.fit.fit`) is one for all and asks the task."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 from ..errors import UserError
 from ..results import CVResult, HeldOut, Protocol
 from ..store.reader import FeatureStore
-from . import classify, cv, regress, tta
+from . import classify, cv, multilabel, regress, tta
 from .config import FitConfig
 from .duplicates import store_groups
-from .kinds import CLASSIFICATION, REGRESSION, kinds_for
+from .kinds import CLASSIFICATION, MULTILABEL, REGRESSION, kinds_for
 from .reject import reject_rule
 
 
@@ -57,7 +57,7 @@ class Classification:
         return cv.fit_final(candidate.classifier, X, y, cfg.normalise, candidate.class_weight, cfg.seed, groups,
                             metric)
 
-    def held_out(self, model, X, y, store: FeatureStore, data: str) -> HeldOut:
+    def held_out(self, model, hyper: dict, X, y, store: FeatureStore, data: str) -> HeldOut:
         return classify.held_out(model, X, y, store.class_names, data)
 
     def describe(self, store: FeatureStore, y) -> dict:
@@ -111,7 +111,7 @@ class Regression:
     def fit_final(self, candidate: CVResult, X, y, cfg: FitConfig, groups, metric: str):
         return regress.fit_final(X, y, cfg.normalise)
 
-    def held_out(self, model, X, y, store: FeatureStore, data: str) -> HeldOut:
+    def held_out(self, model, hyper: dict, X, y, store: FeatureStore, data: str) -> HeldOut:
         return regress.held_out(model, X, y, data)
 
     def describe(self, store: FeatureStore, y) -> dict:
@@ -122,6 +122,58 @@ class Regression:
         return None  # "unknown" is for classes
 
 
-def task_of(store: FeatureStore) -> Classification | Regression:
-    """Regression for a store with numeric targets and no labels, else classification."""
+class MultiLabel:
+    """Several labels per image (:mod:`pipeline.linear.multilabel`): one model per label for the classifiers
+    asked for (svm: calibrated SVMs, softmax: logistic regressions), iterative-stratified folds, a threshold per
+    label; no views, groups, near-duplicates or "unknown"."""
+
+    name = MULTILABEL
+    normalise = "power"
+    streams = False
+
+    def kinds(self, cfg: FitConfig) -> tuple[str, ...]:
+        if cfg.test_store is not None:
+            raise UserError("a separate test store is for single-label classification; hold out a fraction",
+                            param="test_store")
+        return tuple({"svm": "svm-ovr", "softmax": "logistic-ovr"}[c] for c in cfg.classifiers)
+
+    def codes(self, store: FeatureStore, layer: str) -> np.ndarray:
+        return store.codes(layer)
+
+    def targets(self, store: FeatureStore) -> np.ndarray:
+        return store.multilabels
+
+    def check(self, X, y, store: FeatureStore, cfg: FitConfig, what: str) -> None:
+        multilabel.check(y, store.class_names, what)
+
+    def groups(self, store: FeatureStore, cfg: FitConfig):
+        return None, None
+
+    def split(self, y, test_size: float, seed: int, groups) -> tuple[np.ndarray, np.ndarray]:
+        return multilabel.split_test(y, test_size, seed)
+
+    def cross_validate(self, X: dict, y, store: FeatureStore, cfg: FitConfig, groups) -> tuple[list[CVResult],
+                                                                                              Protocol]:
+        return multilabel.cross_validate(X, y, store.class_names, self.kinds(cfg), cfg.folds, cfg.repeats,
+                                         cfg.normalise, cfg.seed, cfg.jobs)
+
+    def fit_final(self, candidate: CVResult, X, y, cfg: FitConfig, groups, metric: str):
+        return multilabel.fit_final(candidate.classifier, X, y, cfg.normalise, cfg.seed)
+
+    def held_out(self, model, hyper: dict, X, y, store: FeatureStore, data: str) -> HeldOut:
+        return multilabel.held_out(model, hyper["thresholds"], X, y, store.class_names, data)
+
+    def describe(self, store: FeatureStore, y) -> dict:
+        return {"labels": len(store.class_names), "label_names": list(store.class_names),
+                "label_counts": {n: int(c) for n, c in zip(store.class_names, y.sum(axis=0))},
+                "label_combinations": len({tuple(row) for row in y.tolist()})}
+
+    def reject(self, candidate: CVResult, X: dict, y, cfg: FitConfig, protocol: Protocol, groups) -> None:
+        return None
+
+
+def task_of(store: FeatureStore) -> Classification | Regression | MultiLabel:
+    """Several labels per image, a numeric target (and no labels), or classes."""
+    if store.multilabels is not None:
+        return MultiLabel()
     return Regression() if store.labels is None and store.targets is not None else Classification()

@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     """The report of the bundle ``cfg.bundle`` on the labelled folder ``cfg.data``."""
     bundle = load_bundle(cfg.bundle)
-    if get_kind(bundle.classifier).task != CLASSIFICATION:
-        raise UserError(f"{cfg.bundle} is a regression bundle; the report is for classifiers", param="bundle")
+    task = get_kind(bundle.classifier).task
+    if task != CLASSIFICATION:
+        raise UserError(f"{cfg.bundle} is a {task} bundle; the report is for single-label classifiers",
+                        param="bundle")
     dataset = discover(cfg.data)
     if not dataset.labelled:
         raise UserError(f"{cfg.data} has no class labels: give a folder with one sub-folder per class, or a "

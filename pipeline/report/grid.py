@@ -69,6 +69,10 @@ def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStor
 def _common_rows(stores: dict[str, FeatureStore]) -> tuple[list[str], dict[str, np.ndarray]]:
     """The images every store holds, in one order, and each store's row indices for them."""
     first = next(iter(stores.values()))
+    if first.multilabels is not None:
+        raise UserError(f"{first.attrs.get('dataset_root', first.path)} gives several labels per image; the "
+                        "evaluation grid compares single-label classifiers (the fit stage cross-validates "
+                        "multi-label models)", param="data")
     if first.labels is None:
         raise UserError(f"{first.attrs.get('dataset_root', first.path)} has no class labels; the evaluation "
                         "compares classifiers (one sub-folder per class, or a manifest with a label column)",

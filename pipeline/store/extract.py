@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import numpy as np
+
 from ..backbones.codes import code_dim, iter_codes, resize_policy
 from ..backbones.engine import frozen_network, resolve_engine
 from ..backbones.loading import Backbone, load_backbone
@@ -214,13 +216,18 @@ def _write(out: Path, config: StoreConfig, dataset: Dataset, plan: _Plan, kept: 
         labels = [class_index[dataset.labels[i]] for i in order]
     targets = None if dataset.targets is None else [dataset.targets[i] for i in order]
     groups = None if dataset.groups is None else [dataset.groups[i] for i in order]
+    multilabels = None
+    if dataset.multilabel:
+        multilabels = np.array([[name in dataset.label_sets[i] for name in dataset.class_names] for i in order],
+                               np.uint8).reshape(len(order), len(dataset.class_names))
     skipped = sorted(dataset.skipped + [(dataset.paths[i], reason) for i, reason in plan.failures.items()])
     rows = [plan.rows[i] for i in order]
     if kept:  # a cache: one canonical order, so an unchanged cache is not rewritten
         rows = sorted(rows + kept, key=lambda r: r.path)
     if old is not None and [(r.source, r.index) for r in rows] == [(out, i) for i in range(len(old))] \
             and old.skipped == skipped and old.class_names == dataset.class_names \
-            and _same(old.labels, labels) and _same(old.targets, targets) and old.groups == groups:
+            and _same(old.labels, labels) and _same(old.targets, targets) and old.groups == groups \
+            and _same(old.multilabels, None if multilabels is None else multilabels.tolist()):
         return skipped
     # The speed of the last run that extracted anything, so reports on cached codes can quote it.
     speed = (extracted / seconds if extracted and seconds > 0 else
@@ -236,7 +243,7 @@ def _write(out: Path, config: StoreConfig, dataset: Dataset, plan: _Plan, kept: 
         "dataset_root": str(Path(dataset.root).resolve()),
         "versions": library_versions(),
         "created": now_iso(),
-    }, targets, groups)
+    }, targets, groups, multilabels)
     return skipped
 
 

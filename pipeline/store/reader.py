@@ -39,6 +39,7 @@ class FeatureStore:
     identity: tuple[int, int]
     targets: np.ndarray | None = None
     groups: list[str] | None = None  # the manifest's group of each image ("": none)
+    multilabels: np.ndarray | None = None  # several labels per image: (images, class_names) of 0/1
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -104,18 +105,19 @@ def read_store(path: str | Path) -> FeatureStore:
         with h5py.File(path, "r") as f:
             _check_schema(f, path)
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            labelled = "labels" in f
+            labelled = "labels" in f or "multilabels" in f
             store = FeatureStore(
                 path=path,
                 config=config_from_attrs(f.attrs),
                 attrs=attrs,
                 fingerprints=f["fingerprints"][:],
-                labels=f["labels"][:] if labelled else None,
+                labels=f["labels"][:] if "labels" in f else None,
                 class_names=list(f["class_names"].asstr()[:]) if labelled else None,
                 skipped=list(zip(f["skipped/paths"].asstr()[:], f["skipped/reasons"].asstr()[:])),
                 identity=_identity(path),
                 targets=f["targets"][:] if "targets" in f else None,
                 groups=list(f["groups"].asstr()[:]) if "groups" in f else None,
+                multilabels=f["multilabels"][:] if "multilabels" in f else None,
             )
     except UserError:
         raise
@@ -142,8 +144,9 @@ def _check_schema(f: h5py.File, path: Path) -> None:
     if missing:
         raise UserError(f"{path} is corrupt: it lacks {', '.join(missing)}")
     n = f["paths"].shape[0] if f["paths"].ndim == 1 else -1
+    classes = f["class_names"].shape[0] if "class_names" in f else 0
     expected = {"fingerprints": ((n, 2), "i"), "labels": ((n,), "i"), "targets": ((n,), "f"), "groups": ((n,), "O"),
-                **{name: (None, "f") for name in coded}}
+                "multilabels": ((n, classes), "u"), **{name: (None, "f") for name in coded}}
     for name, (shape, kind) in expected.items():
         if name not in f:
             continue
@@ -155,5 +158,6 @@ def _check_schema(f: h5py.File, path: Path) -> None:
     if any(f[dataset_name(code_key(layer, view))].shape[1:] != f[dataset_name(layer)].shape[1:]
            for view in views for layer in layers):
         raise UserError(f"{path} is corrupt: a view's codes differ in length from the image's")
-    if ("labels" in f) != ("class_names" in f) or f["skipped/paths"].shape != f["skipped/reasons"].shape:
+    if ("labels" in f or "multilabels" in f) != ("class_names" in f) or ("labels" in f and "multilabels" in f) \
+            or f["skipped/paths"].shape != f["skipped/reasons"].shape:
         raise UserError(f"{path} is corrupt: labels, class_names or skipped do not match")

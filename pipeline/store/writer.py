@@ -116,7 +116,7 @@ class Row:
 def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: dict[str, int],
              labels: Sequence[int] | None, class_names: Sequence[str] | None,
              skipped: Iterable[tuple[str, str]], attrs: dict, targets: Sequence[float] | None = None,
-             groups: Sequence[str] | None = None) -> None:
+             groups: Sequence[str] | None = None, multilabels: np.ndarray | None = None) -> None:
     """Write the final store from ``rows`` block by block (memory stays flat), then rename into place."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     skipped = list(skipped)
@@ -138,6 +138,9 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
                          **checked)
         if labels is not None:
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64), **checked)
+        if multilabels is not None:  # one row per image, one 0/1 column per label of class_names
+            f.create_dataset("multilabels", data=np.asarray(multilabels, dtype=np.uint8), **checked)
+        if labels is not None or multilabels is not None:
             f.create_dataset("class_names", data=list(class_names), dtype=_STR)
         if targets is not None:
             f.create_dataset("targets", data=np.asarray(targets, dtype=np.float64), **checked)

@@ -1,0 +1,162 @@
+"""Several labels per image: one linear model per label (one-vs-rest), each label's threshold chosen on
+out-of-fold probabilities.
+
+Folds keep the labels and their combinations balanced by iterative
+stratification (Sechidis et al. 2011, as the ``iterative-stratification``
+package implements it; plain stratification needs one label per image). Nested
+as the single-label fit is: in each outer fold, C is chosen by the macro
+average precision (threshold-free) of an inner 3-fold cross-validation, and
+each label's threshold is the one with the best F1 on that inner
+cross-validation's out-of-fold probabilities at the chosen C; the outer test
+part then scores the model trained on the whole training part with those
+thresholds. The saved model is made the same way on every image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+
+import numpy as np
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+from joblib import Parallel, delayed
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
+from sklearn.pipeline import Pipeline
+
+from .. import metrics
+from ..errors import UserError
+from ..results import CVResult, HeldOut, Protocol
+from .kinds import get_kind
+from .scaling import scaler
+
+log = logging.getLogger(__name__)
+
+SCORES = {"micro_f1": "micro-F1", "macro_f1": "macro-F1", "subset_accuracy": "subset accuracy", "map": "mAP"}
+INNER_FOLDS = 3
+MIN_IMAGES = 3  # with and without each label: what the inner folds and the SVM's calibration need
+
+
+def check(Y: np.ndarray, names: list[str], what: str) -> None:
+    """Each label must be on at least :data:`MIN_IMAGES` images and off at least as many; one clear line."""
+    on = Y.sum(axis=0)
+    for k, name in enumerate(names):
+        if min(on[k], len(Y) - on[k]) < MIN_IMAGES:
+            raise UserError(f"{what}: label {name!r} is on {int(on[k])} of {len(Y)} images; each label needs at "
+                            f"least {MIN_IMAGES} images with it and {MIN_IMAGES} without")
+
+
+def folds(Y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` iterative-stratified folds (train, test) of the rows of ``Y``."""
+    return list(MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(Y)), Y))
+
+
+def split_test(Y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, test rows), the labels balanced on both sides."""
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    return next(splitter.split(np.zeros(len(Y)), Y))
+
+
+def scores(Y: np.ndarray, proba: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
+    """Micro- and macro-F1 and subset accuracy (every label right) at ``thresholds``, and the mean over labels of
+    the average precision (mAP, threshold-free)."""
+    P = proba >= thresholds
+    return {"micro_f1": float(f1_score(Y, P, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(Y, P, average="macro", zero_division=0)),
+            "subset_accuracy": float(accuracy_score(Y, P)),
+            "map": float(average_precision_score(Y, proba, average="macro"))}
+
+
+def per_label(Y: np.ndarray, P: np.ndarray, names: list[str]) -> dict:
+    """Precision, recall, F1 and support of every label."""
+    p, r, f, s = precision_recall_fscore_support(Y, P, average=None, zero_division=0)
+    return {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
+            for k, name in enumerate(names)}
+
+
+def best_thresholds(Y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Per label, the probability threshold with the best F1 on these (out-of-fold) probabilities: halfway
+    between the lowest probability kept and the highest left out; ties go to the threshold nearest 0.5."""
+    out = np.full(Y.shape[1], 0.5)
+    for k in range(Y.shape[1]):
+        values = np.unique(proba[:, k])
+        cuts = np.concatenate([[0.0], (values[:-1] + values[1:]) / 2, [1.0]])
+        f1 = [f1_score(Y[:, k], proba[:, k] >= t, zero_division=0) for t in cuts]
+        best = max(range(len(cuts)), key=lambda i: (round(f1[i], 12), -abs(cuts[i] - 0.5)))
+        out[k] = cuts[best]
+    return out
+
+
+def make(kind: str, C: float, normalise: str) -> Pipeline:
+    """A kind's one-vs-rest model behind the codes' scaling."""
+    return Pipeline([("scale", scaler(normalise)), ("clf", get_kind(kind).build(C, None))])
+
+
+def tune(kind: str, X: np.ndarray, Y: np.ndarray, normalise: str, seed: int) -> tuple[float, np.ndarray, float]:
+    """(C, thresholds, inner mAP): C by the inner cross-validation's mAP (the smallest among ties), thresholds
+    from its out-of-fold probabilities at that C."""
+    grid = get_kind(kind).grid
+    proba = np.zeros((len(grid), *Y.shape))
+    for train, test in folds(Y, INNER_FOLDS, seed):
+        for g, C in enumerate(grid):
+            proba[g, test] = make(kind, C, normalise).fit(X[train], Y[train]).predict_proba(X[test])
+    maps = [average_precision_score(Y, p, average="macro") for p in proba]
+    best = int(np.argmax(maps))
+    return float(grid[best]), best_thresholds(Y, proba[best]), float(maps[best])
+
+
+def fit_final(kind: str, X: np.ndarray, Y: np.ndarray, normalise: str, seed: int):
+    """The saved model: C and thresholds chosen on every image, then trained on every image; (model, hyper)."""
+    C, thresholds, _ = tune(kind, X, Y, normalise, seed)
+    return make(kind, C, normalise).fit(X, Y), {"C": C, "thresholds": [round(float(t), 6) for t in thresholds]}
+
+
+def _outer_fold(kind: str, X: np.ndarray, Y: np.ndarray, train, test, normalise: str, seed: int) -> dict:
+    started = time.perf_counter()
+    C, thresholds, inner = tune(kind, X[train], Y[train], normalise, seed)
+    proba = make(kind, C, normalise).fit(X[train], Y[train]).predict_proba(X[test])
+    return {"C": C, "inner": inner, "predicted": proba >= thresholds, **scores(Y[test], proba, thresholds),
+            "seconds": time.perf_counter() - started}
+
+
+def cross_validate(X_by_layer: dict[str, np.ndarray], Y: np.ndarray, names: list[str], kinds, k: int,
+                   repeats: int | None, normalise: str, seed: int, jobs: int | None) -> tuple[list[CVResult],
+                                                                                          Protocol]:
+    """Nested cross-validation of every (layer, kind) on the same iterative-stratified outer folds."""
+    fewest = int(min(Y.sum(axis=0).min(), (1 - Y).sum(axis=0).min()))
+    notes = ["several labels per image: one model per label, thresholds chosen inside each fold; folds by "
+             "iterative stratification; near-duplicates are not looked for"]
+    if fewest < k:
+        notes.append(f"a label is on (or off) only {fewest} images: using {fewest} folds instead of {k}")
+        log.warning(notes[-1])
+        k = fewest
+    repeats = repeats or (3 if len(Y) < 1000 else 1)
+    outer = [split for r in range(repeats) for split in folds(Y, k, seed + r)]
+    candidates = [(layer, kind) for layer in X_by_layer for kind in kinds]
+    done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
+        delayed(_outer_fold)(kind, X_by_layer[layer], Y, train, test, normalise, seed)
+        for layer, kind in candidates for train, test in outer)
+    n_test = len(Y) // k
+    results = []
+    for c, (layer, kind) in enumerate(candidates):
+        runs = done[c * len(outer):(c + 1) * len(outer)]
+        truth = np.concatenate([Y[test] for _, test in outer])
+        results.append(CVResult(
+            layer, kind, {name: metrics.nadeau_bengio([r[name] for r in runs], len(Y) - n_test, n_test)
+                          for name in SCORES},
+            {f"{C:g}": n for C, n in Counter(r["C"] for r in runs).most_common()},
+            per_class=per_label(truth, np.concatenate([r["predicted"] for r in runs]), names),
+            fit_seconds=float(sum(r["seconds"] for r in runs)), fold_hyper=tuple(r["C"] for r in runs),
+            fold_inner=tuple(r["inner"] for r in runs)))
+    protocol = Protocol(k, repeats, f"iterative-stratified {INNER_FOLDS}-fold mAP",
+                        {kind: list(get_kind(kind).grid) for kind in kinds}, normalise, [None], seed, notes,
+                        "micro_f1")
+    return results, protocol
+
+
+def held_out(model, thresholds, X: np.ndarray, Y: np.ndarray, names: list[str], data: str) -> HeldOut:
+    """The saved model's figures on images no training or choice saw, at its thresholds."""
+    proba = model.predict_proba(X)
+    return HeldOut(data, int(len(Y)), scores(Y, proba, np.asarray(thresholds)),
+                   per_label(Y, proba >= np.asarray(thresholds), names))

@@ -1,0 +1,161 @@
+"""Several labels per image: the manifest, folds that keep labels balanced, thresholds, the fit, predict and
+export, and one-line refusals where a stage takes one label per image."""
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import run_command, write_store
+from PIL import Image
+
+from pipeline.data.discover import discover
+from pipeline.errors import UserError
+from pipeline.linear import multilabel
+from pipeline.linear.bundle import load_bundle
+from pipeline.linear.config import FitConfig
+from pipeline.linear.fit import fit
+from pipeline.store.reader import read_store
+
+
+def test_a_labels_column_gives_several_labels_per_image(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "m.csv").write_text("path,labels\na.png,car;sign\nb.png, sign \nc.png,tree;car;car\n")
+    data = discover(tmp_path / "m.csv")
+    assert data.multilabel and not data.labelled
+    assert data.label_sets == [("car", "sign"), ("sign",), ("car", "tree")]
+    assert data.class_names == ["car", "sign", "tree"]
+    (tmp_path / "empty.csv").write_text("path,labels\na.png,car\nb.png,\n")
+    with pytest.raises(UserError, match="line 3: b.png has no label"):
+        discover(tmp_path / "empty.csv")
+    (tmp_path / "both.csv").write_text("path,label,labels\na.png,car,car\n")
+    with pytest.raises(UserError, match="keep one"):
+        discover(tmp_path / "both.csv")
+
+
+def _label_matrix(n=120, seed=0):
+    """Three labels with different rates, co-occurring: the first on about half, the others rarer."""
+    rng = np.random.default_rng(seed)
+    a = rng.random(n) < 0.5
+    return np.stack([a, rng.random(n) < np.where(a, 0.4, 0.1), rng.random(n) < 0.15], axis=1).astype(np.uint8)
+
+
+def test_iterative_folds_keep_each_label_balanced():
+    Y = _label_matrix()
+    expected = Y.sum(axis=0) / 5
+    splits = multilabel.folds(Y, 5, seed=0)
+    assert sorted(np.concatenate([test for _, test in splits]).tolist()) == list(range(len(Y)))
+    for _, test in splits:
+        assert np.abs(Y[test].sum(axis=0) - expected).max() <= 1.0
+
+
+def test_thresholds_maximise_f1_where_half_would_miss():
+    Y = np.array([[1, 0], [1, 1], [1, 0], [0, 1], [0, 0], [0, 1]])
+    proba = np.array([[0.35, 0.1], [0.4, 0.9], [0.3, 0.2], [0.1, 0.8], [0.2, 0.3], [0.0, 0.7]])  # label 0: low
+    t = multilabel.best_thresholds(Y, proba)
+    assert 0.2 < t[0] <= 0.3 and 0.3 < t[1] <= 0.7
+    assert multilabel.scores(Y, proba, t)["micro_f1"] == 1.0 == multilabel.scores(Y, proba, t)["subset_accuracy"]
+    at_half = multilabel.scores(Y, proba, np.array([0.5, 0.5]))
+    assert at_half["macro_f1"] == 0.5 and at_half["map"] == 1.0  # label 0 missed at 0.5; ranking was perfect
+
+
+def _store(path, seed=0):
+    """Codes where labels a and b each shift their own dimensions, and label c is noise."""
+    rng = np.random.default_rng(seed)
+    Y = _label_matrix(150, seed)
+    X = rng.normal(0, 1, (len(Y), 24)).astype(np.float32)
+    X[:, :4] += 3 * Y[:, :1]
+    X[:, 4:8] += 3 * Y[:, 1:2]
+    return write_store(path, {"penultimate": X}, None, ["a", "b", "c"], multilabels=Y), Y
+
+
+def test_fit_makes_one_model_per_label_with_thresholds(tmp_path):
+    store, Y = _store(tmp_path / "f.h5")
+    assert read_store(store).multilabels.tolist() == Y.tolist()
+    result = fit(FitConfig(store=store, out=tmp_path / "run", folds=3, repeats=1, test_size=0.2, jobs=1)).to_json()
+    assert result["task"] == "multilabel" and result["labels"] == 3
+    assert {r["classifier"] for r in result["results"]} == {"svm-ovr", "logistic-ovr"}
+    for r in result["results"]:
+        assert set(r) >= {"micro_f1", "macro_f1", "subset_accuracy", "map"}
+        per = r["per_class"]
+        assert min(per["a"]["f1"], per["b"]["f1"]) > 0.8 > per["c"]["f1"]  # the noise label is not learnt
+    for kind, final in result["final"].items():
+        assert len(final["thresholds"]) == 3 and final["test"]["images"] == 30
+        bundle = load_bundle(tmp_path / "run" / final["bundle"])
+        assert bundle.metrics["thresholds"] == final["thresholds"] and bundle.class_names == ["a", "b", "c"]
+        assert bundle.estimator.predict_proba(np.zeros((2, 24), np.float32)).shape == (2, 3)
+
+
+def test_a_label_on_too_few_images_is_one_line(tmp_path):
+    Y = _label_matrix(40)
+    Y[:, 2] = 0
+    Y[:2, 2] = 1
+    store = write_store(tmp_path / "f.h5", {"penultimate": np.random.default_rng(0).normal(size=(40, 8))}, None,
+                        ["a", "b", "c"], multilabels=Y)
+    done = run_command("fit_svm", store, "--out", tmp_path / "run")
+    assert done.returncode == 2 and "label 'c' is on 2 of 40 images" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    """Images that may be red, may hold a white square, or neither ("plain"), with a manifest; a bundle."""
+    root = tmp_path_factory.mktemp("street")
+    rng = np.random.default_rng(0)
+    rows = ["path,labels"]
+    for i in range(48):
+        red, square = i % 2 == 0, (i // 2) % 2 == 0
+        pixels = rng.integers(60, 140, (48, 48, 3)).astype(np.uint8)
+        if red:
+            pixels[..., 0] = 230
+        if square:
+            pixels[8:24, 8:24] = 255
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{';'.join([n for n, on in (('red', red), ('square', square)) if on] or ['plain'])}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    assert run_command("extract", root / "m.csv", "--out", root / "f.h5", "-q").returncode == 0
+    done = run_command("fit_svm", root / "f.h5", "--out", root / "run", "--classifier", "softmax", "--folds", "3",
+                       "--repeats", "1", "-q")
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+@pytest.mark.slow
+def test_predict_gives_every_label_over_its_threshold_and_export_carries_them(street, tmp_path):
+    bundle = street / "run" / "logistic_ovr.skops"
+    out = tmp_path / "p.csv"
+    done = run_command("predict", bundle, street / "0.png", street / "1.png", street / "3.png", "--out", out, "-q")
+    assert done.returncode == 0, done.stderr
+    with open(out) as f:
+        given = {r["path"].rsplit("/", 1)[-1]: set(r["labels"].split(";")) for r in csv.DictReader(f)}
+    assert given == {"0.png": {"red", "square"}, "1.png": {"square"}, "3.png": {"plain"}}
+    assert "labels: " in done.stdout
+    from pipeline.deploy.config import ExportConfig
+    from pipeline.deploy.export import export
+    from pipeline.deploy.predict import load_predictor
+    from pipeline.deploy.runtime import ExportedModel
+
+    onnx = export(ExportConfig(bundle, "onnx", tmp_path / "m.onnx"))
+    assert ExportedModel(onnx).card["label_thresholds"] == load_bundle(bundle).metrics["thresholds"]
+    predictor = load_predictor(bundle, engine="keras")
+    from pipeline.data.decode import decode_image
+
+    pixels = np.stack([decode_image(street / f"{i}.png", predictor.policy) for i in range(8)])
+    expected = predictor.probabilities(pixels, 8)
+    assert np.abs(ExportedModel(onnx)(pixels) - expected).max() < 1e-4
+
+
+def test_stages_for_one_label_per_image_refuse_in_one_line(street, tmp_path):
+    bundle = street / "run" / "logistic_ovr.skops"
+    for script, argv, message in [
+        ("evaluate", ("--bundle", bundle, "--data", street / "m.csv", "--out", tmp_path / "r"),
+         "is a multilabel bundle; the report is for single-label classifiers"),
+        ("finetune", (street / "m.csv", "--out", tmp_path / "ft"), "gives several labels per image"),
+        ("run", (street / "m.csv", "--out", tmp_path / "run"), "for several labels per image, extract and fit"),
+        ("suggest", (bundle, street, "--out", tmp_path / "s.csv"), "this is a multilabel bundle"),
+        ("predict", (bundle, street / "0.png", "--reject"), "each label over its own threshold"),
+        ("evaluate", ("--data", street / "m.csv", "--out", tmp_path / "g", "--features", tmp_path / "features"),
+         "gives several labels per image; the evaluation grid compares single-label classifiers"),
+    ]:
+        done = run_command(script, *argv, "-q")
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (script,
+                                                                                                     done.stderr)
