@@ -10,8 +10,10 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ..backbones.registry import get_spec
+from ..data.discover import discover
 from ..errors import UserError
 from ..finetune.config import FinetuneConfig
 from ..finetune.stage import FinetuneResult, finetune
@@ -127,6 +129,9 @@ def _decide(cfg: RunConfig, advice: Advice, proposal: Strategy, ft: FinetuneConf
 def run(cfg: RunConfig) -> RunResult:
     """Run everything into ``cfg.out``; writes summary.json and summary.md."""
     cfg.out.mkdir(parents=True, exist_ok=True)
+    if Path(cfg.data).suffix.lower() == ".csv" and discover(cfg.data).multilabel:  # a manifest: cheap
+        raise UserError("compares candidates on one label per image; for several labels per image, extract and "
+                        "fit (the fit stage makes one model per label)", param="data")
     advice = advise(AdviseConfig(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine))
     log.info("%s", advice.format())
     proposal = Strategy.for_situation(advice.small, advice.similar, advice.far)
@@ -136,9 +141,6 @@ def run(cfg: RunConfig) -> RunResult:
     extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=layers,
                           engine=cfg.engine, progress=cfg.progress))
     store = read_store(store_path)
-    if store.multilabels is not None:
-        raise UserError("compares candidates on one label per image; for several labels per image, extract and "
-                        "fit (the fit stage makes one model per label)", param="data")
     if store.labels is None:
         raise UserError("comparing candidates needs class labels; fit and fine-tune a numeric target "
                         "separately", param="data")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -153,6 +154,46 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], Y: np.ndarray, names: list
                         {kind: list(get_kind(kind).grid) for kind in kinds}, normalise, [None], seed, notes,
                         "micro_f1")
     return results, protocol
+
+
+def bootstrap(Y: np.ndarray, proba: np.ndarray, thresholds, resamples: int = 1000, seed: int = 0
+              ) -> dict[str, metrics.Score]:
+    """:func:`scores` on one test set with 95% percentile bootstrap intervals over its images."""
+    thresholds = np.asarray(thresholds)
+    draws = np.random.default_rng(seed).integers(0, len(Y), (resamples, len(Y)))
+    with warnings.catch_warnings():  # a resample without some label: its average precision is 0, as sklearn says
+        warnings.simplefilter("ignore")
+        values = [scores(Y[d], proba[d], thresholds) for d in draws]
+    full = scores(Y, proba, thresholds)
+    out = {}
+    for name in SCORES:
+        v = np.array([x[name] for x in values])
+        out[name] = metrics.Score(full[name], float(v.std(ddof=1)),
+                                  (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))))
+    return out
+
+
+def out_of_fold(kind: str, X: np.ndarray, Y: np.ndarray, k: int, normalise: str, seed: int,
+                jobs: int | None = None) -> np.ndarray:
+    """Every image's labels as given by the model of its fold (one repeat of ``k`` folds), made as in
+    :func:`cross_validate`: (images, labels) of 0/1."""
+    splits = folds(Y, k, seed)
+    done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
+        delayed(_outer_fold)(kind, X, Y, train, test, normalise, seed) for train, test in splits)
+    predicted = np.zeros(Y.shape, bool)
+    for (_, test), r in zip(splits, done):
+        predicted[test] = r["predicted"]
+    return predicted
+
+
+def most_wrong(paths: list[str], Y: np.ndarray, predicted: np.ndarray, names: list[str], limit: int = 24
+               ) -> tuple[list[dict], int]:
+    """The images with the most labels wrong (missed or added), most first, and how many have any."""
+    wrong = (Y != predicted).sum(axis=1)
+    order = [i for i in np.argsort(-wrong, kind="stable") if wrong[i]]
+    given = lambda row: [names[k] for k in np.flatnonzero(row)]  # noqa: E731
+    return [{"path": paths[i], "given": given(Y[i]), "predicted": given(predicted[i]), "wrong": int(wrong[i])}
+            for i in order[:limit]], len(order)
 
 
 def held_out(model, thresholds, X: np.ndarray, Y: np.ndarray, names: list[str], data: str) -> HeldOut:

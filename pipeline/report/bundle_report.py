@@ -17,7 +17,7 @@ from ..escalate.advise import advise
 from ..escalate.config import AdviseConfig
 from ..linear import tta
 from ..linear.bundle import load_bundle
-from ..linear.kinds import CLASSIFICATION, get_kind
+from ..linear.kinds import MULTILABEL, REGRESSION, get_kind
 from ..provenance import file_sha256, library_versions, now_iso
 from ..results import CVResult
 from ..store.extract import update_store
@@ -28,6 +28,7 @@ from .config import BundleReportConfig
 from .content import Details, HeldOutProtocol, Report, Row, Section
 from .diagnostics import model_details
 from .heatmaps import explain_predictions
+from .multilabel_report import bundle_section
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,20 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     """The report of the bundle ``cfg.bundle`` on the labelled folder ``cfg.data``."""
     bundle = load_bundle(cfg.bundle)
     task = get_kind(bundle.classifier).task
-    if task != CLASSIFICATION:
-        raise UserError(f"{cfg.bundle} is a {task} bundle; the report is for single-label classifiers",
-                        param="bundle")
+    if task == REGRESSION:
+        raise UserError(f"{cfg.bundle} is a regression bundle; the report is for classifiers", param="bundle")
+    several = task == MULTILABEL
     dataset = discover(cfg.data)
-    if not dataset.labelled:
+    if several and not dataset.multilabel:
+        raise UserError(f"{cfg.data} gives no labels column: a multi-label bundle is reported on a manifest with "
+                        "several labels per image", param="data")
+    if not several and not dataset.labelled:
         raise UserError(f"{cfg.data} has no class labels: give a folder with one sub-folder per class, or a "
                         "manifest with a label column", param="data")
     unknown = sorted(set(dataset.class_names) - set(bundle.class_names))
     if unknown:
-        raise UserError(f"{cfg.data} has classes the bundle was not trained on: {', '.join(unknown)}", param="data")
+        raise UserError(f"{cfg.data} has {'labels' if several else 'classes'} the bundle was not trained on: "
+                        f"{', '.join(unknown)}", param="data")
     backbone = bundle_backbone(bundle, cfg.weights)
     layers = layer_parts(bundle.layer)
     views = tuple(bundle.views)
@@ -54,6 +59,22 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
                           progress=cfg.progress, engine=cfg.engine, views=views)
     log.info("%s", result.summary())
     store = read_store(path)
+    root = Path(store.attrs.get("dataset_root", Path(cfg.data).resolve()))
+    protocol = HeldOutProtocol(str(cfg.bundle), bundle.created, cfg.seed)
+    if several:
+        section = bundle_section(cfg.data, root, bundle, store, extraction_record(result, store), protocol, cfg.seed)
+    else:
+        section = _single_label(cfg, bundle, store, result, root, protocol)
+    return Report(f"{Path(cfg.bundle).name} on {section.name}", "multilabel" if several else "bundle", [section],
+                  now_iso(), cfg.command, cfg.seed, {bundle.backbone: {"weights_checksum": backbone.weights_checksum,
+                                                                       "weights_source": backbone.weights_source}},
+                  library_versions(), {"path": str(cfg.bundle), "sha256": file_sha256(cfg.bundle),
+                                       "created": bundle.created, "versions": bundle.versions})
+
+
+def _single_label(cfg: BundleReportConfig, bundle, store, result, root: Path, protocol: HeldOutProtocol) -> Section:
+    """The section of a bundle with one label per image: its figures, details, heatmaps and the advice."""
+    views = tuple(bundle.views)
     names = list(bundle.class_names)
     index = {name: k for k, name in enumerate(names)}
     y = np.array([index[store.class_names[label]] for label in store.labels])
@@ -68,16 +89,8 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     advice = advise(AdviseConfig(cfg.data, bundle.backbone, seed=cfg.seed, engine=cfg.engine)) if cfg.advise else None
     details = Details(row, bundle.layer, f"the bundle's own predictions on the {len(y)} images of {cfg.data}",
                       model_details(store.paths, y, proba, names))
-    root = Path(store.attrs.get("dataset_root", Path(cfg.data).resolve()))
     if cfg.heatmaps:
         details.heatmaps = explain_predictions(bundle_predictor(bundle, cfg.weights, engine=cfg.engine), root,
                                                store.paths, y, proba, names, cfg.heatmaps, cfg.seed,
                                                "the bundle, for the class it predicted")
-    section = Section.make(cfg.data, root, names, y,
-                           HeldOutProtocol(str(cfg.bundle), bundle.created, cfg.seed), [row], details, codes[0],
-                           advice, cfg.seed)
-    return Report(f"{Path(cfg.bundle).name} on {section.name}", "bundle", [section], now_iso(), cfg.command,
-                  cfg.seed, {bundle.backbone: {"weights_checksum": backbone.weights_checksum,
-                                               "weights_source": backbone.weights_source}},
-                  library_versions(), {"path": str(cfg.bundle), "sha256": file_sha256(cfg.bundle),
-                                       "created": bundle.created, "versions": bundle.versions})
+    return Section.make(cfg.data, root, names, y, protocol, [row], details, codes[0], advice, cfg.seed)

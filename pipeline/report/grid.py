@@ -47,6 +47,7 @@ from .content import (
 )
 from .diagnostics import model_details
 from .heatmaps import Heatmaps, explain_predictions
+from .multilabel_report import MultiLabelSection, grid_section
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,7 @@ def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStor
 def _common_rows(stores: dict[str, FeatureStore]) -> tuple[list[str], dict[str, np.ndarray]]:
     """The images every store holds, in one order, and each store's row indices for them."""
     first = next(iter(stores.values()))
-    if first.multilabels is not None:
-        raise UserError(f"{first.attrs.get('dataset_root', first.path)} gives several labels per image; the "
-                        "evaluation grid compares single-label classifiers (the fit stage cross-validates "
-                        "multi-label models)", param="data")
-    if first.labels is None:
+    if first.labels is None and first.multilabels is None:
         raise UserError(f"{first.attrs.get('dataset_root', first.path)} has no class labels; the evaluation "
                         "compares classifiers (one sub-folder per class, or a manifest with a label column)",
                         param="data")
@@ -133,11 +130,19 @@ def _codes_of(codes: dict, row: Row) -> np.ndarray:
     return tta.using(codes[row.backbone][row.result.layer], row.result.views)
 
 
-def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section:
+def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section | MultiLabelSection:
     """One dataset's part of the report."""
     stores, extraction = _extract_all(data, cfg)
     paths, rows = _common_rows(stores)
     first = next(iter(stores.values()))
+    for backbone, store in stores.items():
+        backbones[backbone] = {"weights_checksum": store.config.weights_checksum,
+                               "weights_source": str(store.attrs.get("weights_source", ""))}
+    if first.multilabels is not None:
+        if cfg.finetune or cfg.views:
+            raise UserError("several labels per image are compared on the codes alone: leave out fine-tuning and "
+                            "views", param="finetune" if cfg.finetune else "views")
+        return grid_section(data, cfg, stores, extraction, paths, rows, _paired_delta)
     root = Path(first.attrs.get("dataset_root", Path(data).resolve()))
     y, names = first.labels[rows[cfg.backbones[0]]], list(first.class_names)
     codes = {b: {layer: tta.rows(s.view_codes(layer), rows[b]) for layer in cfg.layers} for b, s in stores.items()}
@@ -148,8 +153,6 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section:
     groups, duplicates = store_groups(first, rows[cfg.backbones[0]], cfg.duplicate_threshold)
     table, candidates, protocol = [], [], None
     for backbone in cfg.backbones:
-        backbones[backbone] = {"weights_checksum": stores[backbone].config.weights_checksum,
-                               "weights_source": str(stores[backbone].attrs.get("weights_source", ""))}
         results, protocol = cv.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds, cfg.repeats,
                                               cfg.normalise, cv.class_weightings(y, cfg.class_weight), cfg.seed,
                                               cfg.jobs, groups, views=cv.view_options(cfg.views))
@@ -223,5 +226,9 @@ def evaluate(cfg: EvaluateConfig) -> Report:
     """Run the grid on every dataset."""
     backbones: dict[str, dict] = {}
     sections = [_section(Path(data), cfg, backbones) for data in cfg.data]
-    return Report("Evaluation of " + ", ".join(s.name for s in sections), "grid", sections, now_iso(), cfg.command,
-                  cfg.seed, backbones, library_versions())
+    several = {isinstance(s, MultiLabelSection) for s in sections}
+    if len(several) > 1:
+        raise UserError("some of these datasets give several labels per image and some one: report them "
+                        "separately", param="data")
+    return Report("Evaluation of " + ", ".join(s.name for s in sections), "multilabel" if several == {True} else
+                  "grid", sections, now_iso(), cfg.command, cfg.seed, backbones, library_versions())

@@ -90,12 +90,17 @@ def write_report(typed: Report, out: Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = typed.to_json()
-    drawn = _figures(report, typed.sections, out)
+    if typed.mode == "multilabel":  # its own figures: the thumbnails of the images with labels wrong
+        drawn = [[figures.thumbnail(Path(s["root"]) / item["path"]) for item in s["best"]["wrong"]]
+                 for s in report["sections"]]
+        template = "multilabel"
+    else:
+        drawn, template = _figures(report, typed.sections, out), "report"
     env = _environment()
     paths = {kind: out / f"report.{kind}" for kind in ("json", "md", "html")}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["md"].write_text(env.get_template("report.md.j2").render(report=report))
-    paths["html"].write_text(env.get_template("report.html.j2").render(report=report, drawn=drawn))
+    paths["md"].write_text(env.get_template(f"{template}.md.j2").render(report=report))
+    paths["html"].write_text(env.get_template(f"{template}.html.j2").render(report=report, drawn=drawn))
     log.info("wrote %s, %s and %s", *paths.values())
     return paths
 
@@ -106,6 +111,10 @@ def format_summary(report: Report) -> str:
     for section in report.sections:
         best = section.rows[0]
         r = best.result
+        if report.mode == "multilabel":
+            lines.append(f"{section.name}: best {best.backbone} · {r.layer} · {r.classifier}, micro-F1 "
+                         f"{_interval(r.scores['micro_f1'])}, mAP {_interval(r.scores['map'])}")
+            continue
         kind = variant(r.classifier, r.class_weight, r.views)
         lines.append(f"{section.name}: best {best.backbone} · {r.layer} · {kind}, accuracy "
                      f"{_interval(r.scores['accuracy'])}")
