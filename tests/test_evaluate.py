@@ -268,7 +268,8 @@ def test_report_renders_in_a_browser(grid, tmp_path):
         images = driver.find_elements(By.TAG_NAME, "img")
         section = grid["second"]["sections"][0]
         best = section["best"]
-        assert len(images) == 4 + len(best["misclassified"]) + len(best["label_issues"]) + 4
+        galleries = len(best["misclassified"]) + len(best["label_issues"]) + 4 + len(best["heatmaps"]["images"])
+        assert len(images) == 4 + galleries
         for image in images:
             assert image.is_displayed()
             assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 0
