@@ -11,6 +11,7 @@ command line shows as its flag. Settings modules import nothing heavy, so
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from .errors import UserError
@@ -30,13 +31,45 @@ def at_least(low: float) -> Check:
     return lambda v: None if v >= low else f"must be at least {low}, not {v}"
 
 
+def within(low: float, high: float) -> Check:
+    """From ``low`` to ``high``, both included: a bound that keeps a typo from allocating the machine away."""
+    return lambda v: None if low <= v <= high else f"must be from {low:,} to {high:,}, not {v:,}"
+
+
+MAX_BATCH = 4096  # images per forward pass: more would allocate gigabytes before the first image
+MAX_JOBS = 1024  # parallel processes
+SEEDS = (0, 2**32 - 1)  # what every random generator the stages seed takes (numpy's legacy and scikit-learn's)
+
+
+def seed_setting() -> Any:
+    """The ``seed`` field of every stage's settings, checked the same way everywhere."""
+    return setting(0, check=within(*SEEDS))
+
+
 def positive(v: float) -> str | None:
-    return None if v > 0 else f"must be positive, not {v}"
+    return None if 0 < v < math.inf else f"must be positive and finite, not {v}"
+
+
+MAX_EPOCHS = 10_000
+IMAGE_SIZES = (32, 2048)  # a network's input side: smaller vanishes in its downsampling, larger exhausts memory
+
+
+def epoch_pair(v) -> str | None:
+    """Full mode's two phases: a number of epochs each."""
+    if len(v) != 2 or not all(0 <= e <= MAX_EPOCHS for e in v):
+        return f"must be two numbers of epochs from 0 to {MAX_EPOCHS:,}, not {' '.join(map(str, v))}"
+    return None
 
 
 def between(low: float, high: float) -> Check:
     """Strictly between ``low`` and ``high``: a fraction of a set, for example."""
     return lambda v: None if low < v < high else f"must be between {low:g} and {high:g}, not {v}"
+
+
+def is_probability(value) -> bool:
+    """A finite number from 0 to 1 (what files hold as thresholds: checked where they are read)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and 0 <= value <= 1
 
 
 def share(v: float) -> str | None:

@@ -40,7 +40,9 @@ def build_parser(prog: str | None = None):
     cli.option(p, AdviseConfig, "weights", type=Path, help="local weights file for the backbone")
     cli.option(p, AdviseConfig, "budget", type=float, metavar="MINUTES", help="time fine-tuning may take here")
     cli.add_engine(p, AdviseConfig)
-    p.add_argument("--json", type=Path, help="also write the figures and verdict as JSON")
+    cli.option(p, AdviseConfig, "json", type=Path, help="also write the figures and verdict as JSON")
+    cli.add_overwrite(p, AdviseConfig, "--json")
+    cli.add_allow_outside(p, AdviseConfig)
     return p
 
 
@@ -50,8 +52,8 @@ def main(args) -> int:
 
     advice = advise(cfg)
     print(advice.format())
-    if args.json:
-        write_advice(advice, args.json)
+    if cfg.json:
+        write_advice(advice, cfg.json)
     return 0
 
 

@@ -87,6 +87,20 @@ def add_image_size(p: argparse.ArgumentParser, settings: type[Settings]) -> None
                 "images, 5/7 of it, 160 px for 224)")
 
 
+def add_overwrite(p: argparse.ArgumentParser, settings: type[Settings], what: str = "--out") -> None:
+    """The ``--overwrite`` option of every command that writes: without it, an existing output that the command
+    did not write is refused, never replaced."""
+    option(p, settings, "overwrite", action="store_true",
+           help=f"replace {what} even where it exists and was not written by this command (never where it holds "
+                "an input)")
+
+
+def add_allow_outside(p: argparse.ArgumentParser, settings: type[Settings]) -> None:
+    """The ``--allow-outside`` option of every command that reads a manifest."""
+    option(p, settings, "allow_outside", action="store_true",
+           help="let a CSV manifest name images outside its own folder (../ or absolute paths; refused otherwise)")
+
+
 def add_views(p: argparse.ArgumentParser, settings: type[Settings], then: str) -> None:
     """The ``--views`` option of the commands that extract codes; ``then``: what the command does with them."""
     option(p, settings, "views", nargs="+",
@@ -130,7 +144,10 @@ def run(build_parser: Callable[[str | None], argparse.ArgumentParser], main: Cal
     """Parse, set up the process, call ``main(args)``; a :class:`UserError` or OS error becomes
     ``error: ...`` on stderr and exit code 2."""
     p = build_parser(prog)
-    args = p.parse_args(argv)
+    try:  # a value's type may check it with the settings' own one-line error (a memory size)
+        args = p.parse_args(argv)
+    except UserError as e:
+        p.error(f"{_flag(p, e.param)}: {e.message}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("absl", "h5py", "PIL", "tf2onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -145,8 +162,9 @@ def run(build_parser: Callable[[str | None], argparse.ArgumentParser], main: Cal
     try:
         sys.exit(main(args) or 0)
     except UserError as e:
-        where = _flag(p, e.param)
-        print(f"error: {where + ': ' if where else ''}{e.message}", file=sys.stderr)
+        where, remedy = _flag(p, e.param), _flag(p, e.remedy) if e.remedy else None
+        print(f"error: {where + ': ' if where else ''}{e.message}{f' ({remedy})' if remedy else ''}",
+              file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         print(f"error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)

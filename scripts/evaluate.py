@@ -32,6 +32,8 @@ def build_parser(prog: str | None = None):
     p.add_argument("--data", type=Path, nargs="+", required=True,
                    help="labelled folders (one sub-folder per class) or CSV manifests; with --bundle, one test folder")
     p.add_argument("--out", type=Path, help="report folder (default reports/<data>)")
+    cli.add_overwrite(p, E)
+    cli.add_allow_outside(p, E)
     cli.option(p, E, "backbones", nargs="+", help="default %(default)s")
     cli.option(p, E, "classifiers", nargs="+", help="default: all")
     cli.option(p, E, "layers", nargs="+",
@@ -64,7 +66,8 @@ def main(args) -> int:
     if args.bundle:
         if len(args.data) != 1:
             raise UserError("takes one dataset folder", param="bundle")
-        cfg = cli.settings(BundleReportConfig, args, data=args.data[0], command=command, progress=cli.progress(args))
+        cfg = cli.settings(BundleReportConfig, args, data=args.data[0], out=out, command=command,
+                           progress=cli.progress(args))
         from pipeline.report.bundle_report import evaluate_bundle
 
         report = evaluate_bundle(cfg)

@@ -22,6 +22,7 @@ def build_parser(prog: str | None = None):
     p.add_argument("model", type=Path, help="a .skops bundle (fit_svm.py) or a .keras model (finetune.py)")
     cli.option(p, ExportConfig, "format", required=True, help="onnx, tflite (LiteRT), savedmodel or keras")
     p.add_argument("--out", type=Path, required=True, help="file to write (a folder for savedmodel)")
+    cli.add_overwrite(p, ExportConfig)
     cli.option(p, ExportConfig, "quantize", help="tflite only: float16, or int8 (needs --calibration)")
     cli.option(p, ExportConfig, "calibration", type=Path,
                help="typical images for int8 quantization (folder, up to 200 used)")

@@ -37,6 +37,8 @@ def build_parser(prog: str | None = None):
     p.add_argument("data", nargs="?", type=Path,
                    help="folder with one sub-folder per class, an unlabelled folder, or a CSV manifest")
     p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>[_<view>].h5)")
+    cli.add_overwrite(p, ExtractConfig)
+    cli.add_allow_outside(p, ExtractConfig)
     cli.option(p, ExtractConfig, "backbone", help="registered backbone (default %(default)s)")
     cli.option(p, ExtractConfig, "layers", nargs="+",
                help="layers to extract, each globally pooled (default: the backbone's, --list-backbones; "

@@ -38,6 +38,8 @@ def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="run folder")
+    cli.add_overwrite(p, F)
+    cli.add_allow_outside(p, F)
     cli.option(p, F, "backbone", help="default %(default)s")
     cli.option(p, F, "mode", help="tail, full, or auto: full where a GPU is seen, tail on a CPU (default auto)")
     cli.add_image_size(p, F)

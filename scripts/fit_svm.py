@@ -26,6 +26,7 @@ def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("store", type=Path, help="feature store written by scripts/extract.py")
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and the bundles")
+    cli.add_overwrite(p, FitConfig)
     p.add_argument("--classifier", choices=[*CLASSIFIERS, "both"], default="both", help="default: both")
     cli.option(p, FitConfig, "layers", nargs="+",
                help="layers of the store to compare; a+b joins layers' codes side by side "

@@ -28,6 +28,7 @@ def build_parser(prog: str | None = None):
     cli.option(p, PredictConfig, "top_k", type=int, help="classes to show per image (default %(default)s)")
     p.add_argument("--out", type=Path, help="also write the predictions to this CSV file (with --ray: the Parquet "
                                             "folder they go to instead)")
+    cli.add_overwrite(p, PredictConfig, "--out and --explain")
     cli.option(p, PredictConfig, "weights", type=Path,
                help="the local backbone weights the bundle was extracted with")
     cli.option(p, PredictConfig, "reject", action="store_true",
@@ -49,10 +50,11 @@ def main(args) -> int:
         if cfg.explain is not None:
             raise UserError("heatmaps are drawn on this machine, not on a cluster: leave out --ray", param="explain")
         if args.out is None:
-            raise UserError("--ray writes Parquet: give the folder with --out, e.g. --out preds.parquet", param="out")
+            raise UserError("on a cluster the predictions go to a Parquet folder: name it, e.g. preds.parquet",
+                            param="out")
         from pipeline.scaleout.predict import predict_to_parquet
 
-        rows = predict_to_parquet(cfg, args.out, args.ray)
+        rows = predict_to_parquet(cfg, args.ray)
         print(f"wrote {rows} predictions to {args.out}")
         return 0
     from pipeline.deploy.predict import predict_images, write_csv

@@ -27,6 +27,8 @@ def build_parser(prog: str | None = None):
     p = cli.parser(__doc__, EXAMPLES, prog)
     p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a CSV manifest")
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>)")
+    cli.add_overwrite(p, R)
+    cli.add_allow_outside(p, R)
     cli.option(p, R, "backbone", help="default %(default)s")
     cli.option(p, R, "test_size", type=float, help="held-out fraction for the comparison (default %(default)s)")
     cli.option(p, R, "finetune", help="auto: where the pilot decides for it (default); always; never")

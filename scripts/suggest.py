@@ -28,6 +28,7 @@ def build_parser(prog: str | None = None):
     cli.option(p, SuggestConfig, "count", type=int, help="images to suggest (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("suggestions.csv"),
                    help="the ranked CSV (default %(default)s)")
+    cli.add_overwrite(p, SuggestConfig)
     cli.option(p, SuggestConfig, "labelled", type=Path, metavar="STORE",
                help="the feature store the bundle was fitted on (default: the one its run's metrics.json names)")
     cli.option(p, SuggestConfig, "seed", type=int, help="fixes the clustering (default %(default)s)")

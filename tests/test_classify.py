@@ -41,23 +41,40 @@ def test_linear_svm_warns_when_it_does_not_converge():
         LinearSVM(C=10.0, max_iter=20).fit(X, y)
 
 
+def _svm_objective(model, X, y) -> float:
+    """LinearSVC's primal objective (squared hinge, L2, unpenalised intercept) at a fitted model."""
+    targets = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
+    scores = X.astype(np.float64) @ model.coef_.T + model.intercept_
+    return 0.5 * float((model.coef_ ** 2).sum()) + model.C * float((np.maximum(0, 1 - targets * scores) ** 2).sum())
+
+
 def test_svm_path_equals_separate_fits():
+    """Warm starts along the path reach the optimum a cold start reaches. L-BFGS stops on a gradient tolerance,
+    not at the exact optimum, and where it stops depends on BLAS's rounding (AVX2 and AVX-512 kernels, one or
+    two threads): the objective agrees to 1e-4 of itself (seen: 3e-6), and since it is 1-strongly convex in the
+    weights the two solutions lie within sqrt(2 x the gap) of each other, so they predict alike."""
     X, _, y = blobs()
     for fitted in svm_path(X, y, [1e-3, 1e-2, 1e-1]):
-        alone = LinearSVM(C=fitted.C).fit(X, y)
-        np.testing.assert_allclose(fitted.coef_, alone.coef_, rtol=1e-3, atol=1e-4)
+        _assert_same_optimum(fitted, LinearSVM(C=fitted.C).fit(X, y), X, y)
+
+
+def _assert_same_optimum(one, other, X, y) -> None:
+    a, b = _svm_objective(one, X, y), _svm_objective(other, X, y)
+    assert abs(a - b) <= 1e-4 * b
+    assert np.linalg.norm(one.coef_ - other.coef_) <= np.sqrt(2 * 1e-4 * b)
+    np.testing.assert_array_equal(one.predict(X), other.predict(X))
 
 
 def test_svm_survives_lapacks_svd_not_converging(monkeypatch):
     """gesdd can fail on float32 codes (it did on 2,520 clipart images): the SVM falls back to gesvd, same fit."""
     X, _, y = blobs(n_per_class=(10, 10, 10), dim=64)  # fewer images than dimensions: the SVD path
-    expected = LinearSVM(C=1e-2).fit(X, y).coef_
+    expected = LinearSVM(C=1e-2).fit(X, y)
 
     def fails(*args, **kwargs):
         raise np.linalg.LinAlgError("SVD did not converge")
 
     monkeypatch.setattr(np.linalg, "svd", fails)
-    np.testing.assert_allclose(LinearSVM(C=1e-2).fit(X, y).coef_, expected, rtol=1e-3, atol=1e-4)
+    _assert_same_optimum(LinearSVM(C=1e-2).fit(X, y), expected, X, y)
 
 
 def _fit(tmp_path, codes, y, names, **kwargs):
@@ -315,7 +332,7 @@ def test_missing_and_corrupt_store(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         fit(FitConfig(store=tmp_path / "none.h5", out=tmp_path / "run"))
     (tmp_path / "bad.h5").write_bytes(b"garbage")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="is corrupt or unreadable"):
         fit(FitConfig(store=tmp_path / "bad.h5", out=tmp_path / "run"))
 
 

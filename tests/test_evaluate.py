@@ -222,6 +222,26 @@ def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
     assert "Traceback" not in done.stderr
 
 
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_class_names_made_of_html_are_escaped_in_every_report(tmp_path):
+    """A class folder named as an HTML tag is shown as text, never run, in report.html and report.md."""
+    write_images(tmp_path / "data", {HOSTILE: 6, "plain": 6}, size=32)
+    typed = evaluate(EvaluateConfig(data=(tmp_path / "data",), out=tmp_path / "report", classifiers=("softmax",),
+                                    features=tmp_path / "features", folds=2, repeats=1, progress=False, advise=False,
+                                    heatmaps=0, duplicate_threshold=None))
+    paths = write_report(typed, tmp_path / "report")
+    html, markdown = paths["html"].read_text(), paths["md"].read_text()
+    assert HOSTILE not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert HOSTILE not in markdown and "&lt;img" in markdown
+    from pipeline.report.render import _environment
+
+    env = _environment()
+    for template in env.list_templates():
+        assert env.autoescape(template) == template.endswith(".html.j2"), template
+
+
 def _browser():
     """Headless Chromium through Debian's chromedriver; None where it is not installed (CI installs it)."""
     chromedriver = shutil.which("chromedriver")

@@ -77,3 +77,21 @@ def test_predict_explain_writes_one_heatmap_per_image(squares, tmp_path):
     done = run_command("predict", squares / "run" / "softmax.skops", tmp_path / "new.png", "--explain",
                        tmp_path / "heat", "--ray", "local", "--out", tmp_path / "p.parquet")
     assert done.returncode == 2 and "--explain: heatmaps are drawn on this machine" in done.stderr
+
+
+def test_explaining_survives_long_names_and_never_follows_a_planted_link(squares, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    long_name = "x" * 250 + ".png"
+    Image.fromarray(_image(True, 5)).save(images / long_name)
+    Image.fromarray(_image(False, 6)).save(images / "plain.png")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    (heat / "00001_plain.png").symlink_to(precious)  # where predict will write the first heatmap
+    done = run_command("predict", squares / "run" / "softmax.skops", images / "plain.png", images / long_name,
+                       "--explain", heat, "--overwrite", "-q")
+    assert done.returncode == 0, done.stderr
+    assert precious.read_text() == "keep me" and not (heat / "00001_plain.png").is_symlink()
+    assert len(list(heat.glob("*.png"))) == 2

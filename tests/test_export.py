@@ -13,9 +13,10 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.data.decode import decode_image
+from pipeline.data.decode import ResizePolicy, decode_image
+from pipeline.deploy.card import ModelCard, card_path, read_card, write_card
 from pipeline.deploy.config import ExportConfig
-from pipeline.deploy.export import card_path, export
+from pipeline.deploy.export import export
 from pipeline.deploy.predict import load_predictor
 from pipeline.errors import UserError
 from pipeline.finetune.config import FinetuneConfig
@@ -75,7 +76,7 @@ import sys, numpy as np
 from pipeline.deploy.runtime import ExportedModel
 model = ExportedModel(sys.argv[1])
 np.save(sys.argv[3], model(np.load(sys.argv[2])))
-print(",".join(model.card["class_names"]))
+print(",".join(model.card.class_names))
 """
 
 
@@ -114,7 +115,6 @@ def test_every_format_gives_predict_pys_probabilities(kind, models, tmp_path):
 def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path):
     bundle = models / "linear" / "svm.skops"
     out = export(ExportConfig(bundle, "onnx", tmp_path / "tux.onnx"))
-    card_path(out).unlink()  # an ONNX file carries its card in its metadata too
     birds = TUX / "birds"
     command = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     exported = without_tensorflow(command, ROOT / "scripts" / "predict.py", out, birds, "--top-k", "1", "--quiet")
@@ -124,6 +124,27 @@ def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path)
     top1 = [[(cells[0], cells[1].split()[0]) for cells in (line.split("\t") for line in r.stdout.splitlines())
              if len(cells) > 1] for r in (exported, reference)]
     assert len(top1[0]) == len(list(birds.glob("*.png"))) and top1[0] == top1[1]
+
+
+@pytest.mark.slow
+def test_a_changed_exported_model_or_card_is_refused(models, tmp_path):
+    """One flipped byte in the model, a card whose classes were reversed, a card gone: refused in one line."""
+    out = export(ExportConfig(models / "linear" / "softmax.skops", "onnx", tmp_path / "tux.onnx"))
+    image = sorted((TUX / "birds").glob("*.png"))[0]
+    assert run_command("predict", out, image, "-q").returncode == 0
+    card = json.loads(card_path(out).read_text())
+    data = out.read_bytes()
+    for position in (len(data) // 3, len(data) - 10):
+        flipped = bytearray(data)
+        flipped[position] ^= 1
+        out.write_bytes(flipped)
+        done = run_command("predict", out, image, "-q")
+        assert done.returncode == 2 and "fails the sha256 check" in done.stderr and "Traceback" not in done.stderr
+    out.write_bytes(data)
+    card_path(out).write_text(json.dumps({**card, "class_names": card["class_names"][::-1]}))
+    assert "fails the sha256 check" in run_command("predict", out, image, "-q").stderr
+    card_path(out).unlink()
+    assert "is missing beside" in run_command("predict", out, image, "-q").stderr
 
 
 @pytest.mark.slow
@@ -176,6 +197,51 @@ def test_what_cannot_be_exported_is_one_line(tmp_path):
     done = run_command("export", tmp_path / "ridge.skops", "--format", "onnx", "--out", tmp_path / "r.onnx")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: model: ")
     assert "Traceback" not in done.stderr and not (tmp_path / "r.onnx").exists()
+
+
+def _card(**changes) -> dict:
+    return {**ModelCard(["cat", "dog"], 224, ResizePolicy(224).to_dict(), "test").to_json(), **changes}
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"input_size": 60000, "resize": {"size": 60000}}, "input size must be"),
+    ({"input_size": 8, "resize": {"size": 8}}, "input size must be from 32"),
+    ({"input_size": -1, "resize": {"size": -1}}, "input size must be"),
+    ({"resize": {"size": 224, "mode": "crop", "extra": 1}}, "not a resize policy"),
+    ({"reject_threshold": float("nan")}, "reject_threshold must be a probability"),
+    ({"reject_threshold": "high"}, "reject_threshold must be a probability"),
+    ({"class_names": []}, "class_names must be"),
+    ({"class_names": ["a", "a"]}, "class_names must be"),
+    ({"class_names": ["x" * 5000, "b"]}, "class_names must be"),
+    ({"label_thresholds": [0.5]}, "label_thresholds must be one probability per class"),
+    ({"surprise": True}, "fields this version does not know"),
+    ({"input_size": 256}, "differs from its resize policy"),
+])
+def test_a_crafted_card_is_refused_before_anything_is_allocated(tmp_path, changes, message):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model bytes")
+    card_path(model).write_text(json.dumps(_card(**changes)))
+    with pytest.raises(UserError, match=message):
+        read_card(model)
+
+
+def test_a_card_binds_its_model(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model bytes")
+    write_card(model, ModelCard(["cat", "dog"], 224, ResizePolicy(224).to_dict(), "test"))
+    assert read_card(model).class_names == ["cat", "dog"]
+    model.write_bytes(b"model bytez")
+    with pytest.raises(UserError, match="fails the sha256 check"):
+        read_card(model)
+    model.write_bytes(b"model bytes")
+    card = json.loads(card_path(model).read_text())
+    card_path(model).write_text(json.dumps({**card, "class_names": ["dog", "cat"]}))
+    with pytest.raises(UserError, match="fails the sha256 check"):
+        read_card(model)
+    card_path(model).write_text(json.dumps({**card, "sha256": ""}))
+    with pytest.raises(UserError, match="carries no sha256"):
+        read_card(model)
+
 
 
 @pytest.mark.parametrize("classes", [2, 3])

@@ -107,6 +107,41 @@ def test_rerun_extracts_only_new_and_changed_images(dataset, tmp_path):
         unread.paths
 
 
+def _interrupted(data, out, monkeypatch):
+    """An extraction killed after every shard was written, before assembly (as a power loss would leave it)."""
+    import pipeline.store.extract as stage
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stage, "assemble", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(data, out)
+    shards = sorted(out.with_name(out.name + ".parts").glob("shard-*.npz"))
+    assert len(shards) >= 2 and not out.exists()
+    return shards
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "empty shard", "flipped shard", "garbage config"])
+def test_a_damaged_interrupted_run_is_discarded_and_extracted_again(tmp_path, monkeypatch, caplog, damage):
+    """Power loss during extract: what the rerun cannot trust is discarded and its images extracted again."""
+    write_images(tmp_path / "data", {"a": 9, "b": 9}, size=32)
+    reference = run(tmp_path / "data", tmp_path / "reference.h5").out
+    out = tmp_path / "f.h5"
+    shards = _interrupted(tmp_path / "data", out, monkeypatch)
+    if damage == "garbage config":
+        (out.with_name(out.name + ".parts") / "config.json").write_text("{garbage")
+    else:
+        data = shards[0].read_bytes()
+        shards[0].write_bytes({"truncated shard": data[:len(data) // 2], "empty shard": b"",
+                               "flipped shard": data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]}[damage])
+    result = run(tmp_path / "data", out)
+    assert "discarding" in caplog.text
+    assert result.images == 18 and result.extracted == (18 if damage == "garbage config" else 8)
+    np.testing.assert_allclose(read_store(out).codes(), read_store(reference).codes(), rtol=1e-5, atol=1e-6)
+
+
 def test_store_of_another_configuration_is_refused(dataset, tmp_path):
     out = tmp_path / "f.h5"
     run(dataset, out)

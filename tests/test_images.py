@@ -325,3 +325,32 @@ def _outcome(path, policy):
         return decode_image(path, policy)
     except DecodeError as e:
         return str(e)
+
+
+def test_a_linked_class_folder_is_read_like_any_other(tmp_path):
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    gradient().save(tmp_path / "data" / "cats" / "a.png")
+    (tmp_path / "elsewhere").mkdir()
+    gradient().save(tmp_path / "elsewhere" / "b.png")
+    (tmp_path / "data" / "dogs").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    dataset = discover(tmp_path / "data")
+    assert dataset.class_names == ["cats", "dogs"] and dataset.paths == ["cats/a.png", "dogs/b.png"]
+
+
+def test_a_manifest_may_not_reach_outside_its_folder_unless_allowed(tmp_path):
+    (tmp_path / "secret").mkdir()
+    gradient().save(tmp_path / "secret" / "x.png")
+    (tmp_path / "set").mkdir()
+    gradient().save(tmp_path / "set" / "y.png")
+    (tmp_path / "set" / "m.csv").write_text("path,label\ny.png,a\n../secret/x.png,b\n")
+    with pytest.raises(UserError, match="line 3: ../secret/x.png lies outside the manifest's folder") as e:
+        discover(tmp_path / "set" / "m.csv")
+    assert e.value.remedy == "allow_outside"
+    (tmp_path / "set" / "abs.csv").write_text(f"path,label\n{tmp_path / 'secret' / 'x.png'},b\n")
+    with pytest.raises(UserError, match="lies outside"):
+        discover(tmp_path / "set" / "abs.csv")
+    assert discover(tmp_path / "set" / "m.csv", outside=True).paths == ["y.png", "../secret/x.png"]
+    # one file named twice, spelt two ways, with two labels: refused, never stored twice
+    (tmp_path / "set" / "twice.csv").write_text("path,label\n../secret/x.png,a\n../set/../secret/./x.png,b\n")
+    with pytest.raises(UserError, match="listed again with another label"):
+        discover(tmp_path / "set" / "twice.csv", outside=True)

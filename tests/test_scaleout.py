@@ -115,11 +115,12 @@ def test_the_cluster_lists_a_folder_by_the_local_rules(cluster, tmp_path, monkey
     (root / "dog" / "Thumbs.db").write_bytes(b"")
     (root / "dog" / "link.png").symlink_to(image)
     (root / "dog" / "gone.jpg").symlink_to(root / "nowhere.jpg")
-    (root / "linked").symlink_to(root / "cat")  # a link to a folder is a file, as locally: not walked
+    (root / "linked").symlink_to(root / "cat")  # a linked class folder is walked, as locally
     monkeypatch.setattr(images_module, "LISTING_CHUNK", 1)  # every first-level file a part of its own
     here = discover(root)
     there = listing.ClusterListing(cluster)
-    assert discover(root, lister=there) == here and here.ignored == 3 and len(here.paths) == 8
+    assert discover(root, lister=there) == here and here.ignored == 2 and len(here.paths) == 12
+    assert here.class_names == ["cat", "dog", "linked"] and here.labels.count("linked") == 4
     for rel in here.paths:
         if rel == "dog/gone.jpg":
             with pytest.raises(OSError, match="No such file"):
@@ -207,4 +208,33 @@ def test_ray_prediction_writes_the_local_answers_to_parquet(cluster, images, loc
 def test_prediction_on_ray_needs_an_output_folder(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(tmp_path / "m.skops"),
                            str(tmp_path), "--ray", "local"], capture_output=True, text=True)
-    assert done.returncode != 0 and "--ray writes Parquet" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode != 0 and "predictions go to a Parquet folder" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_ray_prediction_rows_give_each_label_over_its_threshold():
+    """Several labels per image on a cluster: the labels column holds what predict.py gives locally."""
+    from pipeline.data.decode import ResizePolicy
+    from pipeline.deploy.predict import Predictor
+    from pipeline.scaleout.predict import Classifier
+
+    p = np.array([[0.6, 0.4, 0.95], [0.1, 0.2, 0.3], [0.0, 0.0, 0.0]])
+    predictor = Predictor(["car", "sign", "tree"], ResizePolicy(32), "test", lambda pixels, n: p[:n],
+                          label_thresholds=np.array([0.5, 0.3, 0.9]))
+    classifier = Classifier.__new__(Classifier)  # the actor without loading a model
+    classifier.predictor, classifier.k, classifier.threshold = predictor, 2, None
+    rows = classifier({"path": np.array(["a", "b", "c"], dtype=object), "pixels": np.zeros((3, 32, 32, 3), np.uint8),
+                       "error": np.array(["", "", "unreadable"], dtype=object)})
+    assert list(rows["labels"]) == ["tree;car;sign", "", None]
+    assert [name for name, _ in predictor.given(p[0])] == ["tree", "car", "sign"]
+
+
+def test_an_address_that_does_not_answer_is_refused_in_seconds():
+    from pipeline.scaleout.cluster import check_address
+
+    started = time.perf_counter()
+    for address, message in (("127.0.0.1:1", "nothing answers"), ("bogus", "not a cluster address"),
+                             ("ray://127.0.0.1:1", "nothing answers")):
+        with pytest.raises(UserError, match=message):
+            check_address(address)
+    assert time.perf_counter() - started < 30

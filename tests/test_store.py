@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
+from pipeline.store import digests
 from pipeline.store.layout import (
     FORMAT_VERSION,
     StoreConfig,
@@ -103,7 +104,7 @@ def test_read_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         read_store(tmp_path / "missing.h5")
     (tmp_path / "text.h5").write_text("not hdf5")
-    with pytest.raises(UserError, match="cannot read feature store"):
+    with pytest.raises(UserError, match="is corrupt or unreadable"):
         read_store(tmp_path / "text.h5")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = [1]
@@ -125,6 +126,13 @@ def _good_store(tmp_path, n=6):
     return write_store(tmp_path / "good.h5", {"penultimate": rng.normal(size=(n, 8))}, [0, 1] * (n // 2), ["a", "b"])
 
 
+def _crafted(f, name, values):
+    """A dataset replaced by someone who recomputed its digest too: the checks of meaning still refuse it."""
+    del f[name], f[f"{digests.GROUP}/{name}"]
+    f.create_dataset(name, data=values)
+    digests.record(f, name, values)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda f: f["features"].__delitem__("penultimate"), "lacks features/penultimate"),
     (lambda f: (f["features"].__delitem__("penultimate"),
@@ -138,7 +146,8 @@ def _good_store(tmp_path, n=6):
     (lambda f: f.attrs.__setitem__("format_version", 99), "store format"),
     (lambda f: f.__delitem__("paths"), "lacks paths"),
     (lambda f: (f.__delitem__("labels"), f.create_dataset("labels", data=np.array([0, 1, 7, 0, 1, 0]))),
-     "labels point outside"),
+     "labels fails its sha256 check"),
+    (lambda f: _crafted(f, "labels", np.array([0, 1, 7, 0, 1, 0])), "labels point outside"),  # digests recomputed
 ])
 def test_crafted_or_broken_stores_are_one_line(tmp_path, damage, message):
     path = _good_store(tmp_path)

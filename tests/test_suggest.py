@@ -113,3 +113,12 @@ def test_suggest_refuses_what_it_cannot_use_in_one_line(fitted, tmp_path):
     done = run_command("suggest", moved, fitted / "new", "--labelled", fitted / "f.h5", "--out", tmp_path / "y.csv",
                        "-q")
     assert done.returncode == 0 and len(_rows(tmp_path / "y.csv")) == 12  # 15 files: 2 copies, 1 broken
+
+
+def test_suggest_refuses_a_store_decoded_another_way_than_the_bundles(fitted, tmp_path):
+    assert run_command("extract", fitted / "new", "--unlabelled", "--resize", "pad", "--out", tmp_path / "pad.h5",
+                       "-q").returncode == 0
+    done = run_command("suggest", fitted / "run" / "softmax.skops", tmp_path / "pad.h5", "--out", tmp_path / "s.csv",
+                       "-q")
+    assert done.returncode == 2 and "another resize" in done.stderr and "(resize pad against crop)" in done.stderr
+    assert not (tmp_path / "s.csv").exists()

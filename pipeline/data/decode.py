@@ -11,7 +11,7 @@ import os
 import stat
 import struct
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - the ``fast`` extra is not installed
     pyspng = None
 
 RESIZE_MODES = ("crop", "pad", "stretch")
+INPUT_SIZES = (1, 2048)  # the sides an image may be decoded to: a crafted card asking for more would exhaust memory
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
@@ -47,15 +48,29 @@ class ResizePolicy:
     max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
     def __post_init__(self):
+        if isinstance(self.size, bool) or not isinstance(self.size, int) \
+                or not INPUT_SIZES[0] <= self.size <= INPUT_SIZES[1]:
+            raise UserError(f"input size must be a whole number of pixels from {INPUT_SIZES[0]} to "
+                            f"{INPUT_SIZES[1]}, not {self.size!r}", param="resize")
         if self.mode not in RESIZE_MODES:
             raise UserError(f"must be one of {', '.join(RESIZE_MODES)}, not {self.mode!r}", param="resize")
-        if not 0 < self.crop_fraction <= 1:
-            raise UserError(f"crop fraction must be in (0, 1], not {self.crop_fraction}")
+        if not isinstance(self.crop_fraction, (int, float)) or not 0 < self.crop_fraction <= 1:
+            raise UserError(f"crop fraction must be in (0, 1], not {self.crop_fraction!r}", param="resize")
         if self.interpolation not in _RESAMPLE:
-            raise UserError(f"interpolation must be one of {', '.join(_RESAMPLE)}")
+            raise UserError(f"interpolation must be one of {', '.join(_RESAMPLE)}", param="resize")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise UserError(f"max_pixels must be a positive whole number, not {self.max_pixels!r}", param="resize")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> "ResizePolicy":
+        """The policy a file (a store, a bundle, a model card) records, checked: known fields, valid values."""
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or "size" not in data or set(data) - known:
+            raise UserError(f"not a resize policy: {str(data)[:200]!r}", param="resize")
+        return cls(**data)
 
     def _scale(self, width: int, height: int) -> float:
         if self.mode == "crop":

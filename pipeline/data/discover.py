@@ -111,22 +111,29 @@ def list_folder(folder: Path, lister: Lister | None = None) -> tuple[list[Path],
     the first level is read here (names and types, no file's status); ``lister`` lists the parts."""
     with os.scandir(folder) as entries:
         top = sorted(entries, key=lambda e: e.name)
-    folders = [e.path for e in top if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
-    files = [e.path for e in top if not e.is_dir(follow_symlinks=False)]
+    folders = [e.path for e in top if e.is_dir() and not e.name.startswith(".")]  # a linked class folder too
+    files = [e.path for e in top if not e.is_dir()]
     parts = [ListingPart(files=tuple(files[k:k + LISTING_CHUNK])) for k in range(0, len(files), LISTING_CHUNK)]
     found, ignored = (lister or list_here)(parts + [ListingPart(folder=f) for f in folders])
     return sorted(found), ignored
 
 
-def discover(source: str | Path, unlabelled: bool = False, lister: Lister | None = None) -> Dataset:
+def dataset_root(source: str | Path) -> Path:
+    """The folder a dataset's paths are relative to: the folder itself, or a manifest's folder."""
+    source = Path(source)
+    return source.parent if source.suffix.lower() == ".csv" and source.is_file() else source
+
+
+def discover(source: str | Path, unlabelled: bool = False, lister: Lister | None = None,
+             outside: bool = False) -> Dataset:
     """Images of a CSV manifest (``path``, ``label`` and/or a numeric ``target``, or ``labels``: several per
     image, separated by :data:`LABEL_SEPARATOR`; optionally ``group``: images of one group are never split
     between training and test) or a folder: labelled by its
     first-level sub-folders (searched recursively) if they hold images and not ``unlabelled``; ``lister``
-    lists a folder's parts (:func:`list_folder`)."""
+    lists a folder's parts (:func:`list_folder`); ``outside``: a manifest may name files outside its folder."""
     source = Path(source)
     if source.suffix.lower() == ".csv" and source.is_file():
-        return _from_manifest(source)
+        return _from_manifest(source, outside)
     if not source.is_dir():
         raise UserError(f"{source} is neither a folder of images nor a CSV manifest")
     files, ignored = list_folder(source, lister)
@@ -156,8 +163,15 @@ def _not_utf8(name: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in name)  # a surrogate: what UTF-8 cannot encode
 
 
-def _from_manifest(manifest: Path) -> Dataset:
-    root = manifest.parent
+def _inside(rel: str) -> bool:
+    """Whether a manifest's path stays below the manifest's folder (as written: ``..`` and absolute paths
+    leave it)."""
+    parts = Path(rel).parts
+    return not Path(rel).is_absolute() and ".." not in parts
+
+
+def _from_manifest(manifest: Path, outside: bool = False) -> Dataset:
+    root = dataset_root(manifest)
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -174,11 +188,15 @@ def _from_manifest(manifest: Path) -> Dataset:
     paths, labels, targets, groups, label_sets, skipped = [], [], [], [], [], []
     seen: dict[str, tuple] = {}
     for line, row in enumerate(rows, start=2):
-        rel = (row["path"] or "").strip()
+        rel = os.path.normpath((row["path"] or "").strip()) if (row["path"] or "").strip() else ""
         if not rel:
             continue
         if "\0" in rel:
             raise UserError(f"manifest {manifest}, line {line}: the path contains a NUL byte", param="data")
+        if not outside and not _inside(rel):
+            raise UserError(f"manifest {manifest}, line {line}: {rel} lies outside the manifest's folder; move the "
+                            "manifest up to a folder that holds its images, or allow it", param="data",
+                            remedy="allow_outside")
         entry = (row.get("label"), row.get("labels"), row.get("target"), row.get("group"))
         if rel in seen:
             if seen[rel] != entry:

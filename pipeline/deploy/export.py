@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -30,7 +28,9 @@ from ..errors import UserError
 from ..linear.bundle import load_bundle
 from ..linear.kinds import MULTILABEL, get_kind, is_network
 from ..linear.scaling import signed_power
+from ..outputs import remove
 from ..store.layout import layer_parts
+from .card import ModelCard, card_path, write_card
 from .config import ExportConfig
 from .predict import (
     bundle_backbone,
@@ -41,32 +41,6 @@ from .predict import (
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a user of the exported model must know: its classes, and how to turn an image into its input."""
-
-    class_names: list[str]
-    input_size: int
-    resize: dict  # a ResizePolicy: decode, resize and crop as extraction did
-    source: str
-    input: str = "uint8 pixels, shape [batch, size, size, 3], RGB"
-    output: str = "float32 class probabilities, shape [batch, classes], in class_names order"
-    reject_threshold: float | None = None  # a top probability under it: "unknown" (predict.py --reject)
-    label_thresholds: list[float] | None = None  # several labels per image: a label is given over its threshold
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ModelCard":
-        return cls(**data)
-
-
-def card_path(model: Path) -> Path:
-    """The card beside an exported model (``model.onnx.json``; inside a SavedModel folder)."""
-    return model / "cnn_codes.json" if model.is_dir() else model.with_name(model.name + ".json")
 
 
 def _affine(decision, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +129,7 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
         probabilities = keras.ops.mean(keras.ops.reshape(probabilities, (len(seen), -1, probabilities.shape[-1])),
                                        axis=0)
     network = keras.Model(pixels, probabilities, name=f"{bundle.backbone}_{bundle.classifier}")
-    policy = ResizePolicy(**bundle.store_config["resize"])
+    policy = ResizePolicy.from_dict(bundle.store_config["resize"])
     multilabel = {"output": "float32 probabilities of each label, shape [batch, labels], in class_names order",
                   "label_thresholds": bundle.metrics["thresholds"]} if kind.task == MULTILABEL else {}
     return network, ModelCard(list(bundle.class_names), policy.size, policy.to_dict(),
@@ -164,7 +138,8 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
 
 
 def export(cfg: ExportConfig) -> Path:
-    """Write ``cfg.model`` as ``cfg.format`` to ``cfg.out`` with its card beside it."""
+    """Write ``cfg.model`` as ``cfg.format`` to ``cfg.out`` with its card beside it (the settings checked that
+    ``out`` is new, an earlier export, or to be replaced)."""
     out, fmt = Path(cfg.out), cfg.format
     network, card = classifier_network(cfg.model, cfg.weights)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,10 +151,10 @@ def export(cfg: ExportConfig) -> Path:
     else:
         data = _onnx(network, card) if fmt == "onnx" else _tflite(network, card, cfg.quantize, cfg.calibration)
         tmp.write_bytes(data)
-    if out.is_dir():
-        shutil.rmtree(out)
+    remove(card_path(out))
+    remove(out)
     os.replace(tmp, out)
-    card_path(out).write_text(json.dumps(card.to_json(), indent=2))
+    write_card(out, card)
     log.info("exported %s as %s to %s", cfg.model, fmt + (f" ({cfg.quantize})" if cfg.quantize else ""), out)
     return out
 
@@ -228,12 +203,9 @@ def _tflite(network: keras.Model, card: ModelCard, quantize: str | None, calibra
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
         files, _ = collect_images([calibration])
-        policy = ResizePolicy(**card.resize)
-
-        def representative():
-            for batch in decoded_batches(files[:200], policy, 1):
-                if batch.ok:
-                    yield [batch.pixels[:1]]
-
-        converter.representative_dataset = representative
+        samples = [batch.pixels[:1] for batch in decoded_batches(files[:200], ResizePolicy.from_dict(card.resize), 1)
+                   if batch.ok]
+        if not samples:  # the converter would quietly write a float model
+            raise UserError(f"no image under {calibration} could be decoded for calibration", param="calibration")
+        converter.representative_dataset = lambda: ([sample] for sample in samples)
     return converter.convert()

@@ -25,6 +25,7 @@ from ..data.views import views_of
 from ..errors import UserError
 from ..linear import tta
 from ..linear.kinds import MULTILABEL, REGRESSION, get_kind, is_network
+from ..outputs import claim, file_name, write_bytes
 from ..store.layout import layer_parts
 from .config import PredictConfig
 from .runtime import EXTENSIONS, ExportedModel
@@ -101,6 +102,12 @@ class Predictor:
                             "streamed fit has none)", param="reject")
         return self.reject_threshold
 
+    def given(self, p: np.ndarray) -> list[tuple[str, float]]:
+        """Several labels per image: the labels over their thresholds in one image's probabilities ``p``, the
+        most probable first."""
+        return [(self.class_names[c], float(p[c])) for c in np.argsort(-p, kind="stable")
+                if p[c] >= self.label_thresholds[c]]
+
 
 def bundle_backbone(bundle: Bundle, weights=None, precision: str = "auto") -> Backbone:
     """The backbone a bundle's codes came from, refusing other weights than those it was trained on."""
@@ -144,11 +151,11 @@ def bundle_predictor(bundle: Bundle, weights=None, precision: str = "auto", engi
     kind = get_kind(bundle.classifier)
     if kind.task == MULTILABEL:
         thresholds = np.asarray(bundle.metrics["thresholds"], np.float64)
-        return Predictor(bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
+        return Predictor(bundle.class_names, ResizePolicy.from_dict(bundle.store_config["resize"]),
                          f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind.outputs}, each label "
                          "given over its threshold", proba, label_thresholds=thresholds)
     if kind.task == REGRESSION:
-        return Predictor(["value"], ResizePolicy(**bundle.store_config["resize"]),
+        return Predictor(["value"], ResizePolicy.from_dict(bundle.store_config["resize"]),
                          f"{kind.name} regression on {bundle.backbone}/{bundle.layer}: {kind.outputs}",
                          lambda pixels, n: bundle.estimator.predict(codes(pixels, n)).reshape(-1, 1),
                          regression=True)
@@ -156,7 +163,7 @@ def bundle_predictor(bundle: Bundle, weights=None, precision: str = "auto", engi
     if bundle.views:
         outputs += f" averaged over each image and its {'+'.join(bundle.views)}"
     return Predictor(
-        bundle.class_names, ResizePolicy(**bundle.store_config["resize"]),
+        bundle.class_names, ResizePolicy.from_dict(bundle.store_config["resize"]),
         f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {outputs}", proba,
         reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"))
 
@@ -207,12 +214,12 @@ def load_predictor(path: str | Path, weights: str | Path | None = None, precisio
     if path.suffix in EXTENSIONS:
         model = ExportedModel(path)
         card = model.card
-        thresholds = card.get("label_thresholds")
-        return Predictor(card["class_names"], ResizePolicy(**card["resize"]),
-                         f"exported {path.suffix[1:]} model ({card['source']}): "
+        thresholds = card.label_thresholds
+        return Predictor(card.class_names, ResizePolicy.from_dict(card.resize),
+                         f"exported {path.suffix[1:]} model ({card.source}): "
                          + ("label probabilities, each label given over its threshold" if thresholds else
                             "class probabilities"),
-                         lambda pixels, n: model(pixels)[:n], reject_threshold=card.get("reject_threshold"),
+                         lambda pixels, n: model(pixels)[:n], reject_threshold=card.reject_threshold,
                          label_thresholds=None if thresholds is None else np.asarray(thresholds, np.float64))
     if is_network(path):
         if engine == "onnx":
@@ -235,7 +242,7 @@ def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
         if predictor.regression:
             raise UserError("draws where the evidence for a class lies; this model predicts a number",
                             param="explain")
-        Path(cfg.explain).mkdir(parents=True, exist_ok=True)
+        claim(cfg.explain, "predict")
     k = max(1, min(cfg.top_k, len(predictor.class_names)))
     with tqdm(total=len(files), unit="img", desc="predict", disable=not cfg.progress or not files) as bar:
         for batch in decoded_batches(files, predictor.policy, cfg.batch_size):
@@ -249,11 +256,11 @@ def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
                                                   [(predictor.class_names[c], float(p[c])) for c in order],
                                                   unknown=threshold is not None and p[order[0]] < threshold))
                     if predictor.label_thresholds is not None:
-                        predictions[-1].labels = [(predictor.class_names[c], float(p[c])) for c in np.argsort(-p)
-                                                  if p[c] >= predictor.label_thresholds[c]]
+                        predictions[-1].labels = predictor.given(p)
                     if cfg.explain is not None:
                         predictions[-1].heatmap = _explain(predictor, batch.pixels[row], int(order[0]), cfg,
-                                                           f"{len(predictions):05d}_{files[i].stem}.png")
+                                                           file_name(f"{len(predictions):05d}_{files[i].stem}",
+                                                                     ".png"))
             predictions += [Prediction(str(files[i]), skipped=reason) for i, reason in batch.failed]
             bar.update(len(batch.items))
     if threshold is not None:
@@ -266,7 +273,7 @@ def _explain(predictor: Predictor, pixels: np.ndarray, target: int, cfg: Predict
     from .explain import encoded, occlusion, overlay
 
     path = Path(cfg.explain) / name
-    path.write_bytes(encoded(overlay(pixels, occlusion(predictor.probabilities, pixels, target, cfg.batch_size))))
+    write_bytes(path, encoded(overlay(pixels, occlusion(predictor.probabilities, pixels, target, cfg.batch_size))))
     return str(path)
 
 

@@ -7,33 +7,37 @@ images with an exported ONNX model; decoding is the extract stage's own.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from .card import read_card
 
 EXTENSIONS = (".onnx", ".tflite")
 
 
 class ExportedModel:
-    """An exported classifier: ``model(pixels)`` maps a uint8 batch to class probabilities; ``card`` says the
-    class names, input size and resize policy (``MODEL.json`` beside it, or an ONNX file's own metadata)."""
+    """An exported classifier: ``model(pixels)`` maps a uint8 batch to class probabilities; ``card``
+    (:class:`~pipeline.deploy.card.ModelCard`, beside it) says the class names, input size and resize policy.
+    The card is checked, and the sha256 binding it to the model, before the model is loaded."""
 
     def __init__(self, path: str | Path):
         path = Path(path)
         if path.suffix not in EXTENSIONS:
             raise UserError(f"{path} is not an exported model ({', '.join(EXTENSIONS)})", param="model")
-        card = path.with_name(path.name + ".json")
+        self.card = read_card(path)
         try:
-            self._run, embedded = self._onnx(path) if path.suffix == ".onnx" else (self._tflite(path), None)
-            self.card = json.loads(card.read_text() if card.is_file() or embedded is None else embedded)
-        except Exception as e:  # noqa: BLE001 - a missing card, a bad file or runtime: one line
+            self._run = self._onnx(path) if path.suffix == ".onnx" else self._tflite(path)
+        except Exception as e:  # noqa: BLE001 - a bad file or runtime: one line
             raise UserError(f"cannot load exported model {path}: {type(e).__name__}: {e}", param="model") from None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self._run(np.ascontiguousarray(pixels, np.uint8))
+        out = self._run(np.ascontiguousarray(pixels, np.uint8))
+        if out.ndim != 2 or out.shape[1] != len(self.card.class_names):
+            raise UserError(f"the model gives {out.shape[1:]} outputs per image, its card names "
+                            f"{len(self.card.class_names)} classes", param="model")
+        return out
 
     @staticmethod
     def _onnx(path: Path):
@@ -41,8 +45,7 @@ class ExportedModel:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        embedded = session.get_modelmeta().custom_metadata_map.get("cnn_codes")
-        return (lambda pixels: session.run(None, {name: pixels})[0]), embedded
+        return lambda pixels: session.run(None, {name: pixels})[0]
 
     @staticmethod
     def _tflite(path: Path):

@@ -23,7 +23,7 @@ from ..linear.kinds import CLASSIFICATION, get_kind
 from ..linear.label_next import rank
 from ..store.layout import layer_parts
 from ..store.reader import FeatureStore, read_store
-from .config import SuggestConfig
+from .config import SUGGESTION_COLUMNS, SuggestConfig
 from .predict import bundle_codes, collect_images
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,12 @@ def _check_store(store: FeatureStore, bundle: Bundle, layers: list[str], what: s
     if store.config.weights_checksum != bundle.store_config["weights_checksum"]:
         raise UserError(f"{store.path} was extracted with other {store.config.backbone} weights than the bundle's "
                         f"{bundle.backbone}", param=what)
+    stored, trained = store.config.to_json(), bundle.store_config
+    differ = [k for k in ("backbone", "input_size", "preprocessing", "resize") if stored.get(k) != trained.get(k)]
+    if differ:  # codes of images decoded another way are other codes
+        raise UserError(f"{store.path} was extracted with another {', '.join(differ)} than the bundle's store "
+                        f"(resize {store.config.resize.get('mode')} against {trained['resize'].get('mode')}): "
+                        "extract it as the bundle's store was", param=what)
     missing = [p for layer in layers for p in layer_parts(layer) if p not in store.layers]
     if missing:
         raise UserError(f"{store.path} has no codes of layer {', '.join(missing)}: extract it with the layers "
@@ -99,7 +105,7 @@ def _from_images(cfg: SuggestConfig, bundle: Bundle, files: list[Path]
     network = bundle_codes(bundle, cfg.weights, cfg.precision, cfg.engine, [DUPLICATE_LAYER])
     paths, scores, codes, skipped = [], [], [], []
     with tqdm(total=len(files), unit="img", desc="codes", disable=not cfg.progress) as bar:
-        for batch in decoded_batches(files, ResizePolicy(**bundle.store_config["resize"]), cfg.batch_size):
+        for batch in decoded_batches(files, ResizePolicy.from_dict(bundle.store_config["resize"]), cfg.batch_size):
             if batch.ok:
                 n = len(batch.ok)
                 planes = [network(p, n) for p in views_of(batch.pixels, bundle.views)]
@@ -143,6 +149,6 @@ def write_csv(suggestions: Suggestions, path: str | Path) -> None:
     the second class, similarity to the nearest labelled image."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["rank", "path", "predicted", "score", "margin", "nearest_labelled"])
+        writer.writerow(SUGGESTION_COLUMNS)
         for s in suggestions.chosen:
             writer.writerow([s.rank, s.path, s.predicted, f"{s.score:.6f}", f"{s.margin:.6f}", f"{s.nearest:.4f}"])

@@ -162,7 +162,7 @@ def advise(cfg: AdviseConfig) -> Advice:
         backbone = backbone or store.config.backbone
         resize_mode = store.config.resize.get("mode", "crop")
     else:
-        dataset = discover(source)
+        dataset = discover(source, outside=cfg.allow_outside)
         root, paths = dataset.root, dataset.paths
         labels = None if dataset.labels is None else np.unique(dataset.labels, return_inverse=True)[1]
         backbone = backbone or DEFAULT_BACKBONE

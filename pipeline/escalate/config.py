@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..backbones.options import DEFAULT_BACKBONE, ENGINES
 from ..finetune.config import MODES
-from ..settings import Settings, at_least, between, positive, setting
+from ..outputs import check_out
+from ..settings import (
+    IMAGE_SIZES,
+    MAX_EPOCHS,
+    Settings,
+    between,
+    epoch_pair,
+    positive,
+    seed_setting,
+    setting,
+    within,
+)
 
 FINETUNE_CHOICES = ("auto", "always", "never")  # auto: where the advisor recommends it
 
@@ -18,11 +30,18 @@ class AdviseConfig(Settings):
 
     source: Path
     backbone: str | None = None  # None: the store's, or the default backbone
-    sample: int = setting(200, check=at_least(1))  # images the similarity is measured on
-    seed: int = 0
+    sample: int = setting(200, check=within(1, 10**5))  # images the similarity is measured on
+    seed: int = seed_setting()
     weights: Path | None = None
     engine: str = setting("auto", choices=ENGINES)
     budget: float | None = setting(None, check=positive)  # minutes fine-tuning may take here
+    allow_outside: bool = False  # a manifest may name images outside its folder
+    json: Path | None = None  # where the figures and verdict are written as JSON too
+    overwrite: bool = False  # replace a json file that advise did not write
+
+    def check(self) -> None:
+        check_out(self.json, "advise", inputs=(self.source,), overwrite=self.overwrite, param="json",
+                  recognise=_advice)
 
 
 @dataclass(frozen=True)
@@ -36,10 +55,23 @@ class RunConfig(Settings):
     finetune: str = setting("auto", choices=FINETUNE_CHOICES)
     budget: float | None = setting(None, check=positive)
     mode: str = setting("auto", choices=MODES)
-    image_size: int | None = setting(None, check=at_least(32))
+    image_size: int | None = setting(None, check=within(*IMAGE_SIZES))
     flip: bool = False
-    tail_epochs: int = setting(15, check=at_least(1))
-    epochs: tuple[int, int] = (5, 5)  # full mode's two phases
-    seed: int = 0
+    tail_epochs: int = setting(15, check=within(1, MAX_EPOCHS))
+    epochs: tuple[int, int] = setting((5, 5), check=epoch_pair)  # full mode's two phases
+    seed: int = seed_setting()
     engine: str = setting("auto", choices=ENGINES)
     progress: bool = True
+    overwrite: bool = False  # write into an out that run did not write
+    allow_outside: bool = False  # a manifest may name images outside its folder
+
+    def check(self) -> None:
+        check_out(self.out, "run", inputs=(self.data,), overwrite=self.overwrite)
+
+
+def _advice(path: Path) -> bool:
+    """advise's JSON: an object with the advisor's figures."""
+    try:
+        return {"divergence", "small", "similar"} <= set(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return False

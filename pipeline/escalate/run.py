@@ -21,6 +21,7 @@ from ..linear.classify import split_test
 from ..linear.config import FitConfig
 from ..linear.fit import FitResult, fit
 from ..linear.kinds import get_kind
+from ..outputs import claim
 from ..provenance import now_iso
 from ..store.config import ExtractConfig
 from ..store.extract import extract
@@ -100,7 +101,8 @@ def finetune_config(cfg: RunConfig, proposal: Strategy, test_paths: tuple[str, .
     return FinetuneConfig(
         data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, mode=cfg.mode, image_size=cfg.image_size,
         flip=cfg.flip, tail_epochs=cfg.tail_epochs, head_epochs=cfg.epochs[0], finetune_epochs=cfg.epochs[1],
-        engine=cfg.engine, seed=cfg.seed, test_paths=test_paths,
+        engine=cfg.engine, seed=cfg.seed, test_paths=test_paths, allow_outside=cfg.allow_outside,
+        overwrite=cfg.overwrite,
         unfreeze=10_000 if proposal is Strategy.FINETUNE_WHOLE else 30, progress=cfg.progress)
 
 
@@ -128,25 +130,29 @@ def _decide(cfg: RunConfig, advice: Advice, proposal: Strategy, ft: FinetuneConf
 
 def run(cfg: RunConfig) -> RunResult:
     """Run everything into ``cfg.out``; writes summary.json and summary.md."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    if Path(cfg.data).suffix.lower() == ".csv" and discover(cfg.data).multilabel:  # a manifest: cheap
+    claim(cfg.out, "run")
+    manifest = Path(cfg.data).suffix.lower() == ".csv"  # reading it is cheap
+    if manifest and discover(cfg.data, outside=cfg.allow_outside).multilabel:
         raise UserError("compares candidates on one label per image; for several labels per image, extract and "
                         "fit (the fit stage makes one model per label)", param="data")
-    advice = advise(AdviseConfig(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine))
+    advice = advise(AdviseConfig(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine,
+                                 allow_outside=cfg.allow_outside))
     log.info("%s", advice.format())
     proposal = Strategy.for_situation(advice.small, advice.similar, advice.far)
     store_path = cfg.out / "features.h5"
     started = time.perf_counter()
     layers = _layers(cfg.backbone)
     extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=layers,
-                          engine=cfg.engine, progress=cfg.progress))
+                          engine=cfg.engine, progress=cfg.progress, allow_outside=cfg.allow_outside,
+                          overwrite=cfg.overwrite))
     store = read_store(store_path)
     if store.labels is None:
         raise UserError("comparing candidates needs class labels; fit and fine-tune a numeric target "
                         "separately", param="data")
     train_idx, test_idx = split_test(store.labels, cfg.test_size, cfg.seed)
     test_paths = tuple(store.paths[i] for i in sorted(test_idx))
-    fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed))
+    fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed,
+                           overwrite=cfg.overwrite))
     linear_seconds = time.perf_counter() - started
     scores = layer_scores(store, layers, train_idx, cfg.seed)
     log.info("cheap scores (k-NN accuracy, LogME) on the training part: %s", ", ".join(

@@ -7,7 +7,20 @@ from pathlib import Path
 
 from ..backbones.options import DEFAULT_BACKBONE, ENGINES, PRECISIONS
 from ..linear.config import DEFAULT_REJECT_RATE
-from ..settings import Settings, at_least, between, positive, setting, share
+from ..outputs import check_out
+from ..settings import (
+    IMAGE_SIZES,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    Settings,
+    at_least,
+    between,
+    positive,
+    seed_setting,
+    setting,
+    share,
+    within,
+)
 
 MODES = ("auto", "tail", "full")  # auto: full where a GPU is seen, tail on a CPU
 OPTIMIZERS = ("adam", "sgd")
@@ -25,34 +38,39 @@ class FinetuneConfig(Settings):
     out: Path
     backbone: str = DEFAULT_BACKBONE
     mode: str = setting("auto", choices=MODES)
-    image_size: int | None = setting(None, check=at_least(32))  # None: pipeline.finetune.tail.default_size
+    image_size: int | None = setting(None, check=within(*IMAGE_SIZES))  # None: pipeline.finetune.tail.default_size
     top: str = "penultimate"  # the feature layer the new head pools
     learning_rate: float = setting(1e-3, check=positive)  # the head's
     optimizer: str = setting("adam", choices=OPTIMIZERS)
-    hidden: int | None = setting(None, check=at_least(1))  # a hidden dense layer before the softmax
+    hidden: int | None = setting(None, check=within(1, 65536))  # a hidden dense layer before the softmax
     dropout: float = setting(0.2, check=share)
     val_size: float = setting(0.2, check=between(0, 1))
-    patience: int = setting(4, check=at_least(1))
+    patience: int = setting(4, check=within(1, MAX_EPOCHS))
     class_weight: str | None = setting("balanced", choices=CLASS_WEIGHTS)
     probe: bool = True  # the head starts as a linear probe on the training codes (LP-FT)
     test_paths: tuple[str, ...] = ()  # scored at the end, never trained or chosen on
     exclude_paths: tuple[str, ...] = ()  # left out altogether (another stage's held-out images)
     cache: Path | None = None  # tail mode's activation cache folder; None: out/activations
-    batch_size: int = setting(32, check=at_least(1))
-    seed: int = 0
+    batch_size: int = setting(32, check=within(1, MAX_BATCH))
+    seed: int = seed_setting()
     precision: str = setting("auto", choices=PRECISIONS)
     reject_rate: float = setting(DEFAULT_REJECT_RATE, check=share)
     progress: bool = True
     # tail mode
     cut: str | None = None  # None: pipeline.finetune.tail.default_cut
-    views: int = setting(4, check=at_least(1))
+    views: int = setting(4, check=within(1, 64))
     flip: bool = False  # mirrors too (tail's views, full mode's augmentation)
-    tail_epochs: int = setting(15, check=at_least(1))
+    tail_epochs: int = setting(15, check=within(1, MAX_EPOCHS))
     block_lr_factor: float = setting(0.3, check=positive)
     engine: str = setting("auto", choices=ENGINES)
     # full mode
-    head_epochs: int = setting(5, check=at_least(0))
-    finetune_epochs: int = setting(5, check=at_least(0))
+    head_epochs: int = setting(5, check=within(0, MAX_EPOCHS))
+    finetune_epochs: int = setting(5, check=within(0, MAX_EPOCHS))
     unfreeze: int = setting(30, check=at_least(0))
     unfreeze_from: str | None = None
     augment: bool = True
+    overwrite: bool = False  # write into an out that finetune did not write
+    allow_outside: bool = False  # a manifest may name images outside its folder
+
+    def check(self) -> None:
+        check_out(self.out, "finetune", inputs=(self.data, self.cache), overwrite=self.overwrite)

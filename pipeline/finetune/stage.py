@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..linear.kinds import get_kind
 from ..linear.reject import reject_rule
 from ..metrics import Score
+from ..outputs import claim
 from ..provenance import library_versions, now_iso
 from ..results import CVResult, HeldOut
 from .config import FinetuneConfig
@@ -95,7 +96,7 @@ def _scores(outputs: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[dict[
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Train, save ``model.keras``, ``classes.json``, ``history.json``, ``curves.png`` and ``metrics.json``."""
-    dataset = discover(cfg.data)
+    dataset = discover(cfg.data, outside=cfg.allow_outside)
     if dataset.multilabel:
         raise UserError(f"{cfg.data} gives several labels per image; fine-tuning takes one (a label column)",
                         param="data")
@@ -113,7 +114,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                               else backbone.spec.input_size)
     policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
     names = [] if regression else dataset.class_names
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    claim(cfg.out, "finetune")
     if mode == "tail":  # view 0 of every image first: it tells which images decode before the split
         cache, failed = cache_views(backbone, policy, activation_folder(cfg), files, [dataset.paths[i] for i in kept],
                                     [1] * len(files), tail_settings(cfg, backbone))

@@ -6,25 +6,26 @@ project's SVM and scaler, the calibration wrappers), and refuses a file naming
 any other type before creating anything, whether or not its checksum matches.
 The sha256 beside it (``sha256sum -c`` format) catches corruption. A run
 folder's bundles, checksums and metrics are replaced together
-(:func:`replace_folder`), so a reader never sees a mix of two runs.
+(:func:`pipeline.outputs.replace_folder`), so a reader never sees a mix of two runs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
+import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import skops.io as sio
 
+from ..data.decode import ResizePolicy
 from ..data.views import VIEWS
 from ..errors import UserError
 from ..provenance import file_sha256
-from .kinds import KINDS, trusted_types
+from ..settings import IMAGE_SIZES, is_probability
+from ..store.layout import StoreConfig, layer_parts
+from .kinds import KINDS, MULTILABEL, REGRESSION, trusted_types
 
 # 3: this package's types under pipeline.linear; 2 named them at the package's top (refused: fit again); 1 was a
 # joblib pickle (refused)
@@ -115,40 +116,43 @@ def load_bundle(path: str | Path) -> Bundle:
         raise UserError(f"bundle {path} holds a model kind this version does not know: {bundle.classifier!r}")
     if not isinstance(bundle.views, list) or not all(isinstance(v, str) and v in VIEWS for v in bundle.views):
         raise UserError(f"bundle {path} names views this version does not know: {bundle.views!r}")
+    _check_card(bundle, path)
     return bundle
 
 
-_RENAME_EXCHANGE = 2
+def _check_card(bundle: Bundle, path: Path) -> None:
+    """Every field of a bundle's metadata checked (types, ranges, sizes) before anything is built from it: a
+    damaged or crafted file is one line, never a traceback or a network of absurd size."""
+    def refuse(what: str):
+        raise UserError(f"bundle {path} is damaged or was not written by this package: {what}")
 
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux ``renameat2``); False where the system cannot."""
+    if not isinstance(bundle.store_config, dict):
+        refuse("its store configuration is missing")
     try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    return renameat2(-100, os.fsencode(a), -100, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-def replace_folder(out: Path, write) -> None:
-    """Fill a new folder through ``write(folder)``, then swap it in for ``out`` in one step: a kill at any point
-    leaves ``out`` as it was (or absent); leftovers of killed runs are removed by the next one."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    new = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    new.mkdir()
-    try:
-        write(new)
-        if out.exists() and _exchange(new, out):
-            shutil.rmtree(new)  # now the old folder
-        else:
-            if out.exists():
-                old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-                os.replace(out, old)
-            os.replace(new, out)
-    finally:
-        shutil.rmtree(new, ignore_errors=True)
-        for stale in out.parent.glob(f".{out.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+        config = StoreConfig.from_json(bundle.store_config)
+        policy = ResizePolicy.from_dict(config.resize)
+    except (KeyError, TypeError, ValueError, UserError) as e:
+        refuse(f"its store configuration is not one ({type(e).__name__}: {e})")
+    if not isinstance(config.backbone, str) or not isinstance(config.input_size, int) \
+            or config.input_size != policy.size or not IMAGE_SIZES[0] <= policy.size <= IMAGE_SIZES[1]:
+        refuse(f"its input size {config.input_size!r} is not its resize policy's or outside {IMAGE_SIZES}")
+    if not isinstance(bundle.layer, str) or not set(layer_parts(bundle.layer)) <= set(config.layers):
+        refuse(f"its layer {bundle.layer!r} is not one of its store's")
+    names = bundle.class_names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        refuse("its class names are not distinct names")
+    outputs = getattr(bundle.estimator, "classes_", None)
+    if KINDS[bundle.classifier].task != REGRESSION and (outputs is None or len(outputs) != len(names)):
+        refuse(f"its model has {0 if outputs is None else len(outputs)} classes for {len(names)} class names")
+    if not isinstance(bundle.C, (int, float)) or not math.isfinite(bundle.C) or bundle.C < 0:
+        refuse(f"C {bundle.C!r}")
+    if not isinstance(bundle.metrics, dict):
+        refuse("its metrics are not a table")
+    reject = (bundle.metrics.get("reject") or {}).get("threshold") if isinstance(
+        bundle.metrics.get("reject") or {}, dict) else "?"
+    if reject is not None and not is_probability(reject):
+        refuse(f"its threshold for unknown images {reject!r} is not a probability")
+    thresholds = bundle.metrics.get("thresholds")
+    if KINDS[bundle.classifier].task == MULTILABEL and (not isinstance(thresholds, list) or len(thresholds) != len(
+            names) or not all(map(is_probability, thresholds))):
+        refuse("its per-label thresholds are not one probability per label")

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..settings import Settings, at_least, between, setting, share
+from ..outputs import check_out
+from ..settings import MAX_JOBS, Settings, at_least, between, seed_setting, setting, share, within
 from .kinds import CLASSIFIERS, classifiers
 
 NORMALISATIONS = ("power", "standard", "l2")  # how codes are scaled (pipeline.linear.scaling)
@@ -20,10 +21,11 @@ _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 def parse_memory(text: str) -> int:
     """``"2G"``, ``"512MiB"``, ``"1.5GB"``, or bytes -> bytes (binary units)."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
-    if not match:
-        raise UserError(f"not a memory size: {text!r} (e.g. 2G, 512M)", param="max_memory")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    size = float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
+    if not 1 <= size < 2**60:  # nan fails too
+        raise UserError(f"not a memory size: {str(text)[:40]!r} (e.g. 2G, 512M)", param="max_memory")
+    return int(size)
 
 
 @dataclass(frozen=True)
@@ -35,21 +37,24 @@ class FitConfig(Settings):
     classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=classifiers)
     layers: tuple[str, ...] | None = None  # None: every stored layer, joined
     normalise: str | None = setting(None, choices=NORMALISATIONS)  # None: the task's own
-    folds: int = setting(5, check=at_least(2))
-    repeats: int | None = setting(None, check=at_least(1))  # None: 3 under 1,000 images, else 1
+    folds: int = setting(5, check=within(2, 100))
+    repeats: int | None = setting(None, check=within(1, 100))  # None: 3 under 1,000 images, else 1
     # auto: none and balanced compete when the classes differ 1.5x
     class_weight: str | None = setting("auto", choices=CLASS_WEIGHTS)
     views: str = setting("auto", choices=VIEW_SETTINGS)  # auto: with and without the store's views compete
     test_size: float | None = setting(None, check=between(0, 1))
     test_store: Path | None = None
     test_paths: tuple[str, ...] | None = None
-    seed: int = 0
-    jobs: int | None = None
+    seed: int = seed_setting()
+    jobs: int | None = setting(None, check=within(1, MAX_JOBS))
     max_memory: int | None = setting(None, check=at_least(1))  # bytes of codes above which the fit streams
     reject_rate: float = setting(DEFAULT_REJECT_RATE, check=share)
-    duplicate_threshold: float | None = DEFAULT_DUPLICATE_THRESHOLD  # None or 0: not looked for
+    # None or 0: not looked for
+    duplicate_threshold: float | None = setting(DEFAULT_DUPLICATE_THRESHOLD, check=within(0, 1))
+    overwrite: bool = False  # replace an out that fit did not write
 
     def check(self) -> None:
         if sum(t is not None for t in (self.test_store, self.test_size, self.test_paths)) > 1:
             raise UserError("give one way of testing: a test fraction, a test store or test paths",
                             param="test_store")
+        check_out(self.out, "fit", inputs=(self.store, self.test_store), overwrite=self.overwrite)

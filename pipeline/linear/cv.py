@@ -97,17 +97,31 @@ def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_we
     return scores
 
 
+def _two_classes_trained(splits, y: np.ndarray) -> list:
+    """The grouped ``splits``, refused in one line where keeping groups together leaves a training part with
+    one class alone (groups as large as classes: near-duplicates by a threshold too low for these codes). A class
+    missing from a training part is scored as the mistakes it makes."""
+    splits = list(splits)
+    if any(len(np.unique(y[train])) < 2 for train, _ in splits):
+        raise UserError("images kept together (near-duplicates, or a manifest's groups) leave a fold's training "
+                        "part with one class alone: near-duplicates must be more alike for these codes, or need "
+                        "not be looked for (0)", param="duplicate_threshold")
+    return splits
+
+
 def _inner_splits(y: np.ndarray, seed: int, groups: np.ndarray | None = None):
     """Stratified 3-fold, or one 80/20 split when large; with ``groups``, each group inside one side."""
     if len(y) >= LARGE:
         if groups is not None:  # the first fold of five: 80/20
-            return [next(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, groups))]
+            return _two_classes_trained(
+                [next(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, groups))], y)
         return StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y)
     folds = min(3, int(np.bincount(y).min()))
     if folds < 2:
         return None
     if groups is not None:
-        return StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups)
+        return _two_classes_trained(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups),
+                                    y)
     return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
 
 
@@ -150,8 +164,8 @@ def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int,
     if groups is None:
         return list(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed).split(
             np.zeros(len(y)), y))
-    return [split for r in range(repeats)
-            for split in StratifiedGroupKFold(k, shuffle=True, random_state=seed + r).split(y, y, groups)]
+    return _two_classes_trained([split for r in range(repeats) for split in
+                                 StratifiedGroupKFold(k, shuffle=True, random_state=seed + r).split(y, y, groups)], y)
 
 
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],

@@ -19,12 +19,13 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from ..errors import UserError
+from ..outputs import replace_folder
 from ..provenance import library_versions, now_iso
 from ..results import CVResult, FinalModel, Protocol
 from ..store.layout import JOIN, default_candidates
 from ..store.reader import FeatureStore, read_store
 from . import classify, cv, stream, tta
-from .bundle import Bundle, replace_folder, save_bundle
+from .bundle import Bundle, save_bundle
 from .config import FitConfig
 from .duplicates import duplicate_sets, subset
 from .fit_result import FitResult
@@ -92,7 +93,7 @@ def fit(cfg: FitConfig) -> FitResult:
     task = task_of(store)
     cfg = replace(cfg, normalise=cfg.normalise or task.normalise)
     kinds = task.kinds(cfg)
-    layers = list(cfg.layers or default_candidates(store.layers))
+    layers = [store.check_layer(layer, "layers") for layer in cfg.layers or default_candidates(store.layers)]
     budget = cfg.max_memory or stream.default_max_memory()
     need = stream.codes_bytes(store, layers)
     if need > budget:  # one stored layer, the last named
@@ -160,7 +161,7 @@ def _save(cfg: FitConfig, task: Task, store: FeatureStore, kinds, refits, final,
             ), folder / final[kind].bundle)
         (folder / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
 
-    replace_folder(cfg.out, write)
+    replace_folder(cfg.out, "fit", write)
     return result
 
 

@@ -40,7 +40,7 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     if task == REGRESSION:
         raise UserError(f"{cfg.bundle} is a regression bundle; the report is for classifiers", param="bundle")
     several = task == MULTILABEL
-    dataset = discover(cfg.data)
+    dataset = discover(cfg.data, outside=cfg.allow_outside)
     if several and not dataset.multilabel:
         raise UserError(f"{cfg.data} gives no labels column: a multi-label bundle is reported on a manifest with "
                         "several labels per image", param="data")
@@ -55,7 +55,7 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     layers = layer_parts(bundle.layer)
     views = tuple(bundle.views)
     path = store_path(cfg.features, cfg.data, bundle.backbone, tuple(layers), views)
-    result = update_store(dataset, path, backbone, layers, ResizePolicy(**bundle.store_config["resize"]),
+    result = update_store(dataset, path, backbone, layers, ResizePolicy.from_dict(bundle.store_config["resize"]),
                           progress=cfg.progress, engine=cfg.engine, views=views)
     log.info("%s", result.summary())
     store = read_store(path)

@@ -11,7 +11,8 @@ from ..data.views import VIEWS
 from ..errors import UserError
 from ..linear.config import CLASS_WEIGHTS, DEFAULT_DUPLICATE_THRESHOLD, NORMALISATIONS
 from ..linear.kinds import CLASSIFIERS, classifiers, is_network
-from ..settings import Settings, at_least, setting
+from ..outputs import check_out
+from ..settings import IMAGE_SIZES, MAX_JOBS, Settings, epoch_pair, seed_setting, setting, within
 
 HEATMAPS = 4  # of the most confident mistakes, and of images predicted right (pipeline.report.heatmaps)
 FEATURES = Path("features")  # where codes are cached, one store per dataset, backbone and layer set
@@ -28,21 +29,23 @@ class EvaluateConfig(Settings):
     layers: tuple[str, ...] = ("penultimate",)
     views: tuple[str, ...] = setting((), choices=VIEWS)  # with and without these views compete
     finetune: bool = False
-    image_size: int | None = setting(None, check=at_least(32))
-    epochs: tuple[int, int] = (5, 5)  # full mode's two phases
+    image_size: int | None = setting(None, check=within(*IMAGE_SIZES))
+    epochs: tuple[int, int] = setting((5, 5), check=epoch_pair)  # full mode's two phases
     features: Path = FEATURES
-    folds: int = setting(5, check=at_least(2))
-    repeats: int | None = setting(None, check=at_least(1))
+    folds: int = setting(5, check=within(2, 100))
+    repeats: int | None = setting(None, check=within(1, 100))
     normalise: str = setting("power", choices=NORMALISATIONS)
     advise: bool = True
-    seed: int = 0
-    jobs: int | None = None
+    seed: int = seed_setting()
+    jobs: int | None = setting(None, check=within(1, MAX_JOBS))
     engine: str = setting("auto", choices=ENGINES)
     command: str = ""
     progress: bool = True
-    duplicate_threshold: float | None = DEFAULT_DUPLICATE_THRESHOLD
+    duplicate_threshold: float | None = setting(DEFAULT_DUPLICATE_THRESHOLD, check=within(0, 1))
     class_weight: str | None = setting("auto", choices=CLASS_WEIGHTS)
-    heatmaps: int = setting(HEATMAPS, check=at_least(0))  # mistakes and right answers explained (linear best only)
+    heatmaps: int = setting(HEATMAPS, check=within(0, 1000))  # mistakes and right answers explained (linear best only)
+    overwrite: bool = False  # write into an out that evaluate did not write
+    allow_outside: bool = False  # a manifest may name images outside its folder
 
     def check(self) -> None:
         if not self.data:
@@ -52,6 +55,7 @@ class EvaluateConfig(Settings):
             raise UserError(f"dataset {missing[0]} does not exist", param="data")
         if not self.backbones:
             raise UserError("give at least one backbone", param="backbones")
+        check_out(self.out, "evaluate", inputs=self.data, overwrite=self.overwrite)
 
 
 @dataclass(frozen=True)
@@ -61,15 +65,19 @@ class BundleReportConfig(Settings):
     bundle: Path
     data: Path
     features: Path = FEATURES
-    seed: int = 0
+    seed: int = seed_setting()
     advise: bool = True
     command: str = ""
     progress: bool = True
     weights: Path | None = None
     engine: str = setting("auto", choices=ENGINES)
-    heatmaps: int = setting(HEATMAPS, check=at_least(0))
+    heatmaps: int = setting(HEATMAPS, check=within(0, 1000))
+    out: Path | None = None  # the report's folder
+    overwrite: bool = False
+    allow_outside: bool = False  # a manifest may name images outside its folder
 
     def check(self) -> None:
+        check_out(self.out, "evaluate", inputs=(self.bundle, self.data), overwrite=self.overwrite)
         if is_network(self.bundle):
             raise UserError("takes a fitted classifier bundle (.skops); compare fine-tuned networks in the grid, "
                             "or predict with one", param="bundle")

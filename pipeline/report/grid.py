@@ -59,8 +59,12 @@ def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStor
     for backbone in cfg.backbones:
         layers = tuple(dict.fromkeys(part for layer in cfg.layers for part in layer_parts(layer)))
         path = store_path(cfg.features, data, backbone, layers, cfg.views)
-        result = extract(ExtractConfig(data=data, out=path, backbone=backbone, layers=layers, views=cfg.views,
-                                       engine=cfg.engine, progress=cfg.progress))
+        try:
+            settings = ExtractConfig(data=data, out=path, backbone=backbone, layers=layers, views=cfg.views,
+                                     engine=cfg.engine, progress=cfg.progress, allow_outside=cfg.allow_outside)
+        except UserError as e:  # the cache's store is no output of the user's: its folder is the setting at fault
+            raise UserError(e.message, param="features" if e.param == "out" else e.param) from None
+        result = extract(settings)
         log.info("%s", result.summary())
         stores[backbone] = read_store(path)
         extraction[backbone] = extraction_record(result, stores[backbone])
@@ -98,7 +102,7 @@ def _finetune_row(data: Path, root: Path, backbone: str, paths: list[str], y: np
         result = finetune(FinetuneConfig(
             data=data, out=out, backbone=backbone, image_size=cfg.image_size, head_epochs=cfg.epochs[0],
             finetune_epochs=cfg.epochs[1], seed=cfg.seed, test_paths=tuple(paths[i] for i in test),
-            progress=cfg.progress))
+            progress=cfg.progress, allow_outside=cfg.allow_outside))
         accuracy.append(result.test.scores["accuracy"])
         macro_f1.append(result.test.scores["macro_f1"])
         seconds += result.validation.fit_seconds

@@ -16,6 +16,7 @@ from pathlib import Path
 import jinja2
 
 from ..metrics import Score
+from ..outputs import claim
 from ..results import variant
 from . import figures
 from .content import Report, Section
@@ -41,9 +42,21 @@ def _signed_ci(value: dict) -> str:
     return f"{_signed(value['mean'])} [{_signed(value['ci95'][0])}, {_signed(value['ci95'][1])}]"
 
 
+@jinja2.pass_eval_context
+def _markdown_safe(context, value):
+    """Where nothing is escaped (Markdown), text a user or a file name supplied loses its tags' brackets."""
+    if context.autoescape or not isinstance(value, str):
+        return value
+    return value.replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _environment() -> jinja2.Environment:
+    """The templates' environment: every value escaped in HTML (class names, labels and paths come from the
+    user's folders and manifests), and no tag in Markdown."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline.report", "templates"),
-                             autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True,
+                             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",),
+                                                                 default_for_string=True),
+                             finalize=_markdown_safe, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
     env.globals.update(groups_shown=GROUPS_SHOWN, group_shown=GROUP_SHOWN,
                        metric_name=lambda p: "macro-F1" if p.get("metric") == "macro_f1" else "accuracy")
@@ -88,7 +101,7 @@ def _figures(report: dict, sections: list[Section], out: Path) -> list[dict]:
 def write_report(typed: Report, out: Path) -> dict[str, Path]:
     """Write ``out/report.{json,md,html}`` and ``out/figures/``; returns the three paths."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "evaluate")
     report = typed.to_json()
     if typed.mode == "multilabel":  # its own figures: the thumbnails of the images with labels wrong
         drawn = [[figures.thumbnail(Path(s["root"]) / item["path"]) for item in s["best"]["wrong"]]

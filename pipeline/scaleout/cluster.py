@@ -9,6 +9,7 @@ retried (Ray Data's default for actor pools).
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,25 @@ from ..errors import UserError
 log = logging.getLogger(__name__)
 
 
+PROBE_SECONDS = 5.0  # how long a cluster's address may take to answer before it is called unreachable
+
+
+def check_address(address: str) -> None:
+    """Refuse in one line, within seconds, an address that is not ``auto``, ``local`` or ``[ray://]host:port``,
+    or whose port does not answer (Ray itself would wait minutes for it)."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{address!r} is not a cluster address: auto, local, HOST:PORT or ray://HOST:PORT",
+                        param="ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as e:
+        raise UserError(f"nothing answers at {address} ({e.strerror or e}); is the cluster's head running there?",
+                        param="ray") from None
+
+
 def connect(address: str) -> None:
     """Join the cluster at ``address``: ``auto`` (the one ``ray start`` runs here), ``local`` (a new one in
     this process, ended with it) or ``host:port`` / ``ray://host:port``. The workers import this package as
@@ -33,6 +53,7 @@ def connect(address: str) -> None:
         raise UserError("needs Ray: pip install 'cnn-codes[ray]'", param="ray") from None
     if ray.is_initialized():
         return
+    check_address(address)
     runtime_env = {"py_modules": [str(Path(pipeline.__file__).parent)]}
     try:
         ray.init(address=None if address == "local" else address, runtime_env=runtime_env,

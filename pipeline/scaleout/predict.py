@@ -8,14 +8,15 @@ pandas read it as one table): ``path``, then ``class_1``, ``probability_1``, ...
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from ..data.discover import LABEL_SEPARATOR
 from ..deploy.config import PredictConfig
 from ..deploy.predict import collect_images, load_predictor
 from ..errors import UserError
+from ..outputs import replace_folder
 from .cluster import actor_pool, decode_batch, file_dataset, prepare_worker
 from .extract import DECODE_CPUS
 from .listing import ClusterListing
@@ -46,13 +47,18 @@ class Classifier:
             names = np.asarray(self.predictor.class_names, dtype=object)
             classes = np.full((n, self.k), None, dtype=object)
             probabilities = np.full((n, self.k), np.nan)
+            given = np.full(n, None, dtype=object)  # several labels per image: each over its threshold
             if len(ok):
                 p = self.predictor.probabilities(batch["pixels"][ok], len(ok))
                 order = np.argsort(-p, axis=1, kind="stable")[:, :self.k]
                 classes[ok] = names[order]
                 probabilities[ok] = np.take_along_axis(p, order, axis=1)
+                if self.predictor.label_thresholds is not None:
+                    given[ok] = [LABEL_SEPARATOR.join(name for name, _ in self.predictor.given(row)) for row in p]
             if self.threshold is not None:  # skipped rows: no decision
                 out["decision"] = np.where(probabilities[:, 0] < self.threshold, "unknown", classes[:, 0])
+            if self.predictor.label_thresholds is not None:
+                out["labels"] = given
             for r in range(self.k):
                 out[f"class_{r + 1}"] = classes[:, r]
                 out[f"probability_{r + 1}"] = probabilities[:, r]
@@ -60,12 +66,15 @@ class Classifier:
         return out
 
 
-def predict_to_parquet(cfg: PredictConfig, out: str | Path, address: str) -> int:
-    """Predict every image ``cfg`` names on the cluster at ``address`` into the Parquet folder ``out``; returns
-    the rows. Rejecting adds a ``decision`` column: the top class or ``unknown`` (:meth:`Predictor.threshold`)."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and all(f.suffix == ".parquet" for f in out.iterdir())):
-        raise UserError(f"{out} exists and is not a folder of Parquet files", param="out")
+def predict_to_parquet(cfg: PredictConfig, address: str) -> int:
+    """Predict every image ``cfg`` names on the cluster at ``address`` into the Parquet folder ``cfg.out``;
+    returns the rows. Rejecting adds a ``decision`` column: the top class or ``unknown``
+    (:meth:`Predictor.threshold`); a model of several labels per image, a ``labels`` column: those over their
+    thresholds."""
+    if cfg.out is None:
+        raise UserError("on a cluster the predictions go to a Parquet folder: name it", param="out")
+    if Path(cfg.out).is_file():
+        raise UserError(f"{cfg.out} is a file; on a cluster the predictions go to a folder", param="out")
     predictor = load_predictor(cfg.model, cfg.weights, cfg.precision, cfg.engine)  # a bad model fails here
     predictor.threshold(cfg.reject)  # as does one without a threshold to reject with
     files, missing = collect_images(cfg.images, ClusterListing(address))
@@ -84,9 +93,6 @@ def predict_to_parquet(cfg: PredictConfig, out: str | Path, address: str) -> int
                    "reject": cfg.reject}))
     rows = len(columns["path"])
     log.info("predicting %d images on Ray: %d model actor(s)", rows, pool.actors)
-    tmp = out.resolve().with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.write_parquet(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)  # replaced whole: a reader never sees two runs' shards mixed
-    tmp.rename(out)
+    # replaced whole: a reader never sees two runs' shards mixed
+    replace_folder(Path(cfg.out).resolve(), "predict", lambda folder: dataset.write_parquet(str(folder)))
     return rows

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..provenance import library_versions, now_iso
 from .config import ExtractConfig
 from .layout import StoreConfig
-from .reader import FeatureStore, read_store
+from .reader import FeatureStore, is_store_of, read_store
 from .writer import Row, Shards, assemble, refuse_mismatch, writing
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,14 @@ class Here:
 def extract(cfg: ExtractConfig, site: Site | None = None) -> ExtractResult:
     """Run (or resume, or update) the extraction described by ``cfg``, at ``site`` (default: :class:`Here`)."""
     site = site or Here()
-    dataset = discover(cfg.data, unlabelled=cfg.unlabelled, lister=site.lister)
+    dataset = discover(cfg.data, unlabelled=cfg.unlabelled, lister=site.lister, outside=cfg.allow_outside)
     if not dataset.paths and not dataset.skipped:
         raise UserError(f"no images found in {cfg.data}", param="data")
     backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision)
     layers = backbone.check_layers(cfg.layers or backbone.spec.default_layers)
     return update_store(dataset, Path(cfg.out), backbone, layers, resize_policy(backbone.spec, cfg.resize),
                         batch_size=cfg.batch_size, workers=cfg.workers, progress=cfg.progress, engine=cfg.engine,
-                        site=site, views=cfg.views)
+                        site=site, views=cfg.views, replace=cfg.overwrite)
 
 
 @dataclass
@@ -159,11 +159,13 @@ def _plan(dataset: Dataset, out: Path, previous: dict, shards: Shards, site: Sit
 
 def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[str], policy: ResizePolicy, *,
                  batch_size: int = 32, workers: int | None = None, progress: bool = True, prune: bool = True,
-                 engine: str = "auto", site: Site | None = None, views: tuple[str, ...] = ()) -> ExtractResult:
+                 engine: str = "auto", site: Site | None = None, views: tuple[str, ...] = (),
+                 replace: bool = False) -> ExtractResult:
     """Bring the store ``out`` up to date with ``dataset``, extracting only what is new or changed, as the one
     writer (:func:`~pipeline.store.writer.writing`); ``prune=False`` keeps rows of other files (a cache of
     codes); ``site``: where the network runs (default :class:`Here`); ``views``: the views
-    (:mod:`pipeline.data.views`) whose codes are stored beside each image's."""
+    (:mod:`pipeline.data.views`) whose codes are stored beside each image's; ``replace``: a file at ``out`` that
+    is not a store of these images with this configuration is replaced, not refused."""
     site = site or Here()
     spec = backbone.spec
     config = StoreConfig(spec.name, backbone.weights_checksum, tuple(layers), spec.input_size,
@@ -171,11 +173,14 @@ def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[s
     with writing(out):
         old = None
         previous: dict[tuple, int] = {}
-        if out.exists():
+        if out.exists() and not (replace and not is_store_of(out, dataset.root)):
             old = read_store(out)
-            refuse_mismatch(old.config, config, out)
-            previous = {(p, *map(int, fp)): i for i, (p, fp) in enumerate(zip(old.paths, old.fingerprints))}
-        shards = Shards(out, config)
+            if replace and old.config.differences(config):
+                old = None
+            else:
+                refuse_mismatch(old.config, config, out)
+                previous = {(p, *map(int, fp)): i for i, (p, fp) in enumerate(zip(old.paths, old.fingerprints))}
+        shards = Shards(out, config, replace)
         plan = _plan(dataset, out, previous, shards, site)
         from_store = sum(1 for r in plan.rows.values() if r.source == out)
         log.info("%d images: %d to extract, %d reused from %s, %d from an interrupted run",
@@ -224,7 +229,7 @@ def _write(out: Path, config: StoreConfig, dataset: Dataset, plan: _Plan, kept: 
     rows = [plan.rows[i] for i in order]
     if kept:  # a cache: one canonical order, so an unchanged cache is not rewritten
         rows = sorted(rows + kept, key=lambda r: r.path)
-    if old is not None and [(r.source, r.index) for r in rows] == [(out, i) for i in range(len(old))] \
+    if old is not None and old.checked and [(r.source, r.index) for r in rows] == [(out, i) for i in range(len(old))] \
             and old.skipped == skipped and old.class_names == dataset.class_names \
             and _same(old.labels, labels) and _same(old.targets, targets) and old.groups == groups \
             and _same(old.multilabels, None if multilabels is None else multilabels.tolist()):

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from ..errors import UserError
 
-FORMAT_VERSION = 2  # 2: fletcher32 checksums on the numeric datasets; 1 is still read
+FORMAT_VERSION = 3  # 3: content digests (pipeline.store.digests); 2: fletcher32 checksums; 1 and 2 are still read
+DIGESTS_SINCE = 3
 JOIN = "+"  # "stage6+penultimate": the codes of both layers side by side, one candidate
 
 
@@ -81,5 +82,5 @@ def refuse_mismatch(existing: StoreConfig, wanted: StoreConfig, where: Path) -> 
     if diff:
         raise UserError(
             f"{where} was made with a different {', '.join(diff)} "
-            f"(backbone {existing.backbone}, layers {','.join(existing.layers)}); "
-            "write to another file or delete it", param="out")
+            f"(backbone {existing.backbone}, layers {','.join(existing.layers)}): write to another file, or "
+            "replace it", param="out", remedy="overwrite")

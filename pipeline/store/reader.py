@@ -1,11 +1,15 @@
-"""Reading a feature store (layout: docs/store.md): its schema checked before anything is read, small arrays in
-memory, codes read on demand. Numeric datasets carry fletcher32 checksums (format 2), verified by h5py on every
-read; anything wrong is one :class:`~pipeline.errors.UserError`.
+"""Reading a feature store (layout: docs/store.md): its schema and attributes checked before anything is read,
+small arrays in memory, codes read on demand. Every read of a store of format 3 is checked against the digests
+assembly recorded (:mod:`pipeline.store.digests`), and the numeric datasets carry fletcher32 checksums too; all
+reads come from the file that was opened first (its identity is checked on the open file, not by name).
+Anything wrong, h5py's own errors included, is one :class:`~pipeline.errors.UserError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,8 +18,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..data.discover import dataset_root
 from ..errors import UserError
+from . import digests
 from .layout import (
+    DIGESTS_SINCE,
     FORMAT_VERSION,
     StoreConfig,
     code_key,
@@ -23,6 +30,8 @@ from .layout import (
     dataset_name,
     layer_parts,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,10 +45,11 @@ class FeatureStore:
     labels: np.ndarray | None
     class_names: list[str] | None
     skipped: list[tuple[str, str]]
-    identity: tuple[int, int]
+    identity: tuple[int, ...]
     targets: np.ndarray | None = None
     groups: list[str] | None = None  # the manifest's group of each image ("": none)
     multilabels: np.ndarray | None = None  # several labels per image: (images, class_names) of 0/1
+    checked: bool = True  # its datasets carry digests (format 3 on)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -56,34 +66,35 @@ class FeatureStore:
     def paths(self) -> list[str]:
         """The images' paths, read on first use: a million of them as Python strings take a few hundred MB,
         which a streamed fit never needs."""
-        self._check_identity()
-        try:
-            with h5py.File(self.path, "r") as f:
-                return list(f["paths"].asstr()[:])
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{self.path} is corrupt ({e}); extract it again") from None
+        with self._open() as f:
+            return _read(f, "paths", self.checked, self.path, text=True)
 
-    def _check_identity(self) -> None:
-        if _identity(self.path) != self.identity:
-            raise UserError(f"{self.path} was replaced since it was opened; open it again")
+    def check_layer(self, layer: str, param: str | None = None) -> str:
+        """``layer`` (one stored layer, or several joined by ``+``) if the store holds its every part; else one
+        line naming what it holds."""
+        missing = [x for x in layer_parts(layer) if x not in self.layers]
+        if missing:
+            raise UserError(f"{self.path} has no layer {', '.join(map(repr, missing))}; it holds "
+                            f"{', '.join(self.layers)}", param=param)
+        return layer
+
+    @contextlib.contextmanager
+    def _open(self):
+        """The store's file, the same one it was opened from (or one line), its errors made one line too."""
+        with _reading(self.path), _opened(self.path) as (f, identity):
+            if identity != self.identity:
+                raise UserError(f"{self.path} was replaced since it was opened; open it again")
+            yield f
 
     def codes(self, layer: str | None = None, rows: np.ndarray | None = None, view: str | None = None) -> np.ndarray:
         """Codes of ``layer`` (default: the last layer stored; ``a+b``: a's and b's side by side), all rows or
         the sorted ``rows``; of the images, or of their ``view``."""
-        layer = layer or self.layers[-1]
-        missing = [x for x in layer_parts(layer) if x not in self.layers]
-        if missing:
-            raise UserError(f"{self.path} has no layer {', '.join(map(repr, missing))}; it holds "
-                            f"{', '.join(self.layers)}")
+        layer = self.check_layer(layer or self.layers[-1])
         if view is not None and view not in self.views:
             raise UserError(f"{self.path} has no view {view!r}; extract it with that view")
-        self._check_identity()
-        try:
-            with h5py.File(self.path, "r") as f:
-                data = [f[dataset_name(code_key(x, view))] for x in layer_parts(layer)]
-                parts = [d[:] if rows is None else d[np.asarray(rows)] for d in data]
-        except OSError as e:
-            raise UserError(f"{self.path} is corrupt ({e}); extract it again") from None
+        with self._open() as f:
+            parts = [_read(f, dataset_name(code_key(x, view)), self.checked, self.path, rows)
+                     for x in layer_parts(layer)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def view_codes(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
@@ -91,51 +102,88 @@ class FeatureStore:
         return np.stack([self.codes(layer, rows, view) for view in (None, *self.views)])
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_mtime_ns
+@contextlib.contextmanager
+def _reading(path: Path):
+    """h5py's and HDF5's errors on a damaged or crafted file (OSError, RuntimeError, KeyError, ValueError and
+    more) as one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways; none is the user's to debug
+        raise UserError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e}); extract it again") from None
+
+
+@contextlib.contextmanager
+def _opened(path: Path):
+    """The open file and its identity, taken from the open file itself."""
+    with h5py.File(path, "r") as f:
+        st = os.fstat(f.id.get_vfd_handle())
+        yield f, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read(f: h5py.File, name: str, checked: bool, where: Path, rows: np.ndarray | None = None, text: bool = False):
+    """A dataset, checked against its digests where the store has them."""
+    if checked:
+        return digests.read(f, name, rows, text, where)
+    data = f[name]
+    if text:
+        return list(data.asstr()[:])
+    return data[:] if rows is None else data[np.asarray(rows)]
 
 
 def read_store(path: str | Path) -> FeatureStore:
-    """Open a feature store after checking its schema; anything wrong is one :class:`UserError`."""
+    """Open a feature store after checking its schema and attributes; anything wrong is one :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"feature store {path} does not exist")
-    try:
-        with h5py.File(path, "r") as f:
-            _check_schema(f, path)
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            labelled = "labels" in f or "multilabels" in f
-            store = FeatureStore(
-                path=path,
-                config=config_from_attrs(f.attrs),
-                attrs=attrs,
-                fingerprints=f["fingerprints"][:],
-                labels=f["labels"][:] if "labels" in f else None,
-                class_names=list(f["class_names"].asstr()[:]) if labelled else None,
-                skipped=list(zip(f["skipped/paths"].asstr()[:], f["skipped/reasons"].asstr()[:])),
-                identity=_identity(path),
-                targets=f["targets"][:] if "targets" in f else None,
-                groups=list(f["groups"].asstr()[:]) if "groups" in f else None,
-                multilabels=f["multilabels"][:] if "multilabels" in f else None,
-            )
-    except UserError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read feature store {path}: {type(e).__name__}: {e}") from None
+    with _reading(path), _opened(path) as (f, identity):
+        checked = _check_schema(f, path)
+
+        def read(name: str, text: bool = False):
+            return _read(f, name, checked, path, text=text) if name in f else None
+
+        labelled = "labels" in f or "multilabels" in f
+        skipped = list(zip(read("skipped/paths", True), read("skipped/reasons", True)))
+        store = FeatureStore(
+            path=path, config=config_from_attrs(f.attrs),
+            attrs={k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()},
+            fingerprints=read("fingerprints"), labels=read("labels"),
+            class_names=read("class_names", True) if labelled else None, skipped=skipped, identity=identity,
+            targets=read("targets"), groups=read("groups", True), multilabels=read("multilabels"), checked=checked)
     if store.labels is not None and len(store.labels) and not 0 <= store.labels.min() <= store.labels.max() < len(
             store.class_names):
         raise UserError(f"{path} is corrupt: labels point outside class_names")
+    if store.multilabels is not None and not np.isin(store.multilabels, (0, 1)).all():
+        raise UserError(f"{path} is corrupt: multilabels holds values other than 0 and 1")
+    if not checked:
+        log.warning("%s has store format %s, without content digests: extract it again to add them", path,
+                    store.attrs.get("format_version"))
     return store
 
 
-def _check_schema(f: h5py.File, path: Path) -> None:
-    """Check every dataset's presence, dtype and shape against the number of rows, before reading any."""
+def is_store_of(path: Path, data: Path | None = None) -> bool:
+    """Whether ``path`` is a feature store (of the images of ``data``, when given): what extract may update."""
+    try:
+        with h5py.File(path, "r") as f:
+            root = f.attrs.get("dataset_root")
+            return "format_version" in f.attrs and "features" in f and (
+                data is None or root == str(dataset_root(data).resolve()))
+    except Exception:  # noqa: BLE001 - not a store, whatever the reason
+        return False
+
+
+def _check_schema(f: h5py.File, path: Path) -> bool:
+    """Check the attributes' digest, then every dataset's presence, dtype and shape against the number of rows,
+    before reading any; whether the datasets carry digests."""
     version = f.attrs.get("format_version")
     if version is None or "features" not in f:
         raise UserError(f"{path} is not a feature store (no format_version or features)")
     if not isinstance(version, (int, np.integer)) or not 1 <= int(version) <= FORMAT_VERSION:
         raise UserError(f"{path} has store format {version!r}; this version reads 1 to {FORMAT_VERSION}")
+    checked = int(version) >= DIGESTS_SINCE
+    if checked or digests.GROUP in f or digests.ATTRS_KEY in f.attrs:  # an older format does not have them
+        digests.check_attrs(f, path)
     missing = [k for k in ("paths", "fingerprints", "skipped/paths", "skipped/reasons") if k not in f]
     layers = json.loads(f.attrs["layers"])
     views = json.loads(f.attrs.get("views", "[]"))
@@ -161,3 +209,4 @@ def _check_schema(f: h5py.File, path: Path) -> None:
     if ("labels" in f or "multilabels" in f) != ("class_names" in f) or ("labels" in f and "multilabels" in f) \
             or f["skipped/paths"].shape != f["skipped/reasons"].shape:
         raise UserError(f"{path} is corrupt: labels, class_names or skipped do not match")
+    return checked

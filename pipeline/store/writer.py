@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -19,6 +20,7 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
+from . import digests
 from .layout import (
     FORMAT_VERSION,
     StoreConfig,
@@ -28,35 +30,61 @@ from .layout import (
     refuse_mismatch,
 )
 
+log = logging.getLogger(__name__)
+
 _STR = h5py.string_dtype("utf-8")
-_BLOCK = 2048  # rows per write when assembling
+_BLOCK = 8 * digests.CODE_BLOCK  # rows per write when assembling: whole digest blocks
 
 
 class Shards:
     """Completed batches of an extraction in progress, in ``<store>.parts/``, one ``.npz`` each."""
 
-    def __init__(self, store: Path, config: StoreConfig):
+    def __init__(self, store: Path, config: StoreConfig, replace: bool = False):
+        """The shards of an interrupted extraction into ``store`` with this ``config`` (another config's are
+        refused, or with ``replace`` discarded); a damaged record of the config discards them too."""
         self.store, self.dir = store, store.with_name(store.name + ".parts")
         self.config = config
         meta = self.dir / "config.json"
-        if meta.is_file():
-            refuse_mismatch(StoreConfig.from_json(json.loads(meta.read_text())), config,
-                            Path(f"{self.dir} (an interrupted extraction)"))
-        else:
+        earlier = _earlier_config(meta)
+        if earlier is not None and earlier.differences(config) and not replace:
+            refuse_mismatch(earlier, config, Path(f"{self.dir} (an interrupted extraction)"))
+        if earlier is None or earlier.differences(config):
+            if any(self.dir.glob("shard-*.npz")):
+                log.warning("discarding the shards of an interrupted extraction in %s: their configuration is "
+                            "unreadable or another", self.dir)
+            shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir(parents=True, exist_ok=True)
             _write_atomically(meta, lambda tmp: tmp.write_text(json.dumps(config.to_json())))
         self.files = sorted(self.dir.glob("shard-*.npz"))
         self.run = uuid.uuid4().hex[:12]  # this run's shards never take another run's names
 
     def index(self) -> tuple[dict, dict]:
-        """``(path, size, mtime) -> (shard, row)`` for extracted rows, and ``-> reason`` for failures."""
-        rows, failures = {}, {}
+        """``(path, size, mtime) -> (shard, row)`` for extracted rows, and ``-> reason`` for failures. A shard
+        that is damaged (cut short by a power loss, a flipped byte: every member is read, so the zip's CRC-32s
+        check it) or holds other codes is discarded, and its images are extracted again."""
+        rows, failures, good = {}, {}, []
+        wanted = {f"codes/{code_key(layer, view)}" for view in (None, *self.config.views)
+                  for layer in self.config.layers}
         for shard in self.files:
-            with np.load(shard) as z:
-                for row, (p, fp) in enumerate(zip(z["paths"], z["fingerprints"])):
-                    rows[(str(p), *map(int, fp))] = (shard, row)
-                for p, fp, reason in zip(z["failed_paths"], z["failed_fingerprints"], z["failed_reasons"]):
-                    failures[(str(p), *map(int, fp))] = str(reason)
+            try:
+                with np.load(shard) as z:
+                    content = {k: z[k] for k in z.files}
+                n = len(content["paths"])
+                if not wanted <= set(content) or content["fingerprints"].shape != (n, 2) or any(
+                        content[k].shape[0] != n for k in wanted):
+                    raise ValueError("its arrays do not match")
+            except Exception as e:  # noqa: BLE001 - a damaged zip fails in many ways
+                log.warning("discarding damaged shard %s (%s: %s); its images are extracted again", shard.name,
+                            type(e).__name__, e)
+                shard.unlink(missing_ok=True)
+                continue
+            good.append(shard)
+            for row, (p, fp) in enumerate(zip(content["paths"], content["fingerprints"])):
+                rows[(str(p), *map(int, fp))] = (shard, row)
+            for p, fp, reason in zip(content["failed_paths"], content["failed_fingerprints"],
+                                     content["failed_reasons"]):
+                failures[(str(p), *map(int, fp))] = str(reason)
+        self.files = good
         return rows, failures
 
     def write(self, paths: Sequence[str], fingerprints: np.ndarray, codes: dict[tuple[str, str | None], np.ndarray],
@@ -96,6 +124,17 @@ def writing(store: Path):
         yield
 
 
+def _earlier_config(meta: Path) -> StoreConfig | None:
+    """The configuration an interrupted extraction recorded; None where there is none or it is damaged."""
+    if not meta.is_file():
+        return None
+    try:
+        return StoreConfig.from_json(json.loads(meta.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s is damaged (%s: %s)", meta, type(e).__name__, e)
+        return None
+
+
 def _write_atomically(target: Path, write) -> None:
     """Write through ``write(tmp)`` then rename: a kill leaves either nothing or the whole file."""
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
@@ -117,10 +156,16 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
              labels: Sequence[int] | None, class_names: Sequence[str] | None,
              skipped: Iterable[tuple[str, str]], attrs: dict, targets: Sequence[float] | None = None,
              groups: Sequence[str] | None = None, multilabels: np.ndarray | None = None) -> None:
-    """Write the final store from ``rows`` block by block (memory stays flat), then rename into place."""
+    """Write the final store from ``rows`` block by block (memory stays flat), with the digest of every dataset
+    (:mod:`pipeline.store.digests`), then rename into place."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     skipped = list(skipped)
     n = len(rows)
+
+    def small(f: h5py.File, name: str, values, **kwargs) -> None:
+        f.create_dataset(name, data=values, **kwargs)
+        digests.record(f, name, values)
+
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"format_version": FORMAT_VERSION, **config_attrs(config)})
         f.attrs.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()})
@@ -129,29 +174,34 @@ def assemble(out: Path, config: StoreConfig, rows: Sequence[Row], feature_dims: 
         checked = {"fletcher32": True} if n else {}  # a checksum per chunk, verified on every read
         dsets = {
             key: f.create_dataset(dataset_name(key), shape=(n, d), dtype="float32",
-                                  chunks=(max(1, min(n, 256)), d) if n else None, **checked)
+                                  chunks=(max(1, min(n, digests.CODE_BLOCK)), d) if n else None, **checked)
             for view in (None, *config.views) for layer, d in feature_dims.items()
             for key in [code_key(layer, view)]
         }
-        f.create_dataset("paths", data=[r.path for r in rows], dtype=_STR)
-        f.create_dataset("fingerprints", data=np.asarray([r.fingerprint for r in rows], np.int64).reshape(n, 2),
-                         **checked)
+        small(f, "paths", [r.path for r in rows], dtype=_STR)
+        small(f, "fingerprints", np.asarray([r.fingerprint for r in rows], np.int64).reshape(n, 2), **checked)
         if labels is not None:
-            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64), **checked)
+            small(f, "labels", np.asarray(labels, dtype=np.int64), **checked)
         if multilabels is not None:  # one row per image, one 0/1 column per label of class_names
-            f.create_dataset("multilabels", data=np.asarray(multilabels, dtype=np.uint8), **checked)
+            small(f, "multilabels", np.asarray(multilabels, dtype=np.uint8), **checked)
         if labels is not None or multilabels is not None:
-            f.create_dataset("class_names", data=list(class_names), dtype=_STR)
+            small(f, "class_names", list(class_names), dtype=_STR)
         if targets is not None:
-            f.create_dataset("targets", data=np.asarray(targets, dtype=np.float64), **checked)
+            small(f, "targets", np.asarray(targets, dtype=np.float64), **checked)
         if groups is not None:
-            f.create_dataset("groups", data=list(groups), dtype=_STR)
-        f.create_dataset("skipped/paths", data=[s[0] for s in skipped], dtype=_STR)
-        f.create_dataset("skipped/reasons", data=[s[1] for s in skipped], dtype=_STR)
-        for start in range(0, n, _BLOCK):
+            small(f, "groups", list(groups), dtype=_STR)
+        small(f, "skipped/paths", [s[0] for s in skipped], dtype=_STR)
+        small(f, "skipped/reasons", [s[1] for s in skipped], dtype=_STR)
+        recorders = {key: digests.Recorder(dataset_name(key), digests.CODE_BLOCK) for key in dsets}
+        for start in range(0, n, _BLOCK):  # a whole number of digest blocks each
             block = rows[start:start + _BLOCK]
             for key, dset in dsets.items():
-                dset[start:start + len(block)] = _gather(block, key)
+                values = _gather(block, key)
+                dset[start:start + len(block)] = values
+                recorders[key].add(values)
+        for recorder in recorders.values():
+            recorder.write(f)
+        digests.sign(f)
     os.replace(tmp, out)
 
 
