@@ -38,6 +38,12 @@ class Score:
             out["folds"] = list(self.folds)
         return out
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Score":
+        return cls(float(data["mean"]), float(data.get("std", 0.0)),
+                   None if data.get("ci95") is None else tuple(map(float, data["ci95"])),
+                   None if data.get("folds") is None else tuple(map(float, data["folds"])))
+
 
 def accuracy(y_true, y_pred) -> float:
     return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else 0.0
@@ -117,6 +123,11 @@ class PairedDifference:
     def to_json(self) -> dict:
         return {"a": self.a, "b": self.b, "difference": self.difference, "interval": list(self.interval),
                 "level": self.level, "p_value": self.p_value, "images": self.images}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PairedDifference":
+        return cls(float(data["a"]), float(data["b"]), float(data["difference"]), tuple(data["interval"]),
+                   float(data["level"]), float(data["p_value"]), int(data["images"]))
 
 
 def paired_difference(right_a: np.ndarray, right_b: np.ndarray, level: float = 0.9, resamples: int = 2000,

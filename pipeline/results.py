@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .metrics import Score
 
@@ -53,6 +53,15 @@ class CVResult:
         out["fit_seconds"] = self.fit_seconds
         return out
 
+    @classmethod
+    def from_json(cls, data: dict) -> "CVResult":
+        """The result :meth:`to_json` wrote (the per-fold choices, never saved, are empty)."""
+        hyper = next(key.removeprefix("chosen_") for key in data if key.startswith("chosen_"))
+        scores = {k: Score.from_json(v) for k, v in data.items() if isinstance(v, dict) and "mean" in v}
+        return cls(data["layer"], data["classifier"], scores, dict(data[f"chosen_{hyper}"]), hyper,
+                   data.get("per_class"), float(data.get("fit_seconds", 0.0)), class_weight=data.get("class_weight"),
+                   views=tuple(data.get("views", ())))
+
 
 @dataclass
 class HeldOut:
@@ -68,6 +77,11 @@ class HeldOut:
         if self.per_class is not None:
             out["per_class"] = self.per_class
         return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HeldOut":
+        scores = {k: float(v) for k, v in data.items() if k not in ("data", "images", "per_class")}
+        return cls(data["data"], int(data["images"]), scores, data.get("per_class"))
 
 
 @dataclass
@@ -91,6 +105,13 @@ class FinalModel:
             out["reject"] = self.reject
         return out
 
+    @classmethod
+    def from_json(cls, data: dict) -> "FinalModel":
+        named = {"layer", "class_weight", "views", "bundle", "test", "reject"}
+        return cls(data["layer"], {k: v for k, v in data.items() if k not in named}, data["bundle"],
+                   None if data.get("test") is None else HeldOut.from_json(data["test"]), data.get("reject"),
+                   data.get("class_weight"), tuple(data.get("views", ())))
+
 
 @dataclass
 class Protocol:
@@ -106,3 +127,7 @@ class Protocol:
     notes: list = field(default_factory=list)
     metric: str = "accuracy"  # what chooses between candidates (macro_f1 when classes are imbalanced)
     views: list = field(default_factory=lambda: [[]])  # the view settings compared ([]: the images alone)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Protocol":
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

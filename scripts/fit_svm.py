@@ -47,7 +47,8 @@ def build_parser(prog: str | None = None):
     cli.option(p, FitConfig, "test_size", type=float, help="also hold out this fraction as a stratified test split")
     cli.option(p, FitConfig, "test_store", "--test", type=Path, help="also evaluate on this labelled test store")
     cli.option(p, FitConfig, "seed", type=int, help="fixes every split (default %(default)s)")
-    cli.option(p, FitConfig, "jobs", type=int, help="parallel processes for the folds (default: number of CPUs)")
+    cli.option(p, FitConfig, "jobs", type=int,
+               help="parallel processes for the folds (default: the cores this process may use)")
     cli.option(p, FitConfig, "max_memory", type=parse_memory, metavar="SIZE",
                help="codes larger than this (e.g. 2G, 512M) are streamed through SGD with early stopping "
                     "instead of nested CV (default: a quarter of this machine's memory)")
@@ -61,7 +62,8 @@ def build_parser(prog: str | None = None):
 
 
 def main(args) -> int:
-    cfg = cli.settings(FitConfig, args, **({} if args.classifier == "both" else {"classifiers": (args.classifier,)}))
+    cfg = cli.settings(FitConfig, args, progress=cli.progress(args),
+                       **({} if args.classifier == "both" else {"classifiers": (args.classifier,)}))
     from pipeline.linear.fit import fit
 
     print(fit(cfg).format())

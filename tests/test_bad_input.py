@@ -9,8 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import blobs, run_command, write_images, write_store
-
+from conftest import run_command, write_images
 from pipeline.commands.cli import COMMANDS
 
 # What each value type gets: the out-of-range, the absurd, the unparsable.

@@ -87,3 +87,38 @@ def test_the_pilot_in_full_mode_times_its_phases(data, monkeypatch):
     assert result.pilot.mode == "full" and result.pilot.full_minutes > 0
     history = json.loads((data / "run_full" / "pilot" / "history.json").read_text())
     assert [len(history[phase]["loss"]) for phase in ("head", "finetune")] == [1, 1]
+
+
+@pytest.mark.slow
+def test_a_rerun_goes_on_where_the_run_stopped(data, monkeypatch):
+    """Killed in the fine-tune: summary.md already says what the linear stage found; the rerun takes up the advice
+    and the linear stage (neither is done again) and finishes the fine-tune; a third run redoes nothing."""
+    cfg = RunConfig(data=data / "data", out=data / "resumed", finetune="always", image_size=64, tail_epochs=2,
+                    progress=False)
+    real_finetune = end_to_end.finetune
+
+    def killed(ft):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(end_to_end, "finetune", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    summary = (data / "resumed" / "summary.md").read_text()
+    assert "Fine-tuning: decided (asked to fine-tune always), not finished" in summary and "Chosen:" in summary
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(end_to_end, "fit", not_again)
+    monkeypatch.setattr(end_to_end, "advise", not_again)
+    monkeypatch.setattr(end_to_end, "finetune", real_finetune)
+    result = run(cfg)
+    assert [c.name for c in result.candidates][-1] == "fine-tuned network"
+    assert "Fine-tuning ran" in (data / "resumed" / "summary.md").read_text()
+    monkeypatch.setattr(end_to_end, "finetune", not_again)
+    again = run(cfg)
+    assert again.chosen.to_json() == result.chosen.to_json()
+    assert [c.to_json() for c in again.candidates][:2] == [c.to_json() for c in result.candidates][:2]
+    # another seed is another split: the linear stage runs again
+    with pytest.raises(AssertionError, match="ran again"):
+        run(RunConfig(data=data / "data", out=data / "resumed", finetune="never", seed=1, progress=False))

@@ -187,7 +187,7 @@ def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):
     data = _dataset(tmp_path / "shapes")
     typed = evaluate(EvaluateConfig(data=(data,), out=tmp_path / "report", classifiers=("softmax",),
                                     views=("flip",), features=tmp_path / "features", folds=3, repeats=1,
-                                    advise=False, progress=False))
+                                    advise=False, progress=False, heatmaps=0))
     section = typed.to_json()["sections"][0]
     assert sorted(tuple(c.get("views", ())) for c in section["configs"]) == [(), ("flip",)]
     assert section["protocol"]["views"] == [[], ["flip"]]
@@ -198,7 +198,7 @@ def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):
     test = tmp_path / "new"
     write_images(test, {"a": 4, "c": 4}, size=40, seed=11)
     report = evaluate_bundle(BundleReportConfig(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
-                                                advise=False, progress=False)).to_json()
+                                                advise=False, progress=False, heatmaps=0)).to_json()
     config = report["sections"][0]["configs"][0]
     predictions, _ = predict_images(PredictConfig(tmp_path / "fit" / "softmax.skops", (test,), progress=False))
     assert config["views"] == ["flip"]
@@ -210,7 +210,7 @@ def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data", "no/such/folder"], "--data: dataset no/such/folder does not exist"),
     (["--data", "x", "--bundle", "no/such.skops"], "bundle no/such.skops does not exist"),
-    (["--data", "x", "--classifiers", "svm", "--folds", "1"], "--folds: must be at least 2, not 1"),
+    (["--data", "x", "--classifiers", "svm", "--folds", "1"], "--folds: must be from 2 to 100, not 1"),
     (["--data", "x", "--bundle", "model.keras"], "--bundle: takes a fitted classifier bundle (.skops); compare "
      "fine-tuned networks in the grid, or predict with one"),
 ])
@@ -307,15 +307,15 @@ def test_report_renders_in_a_browser(grid, tmp_path):
 def test_finetuning_joins_the_grid_on_the_same_folds(grid, tmp_path):
     report = evaluate(EvaluateConfig(
         data=(grid["data"],), out=tmp_path, backbones=("efficientnet_lite0",), classifiers=("softmax",),
-        finetune=True, image_size=64, epochs=(1, 1), features=grid["base"] / "features", folds=3, repeats=1,
-        advise=False, progress=False)).to_json()
+        finetune=True, image_size=64, epochs=(1, 1), features=grid["base"] / "features", folds=2, repeats=1,
+        advise=False, progress=False, heatmaps=0)).to_json()
     section = report["sections"][0]
     kinds = {c["classifier"]: c for c in section["configs"]}
     assert set(kinds) == {"softmax", "fine-tuned"}
     tuned = kinds["fine-tuned"]
-    assert len(tuned["accuracy"]["folds"]) == 3 and tuned["fit_seconds"] > 0
+    assert len(tuned["accuracy"]["folds"]) == 2 and tuned["fit_seconds"] > 0
     assert sorted(p.name for p in (tmp_path / "finetune" / "shapes_efficientnet_lite0").iterdir()) == [
-        "fold0", "fold1", "fold2"]
+        "fold0", "fold1"]
     other = section["configs"][1]
     assert other["vs_best"]["mean"] == pytest.approx(
         float(np.mean(np.subtract(other["accuracy"]["folds"], section["configs"][0]["accuracy"]["folds"]))))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import h5py
 import keras
@@ -231,3 +232,40 @@ def test_the_weight_average_is_the_mean_of_the_later_epochs_and_survives_a_resta
     resumed.set_model(net)
     resumed.on_train_begin()
     assert resumed.count == 1 and all(np.array_equal(a, b) for a, b in zip(resumed.mean, net.get_weights()))
+
+
+def test_a_resumed_training_keeps_its_whole_history_and_stops_when_it_would_have():
+    """Killed after two epochs and resumed (BackupAndRestore), training reports every epoch, numbered from the
+    first, and early stopping counts the epochs before the interruption: it stops where an uninterrupted run does."""
+    import tempfile
+
+    from pipeline.finetune.epochs import EpochLog, ResumedEarlyStopping
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), rng.integers(0, 2, 32)
+
+    def train(folder: Path, stop_after: int | None = None) -> dict:
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        net.compile(optimizer=keras.optimizers.SGD(1e-9), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])  # it learns nothing: early stopping waits out its patience
+        log = EpochLog(folder / "epochs.json")
+
+        class Kill(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 == stop_after:
+                    raise KeyboardInterrupt
+
+        net.fit(x, y, validation_data=(x, y), epochs=10, verbose=0, callbacks=[
+            keras.callbacks.BackupAndRestore(str(folder / "backup")), log,
+            ResumedEarlyStopping(log, monitor="val_accuracy", patience=3), Kill()])
+        return log.history()
+
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        whole = train(Path(a))
+        with pytest.raises(KeyboardInterrupt):
+            train(Path(b), stop_after=2)
+        resumed = train(Path(b))
+    assert len(whole["loss"]) == 4  # the first epoch, then three without improvement
+    assert len(resumed["loss"]) == len(whole["loss"])
+    np.testing.assert_allclose(resumed["val_accuracy"], whole["val_accuracy"])

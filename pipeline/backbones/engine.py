@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from ..errors import UserError
+from ..machine import usable_cores
 from ..provenance import file_sha256
 from .device import accelerators
 from .factory import create_model
@@ -70,7 +71,7 @@ def resolve_engine(engine: str = "auto", precision: str = "float32") -> str:
 
 def describe(engine: str) -> str:
     if engine == "onnx":
-        return f"ONNX Runtime on the CPU ({_threads()} threads)"
+        return f"ONNX Runtime on the CPU ({usable_cores()} threads)"
     return f"Keras on {keras.backend.backend()} ({', '.join(accelerators()) or 'CPU'})"
 
 
@@ -137,10 +138,6 @@ def _onnx(backbone: Backbone, head: str, layers: tuple[str, ...], size: int) -> 
     return FrozenNetwork("onnx", wanted, dims, run)
 
 
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _session(backbone: Backbone, graph: str, ort, layers: tuple[str, ...], size: int):
     """An ONNX Runtime session on the cached graph, converting it first when no valid file is cached."""
     import tf2onnx
@@ -153,7 +150,7 @@ def _session(backbone: Backbone, graph: str, ort, layers: tuple[str, ...], size:
     folder = cache_dir() / "onnx"
     prefix = f"{spec.name}-{graph}-{key_hash}"
     options = ort.SessionOptions()
-    options.intra_op_num_threads = _threads()
+    options.intra_op_num_threads = usable_cores()
     options.inter_op_num_threads = 1
     # Idle threads sleep rather than spin, so the decoding threads get the cores between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -6,7 +6,6 @@ model, and memory is bounded by the images in flight, not the data set's size.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..machine import usable_cores
 from .decode import DecodeError, ResizePolicy, decode_image
 
 
@@ -36,7 +36,7 @@ def _decode(path: Path, policy: ResizePolicy):
 
 
 def default_workers() -> int:
-    return max(2, os.cpu_count() or 2)
+    return max(2, usable_cores())
 
 
 def decoded_batches(paths: Sequence[Path], policy: ResizePolicy, batch_size: int,

@@ -86,6 +86,15 @@ class Advice:
                 **({"transferability": {k: v.to_json() for k, v in self.transferability.items()}}
                    if self.transferability else {})}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Advice":
+        """The advice :meth:`to_json` wrote (what it derives, the verdict among them, is derived again)."""
+        derived = {"over_budget", "recommendation", "transferability"}
+        scores = data.get("transferability")
+        return cls(**{k: v for k, v in data.items() if k not in derived},
+                   transferability=None if scores is None else {k: LayerScores.from_json(v)
+                                                                 for k, v in scores.items()})
+
     def format(self) -> str:
         size = "small" if self.small else "large"
         like = "similar to" if self.similar else "far from" if self.far else "unlike"

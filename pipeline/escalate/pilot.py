@@ -62,6 +62,11 @@ class PilotResult:
         return {"comparison": self.comparison.to_json(), "linear": self.linear, "mode": self.mode,
                 "seconds": self.seconds, "full_minutes": self.full_minutes, "verdict": self.verdict}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "PilotResult":
+        return cls(PairedDifference.from_json(data["comparison"]), data["linear"], data["mode"],
+                   float(data["seconds"]), float(data["full_minutes"]))
+
     def format(self) -> str:
         c = self.comparison
         return (f"Pilot ({self.mode} mode, {self.seconds / 60:.1f} min, {c.images} training-split images kept "

@@ -1,7 +1,12 @@
-"""The whole pipeline in one call: advise, extract, fit, fine-tune where advised, keep the better model.
+"""The whole pipeline in one call: extract, advise, fit, pilot, fine-tune where it pays, keep the better model.
 
 Every candidate is scored on the same held-out images (a stratified split fixed
 by the seed, unseen by any training or choice): a paired, honest comparison.
+Each finished stage is recorded in the run folder (:mod:`pipeline.escalate.stages`)
+and ``summary.md`` is written after each, so a run cut short says what it
+found, and a rerun with the same settings goes on where it stopped:
+extraction and fine-tuning resume themselves, the advice, the linear stage and
+the pilot are taken up whole.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ..linear.classify import split_test
 from ..linear.config import FitConfig
 from ..linear.fit import FitResult, fit
 from ..linear.kinds import get_kind
-from ..outputs import claim
+from ..outputs import claim, write_bytes
 from ..provenance import now_iso
 from ..store.config import ExtractConfig
 from ..store.extract import extract
@@ -31,6 +36,7 @@ from .config import AdviseConfig, RunConfig
 from .decide import Decision, decide, needs_pilot
 from .pilot import PilotResult, run_pilot
 from .rule import Strategy
+from .stages import Stages, stage_key
 from .transferability import LayerScores, layer_scores
 
 log = logging.getLogger(__name__)
@@ -73,7 +79,7 @@ class RunResult:
     proposal: Strategy  # the heuristic's: the set's situation's strategy
     transferability: dict[str, LayerScores]  # the cheap scores of each layer's codes, on the training part
     pilot: PilotResult | None
-    decision: Decision
+    decision: Decision | None  # None: not decided yet (the run is at the pilot, or stopped before it)
     candidates: list[Candidate]
     chosen: Candidate
     why: str
@@ -83,7 +89,7 @@ class RunResult:
 
     @property
     def finetune_ran(self) -> bool:
-        return self.decision.finetune
+        return self.decision is not None and self.decision.finetune
 
     def to_json(self) -> dict:
         return {"data": self.data, "backbone": self.backbone, "seed": self.seed,
@@ -91,7 +97,7 @@ class RunResult:
                 "proposal": self.proposal.value,
                 "transferability": {layer: s.to_json() for layer, s in self.transferability.items()},
                 **({"pilot": self.pilot.to_json()} if self.pilot else {}),
-                "finetune": {"ran": self.decision.finetune, "why": self.decision.why},
+                **({"finetune": {"ran": self.decision.finetune, "why": self.decision.why}} if self.decision else {}),
                 "candidates": [c.to_json() for c in self.candidates], "chosen": self.chosen.to_json(),
                 "why": self.why, "created": self.created}
 
@@ -117,69 +123,132 @@ def finetuned_candidate(ft: FinetuneConfig) -> tuple[Candidate, FinetuneResult]:
                      train_seconds=finetuned.validation.fit_seconds), finetuned
 
 
-def _decide(cfg: RunConfig, advice: Advice, proposal: Strategy, ft: FinetuneConfig, store, fitted: FitResult
-            ) -> tuple[PilotResult | None, Decision]:
-    if cfg.finetune != "auto":
-        return None, Decision(cfg.finetune == "always", f"asked to fine-tune {cfg.finetune}")
-    if not needs_pilot(advice.small):
-        return None, decide(proposal, None, cfg.budget)
+def _pilot(cfg: RunConfig, advice: Advice, ft: FinetuneConfig, store, fitted: FitResult, stages: Stages,
+           key: str) -> PilotResult | None:
+    """The pilot's evidence where the decision needs it (a large set, fine-tuning left to it), taken up from an
+    earlier run where it finished with the same ``key``."""
+    if cfg.finetune != "auto" or not needs_pilot(advice.small):
+        return None
+    saved = stages.result("pilot", key)
+    if saved is not None:
+        return PilotResult.from_json(saved)
     pilot = run_pilot(ft, store, fitted)
-    log.info("%s", pilot.format())
-    return pilot, decide(proposal, pilot, cfg.budget)
+    stages.finish("pilot", key, pilot.to_json())
+    return pilot
+
+
+def _decision(cfg: RunConfig, proposal: Strategy, pilot: PilotResult | None) -> Decision:
+    if cfg.finetune != "auto":
+        return Decision(cfg.finetune == "always", f"asked to fine-tune {cfg.finetune}")
+    return decide(proposal, pilot, cfg.budget)
+
+
+def _linear(cfg: RunConfig, store_path: Path, test_paths: tuple[str, ...], stages: Stages, key: str,
+            extracted: float) -> tuple[FitResult, float]:
+    """The fit stage on the training part and the wall time of the path that made it (``extracted``: the
+    extraction's seconds, then the fit's), taken up from an earlier run where it finished with the same ``key``
+    and its bundles are still there."""
+    saved = stages.result("linear", key)
+    if saved is not None:
+        fitted = FitResult.from_json(saved["fit"])
+        if all((cfg.out / "linear" / m.bundle).is_file() for m in fitted.final.values()):
+            return fitted, saved["seconds"]
+    started = time.perf_counter()
+    fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed,
+                           overwrite=cfg.overwrite, progress=cfg.progress))
+    seconds = extracted + time.perf_counter() - started
+    stages.finish("linear", key, {"seconds": seconds, "fit": fitted.to_json()})
+    return fitted, seconds
 
 
 def run(cfg: RunConfig) -> RunResult:
-    """Run everything into ``cfg.out``; writes summary.json and summary.md."""
+    """Run everything into ``cfg.out``, going on where an earlier run with the same settings stopped; writes
+    summary.json and summary.md after each stage."""
     claim(cfg.out, "run")
+    stages = Stages(cfg.out)
     manifest = Path(cfg.data).suffix.lower() == ".csv"  # reading it is cheap
     if manifest and discover(cfg.data, outside=cfg.allow_outside).multilabel:
         raise UserError("compares candidates on one label per image; for several labels per image, extract and "
                         "fit (the fit stage makes one model per label)", param="data")
-    advice = advise(AdviseConfig(cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine,
-                                 allow_outside=cfg.allow_outside))
-    log.info("%s", advice.format())
-    proposal = Strategy.for_situation(advice.small, advice.similar, advice.far)
     store_path = cfg.out / "features.h5"
     started = time.perf_counter()
     layers = _layers(cfg.backbone)
     extract(ExtractConfig(data=cfg.data, out=store_path, backbone=cfg.backbone, layers=layers,
                           engine=cfg.engine, progress=cfg.progress, allow_outside=cfg.allow_outside,
                           overwrite=cfg.overwrite))
+    extracted = time.perf_counter() - started
     store = read_store(store_path)
     if store.labels is None:
         raise UserError("comparing candidates needs class labels; fit and fine-tune a numeric target "
                         "separately", param="data")
+    # what decides every stage: these images' codes (the store's attributes change whenever its content does)
+    data_key = stage_key(store=store.attrs.get("attrs_sha256", str(store.identity)), data=Path(cfg.data).resolve(),
+                         backbone=cfg.backbone, seed=cfg.seed, engine=cfg.engine)
+    saved = stages.result("advice", data_key)
+    advice = Advice.from_json(saved) if saved is not None else advise(AdviseConfig(
+        cfg.data, cfg.backbone, seed=cfg.seed, engine=cfg.engine, allow_outside=cfg.allow_outside))
+    stages.finish("advice", data_key, advice.to_json())
+    log.info("%s", advice.format())
+    proposal = Strategy.for_situation(advice.small, advice.similar, advice.far)
     train_idx, test_idx = split_test(store.labels, cfg.test_size, cfg.seed)
     test_paths = tuple(store.paths[i] for i in sorted(test_idx))
-    fitted = fit(FitConfig(store=store_path, out=cfg.out / "linear", test_paths=test_paths, seed=cfg.seed,
-                           overwrite=cfg.overwrite))
-    linear_seconds = time.perf_counter() - started
+    linear_key = stage_key(data=data_key, test_size=cfg.test_size)
+    fitted, linear_seconds = _linear(cfg, store_path, test_paths, stages, linear_key, extracted)
     scores = layer_scores(store, layers, train_idx, cfg.seed)
     log.info("cheap scores (k-NN accuracy, LogME) on the training part: %s", ", ".join(
         f"{layer} {s.knn_accuracy:.3f}, {s.logme:.3f}" for layer, s in scores.items()))
-
-    candidates = []
-    for kind, final in fitted.final.items():
-        candidates.append(Candidate(
-            f"{kind} on {final.layer} codes", str(cfg.out / "linear" / final.bundle),
-            final.test.scores["accuracy"], final.test.scores["macro_f1"], linear_seconds,
-            cv_accuracy_by_layer={r.layer: r.primary.mean for r in fitted.results if r.classifier == kind}))
+    candidates = [Candidate(f"{kind} on {final.layer} codes", str(cfg.out / "linear" / final.bundle),
+                            final.test.scores["accuracy"], final.test.scores["macro_f1"], linear_seconds,
+                            cv_accuracy_by_layer={r.layer: r.primary.mean for r in fitted.results
+                                                  if r.classifier == kind})
+                  for kind, final in fitted.final.items()]
+    result = RunResult(str(cfg.data), cfg.backbone, cfg.seed, len(test_paths), advice, proposal, scores, None,
+                       None, candidates, *_chosen(candidates, len(test_paths)), now_iso(), fitted)
+    _summarize(cfg, result)
     ft = finetune_config(cfg, proposal, test_paths)
-    pilot, decision = _decide(cfg, advice, proposal, ft, store, fitted)
-    log.info("fine-tune: %s (%s)", "yes" if decision.finetune else "no", decision.why)
-    finetuned = None
-    if decision.finetune:
-        candidate, finetuned = finetuned_candidate(ft)
-        candidates.append(candidate)
-    best = max(candidates, key=lambda c: (c.test_accuracy, c.test_macro_f1))
-    reason = (f"highest accuracy on the {len(test_paths)} held-out images "
-              f"({best.test_accuracy:.3f}; " + ", ".join(
-                  f"{c.name} {c.test_accuracy:.3f}" for c in candidates if c is not best) + ")")
-    result = RunResult(str(cfg.data), cfg.backbone, cfg.seed, len(test_paths), advice, proposal, scores, pilot,
-                       decision, candidates, best, reason, now_iso(), fitted, finetuned)
-    (cfg.out / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
-    (cfg.out / "summary.md").write_text(format_summary(result) + "\n")
+    finetune_key = stage_key(linear=linear_key, finetune={k: v for k, v in asdict(ft).items()
+                                                          if k not in ("progress", "overwrite")})
+    result.pilot = _pilot(cfg, advice, ft, store, fitted, stages, finetune_key)
+    if result.pilot is not None:
+        log.info("%s", result.pilot.format())
+    result.decision = _decision(cfg, proposal, result.pilot)
+    log.info("fine-tune: %s (%s)", "yes" if result.decision.finetune else "no", result.decision.why)
+    _summarize(cfg, result)
+    if result.decision.finetune:
+        saved = stages.result("finetune", finetune_key)
+        if saved is not None and (ft.out / FINETUNED.file).is_file():
+            candidates.append(Candidate(**saved))
+        else:
+            candidate, result.finetuned = finetuned_candidate(ft)
+            stages.finish("finetune", finetune_key, candidate.to_json())
+            candidates.append(candidate)
+        result.chosen, result.why = _chosen(candidates, len(test_paths))
+        result.created = now_iso()
+        _summarize(cfg, result)
     return result
+
+
+def _chosen(candidates: list[Candidate], held_out: int) -> tuple[Candidate, str]:
+    """The candidate with the best held-out accuracy (macro-F1 breaks ties), and why."""
+    best = max(candidates, key=lambda c: (c.test_accuracy, c.test_macro_f1))
+    return best, (f"highest accuracy on the {held_out} held-out images ({best.test_accuracy:.3f}; "
+                  + ", ".join(f"{c.name} {c.test_accuracy:.3f}" for c in candidates if c is not best) + ")")
+
+
+def _summarize(cfg: RunConfig, result: RunResult) -> None:
+    """summary.json and summary.md as the run stands."""
+    write_bytes(cfg.out / "summary.json", json.dumps(result.to_json(), indent=2).encode())
+    write_bytes(cfg.out / "summary.md", (format_summary(result) + "\n").encode())
+
+
+def _finetuning(result: RunResult) -> str:
+    """What became of fine-tuning, as the run stands."""
+    again = "the run is at it, or stopped before it ended (rerun the same command to go on)"
+    if result.decision is None:
+        return f"Fine-tuning: not decided yet: {again}."
+    if result.decision.finetune and not any(c.model.endswith(FINETUNED.file) for c in result.candidates):
+        return f"Fine-tuning: decided ({result.decision.why}), not finished: {again}."
+    return f"Fine-tuning {'ran' if result.finetune_ran else 'skipped'}: {result.decision.why}."
 
 
 def format_summary(result: RunResult) -> str:
@@ -199,7 +268,7 @@ def format_summary(result: RunResult) -> str:
         *[f"| {layer} | {s.knn_accuracy:.3f} | {s.logme:.3f} |" for layer, s in result.transferability.items()],
         "",
         *([f"{result.pilot.format()}.", ""] if result.pilot else []),
-        f"Fine-tuning {'ran' if result.finetune_ran else 'skipped'}: {result.decision.why}.",
+        _finetuning(result),
         "",
         "| candidate | held-out accuracy | held-out macro-F1 | minutes |",
         "|---|---|---|---|",

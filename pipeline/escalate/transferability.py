@@ -34,6 +34,10 @@ class LayerScores:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> "LayerScores":
+        return cls(float(data["knn_accuracy"]), float(data["logme"]))
+
 
 def knn_accuracy(X: np.ndarray, y: np.ndarray, seed: int = 0, neighbours: int = NEIGHBOURS) -> float:
     """Mean accuracy of a cosine k-NN over stratified folds (5, or fewer where a class is small)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import keras
 import numpy as np
@@ -17,6 +16,7 @@ from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
 from .batches import ShuffledArrays
 from .config import FinetuneConfig
+from .epochs import EpochLog, ResumedEarlyStopping
 from .head import head_initialiser, pooled_codes
 from .optimizers import make_optimizer
 from .split import Split
@@ -61,18 +61,17 @@ def _train_phase(model: keras.Model, name: str, epochs: int, learning_rate: floa
                   loss="mse" if regression else "sparse_categorical_crossentropy",
                   metrics=["mae"] if regression else ["accuracy"])
     monitor = "val_loss" if regression else "val_accuracy"
+    log = EpochLog(cfg.out / "backup" / f"{name}_epochs.json")
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(cfg.out / "backup" / name)),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.BackupAndRestore(str(cfg.out / "backup" / name)), log,
+        ResumedEarlyStopping(log, monitor=monitor, patience=cfg.patience, restore_best_weights=True),
     ]
-    started = time.perf_counter()
-    fitted = model.fit(ShuffledArrays(*train, cfg.batch_size, cfg.seed), validation_data=val, epochs=epochs,
-                       shuffle=False, class_weight=class_weight, callbacks=callbacks,
-                       verbose="auto" if cfg.progress else 0)
-    seconds = time.perf_counter() - started
-    epochs_run = len(fitted.history.get("loss", []))
-    history[name] = {**{k: [float(v) for v in vals] for k, vals in fitted.history.items()},
-                     "seconds": seconds, "seconds_per_epoch": seconds / max(1, epochs_run)}
+    model.fit(ShuffledArrays(*train, cfg.batch_size, cfg.seed), validation_data=val, epochs=epochs,
+              shuffle=False, class_weight=class_weight, callbacks=callbacks, verbose="auto" if cfg.progress else 0)
+    whole = log.history()  # every epoch, those before an interruption too
+    history[name] = {**whole, "seconds": log.seconds,
+                     "seconds_per_epoch": log.seconds / max(1, len(whole.get("loss", [])))}
+    log.remove()
     model.save(cfg.out / f"{name}.keras")
 
 

@@ -37,6 +37,7 @@ from .averaging import AVERAGE_FROM, WeightAverage, interpolate
 from .batches import RandomViews
 from .cache import CachedViews, CacheKey, build_cache
 from .config import FULL_SIZE_BELOW, FinetuneConfig
+from .epochs import EpochLog, ResumedEarlyStopping
 from .head import head_initialiser
 from .optimizers import make_optimizer
 from .split import Split
@@ -127,9 +128,10 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
                  loss="mse" if regression else "sparse_categorical_crossentropy",
                  metrics=["mae"] if regression else ["accuracy"])
     metric = "loss" if regression else "accuracy"
+    epochs = EpochLog(out / "backup" / "tail_epochs.json")
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup" / "tail")),
-        keras.callbacks.EarlyStopping(monitor=f"val_{metric}", patience=settings.patience),
+        keras.callbacks.BackupAndRestore(str(out / "backup" / "tail")), epochs,
+        ResumedEarlyStopping(epochs, monitor=f"val_{metric}", patience=settings.patience),
     ]
     average = WeightAverage(out / "backup" / "tail_average.npz", min(AVERAGE_FROM, settings.epochs - 1))
     callbacks.append(average)
@@ -137,17 +139,15 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
     val_x = np.concatenate(list(cache.batches(0, val[0], 256)))
     initial = tail.get_weights()
     before = tail.evaluate(val_x, val[1], verbose=0, return_dict=True)[metric]
-    started = time.perf_counter()
-    fitted = tail.fit(data, validation_data=(val_x, val[1]), epochs=settings.epochs, class_weight=class_weight,
-                      callbacks=callbacks, shuffle=False, verbose="auto" if settings.progress else 0)
-    seconds = time.perf_counter() - started
-    scores = fitted.history[f"val_{metric}"]
+    tail.fit(data, validation_data=(val_x, val[1]), epochs=settings.epochs, class_weight=class_weight,
+             callbacks=callbacks, shuffle=False, verbose="auto" if settings.progress else 0)
+    whole = epochs.history()  # every epoch, those before an interruption too
     mix, by_mix = interpolate(tail, initial, (val_x, val[1]), metric, regression, before)
-    history = {"tail": {**{k: [float(v) for v in vals] for k, vals in fitted.history.items()},
-                        f"val_{metric}_before": float(before), "averaged_epochs": average.count,
+    history = {"tail": {**whole, f"val_{metric}_before": float(before), "averaged_epochs": average.count,
                         "kept_start": mix == 0.0, "mix": mix,
-                        f"val_{metric}_by_mix": by_mix, "seconds": seconds,
-                        "seconds_per_epoch": seconds / max(1, len(scores))}}
+                        f"val_{metric}_by_mix": by_mix, "seconds": epochs.seconds,
+                        "seconds_per_epoch": epochs.seconds / max(1, len(whole[f"val_{metric}"]))}}
+    epochs.remove()
     return tail, history
 
 

@@ -52,6 +52,7 @@ class FitConfig(Settings):
     # None or 0: not looked for
     duplicate_threshold: float | None = setting(DEFAULT_DUPLICATE_THRESHOLD, check=within(0, 1))
     overwrite: bool = False  # replace an out that fit did not write
+    progress: bool = True  # a bar of the folds done, with the time left
 
     def check(self) -> None:
         if sum(t is not None for t in (self.test_store, self.test_size, self.test_paths)) > 1:

@@ -13,7 +13,6 @@ every view of the training images, and predictions average over the views.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections import Counter
@@ -31,8 +30,10 @@ from sklearn.model_selection import (
 
 from .. import metrics
 from ..errors import UserError
+from ..machine import usable_cores
 from ..results import CVResult, Protocol
 from . import tta
+from .jobs import run_folds
 from .kinds import CLASSIFIERS, get_kind
 from .models import fit_with_C, make_model
 from .scaling import scaler
@@ -172,11 +173,12 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
                    normalise: str = "power", class_weights: Sequence[str | None] = (None,), seed: int = 0,
                    jobs: int | None = None, groups: np.ndarray | None = None, metric: str | None = None,
-                   views: Sequence[tuple[str, ...]] = ((),)) -> tuple[list[CVResult], Protocol]:
+                   views: Sequence[tuple[str, ...]] = ((),), progress: bool = False
+                   ) -> tuple[list[CVResult], Protocol]:
     """Nested cross-validation of every (layer, classifier, class weighting, views) on the same outer folds;
     ``groups`` (one number per image, or None) are kept inside one fold, outer and inner. ``metric`` chooses C
     inside (default :func:`selection_metric`). ``views``: with and without the stored views of each image, when
-    ``X_by_layer`` holds them (:func:`pipeline.linear.tta.using`)."""
+    ``X_by_layer`` holds them (:func:`pipeline.linear.tta.using`); ``progress``: a bar of the folds done."""
     counts = np.bincount(y)
     metric = metric or selection_metric(y)
     notes = []
@@ -199,9 +201,8 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
     tasks = [(c, f) for c in candidates for f in range(len(outer))]
     log.info("nested cross-validation: %d candidate(s) x %d outer folds (%d-fold x %d), C chosen by %s",
              len(candidates), len(outer), k, repeats, inner)
-    done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(_outer_fold)(kind, planes[layer, v], y, *outer[f], normalise, w, seed, groups, metric)
-        for (layer, kind, w, v), f in tasks)
+    done = run_folds((delayed(_outer_fold)(kind, planes[layer, v], y, *outer[f], normalise, w, seed, groups, metric)
+                      for (layer, kind, w, v), f in tasks), jobs, progress, "nested CV")
     n_test = len(y) // k
     results = []
     for layer, kind, w, v in candidates:
@@ -252,7 +253,7 @@ def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise=
     (:func:`fit_final`) on the rows without it; ``folds`` must partition the rows (one repeat). ``Cs``: each
     fold's C, when nested cross-validation has chosen them already."""
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
-    fitted = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
+    fitted = Parallel(n_jobs=jobs or usable_cores())(
         delayed(fit_final)(kind, tta.rows(X, train), y[train], normalise, class_weight, seed,
                            None if groups is None else groups[train], metric) if Cs is None else
         delayed(fit_with_C)(kind, Cs[f], tta.rows(X, train), y[train], normalise, class_weight,

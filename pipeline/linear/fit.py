@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from ..errors import UserError
+from ..machine import usable_cores
 from ..outputs import replace_folder
 from ..provenance import library_versions, now_iso
 from ..results import CVResult, FinalModel, Protocol
@@ -107,7 +107,7 @@ def fit(cfg: FitConfig) -> FitResult:
     grouping = _grouping(cfg, store, data, best, protocol) if groups is not None else None
     chosen = {kind: max((r for r in results if r.classifier == kind), key=lambda r: r.scores[protocol.metric].mean)
               for kind in kinds}
-    refits = Parallel(n_jobs=min(len(kinds), cfg.jobs or os.cpu_count() or 1))(
+    refits = Parallel(n_jobs=min(len(kinds), cfg.jobs or usable_cores()))(
         delayed(task.fit_final)(chosen[kind], codes_of(X, chosen[kind]), y, cfg, groups, protocol.metric)
         for kind in kinds)
     final = {}

@@ -50,6 +50,22 @@ class FitResult:
                 **({"duplicates": self.duplicates} if self.duplicates else {}),
                 "versions": self.versions, "created": self.created}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "FitResult":
+        """The result :meth:`to_json` wrote to ``metrics.json``."""
+        named = {"task", "store", "run_dir", "backbone", "weights_checksum", "images", "protocol", "results", "best",
+                 "nested_choice", "final", "seconds", "duplicates", "versions", "created"}
+        results = [CVResult.from_json(r) for r in data["results"]]
+        wanted = data["best"]
+        best = next(r for r in results if (r.layer, r.classifier, r.class_weight, list(r.views)) == (
+            wanted["layer"], wanted["classifier"], wanted.get("class_weight"), wanted.get("views", [])))
+        return cls(data.get("task", "classification"), data["store"], data["run_dir"], data["backbone"],
+                   data["weights_checksum"], int(data["images"]), {k: v for k, v in data.items() if k not in named},
+                   Protocol.from_json(data["protocol"]), results, best,
+                   {kind: FinalModel.from_json(m) for kind, m in data["final"].items()}, float(data["seconds"]),
+                   data["versions"], data["created"], data.get("duplicates"),
+                   None if data.get("nested_choice") is None else CVResult.from_json(data["nested_choice"]))
+
     def format(self) -> str:
         """The human-readable summary (the same figures as metrics.json)."""
         p = self.protocol

@@ -15,7 +15,6 @@ thresholds. The saved model is made the same way on every image.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections import Counter
@@ -28,7 +27,9 @@ from sklearn.pipeline import Pipeline
 
 from .. import metrics
 from ..errors import UserError
+from ..machine import usable_cores
 from ..results import CVResult, HeldOut, Protocol
+from .jobs import run_folds
 from .kinds import get_kind
 from .scaling import scaler
 
@@ -122,8 +123,8 @@ def _outer_fold(kind: str, X: np.ndarray, Y: np.ndarray, train, test, normalise:
 
 
 def cross_validate(X_by_layer: dict[str, np.ndarray], Y: np.ndarray, names: list[str], kinds, k: int,
-                   repeats: int | None, normalise: str, seed: int, jobs: int | None) -> tuple[list[CVResult],
-                                                                                          Protocol]:
+                   repeats: int | None, normalise: str, seed: int, jobs: int | None, progress: bool = False
+                   ) -> tuple[list[CVResult], Protocol]:
     """Nested cross-validation of every (layer, kind) on the same iterative-stratified outer folds."""
     fewest = int(min(Y.sum(axis=0).min(), (1 - Y).sum(axis=0).min()))
     notes = ["several labels per image: one model per label, thresholds chosen inside each fold; folds by "
@@ -135,9 +136,8 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], Y: np.ndarray, names: list
     repeats = repeats or (3 if len(Y) < 1000 else 1)
     outer = [split for r in range(repeats) for split in folds(Y, k, seed + r)]
     candidates = [(layer, kind) for layer in X_by_layer for kind in kinds]
-    done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(_outer_fold)(kind, X_by_layer[layer], Y, train, test, normalise, seed)
-        for layer, kind in candidates for train, test in outer)
+    done = run_folds((delayed(_outer_fold)(kind, X_by_layer[layer], Y, train, test, normalise, seed)
+                      for layer, kind in candidates for train, test in outer), jobs, progress, "nested CV")
     n_test = len(Y) // k
     results = []
     for c, (layer, kind) in enumerate(candidates):
@@ -178,7 +178,7 @@ def out_of_fold(kind: str, X: np.ndarray, Y: np.ndarray, k: int, normalise: str,
     """Every image's labels as given by the model of its fold (one repeat of ``k`` folds), made as in
     :func:`cross_validate`: (images, labels) of 0/1."""
     splits = folds(Y, k, seed)
-    done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
+    done = Parallel(n_jobs=jobs or usable_cores())(
         delayed(_outer_fold)(kind, X, Y, train, test, normalise, seed) for train, test in splits)
     predicted = np.zeros(Y.shape, bool)
     for (_, test), r in zip(splits, done):

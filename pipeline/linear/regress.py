@@ -6,12 +6,11 @@ training set ``RidgeCV`` chooses alpha by leave-one-out, never seeing the test f
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import delayed
 from sklearn.model_selection import RepeatedKFold
 from sklearn.pipeline import Pipeline
 
@@ -19,6 +18,7 @@ from .. import metrics
 from ..errors import UserError
 from ..results import CVResult, HeldOut, Protocol
 from .cv import default_repeats
+from .jobs import run_folds
 from .kinds import get_kind
 from .models import make_model
 
@@ -63,15 +63,15 @@ def _outer_fold(X, y, train, test, normalise):
 
 
 def cross_validate(X_by_layer, y, folds=5, repeats=None, normalise="standard", seed=0,
-                   jobs=None) -> tuple[list[CVResult], Protocol]:
+                   jobs=None, progress: bool = False) -> tuple[list[CVResult], Protocol]:
     """Nested cross-validation of ridge on every layer, on the same outer folds."""
     repeats = repeats or default_repeats(len(y))
     outer = list(RepeatedKFold(n_splits=folds, n_repeats=repeats, random_state=seed).split(y))
     protocol = Protocol(folds, repeats, "efficient leave-one-out (RidgeCV)", {RIDGE.name: list(RIDGE.grid)},
                         normalise, [], seed, metric="r2")
     tasks = [(layer, f) for layer in X_by_layer for f in range(len(outer))]
-    done = Parallel(n_jobs=jobs or os.cpu_count() or 1)(
-        delayed(_outer_fold)(X_by_layer[layer], y, *outer[f], normalise) for layer, f in tasks)
+    done = run_folds((delayed(_outer_fold)(X_by_layer[layer], y, *outer[f], normalise) for layer, f in tasks), jobs,
+                     progress, "nested CV")
     n_test = len(y) // folds
     results = []
     for layer in X_by_layer:

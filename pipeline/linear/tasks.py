@@ -51,7 +51,7 @@ class Classification:
                                                                                               Protocol]:
         return cv.cross_validate(X, y, store.class_names, cfg.classifiers, cfg.folds, cfg.repeats, cfg.normalise,
                                  cv.class_weightings(y, cfg.class_weight), cfg.seed, cfg.jobs, groups,
-                                 views=cv.view_options(store.views, cfg.views))
+                                 views=cv.view_options(store.views, cfg.views), progress=cfg.progress)
 
     def fit_final(self, candidate: CVResult, X, y, cfg: FitConfig, groups, metric: str):
         return cv.fit_final(candidate.classifier, X, y, cfg.normalise, candidate.class_weight, cfg.seed, groups,
@@ -106,7 +106,7 @@ class Regression:
 
     def cross_validate(self, X: dict, y, store: FeatureStore, cfg: FitConfig, groups) -> tuple[list[CVResult],
                                                                                               Protocol]:
-        return regress.cross_validate(X, y, cfg.folds, cfg.repeats, cfg.normalise, cfg.seed, cfg.jobs)
+        return regress.cross_validate(X, y, cfg.folds, cfg.repeats, cfg.normalise, cfg.seed, cfg.jobs, cfg.progress)
 
     def fit_final(self, candidate: CVResult, X, y, cfg: FitConfig, groups, metric: str):
         return regress.fit_final(X, y, cfg.normalise)
@@ -155,7 +155,7 @@ class MultiLabel:
     def cross_validate(self, X: dict, y, store: FeatureStore, cfg: FitConfig, groups) -> tuple[list[CVResult],
                                                                                               Protocol]:
         return multilabel.cross_validate(X, y, store.class_names, self.kinds(cfg), cfg.folds, cfg.repeats,
-                                         cfg.normalise, cfg.seed, cfg.jobs)
+                                         cfg.normalise, cfg.seed, cfg.jobs, cfg.progress)
 
     def fit_final(self, candidate: CVResult, X, y, cfg: FitConfig, groups, metric: str):
         return multilabel.fit_final(candidate.classifier, X, y, cfg.normalise, cfg.seed)

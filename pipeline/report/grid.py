@@ -159,7 +159,8 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section | Mult
     for backbone in cfg.backbones:
         results, protocol = cv.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds, cfg.repeats,
                                               cfg.normalise, cv.class_weightings(y, cfg.class_weight), cfg.seed,
-                                              cfg.jobs, groups, views=cv.view_options(cfg.views))
+                                              cfg.jobs, groups, views=cv.view_options(cfg.views),
+                                              progress=cfg.progress)
         table += [Row(backbone, r, extraction[backbone]) for r in results]
         candidates += [replace(r, layer=f"{backbone} {r.layer}") if len(cfg.backbones) > 1 else r for r in results]
     metric, k, n = protocol.metric, protocol.outer_folds, len(y)

@@ -65,7 +65,7 @@ def grid_section(data: Path, cfg, stores: dict[str, FeatureStore], extraction: d
     for backbone, store in stores.items():
         X = {layer: store.codes(layer)[rows[backbone]] for layer in cfg.layers}
         results, protocol = multilabel.cross_validate(X, Y, names, _kinds(cfg.classifiers), cfg.folds, cfg.repeats,
-                                                      cfg.normalise, cfg.seed, cfg.jobs)
+                                                      cfg.normalise, cfg.seed, cfg.jobs, cfg.progress)
         table += [Row(backbone, r, extraction[backbone]) for r in results]
     table.sort(key=lambda row: -row.result.scores[METRIC].mean)
     best = table[0]

@@ -1,0 +1,59 @@
+"""A run's finished stages, kept in its folder, so that a rerun with the same settings goes on where it stopped.
+
+``stages.json`` holds, for each finished stage, the key of what decided its
+result (the settings that shape it, the identity of the store it read, the
+keys of the stages before it, this package's version) and the result itself.
+A stage whose key matches is taken up and not done again; one whose key
+differs (another seed, a changed image folder) is done again, and so is every
+stage after it, since their keys hold its key. The file is written whole
+through a rename after each stage, so a kill leaves the stages finished
+before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pipeline
+
+from ..outputs import write_bytes
+
+log = logging.getLogger(__name__)
+
+FILE = "stages.json"
+
+
+def stage_key(**parts) -> str:
+    """The key of a stage from what decides its result (JSON-able values, paths as text)."""
+    content = json.dumps({"version": pipeline.__version__, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+class Stages:
+    """The finished stages of the run in ``folder``."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / FILE
+        try:
+            self.done = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+            if not isinstance(self.done, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as e:
+            log.warning("%s is unreadable (%s): every stage runs again", self.path, e)
+            self.done = {}
+
+    def result(self, stage: str, key: str) -> dict | None:
+        """The result of ``stage`` if it finished with this ``key``; else None."""
+        entry = self.done.get(stage)
+        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("result"), dict):
+            log.info("%s: taken up from %s (same settings and store)", stage, self.path)
+            return entry["result"]
+        return None
+
+    def finish(self, stage: str, key: str, result: dict) -> None:
+        """Record ``stage`` as finished with ``key`` and ``result``."""
+        self.done[stage] = {"key": key, "result": result}
+        write_bytes(self.path, (json.dumps(self.done, indent=2) + "\n").encode())
