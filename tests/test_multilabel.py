@@ -193,3 +193,54 @@ def test_reports_give_the_tasks_figures_and_the_images_with_labels_wrong(street,
     assert [m["threshold"] for m in section["best"]["per_label"].values()] == pytest.approx(thresholds)
     assert {n: m["support"] for n, m in section["best"]["per_label"].items()} == {"plain": 13, "red": 23,
                                                                                     "square": 24}
+
+
+def _objective(loss: str, C: float, coef, intercept, X, T) -> float:
+    """The per-label objective summed over labels: 1/2 |w|^2 + C sum of the loss (the intercept unpenalised)."""
+    margin = T * (X.astype(np.float64) @ coef.T + intercept)
+    total = np.logaddexp(0, -margin) if loss == "logistic" else np.maximum(0, 1 - margin) ** 2
+    return 0.5 * float((coef ** 2).sum()) + C * float(total.sum())
+
+
+@pytest.mark.parametrize("loss", ["logistic", "squared_hinge"])
+def test_every_label_at_once_reaches_one_model_per_labels_optimum(loss):
+    """The joint path solves each label's own problem: scikit-learn's binary LogisticRegression, or the SVM's
+    objective fitted for one label alone; compared by the objective they minimise (a tolerance any BLAS keeps)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.linear.svm import label_path
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 200)).astype(np.float32)
+    Y = (X @ rng.normal(size=(200, 4)) * 0.1 + rng.normal(size=(60, 4)) > 0).astype(int)
+    T = np.where(Y > 0, 1.0, -1.0)
+    for C, coef, intercept, _ in label_path(X, T, [1e-3, 1e-1], loss):
+        joint = _objective(loss, C, coef, intercept, X, T)
+        alone = []
+        for k in range(Y.shape[1]):
+            if loss == "logistic":
+                m = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, Y[:, k])
+                alone.append((m.coef_, m.intercept_))
+            else:
+                (_, c, b, _), = label_path(X, T[:, [k]], [C], loss)
+                alone.append((c, b))
+        separate = sum(_objective(loss, C, c, b, X, T[:, [k]]) for k, (c, b) in enumerate(alone))
+        assert abs(joint - separate) <= 1e-4 * separate
+        np.testing.assert_array_equal(X @ coef.T + intercept > 0,
+                                      np.hstack([X @ c.T + b for c, b in alone]) > 0)
+
+
+def test_the_saved_svms_thresholds_are_its_decision_thresholds_through_platt():
+    """A threshold chosen on decision values, passed through the saved model's increasing sigmoid, gives the same
+    labels on the probabilities as on the decision values."""
+    Y = _label_matrix()
+    rng = np.random.default_rng(1)
+    X = (Y @ rng.normal(size=(3, 24)) + rng.normal(size=(len(Y), 24))).astype(np.float32)
+    model, hyper = multilabel.fit_final("svm-ovr", X, Y, "power", 0)
+    C, decision_thresholds, _ = multilabel.tune("svm-ovr", X, Y, "power", 0)
+    proba = model.predict_proba(X)
+    scale, ovr = model.named_steps["scale"], model.named_steps["clf"]
+    decisions = np.stack([e.calibrated_classifiers_[0].estimator.decision_function(scale.transform(X))
+                          for e in ovr.estimators_], axis=1)
+    agree = (proba >= np.array(hyper["thresholds"])) == (decisions >= decision_thresholds)
+    assert agree.mean() > 0.99  # the rounding of the saved thresholds to 6 places aside

@@ -45,6 +45,7 @@ class ModelKind:
     build: Callable[[float, str | None], Any] | None = None  # None: not a scikit-learn model (a network)
     path: Callable[..., Iterator] | None = None  # (X, y, grid, class_weight) -> fitted models along the grid
     calibrated: bool = False  # saved with Platt sigmoids around it (CalibratedClassifierCV)
+    loss: str | None = None  # several labels at once: the joint solver's loss (pipeline.linear.svm.label_path)
     incremental: Incremental | None = None
     trusted: tuple[str, ...] = ()  # types of this project a bundle of this kind may hold (pipeline.linear.bundle)
     exportable: bool = True  # as one graph from pixels to probabilities (pipeline.deploy.export)
@@ -149,10 +150,10 @@ KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
               build=_softmax, path=_softmax_path,
               incremental=Incremental("multinomial log", _multinomial_learner, _as_logistic)),
     ModelKind("svm-ovr", MULTILABEL, "svm_ovr.skops", "one calibrated SVM probability (Platt) per label",
-              SVM_GRID, build=_svm_ovr,
+              SVM_GRID, build=_svm_ovr, calibrated=True, loss="squared_hinge",
               trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION)),
     ModelKind("logistic-ovr", MULTILABEL, "logistic_ovr.skops", "one logistic probability per label",
-              SOFTMAX_GRID, build=_logistic_ovr),
+              SOFTMAX_GRID, build=_logistic_ovr, loss="logistic"),
     ModelKind("ridge", REGRESSION, "ridge.skops", "predicted values", ALPHAS, hyper="alpha", build=_ridge,
               exportable=False),
     ModelKind("fine-tuned", CLASSIFICATION, "model.keras", "softmax probabilities"),

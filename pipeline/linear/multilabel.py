@@ -7,9 +7,17 @@ package implements it; plain stratification needs one label per image). Nested
 as the single-label fit is: in each outer fold, C is chosen by the macro
 average precision (threshold-free) of an inner 3-fold cross-validation, and
 each label's threshold is the one with the best F1 on that inner
-cross-validation's out-of-fold probabilities at the chosen C; the outer test
-part then scores the model trained on the whole training part with those
+cross-validation's out-of-fold scores at the chosen C; the outer test part
+then scores the model trained on the whole training part with those
 thresholds. The saved model is made the same way on every image.
+
+Inside the cross-validation every label is fitted at once, along the whole C
+path, in one basis of the codes' row space (:func:`pipeline.linear.svm.label_path`):
+as fast as one single-label fit, where one scikit-learn model per label and C
+(three more for each SVM's calibration) took ten times as long. The SVM's
+scores there are its decision values: the average precision and each label's
+best threshold are the same under its (increasing) Platt sigmoid, through which
+the saved model's thresholds become probabilities.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from collections import Counter
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 from joblib import Parallel, delayed
+from scipy.special import expit
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
 from sklearn.pipeline import Pipeline
 
@@ -32,6 +42,7 @@ from ..results import CVResult, HeldOut, Protocol
 from .jobs import run_folds
 from .kinds import get_kind
 from .scaling import scaler
+from .svm import label_path
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +88,22 @@ def per_label(Y: np.ndarray, P: np.ndarray, names: list[str]) -> dict:
             for k, name in enumerate(names)}
 
 
-def best_thresholds(Y: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Per label, the probability threshold with the best F1 on these (out-of-fold) probabilities: halfway
-    between the lowest probability kept and the highest left out; ties go to the threshold nearest 0.5."""
-    out = np.full(Y.shape[1], 0.5)
+def best_thresholds(Y: np.ndarray, scores: np.ndarray, probabilities: bool = True) -> np.ndarray:
+    """Per label, the threshold with the best F1 on these (out-of-fold) scores: halfway between the lowest score
+    kept and the highest left out; ties go to the threshold nearest the middle (0.5 for probabilities, 0 for
+    decision values)."""
+    middle = 0.5 if probabilities else 0.0
+    out = np.full(Y.shape[1], middle)
     for k in range(Y.shape[1]):
-        values = np.unique(proba[:, k])
-        cuts = np.concatenate([[0.0], (values[:-1] + values[1:]) / 2, [1.0]])
-        f1 = [f1_score(Y[:, k], proba[:, k] >= t, zero_division=0) for t in cuts]
-        best = max(range(len(cuts)), key=lambda i: (round(f1[i], 12), -abs(cuts[i] - 0.5)))
+        values = np.unique(scores[:, k])
+        low, high = (0.0, 1.0) if probabilities else (values[0] - 1.0, values[-1] + 1.0)
+        cuts = np.concatenate([[low], (values[:-1] + values[1:]) / 2, [high]])
+        on = Y[:, k].astype(bool)
+        # F1 at every cut at once: the images at or over it are given the label
+        given = (scores[:, k][None, :] >= cuts[:, None])
+        true_positives = (given & on).sum(axis=1)
+        f1 = 2 * true_positives / np.maximum(given.sum(axis=1) + on.sum(), 1)
+        best = max(range(len(cuts)), key=lambda i: (round(float(f1[i]), 12), -abs(cuts[i] - middle)))
         out[k] = cuts[best]
     return out
 
@@ -95,30 +113,60 @@ def make(kind: str, C: float, normalise: str) -> Pipeline:
     return Pipeline([("scale", scaler(normalise)), ("clf", get_kind(kind).build(C, None))])
 
 
+def path_scores(kind: str, X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, grid) -> np.ndarray:
+    """Every label's scores of the ``X_test`` images at each C of ``grid`` [C, images, labels], all labels fitted
+    at once on the scaled codes: probabilities, or a calibrated kind's decision values."""
+    model = get_kind(kind)
+    targets = np.where(Y_train > 0, 1.0, -1.0)
+    out = []
+    with warnings.catch_warnings():  # an unconverged large-C candidate is still a fair candidate
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _, coef, intercept, _ in label_path(X_train, targets, grid, model.loss):
+            values = X_test @ coef.T + intercept
+            out.append(values if model.calibrated else expit(values))
+    return np.array(out)
+
+
 def tune(kind: str, X: np.ndarray, Y: np.ndarray, normalise: str, seed: int) -> tuple[float, np.ndarray, float]:
-    """(C, thresholds, inner mAP): C by the inner cross-validation's mAP (the smallest among ties), thresholds
-    from its out-of-fold probabilities at that C."""
+    """(C, thresholds, inner mAP) on codes ``X`` as they come (scaled inside each inner fold): C by the inner
+    cross-validation's mAP (the smallest among ties), thresholds from its out-of-fold scores at that C."""
     grid = get_kind(kind).grid
-    proba = np.zeros((len(grid), *Y.shape))
+    values = np.zeros((len(grid), *Y.shape))
     for train, test in folds(Y, INNER_FOLDS, seed):
-        for g, C in enumerate(grid):
-            proba[g, test] = make(kind, C, normalise).fit(X[train], Y[train]).predict_proba(X[test])
-    maps = [average_precision_score(Y, p, average="macro") for p in proba]
+        scale = scaler(normalise).fit(X[train])
+        values[:, test] = path_scores(kind, scale.transform(X[train]), Y[train], scale.transform(X[test]), grid)
+    maps = [average_precision_score(Y, v, average="macro") for v in values]
     best = int(np.argmax(maps))
-    return float(grid[best]), best_thresholds(Y, proba[best]), float(maps[best])
+    return float(grid[best]), best_thresholds(Y, values[best], not get_kind(kind).calibrated), float(maps[best])
 
 
 def fit_final(kind: str, X: np.ndarray, Y: np.ndarray, normalise: str, seed: int):
-    """The saved model: C and thresholds chosen on every image, then trained on every image; (model, hyper)."""
+    """The saved model: C and thresholds chosen on every image, then trained on every image; (model, hyper), the
+    thresholds as probabilities of the saved model."""
     C, thresholds, _ = tune(kind, X, Y, normalise, seed)
-    return make(kind, C, normalise).fit(X, Y), {"C": C, "thresholds": [round(float(t), 6) for t in thresholds]}
+    model = make(kind, C, normalise).fit(X, Y)
+    if get_kind(kind).calibrated:
+        thresholds = _through_platt(model, thresholds)
+    return model, {"C": C, "thresholds": [round(float(t), 6) for t in thresholds]}
+
+
+def _through_platt(model: Pipeline, thresholds: np.ndarray) -> np.ndarray:
+    """Decision-value thresholds as the probabilities the saved model's Platt sigmoids give them (a label whose
+    sigmoid does not increase, which no signal makes, gets 0.5)."""
+    out = []
+    for estimator, t in zip(model.named_steps["clf"].estimators_, thresholds):
+        (calibrated,) = estimator.calibrated_classifiers_
+        (platt,) = calibrated.calibrators
+        out.append(float(expit(-(platt.a_ * t + platt.b_))) if platt.a_ < 0 else 0.5)
+    return np.array(out)
 
 
 def _outer_fold(kind: str, X: np.ndarray, Y: np.ndarray, train, test, normalise: str, seed: int) -> dict:
     started = time.perf_counter()
     C, thresholds, inner = tune(kind, X[train], Y[train], normalise, seed)
-    proba = make(kind, C, normalise).fit(X[train], Y[train]).predict_proba(X[test])
-    return {"C": C, "inner": inner, "predicted": proba >= thresholds, **scores(Y[test], proba, thresholds),
+    scale = scaler(normalise).fit(X[train])
+    (values,) = path_scores(kind, scale.transform(X[train]), Y[train], scale.transform(X[test]), [C])
+    return {"C": C, "inner": inner, "predicted": values >= thresholds, **scores(Y[test], values, thresholds),
             "seconds": time.perf_counter() - started}
 
 

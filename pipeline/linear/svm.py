@@ -16,6 +16,11 @@ the Hessian's value there when every sample is active. That preconditioning
 makes L-BFGS converge in tens of iterations at the small C that suit CNN
 codes, and one basis serves a whole path of C values (:func:`svm_path`), as
 cross-validation needs.
+
+The same solver fits several labels at once (:func:`label_path`): each column
+of a target matrix is its own binary problem, all sharing the basis, with the
+squared hinge or the logistic loss (then each column's solution is a binary
+logistic regression's, as scikit-learn's ``LogisticRegression`` defines it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
+import scipy.special
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -53,21 +59,33 @@ def _basis(X: np.ndarray):
     return (X @ V.astype(np.float32)), np.sqrt(np.maximum(eigenvalues, 0.0)), V.T
 
 
-def _solve(XV, S, Vt, targets, weights, C, tol, max_iter, start=None):
+LOSSES = ("squared_hinge", "logistic")
+_CURVATURE = {"squared_hinge": 2.0, "logistic": 0.25}  # the loss's largest second derivative: the preconditioner's
+
+
+def _loss(loss: str, targets, scores, sample_weights):
+    """(the weighted loss, its gradient with respect to the scores)."""
+    margin = targets * scores
+    if loss == "logistic":
+        return float(np.sum(sample_weights * np.logaddexp(0.0, -margin))), \
+            -sample_weights * targets * scipy.special.expit(-margin)
+    slack = np.maximum(0.0, 1.0 - margin)
+    return float(np.sum(sample_weights * slack * slack)), -2.0 * sample_weights * slack * targets
+
+
+def _solve(XV, S, Vt, targets, weights, C, tol, max_iter, start=None, loss="squared_hinge"):
     """Minimise the objective for one C in the row-space basis; returns (coef [k, d], intercept [k], iterations)."""
     r, k = len(S), targets.shape[1]
-    scale = 1.0 / np.sqrt(1.0 + 2.0 * C * weights.mean() * S * S)
+    scale = 1.0 / np.sqrt(1.0 + _CURVATURE[loss] * C * weights.mean() * S * S)
     Z = (XV * scale).astype(np.float32)  # scores = Z @ u + b, with w = Vt.T @ (scale * u)
     sample_weights = (C * weights)[:, None]
     scale2 = (scale * scale)[:, None]
 
     def objective(theta):
         u, b = theta[: r * k].reshape(r, k), theta[r * k:]
-        slack = np.maximum(0.0, 1.0 - targets * (Z @ u.astype(np.float32) + b))
-        g = -2.0 * sample_weights * slack * targets
-        loss = 0.5 * float(np.sum(scale2 * u * u)) + float(np.sum(sample_weights * slack * slack))
+        value, g = _loss(loss, targets, Z @ u.astype(np.float32) + b, sample_weights)
         grad_u = scale2 * u + Z.T @ g.astype(np.float32)
-        return loss, np.concatenate([grad_u.ravel(), g.sum(axis=0)])
+        return 0.5 * float(np.sum(scale2 * u * u)) + value, np.concatenate([grad_u.ravel(), g.sum(axis=0)])
 
     if start is None:
         theta0 = np.zeros(r * k + k)
@@ -77,10 +95,27 @@ def _solve(XV, S, Vt, targets, weights, C, tol, max_iter, start=None):
     result = minimize(objective, theta0, jac=True, method="L-BFGS-B",
                       options={"maxiter": max_iter, "gtol": tol, "maxcor": 20})
     if result.nit >= max_iter:
-        warnings.warn(f"LinearSVM did not converge in {max_iter} iterations at C={C:g}; "
+        warnings.warn(f"the linear model did not converge in {max_iter} iterations at C={C:g}; "
                       "a smaller C or a larger max_iter helps", ConvergenceWarning, stacklevel=3)
     u, b = result.x[: r * k].reshape(r, k), result.x[r * k:]
     return (Vt.T @ (scale[:, None] * u)).T, b, int(result.nit)
+
+
+def label_path(X, targets, Cs: Sequence[float], loss: str = "squared_hinge", weights=None, tol=1e-5,
+               max_iter=1000) -> Iterator[tuple[float, np.ndarray, np.ndarray, int]]:
+    """``(C, coef [k, d], intercept [k], iterations)`` for each C in ``Cs`` (in order, lazily): the minimiser of
+    ``loss`` for each column of the +1/-1 ``targets`` [n, k], all sharing one basis and warm starts."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
+    X = np.asarray(X, dtype=np.float32)
+    targets = np.asarray(targets, np.float64)
+    weights = np.ones(len(X)) if weights is None else np.asarray(weights, np.float64)
+    XV, S, Vt = _basis(X)
+    start = None
+    for C in Cs:
+        coef, intercept, n_iter = _solve(XV, S, Vt, targets, weights, C, tol, max_iter, start, loss)
+        start = coef, intercept
+        yield C, coef, intercept, n_iter
 
 
 def svm_path(X, y, Cs: Sequence[float], class_weight=None, tol=1e-5, max_iter=1000) -> Iterator["LinearSVM"]:
@@ -89,11 +124,7 @@ def svm_path(X, y, Cs: Sequence[float], class_weight=None, tol=1e-5, max_iter=10
     classes, encoded = np.unique(y, return_inverse=True)
     targets = np.where(encoded[:, None] == np.arange(len(classes))[None, :], 1.0, -1.0)
     weights = compute_sample_weight(class_weight, encoded)
-    XV, S, Vt = _basis(X)
-    start = None
-    for C in Cs:
-        coef, intercept, n_iter = _solve(XV, S, Vt, targets, weights, C, tol, max_iter, start)
-        start = coef, intercept
+    for C, coef, intercept, n_iter in label_path(X, targets, Cs, "squared_hinge", weights, tol, max_iter):
         model = LinearSVM(C=C, class_weight=class_weight, tol=tol, max_iter=max_iter)
         model.classes_, model.coef_, model.intercept_, model.n_iter_ = classes, coef, intercept, n_iter
         model.n_features_in_ = X.shape[1]
