@@ -73,6 +73,23 @@ def test_local_pth_file_gives_the_same_weights(backbones):
     assert from_file.weights_source.startswith("file:")
 
 
+def test_a_pth_file_missing_a_parameter_is_one_line(monkeypatch):
+    """A .pth whose BatchNorm lacks its running variance (a damaged or other file) is refused, not a KeyError."""
+    spec = get_spec("mobilenet_v2")
+    pth = importlib.resources.files(spec.weights.package) / spec.weights.resource
+    real = loading.load_legacy_state_dict
+
+    def without_one(path):
+        state = real(path)
+        del state[next(k for k in state if k.endswith("running_var"))]
+        return state
+
+    monkeypatch.setattr(loading, "load_legacy_state_dict", without_one)
+    with pytest.raises(UserError, match="lack its 'running_var'") as e:
+        loading._build(spec, str(pth), "float32")  # not the backbone kept from another test
+    assert e.value.param == "weights"
+
+
 def test_local_keras_weights_file(tmp_path):
     spec = get_spec("keras_mobilenet_v2")
     reference = spec.builder(spec, None)

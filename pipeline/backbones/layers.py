@@ -58,6 +58,13 @@ def conv_bn(x, filters, kernel, stride, conv_name, bn_name, *, epsilon, torch_pa
 
 
 def _convert(layer, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return _as_keras(layer, tensors)
+    except KeyError as e:  # a module without one of its parameters: a damaged or other file
+        raise ValueError(f"{layer.name}: the weights lack its {e.args[0]!r}") from None
+
+
+def _as_keras(layer, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
     if isinstance(layer, layers.DepthwiseConv2D):
         return [tensors["weight"].transpose(2, 3, 0, 1)]
     if isinstance(layer, layers.Conv2D):
