@@ -149,3 +149,22 @@ def test_an_older_store_without_digests_is_still_read(tmp_path, caplog):
         digests.record(f, "x", [1])
     with pytest.raises(UserError):
         read_store(tmp_path / "lying.h5")
+
+
+def test_codes_changed_behind_the_digests_are_refused_by_every_reader(tmp_path):
+    """A row rewritten through HDF5 itself (its fletcher32 recomputed, so only the digest can tell): refused by
+    the reader, by a streamed fit's reads and by an update that would copy it into a new store."""
+    from pipeline.linear.config import FitConfig
+    from pipeline.linear.fit import fit
+
+    path = _store(tmp_path / "s.h5")
+    with h5py.File(path, "r+") as f:
+        f["features/penultimate"][257] = 0.0
+    with pytest.raises(UserError, match="features/penultimate fails its sha256 check"):
+        read_store(path).codes("penultimate", rows=np.array([257]))
+    with read_store(path).spans("penultimate") as read:
+        read(0, 256)  # an untouched block reads
+        with pytest.raises(UserError, match="fails its sha256 check"):
+            read(256, 512)
+    with pytest.raises(UserError, match="fails its sha256 check"):
+        fit(FitConfig(store=path, out=tmp_path / "run", layers=("penultimate",), max_memory=1024, progress=False))

@@ -19,8 +19,9 @@ from pipeline.data.discover import fingerprint
 from pipeline.data.views import ShiftedViews
 from pipeline.deploy.config import PredictConfig
 from pipeline.deploy.predict import predict_images
+from pipeline.errors import UserError
 from pipeline.finetune.averaging import MIXES, WeightAverage, interpolate
-from pipeline.finetune.cache import CacheKey, build_cache
+from pipeline.finetune.cache import CachedViews, CacheKey, build_cache
 from pipeline.finetune.config import FULL_SIZE_BELOW, FinetuneConfig
 from pipeline.finetune.optimizers import make_optimizer
 from pipeline.finetune.stage import finetune
@@ -113,6 +114,18 @@ def test_the_cache_reuses_valid_rows_and_survives_a_kill(tmp_path, backbones):
     for k in range(3):
         np.testing.assert_array_equal(cache.read(k, paths[1:3]), before[k][1:3])
     cache.close()
+
+    with h5py.File(key.file(folder, 2), "r+") as f:  # a row rewritten behind its digest (fletcher32 recomputed)
+        f["activations"][1] = 0
+    cache, _ = build([3, 3, 3, 3, 1, 1, 1, 1], _CountingFront(front))  # the damaged file is computed again
+    np.testing.assert_array_equal(cache.read(2, paths[1:3]), before[2][1:3])
+    cache.close()
+    with h5py.File(key.file(folder, 2), "r+") as f:
+        f["activations"][1] = 0
+    opened = CachedViews([h5py.File(key.file(folder, k), "r") for k in range(3)])
+    with pytest.raises(UserError, match="activations fails its sha256 check; delete it and rerun"):
+        opened.read(2, paths[:3])
+    opened.close()
 
 
 def policy_pixels(files, policy):

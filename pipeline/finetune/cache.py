@@ -1,7 +1,9 @@
 """The activation cache of tail fine-tuning: the frozen front's output for each view of each image, on disk.
 
 One HDF5 file per view (float16 ``activations`` chunked one image per chunk,
-with ``paths`` and ``fingerprints``; fletcher32 checksums). A file is written
+with ``paths`` and ``fingerprints``; fletcher32 checksums, and the sha256 of
+each image's activations and of the other datasets, checked on every read as
+the store's are: :mod:`pipeline.store.digests`). A file is written
 under a temporary name and renamed when whole, so a kill leaves the previous
 file or none; one writer at a time (``<folder>/views.lock``). Its name holds a
 hash of everything that decides its numbers but the image list (backbone,
@@ -28,11 +30,13 @@ from ..backbones.engine import FrozenNetwork
 from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
 from ..data.views import ShiftedViews
+from ..store import digests
 from ..store.writer import writing
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: digests
+REMEDY = "delete it and rerun: it is computed again"
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -62,19 +66,16 @@ class CachedViews:
     rows: list[dict[str, int]] = field(init=False)
 
     def __post_init__(self):
-        self.rows = [{p: i for i, p in enumerate(f["paths"].asstr()[:])} for f in self.files]
+        self.rows = [{p: i for i, p in enumerate(digests.read(f, "paths", text=True, remedy=REMEDY))}
+                     for f in self.files]
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.files[0]["activations"].shape[1:])
 
     def read(self, k: int, paths: Sequence[str]) -> np.ndarray:
-        rows = np.array([self.rows[k][p] for p in paths])
-        order = np.argsort(rows)
-        out = np.empty((len(rows), *self.shape), np.float32)
-        if len(rows):  # h5py reads increasing rows only
-            out[order] = self.files[k]["activations"][rows[order]]
-        return out
+        rows = np.array([self.rows[k][p] for p in paths], dtype=np.int64)
+        return digests.read(self.files[k], "activations", rows, remedy=REMEDY).astype(np.float32)
 
     def batches(self, k: int, paths: Sequence[str], batch_size: int) -> Iterator[np.ndarray]:
         for start in range(0, len(paths), batch_size):
@@ -86,14 +87,17 @@ class CachedViews:
 
 
 def _old_rows(path: Path) -> dict[tuple[str, int, int], int]:
-    """(path, size, mtime) -> row of a valid previous file (none when missing or unreadable)."""
+    """(path, size, mtime) -> row of a valid previous file (none when missing, unreadable or damaged: every
+    row's activations are checked against their digests, so a damaged file is computed again, never used)."""
     if not path.exists():
         return {}
     try:
         with h5py.File(path, "r") as f:
+            for start in range(0, f["activations"].shape[0], 1024):
+                digests.read(f, "activations", np.arange(start, min(start + 1024, f["activations"].shape[0])))
             return {(p, int(s), int(m)): i for i, (p, (s, m)) in
-                    enumerate(zip(f["paths"].asstr()[:], f["fingerprints"][:]))}
-    except (OSError, KeyError, ValueError) as e:
+                    enumerate(zip(digests.read(f, "paths", text=True), digests.read(f, "fingerprints")))}
+    except Exception as e:  # noqa: BLE001 - a damaged cache file fails in many ways: it is computed again
         log.warning("recomputing %s: %s", path.name, e)
         return {}
 
@@ -110,11 +114,14 @@ class _ViewWriter:
                                           chunks=(1, *shape), fletcher32=True)
         self.paths = self.f.create_dataset("paths", (rows,), _STR, maxshape=(None,))
         self.fps = self.f.create_dataset("fingerprints", (rows, 2), np.int64, maxshape=(None, 2), fletcher32=True)
+        self.digests = digests.Recorder("activations", 1)  # each image's own: they are read one by one
 
     def write(self, paths: Sequence[str], fps: Sequence[tuple[int, int]], acts: np.ndarray) -> None:
         n = len(paths)
         if n:
-            self.acts[self.count:self.count + n] = acts.astype(np.float16)
+            acts = np.asarray(acts, np.float16)
+            self.acts[self.count:self.count + n] = acts
+            self.digests.add(acts)
             self.paths[self.count:self.count + n] = list(paths)
             self.fps[self.count:self.count + n] = np.asarray(fps, np.int64)
             self.count += n
@@ -122,6 +129,9 @@ class _ViewWriter:
     def finish(self) -> None:
         for ds in (self.acts, self.paths, self.fps):
             ds.resize(self.count, axis=0)
+        self.digests.write(self.f)
+        digests.record(self.f, "paths", list(self.paths.asstr()[:]))
+        digests.record(self.f, "fingerprints", self.fps[:])
         self.f.close()
         os.replace(self.tmp, self.target)
 
@@ -189,4 +199,4 @@ def _copy_reused(writer: _ViewWriter, target: Path, old: dict, paths, fps, wante
         for start in range(0, len(keep), 256):
             block = keep[start:start + 256]
             writer.write([p for _, p, _ in block], [fp for _, _, fp in block],
-                         f["activations"][[r for r, _, _ in block]])
+                         digests.read(f, "activations", np.array([r for r, _, _ in block]), remedy=REMEDY))

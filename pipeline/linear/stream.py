@@ -21,7 +21,6 @@ import logging
 import os
 import time
 
-import h5py
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
@@ -74,13 +73,12 @@ class _Blocks:
     def chunks(self, rng: np.random.Generator | None = None):
         """``(rows, codes)`` per chunk; with ``rng``, blocks in random order and rows shuffled."""
         starts = self.starts if rng is None else rng.permutation(self.starts)
-        with h5py.File(self.store.path, "r") as f:
-            dset = f["features"][self.layer]
+        with self.store.spans(self.layer) as read:
             for k in range(0, len(starts), self.per_chunk):
                 spans = [(a, min(a + BLOCK, len(self.store))) for a in np.sort(starts[k:k + self.per_chunk])]
                 rows = np.concatenate([np.arange(a, b) for a, b in spans])
                 keep = self.member[rows]
-                rows, codes = rows[keep], np.concatenate([dset[a:b] for a, b in spans])[keep]
+                rows, codes = rows[keep], np.concatenate([read(a, b) for a, b in spans])[keep]
                 if rng is not None:
                     order = rng.permutation(len(rows))
                     rows, codes = rows[order], codes[order]
@@ -109,9 +107,14 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[0], edges]), np.concatenate([edges, [len(sorted_values)]])
 
 
+COPIES = 8  # float32 chunks alive at once at the peak: the blocks read and joined, the scaler's temporaries
+# (the signed power's sign, magnitude and power, the standardisation), the float64 copy SGD takes (two)
+
+
 def _chunk_rows(store: FeatureStore, layer: str, budget: int) -> int:
-    """Rows per chunk: the chunk, its scaled copy and the reading buffer fit in ``budget``."""
-    return budget // (4 * _dim(store, layer)) // 3
+    """Rows per chunk: the chunk and the copies reading and scaling make of it fit in ``budget`` (a million
+    2,064-d codes under 2 GiB peaked at 4.5 GiB when this counted three copies: docs/benchmarks.md)."""
+    return budget // (4 * _dim(store, layer)) // COPIES
 
 
 def _dim(store: FeatureStore, layer: str) -> int:

@@ -74,19 +74,26 @@ class ActorPool:
     num_cpus: float
 
     def options(self) -> dict:
-        return {"concurrency": self.actors, "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
+        """Ray Data's options: from one actor to ``actors``, so that the job goes on with fewer after a node is
+        lost (a fixed size waits for an actor that can no longer be placed)."""
+        return {"concurrency": (1, self.actors), "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
+
+
+ACTOR_CPUS = 0.75  # a CPU model actor's reservation (its engine's threads use the node's cores, as locally)
 
 
 def actor_pool() -> ActorPool:
-    """One actor per GPU where the cluster has GPUs; otherwise one per node, each reserving one CPU (the CPU
-    engine's threads share the node's cores with the decoding tasks, as locally)."""
+    """One actor per GPU where the cluster has GPUs; otherwise up to one per node, never reserving every CPU:
+    decoding must always find room, or the actors wait for batches no task can decode (a cluster of one-CPU
+    nodes, or the actor of a lost node restarted beside another)."""
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
     if gpus:
         return ActorPool(gpus, 1, 1)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    return ActorPool(max(1, nodes), 0, 1)
+    return ActorPool(max(1, min(nodes, int(resources.get("CPU", 2)) - 1)), 0, ACTOR_CPUS)
 
 
 def file_dataset(columns: dict[str, list], batch_size: int):

@@ -88,25 +88,27 @@ def check_attrs(f: h5py.File, where) -> None:
         raise UserError(f"{where} is corrupt: its attributes fail their sha256 check; extract it again")
 
 
-def read(f: h5py.File, name: str, rows: np.ndarray | None = None, text: bool = False, where=None):
-    """Dataset ``name`` (all rows, or the sorted ``rows``), every block it touches checked against its digest;
-    ``text``: a dataset of strings, read whole as a list."""
+def read(f: h5py.File, name: str, rows: np.ndarray | None = None, text: bool = False, where=None,
+         remedy: str = "extract it again"):
+    """Dataset ``name`` (all rows, or ``rows`` in any order), every block it touches checked against its digest
+    (a failure says ``remedy``); ``text``: a dataset of strings, read whole as a list."""
     data = f[name]
     sums = f[f"{GROUP}/{name}"]
     block = sums.attrs.get("rows")
     n = data.shape[0]
+    where = where or f.filename
     if not isinstance(block, (int, np.integer)) or block < 1 or sums.shape != (max(1, math.ceil(n / block)), 32) \
             or sums.dtype != np.uint8:
-        raise UserError(f"{where or f.filename} is corrupt: the digests of {name} do not fit it; extract it again")
+        raise UserError(f"{where} is corrupt: the digests of {name} do not fit it; {remedy}")
     expected = sums[:]
     if text:
         values = list(data.asstr()[:])
-        _check(values, expected[0], name, where or f.filename)
+        _check(values, expected[0], name, where, remedy)
         return values
     if rows is None:
         values = data[:]
         for k in range(expected.shape[0]):
-            _check(values[k * block:(k + 1) * block], expected[k], name, where or f.filename)
+            _check(values[k * block:(k + 1) * block], expected[k], name, where, remedy)
         return values
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) and (rows[0] < 0 or rows[-1] >= n):
@@ -115,12 +117,35 @@ def read(f: h5py.File, name: str, rows: np.ndarray | None = None, text: bool = F
     blocks = rows // block
     for k in np.unique(blocks):
         values = data[k * block:min(n, (k + 1) * block)]
-        _check(values, expected[k], name, where or f.filename)
+        _check(values, expected[k], name, where, remedy)
         here = blocks == k
         out[here] = values[rows[here] - k * block]
     return out
 
 
-def _check(values, expected: np.ndarray, name: str, where) -> None:
+class Spans:
+    """Row spans of one dataset read one after another (a streamed fit's), each block checked against its
+    digest; the digests are read once."""
+
+    def __init__(self, f: h5py.File, name: str, where):
+        self.data, self.name, self.where = f[name], name, where
+        sums = f[f"{GROUP}/{name}"]
+        self.block = int(sums.attrs["rows"])
+        self.expected = sums[:]
+        if sums.shape != (max(1, math.ceil(self.data.shape[0] / self.block)), 32):
+            raise UserError(f"{where} is corrupt: the digests of {name} do not fit it; extract it again")
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop``; whole blocks are read and checked, so spans on block boundaries cost no
+        more than the rows themselves."""
+        first, last = start // self.block, (stop - 1) // self.block
+        values = self.data[first * self.block:min(self.data.shape[0], (last + 1) * self.block)]
+        for k in range(first, last + 1):
+            _check(values[(k - first) * self.block:(k - first + 1) * self.block], self.expected[k], self.name,
+                   self.where)
+        return values[start - first * self.block:stop - first * self.block]
+
+
+def _check(values, expected: np.ndarray, name: str, where, remedy: str = "extract it again") -> None:
     if digest(values) != expected.tobytes():
-        raise UserError(f"{where} is corrupt: {name} fails its sha256 check; extract it again")
+        raise UserError(f"{where} is corrupt: {name} fails its sha256 check; {remedy}")

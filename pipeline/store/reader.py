@@ -97,6 +97,15 @@ class FeatureStore:
                      for x in layer_parts(layer)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
+    @contextlib.contextmanager
+    def spans(self, layer: str):
+        """``read(start, stop)``: rows of one stored ``layer`` read span by span from one open file (a streamed
+        fit's reads), each checked against the store's digests."""
+        self.check_layer(layer)
+        name = dataset_name(code_key(layer))
+        with self._open() as f:
+            yield digests.Spans(f, name, self.path) if self.checked else (lambda a, b: f[name][a:b])
+
     def view_codes(self, layer: str | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """Codes of the images and of each stored view, ``(views + 1, images, dims)`` (:mod:`pipeline.linear.tta`)."""
         return np.stack([self.codes(layer, rows, view) for view in (None, *self.views)])
