@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from .metrics import Score
 
 
-def _extras(class_weight: str | None, views) -> list[str]:
-    return [*([class_weight] if class_weight else []), *([f"with {'+'.join(views)}"] if views else [])]
+def _extras(class_weight: str | None, views, blocks=False) -> list[str]:
+    return [*([class_weight] if class_weight else []), *([f"with {'+'.join(views)}"] if views else []),
+            *(["blocks"] if blocks else [])]
 
 
-def variant(classifier: str, class_weight: str | None = None, views=()) -> str:
-    """A model kind with its class weighting and views, as the outputs name it: ``svm, balanced, with flip``."""
-    return ", ".join([classifier, *_extras(class_weight, views)])
+def variant(classifier: str, class_weight: str | None = None, views=(), blocks=False) -> str:
+    """A model kind with its class weighting, views and block weighing, as the outputs name it: ``svm, balanced,
+    with flip, blocks``."""
+    return ", ".join([classifier, *_extras(class_weight, views, blocks)])
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """How codes joined from several layers are scaled (:mod:`pipeline.linear.blocks`): per block (``sizes``,
+    named ``names``), keeping the blocks ``keep`` (None: to be chosen on the rows a model is trained on)."""
+
+    sizes: tuple[int, ...]
+    names: tuple[str, ...]
+    keep: tuple[bool, ...] | None = None
+
+    def __str__(self) -> str:
+        return "blocks"
+
+    def kept(self) -> tuple[str, ...]:
+        return tuple(n for n, k in zip(self.names, self.keep or (True,) * len(self.names)) if k)
+
+    def keeping(self, names) -> "Blocks":
+        """These blocks with those ``names`` kept (a saved model's choice)."""
+        return replace(self, keep=tuple(n in names for n in self.names))
 
 
 @dataclass
@@ -34,6 +56,8 @@ class CVResult:
     class_weight: str | None = None
     fold_inner: tuple = ()  # each outer fold's inner-validation score at its chosen C (not saved)
     views: tuple = ()  # the views (pipeline.linear.tta) trained on and averaged over, beside the image itself
+    blocks: Blocks | None = None  # the layers weighed as blocks (None: the protocol's normalisation)
+    kept: dict = field(default_factory=dict)  # with blocks: how many outer folds kept each block
 
     @property
     def primary(self) -> Score:
@@ -41,12 +65,15 @@ class CVResult:
 
     @property
     def name(self) -> str:
-        return f"{self.classifier} on {self.layer}" + "".join(f", {x}" for x in _extras(self.class_weight, self.views))
+        return f"{self.classifier} on {self.layer}" + "".join(
+            f", {x}" for x in _extras(self.class_weight, self.views, self.blocks))
 
     def to_json(self) -> dict:
         out = {"layer": self.layer, "classifier": self.classifier,
                **({"class_weight": self.class_weight} if self.class_weight else {}),
                **({"views": list(self.views)} if self.views else {}),
+               **({"blocks": {"names": list(self.blocks.names), "sizes": list(self.blocks.sizes),
+                              "kept": self.kept}} if self.blocks else {}),
                **{name: s.to_json() for name, s in self.scores.items()}, f"chosen_{self.hyper}": self.chosen}
         if self.per_class is not None:
             out["per_class"] = self.per_class
@@ -58,9 +85,13 @@ class CVResult:
         """The result :meth:`to_json` wrote (the per-fold choices, never saved, are empty)."""
         hyper = next(key.removeprefix("chosen_") for key in data if key.startswith("chosen_"))
         scores = {k: Score.from_json(v) for k, v in data.items() if isinstance(v, dict) and "mean" in v}
+        blocks = data.get("blocks")
+        if blocks:
+            blocks = Blocks(tuple(map(int, blocks["sizes"])), tuple(blocks["names"])), dict(blocks["kept"])
         return cls(data["layer"], data["classifier"], scores, dict(data[f"chosen_{hyper}"]), hyper,
                    data.get("per_class"), float(data.get("fit_seconds", 0.0)), class_weight=data.get("class_weight"),
-                   views=tuple(data.get("views", ())))
+                   views=tuple(data.get("views", ())), blocks=blocks[0] if blocks else None,
+                   kept=blocks[1] if blocks else {})
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pipeline.store.config import ExtractConfig
 EXAMPLES = """\
   {prog} data/tuxpaint --out features/tuxpaint.h5
   {prog} photos/ --backbone mobilenet_v2 --layers stage4 penultimate --out f.h5
+  {prog} photos/ --layers all --out f.h5       # every stage: fit_svm.py --normalise auto weighs them
   {prog} labels.csv --out f.h5          # CSV manifest with columns path,label
   {prog} data/tuxpaint --views flip --out f.h5   # mirror images too: fit trains on both, predicts on the mean
   {prog} data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
@@ -22,13 +23,19 @@ extracts only new and changed images; removed images leave the store."""
 
 
 def list_backbones() -> None:
+    from pipeline.backbones.codes import layer_widths
     from pipeline.backbones.registry import available, get_spec
+
+    def size(widths) -> str:
+        return f"{sum(widths):,} values, {sum(widths) * 4 / 1024:.1f} KB per image"
 
     for name in available():
         spec = get_spec(name)
         where = "offline" if spec.offline else "download"
-        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)} "
-              f"(default: {' '.join(spec.default_layers)})\n"
+        widths = layer_widths(spec)
+        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)}\n"
+              f"{'':24} default {' '.join(spec.default_layers)}: {size(widths[x] for x in spec.default_layers)}; "
+              f"all: {size(widths.values())}\n"
               f"{'':24} {spec.description}")
 
 
@@ -41,8 +48,9 @@ def build_parser(prog: str | None = None):
     cli.add_allow_outside(p, ExtractConfig)
     cli.option(p, ExtractConfig, "backbone", help="registered backbone (default %(default)s)")
     cli.option(p, ExtractConfig, "layers", nargs="+",
-               help="layers to extract, each globally pooled (default: the backbone's, --list-backbones; "
-                    "stage5 stage6 penultimate for the offline ones, which fit_svm.py joins)")
+               help="layers to extract, each globally pooled; all: every stage from the stem to the penultimate "
+                    "layer (default: the backbone's, --list-backbones; stage5 stage6 penultimate for Lite0, which "
+                    "fit_svm.py joins)")
     cli.add_views(p, ExtractConfig, "fit_svm.py then compares training on every view and averaging the predictions "
                                     "over them")
     cli.option(p, ExtractConfig, "weights", type=Path,

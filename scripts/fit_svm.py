@@ -5,13 +5,15 @@ from pathlib import Path
 from pipeline.commands import cli
 
 from pipeline.linear.config import FitConfig, parse_memory
-from pipeline.linear.kinds import CLASSIFIERS
+from pipeline.linear.kinds import CLASSIFIERS, classifiers
 
 EXAMPLES = """\
   {prog} features/tuxpaint.h5 --out runs/tuxpaint
   {prog} f.h5 --out runs/x --classifier softmax --class-weight balanced
   {prog} patients.h5 --out runs/x       # a manifest's group column keeps each group in one fold
   {prog} f.h5 --out runs/x --layers stage6 penultimate stage6+penultimate
+  {prog} all.h5 --out runs/x --normalise auto   # a store of every stage (extract.py --layers all)
+  {prog} f.h5 --out runs/x --classifier blend   # softmax blended with a nearest-neighbour vote
   {prog} flip.h5 --out runs/x --views on   # a store extracted with --views flip: always use the mirrors
   {prog} f.h5 --out runs/x --test-size 0.2            # plus a held-out test split
   {prog} train.h5 --out runs/x --test test.h5         # plus a separate test store
@@ -27,14 +29,17 @@ def build_parser(prog: str | None = None):
     p.add_argument("store", type=Path, help="feature store written by scripts/extract.py")
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json and the bundles")
     cli.add_overwrite(p, FitConfig)
-    p.add_argument("--classifier", choices=[*CLASSIFIERS, "both"], default="both", help="default: both")
+    p.add_argument("--classifier", choices=[*classifiers(), "both"], default="both",
+                   help=f"default: both ({' and '.join(CLASSIFIERS)}); blend: a softmax blended with the vote of "
+                        "the nearest training images, k and the blend's weight chosen inside the nested CV")
     cli.option(p, FitConfig, "layers", nargs="+",
                help="layers of the store to compare; a+b joins layers' codes side by side "
                     "(default: every layer it holds, joined)")
     cli.option(p, FitConfig, "normalise",
                help="power: fourth root of the never-negative features, then standard (default for classes); "
                     "standard: zero mean, unit variance per feature (default for a numeric target); "
-                    "l2: unit-length rows")
+                    "l2: unit-length rows; blocks: each joined layer power-scaled to weigh alike and the layers "
+                    "kept chosen inside each fold (classes only); auto: power and blocks compete")
     cli.option(p, FitConfig, "folds", type=int,
                help="outer folds (default %(default)s; never more than the smallest class)")
     cli.option(p, FitConfig, "repeats", type=int, help="outer repeats (default: 3 under 1,000 images, else 1)")

@@ -158,3 +158,21 @@ def test_preprocess_layer_matches_the_spec(name):
     expected = ((pixels[..., ::-1] if p.bgr else pixels) - np.array(p.mean)) / np.array(p.std)
     got = keras.ops.convert_to_numpy(Preprocess(p.mean, p.std, p.bgr)(pixels))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,total", [("efficientnet_lite0", 2096), ("mobilenet_v2", 2024)])
+def test_every_stage_is_a_layer_and_the_defaults_stay_where_they_were(name, total):
+    """``all`` adds the stem and block groups 1, 2 and 7; the layers counted from the end (run's earlier layers,
+    tail fine-tuning's cut) are named, so adding them moved neither."""
+    from types import SimpleNamespace
+
+    from pipeline.backbones.codes import layer_widths
+    from pipeline.escalate.run import _layers
+    from pipeline.finetune.tail import default_cut
+
+    spec = get_spec(name)
+    widths = layer_widths(spec)
+    assert list(widths) == ["stem", *(f"stage{i}" for i in range(1, 8)), "penultimate"]
+    assert sum(widths.values()) == total and widths["stem"] == 32 and widths["penultimate"] == 1280
+    assert default_cut(SimpleNamespace(spec=spec)) == "stage5"
+    assert _layers(name) == ("stage5", "stage6", "penultimate")

@@ -320,3 +320,20 @@ def test_finetuning_joins_the_grid_on_the_same_folds(grid, tmp_path):
     assert other["vs_best"]["mean"] == pytest.approx(
         float(np.mean(np.subtract(other["accuracy"]["folds"], section["configs"][0]["accuracy"]["folds"]))))
     assert "finetune_folds" in section["protocol"]
+
+
+def test_every_stage_weighed_as_blocks_shows_which_layers_carried_it(tmp_path):
+    """``--layers all --normalise auto``: the joined layers compete plainly and as blocks, and the report draws
+    how often each layer was kept."""
+    data = _dataset(tmp_path / "shapes")
+    report = evaluate(EvaluateConfig(data=(data,), out=tmp_path / "report", features=tmp_path / "features",
+                                     layers=("all",), normalise="auto", classifiers=("softmax",), folds=3, repeats=1,
+                                     heatmaps=0, advise=False, progress=False))
+    configs = report.to_json()["sections"][0]["configs"]
+    weighed = [c for c in configs if c.get("blocks")]
+    assert len(configs) == 2 and len(weighed) == 1 and weighed[0]["layer"].startswith("stem+stage1+")
+    assert set(weighed[0]["blocks"]["kept"]) <= set(weighed[0]["blocks"]["names"]) and weighed[0]["blocks"]["kept"]
+    paths = write_report(report, tmp_path / "report")
+    markdown = paths["md"].read_text()
+    assert "![layers kept per fold](figures/" in markdown and "softmax, blocks" in markdown
+    assert "layers kept per fold" in paths["html"].read_text()

@@ -198,7 +198,7 @@ def test_what_cannot_be_exported_is_one_line(tmp_path):
     store = read_store(write_store(tmp_path / "f.h5", {"stage6": rng.normal(size=(4, 4))}, None, None))
     save_bundle(Bundle(ridge, "ridge", "stage6", [], store.config.to_json(), "test", 1.0, "standard"),
                 tmp_path / "ridge.skops")
-    with pytest.raises(UserError, match="regression bundle; export takes classifiers"):
+    with pytest.raises(UserError, match="does not export: it predicts a numeric target"):
         export(ExportConfig(tmp_path / "ridge.skops", "onnx", tmp_path / "r.onnx"))
     with pytest.raises(UserError, match="onnx models are written to .onnx files"):
         export(ExportConfig(tmp_path / "svm.skops", "onnx", tmp_path / "model.bin"))

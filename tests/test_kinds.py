@@ -10,19 +10,28 @@ from pipeline.errors import UserError
 from pipeline.linear.bundle import TRUSTED, load_bundle
 from pipeline.linear.config import FitConfig
 from pipeline.linear.fit import fit
-from pipeline.linear.kinds import CLASSIFICATION, KINDS, ModelKind, classifiers, get_kind, is_network, trusted_types
+from pipeline.linear.kinds import (
+    CLASSIFICATION,
+    CLASSIFIERS,
+    KINDS,
+    ModelKind,
+    classifiers,
+    get_kind,
+    is_network,
+    trusted_types,
+)
 
 
 def test_the_registry_describes_every_kind():
-    assert classifiers() == ("svm", "softmax")
+    assert classifiers() == ("svm", "softmax", "blend") and CLASSIFIERS == ("svm", "softmax")
     assert [k for k in KINDS if not KINDS[k].linear] == ["fine-tuned"] and is_network("runs/x/model.keras")
     for kind in KINDS.values():
         assert kind.file.endswith(".keras" if not kind.linear else ".skops")
         assert kind.linear == (kind.build is not None) and (not kind.linear or kind.grid)
-    assert get_kind("svm").calibrated and not get_kind("softmax").calibrated and not get_kind("ridge").exportable
+    assert get_kind("svm").calibrated and not get_kind("softmax").calibrated and get_kind("ridge").unexported
     assert set(TRUSTED) == set(trusted_types()) >= {"pipeline.linear.svm.LinearSVM",
                                                      "pipeline.linear.scaling.PowerScaler"}
-    with pytest.raises(UserError, match="must be one of svm, softmax, svm-ovr, logistic-ovr, ridge, fine-tuned"):
+    with pytest.raises(UserError, match="must be one of svm, softmax, blend, svm-ovr, logistic-ovr, ridge, fine-tuned"):
         get_kind("forest")
 
 

@@ -81,8 +81,8 @@ def test_the_saved_threshold_is_the_out_of_fold_one_of_the_saved_model(tmp_path)
                             jobs=1)).to_json()
     saved = metrics["final"]["softmax"]["reject"]
     folds = cv.outer_folds(y, 3, 1, 0)
-    Cs = [cv.tune_C("softmax", X[train], y[train])[0] for train, _ in folds]
-    expected = reject_rule(y, cv.out_of_fold_proba("softmax", X, y, folds, jobs=1, Cs=Cs))
+    hypers = [cv.tune_C("softmax", X[train], y[train])[0] for train, _ in folds]
+    expected = reject_rule(y, cv.out_of_fold_proba("softmax", X, y, folds, jobs=1, hypers=hypers))
     assert saved == pytest.approx(expected.to_json())
     assert load_bundle(tmp_path / "run" / "softmax.skops").metrics["reject"] == saved
     assert 0.03 <= saved["rejected"] <= 0.05 and saved["accuracy_kept"] > saved["accuracy_all"]

@@ -282,3 +282,24 @@ def test_a_resumed_training_keeps_its_whole_history_and_stops_when_it_would_have
     assert len(whole["loss"]) == 4  # the first epoch, then three without improvement
     assert len(resumed["loss"]) == len(whole["loss"])
     np.testing.assert_allclose(resumed["val_accuracy"], whole["val_accuracy"])
+
+
+def test_the_backup_of_another_network_is_set_aside_not_loaded(tmp_path):
+    """A rerun with another version of the network (another release, other settings) would fail to load the
+    backup: it starts over instead, and the same network takes its backup up."""
+    from pipeline.finetune.epochs import EpochLog, backup
+
+    def network(units):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(units, name="head")(inputs))
+
+    folder, log, average = tmp_path / "backup" / "tail", EpochLog(tmp_path / "backup" / "epochs.json"), \
+        tmp_path / "backup" / "average.npz"
+    backup(network(3), folder, log, average)
+    for path in (folder / "latest.weights.h5", log.path, average):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("state")
+    backup(network(3), folder, log, average)  # the same network, built anew: its state is kept
+    assert (folder / "latest.weights.h5").exists() and log.path.exists() and average.exists()
+    backup(network(4), folder, log, average)
+    assert not folder.exists() and not log.path.exists() and not average.exists()

@@ -27,6 +27,12 @@ def code_dim(backbone: Backbone, layer: str) -> int:
     return int(backbone.classifier.get_layer(backbone.spec.feature_layers[layer]).output.shape[-1])
 
 
+def layer_widths(spec: BackboneSpec) -> dict[str, int]:
+    """Each feature layer's pooled code length, from ``spec``'s graph built without weights (nothing loaded)."""
+    graph = spec.builder(spec, None, include_top=False)
+    return {name: int(graph.get_layer(layer).output.shape[-1]) for name, layer in spec.feature_layers.items()}
+
+
 def iter_codes(network: FrozenNetwork, files: list[Path], policy: ResizePolicy, batch_size: int,
                workers: int | None = None, progress: bool = True, desc: str = "extract", views: tuple[str, ...] = ()):
     """Yield ``(batch, {(layer, view): codes of batch.ok})`` for ``files`` (view None: the images; with ``views``,

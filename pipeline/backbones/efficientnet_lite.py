@@ -63,6 +63,7 @@ def build(spec, weights=None, *, variant: str, input_size: int | None = None, in
     size = input_size or spec.input_size
     inputs = keras.Input((size, size, 3), name="image")
     x = conv_bn(inputs, 32, 3, 2, "_conv_stem", "_bn0", epsilon=EPSILON, torch_padding=False)
+    x = mark_stage(x, "stem")
     index = 0
     last_stage = len(_STAGES) - 1
     for stage, (repeats, kernel, stride, expand, filters) in enumerate(_STAGES):

@@ -98,15 +98,17 @@ def assign_torch_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray
         layer.set_weights(values)
 
 
-# The endpoints every converted backbone offers for extraction, early to late: the
-# outputs of block groups 3 to 6 and the last convolutional feature map.
-FEATURE_LAYERS = {f"stage{i}": f"stage{i}" for i in (3, 4, 5, 6)} | {"penultimate": "penultimate"}
+# The endpoints every converted backbone offers for extraction, early to late: the stem, the output of each of
+# its seven block groups and the last convolutional feature map (``all`` extracts every one).
+FEATURE_LAYERS = {"stem": "stem"} | {f"stage{i}": f"stage{i}" for i in range(1, 8)} | {"penultimate": "penultimate"}
 
 
-def mark_stage(x, stage: int):
-    """Name the output of block group ``stage`` (1-based) when it is one of :data:`FEATURE_LAYERS`."""
-    name = f"stage{stage}"
-    return layers.Identity(name=name)(x) if name in FEATURE_LAYERS else x
+def mark_stage(x, stage: int | str):
+    """Name the output of block group ``stage`` (1-based; ``"stem"``: the stem's) as a feature layer."""
+    name = stage if isinstance(stage, str) else f"stage{stage}"
+    if name not in FEATURE_LAYERS:
+        raise ValueError(f"{name} is not a feature layer")
+    return layers.Identity(name=name)(x)
 
 
 def close_backbone(inputs, features, fc_name: str, name: str, weights=None, include_top=True) -> keras.Model:

@@ -24,6 +24,7 @@ from .torch_pickle import TorchFileError, load_legacy_state_dict
 
 log = logging.getLogger(__name__)
 
+ALL = "all"  # as a layer name: every feature layer of the backbone
 CACHE_ENV = "CNN_CODES_CACHE_DIR"
 
 
@@ -56,11 +57,13 @@ class Backbone:
         return digest.hexdigest()
 
     def check_layers(self, layers: Sequence[str]) -> list[str]:
+        """``layers`` checked against the backbone's, in order, once each; ``all`` names every one."""
+        layers = [name for layer in layers for name in (self.spec.feature_layers if layer == ALL else (layer,))]
         unknown = [name for name in layers if name not in self.spec.feature_layers]
         if unknown or not layers:
             raise UserError(
                 f"{self.spec.name} has no layer {', '.join(unknown) or '(none given)'}; "
-                f"choose from: {', '.join(self.spec.feature_layers)}", param="layers")
+                f"choose from: {', '.join(self.spec.feature_layers)}, or {ALL}", param="layers")
         return list(dict.fromkeys(layers))
 
 

@@ -51,6 +51,7 @@ def build(spec, weights=None, *, input_size: int | None = None, include_top: boo
     size = input_size or spec.input_size
     inputs = keras.Input((size, size, 3), name="image")
     x = conv_bn(inputs, 32, 3, 2, "features.0.0", "features.0.1", epsilon=EPSILON, torch_padding=True)
+    x = mark_stage(x, "stem")
     index = 1
     for stage, (expand, filters, repeats, stride) in enumerate(_SETTINGS):
         for r in range(repeats):

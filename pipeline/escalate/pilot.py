@@ -89,7 +89,9 @@ def linear_contender(store: FeatureStore, fitted: FitResult, train: np.ndarray, 
     predictions of ``compared``)."""
     kind = fitted.best.classifier
     final = fitted.final[kind]
-    model = make_model(kind, final.hyper["C"], Classification.normalise, final.class_weight)
+    blocks = fitted.best.blocks  # weighed: the blocks the saved model keeps
+    scaling = blocks.keeping(final.hyper["blocks"]) if blocks else Classification.normalise
+    model = make_model(kind, final.hyper, scaling, final.class_weight)
     model.fit(store.codes(final.layer, train), store.labels[train])
     return f"{kind} on {final.layer} codes", model.predict(store.codes(final.layer, compared))
 

@@ -45,10 +45,11 @@ FINETUNED = get_kind("fine-tuned")
 
 
 def _layers(backbone: str) -> tuple[str, ...]:
-    """The backbone's default layers; where that is the penultimate alone, two earlier ones too (the
-    small-and-unlike case needs them)."""
+    """The backbone's run layers, or its default layers; where that is the penultimate alone, two earlier ones
+    too (the small-and-unlike case needs them)."""
     spec = get_spec(backbone)
-    return spec.default_layers if len(spec.default_layers) > 1 else tuple(spec.feature_layers)[-3:]
+    return spec.run_layers or (spec.default_layers if len(spec.default_layers) > 1 else
+                               tuple(spec.feature_layers)[-3:])
 
 
 @dataclass
@@ -108,7 +109,7 @@ def finetune_config(cfg: RunConfig, proposal: Strategy, test_paths: tuple[str, .
         data=cfg.data, out=cfg.out / "finetune", backbone=cfg.backbone, mode=cfg.mode, image_size=cfg.image_size,
         flip=cfg.flip, tail_epochs=cfg.tail_epochs, head_epochs=cfg.epochs[0], finetune_epochs=cfg.epochs[1],
         engine=cfg.engine, seed=cfg.seed, test_paths=test_paths, allow_outside=cfg.allow_outside,
-        overwrite=cfg.overwrite,
+        overwrite=True,  # the run's own subfolder: the pilot's activation cache may be there already, unmarked
         unfreeze=10_000 if proposal is Strategy.FINETUNE_WHOLE else 30, progress=cfg.progress)
 
 

@@ -10,12 +10,17 @@ JSON file, whole and renamed, and reads them back when a resumed run begins;
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import keras
+
+log = logging.getLogger(__name__)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -54,6 +59,32 @@ class EpochLog(keras.callbacks.Callback):
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _structure(layer) -> list:
+    """Every layer's type and weight shapes, in order, nested models walked: what a backup must match to load
+    (names are left out: Keras numbers unnamed layers by what the process built before)."""
+    inner = getattr(layer, "layers", None)
+    if inner is not None:
+        return [type(layer).__name__, [_structure(x) for x in inner]]
+    return [type(layer).__name__, [list(w.shape) for w in layer.weights]]
+
+
+def backup(model: keras.Model, folder: Path, epochs: EpochLog, *state: Path) -> keras.callbacks.BackupAndRestore:
+    """Keras' ``BackupAndRestore`` in ``folder``, for this network only: the backup of another network (made by
+    another version of this project, or other settings) would not load, so it is discarded with its epoch log
+    and the files of other ``state``, and training starts over."""
+    network = hashlib.sha256(json.dumps(_structure(model)).encode()).hexdigest()
+    stamp = folder.with_name(folder.name + ".network")
+    if folder.exists() and (not stamp.exists() or stamp.read_text() != network):
+        log.warning("%s holds the backup of another network: training starts over", folder)
+        shutil.rmtree(folder)
+        epochs.remove()
+        for path in state:
+            path.unlink(missing_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(network)
+    return keras.callbacks.BackupAndRestore(str(folder))
 
 
 class ResumedEarlyStopping(keras.callbacks.EarlyStopping):

@@ -16,7 +16,7 @@ from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
 from .batches import ShuffledArrays
 from .config import FinetuneConfig
-from .epochs import EpochLog, ResumedEarlyStopping
+from .epochs import EpochLog, ResumedEarlyStopping, backup
 from .head import head_initialiser, pooled_codes
 from .optimizers import make_optimizer
 from .split import Split
@@ -63,7 +63,7 @@ def _train_phase(model: keras.Model, name: str, epochs: int, learning_rate: floa
     monitor = "val_loss" if regression else "val_accuracy"
     log = EpochLog(cfg.out / "backup" / f"{name}_epochs.json")
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(cfg.out / "backup" / name)), log,
+        backup(model, cfg.out / "backup" / name, log), log,
         ResumedEarlyStopping(log, monitor=monitor, patience=cfg.patience, restore_best_weights=True),
     ]
     model.fit(ShuffledArrays(*train, cfg.batch_size, cfg.seed), validation_data=val, epochs=epochs,

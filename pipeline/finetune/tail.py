@@ -37,7 +37,7 @@ from .averaging import AVERAGE_FROM, WeightAverage, interpolate
 from .batches import RandomViews
 from .cache import CachedViews, CacheKey, build_cache
 from .config import FULL_SIZE_BELOW, FinetuneConfig
-from .epochs import EpochLog, ResumedEarlyStopping
+from .epochs import EpochLog, ResumedEarlyStopping, backup
 from .head import head_initialiser
 from .optimizers import make_optimizer
 from .split import Split
@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 
 
 def default_cut(backbone: Backbone) -> str:
-    """The feature layer two before the penultimate one (stage5 of EfficientNet-Lite: stage6, stage7 and the
-    top convolution train), or the first when there are fewer."""
+    """The backbone's own (stage5 of EfficientNet-Lite: stage6, stage7 and the top convolution train), else the
+    feature layer two before the penultimate one, or the first when there are fewer."""
     names = list(backbone.spec.feature_layers)
-    return names[max(0, len(names) - 3)]
+    return backbone.spec.tail_cut or names[max(0, len(names) - 3)]
 
 
 def activation_folder(cfg: FinetuneConfig) -> Path:
@@ -129,12 +129,13 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
                  metrics=["mae"] if regression else ["accuracy"])
     metric = "loss" if regression else "accuracy"
     epochs = EpochLog(out / "backup" / "tail_epochs.json")
+    averaged = out / "backup" / "tail_average.npz"
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup" / "tail")), epochs,
+        backup(tail, out / "backup" / "tail", epochs, averaged), epochs,
         ResumedEarlyStopping(epochs, monitor=f"val_{metric}", patience=settings.patience),
+        WeightAverage(averaged, min(AVERAGE_FROM, settings.epochs - 1)),
     ]
-    average = WeightAverage(out / "backup" / "tail_average.npz", min(AVERAGE_FROM, settings.epochs - 1))
-    callbacks.append(average)
+    average = callbacks[-1]
     data = RandomViews(cache, train[0], train[1], settings.views.count, settings.batch_size, seed)
     val_x = np.concatenate(list(cache.batches(0, val[0], 256)))
     initial = tail.get_weights()

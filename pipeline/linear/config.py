@@ -12,6 +12,13 @@ from ..settings import MAX_JOBS, Settings, at_least, between, seed_setting, sett
 from .kinds import CLASSIFIERS, classifiers
 
 NORMALISATIONS = ("power", "standard", "l2")  # how codes are scaled (pipeline.linear.scaling)
+BLOCK_SETTINGS = ("blocks", "auto")  # the stages of joined layers weighed as blocks: alone, or beside power
+
+
+def plain(normalise: str | None) -> str | None:
+    """The normalisation of the candidates not weighed as blocks (:mod:`pipeline.linear.blocks`) under the
+    setting ``normalise``."""
+    return "power" if normalise in BLOCK_SETTINGS else normalise
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 VIEW_SETTINGS = ("auto", "on", "off")  # the store's views of each image (pipeline.linear.tta)
 DEFAULT_REJECT_RATE = 0.05  # share of known images the saved "unknown" threshold rejects (pipeline.linear.reject)
@@ -36,7 +43,7 @@ class FitConfig(Settings):
     out: Path
     classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=classifiers)
     layers: tuple[str, ...] | None = None  # None: every stored layer, joined
-    normalise: str | None = setting(None, choices=NORMALISATIONS)  # None: the task's own
+    normalise: str | None = setting(None, choices=NORMALISATIONS + BLOCK_SETTINGS)  # None: the task's own
     folds: int = setting(5, check=within(2, 100))
     repeats: int | None = setting(None, check=within(1, 100))  # None: 3 under 1,000 images, else 1
     # auto: none and balanced compete when the classes differ 1.5x
@@ -53,6 +60,11 @@ class FitConfig(Settings):
     duplicate_threshold: float | None = setting(DEFAULT_DUPLICATE_THRESHOLD, check=within(0, 1))
     overwrite: bool = False  # replace an out that fit did not write
     progress: bool = True  # a bar of the folds done, with the time left
+
+    @property
+    def plain(self) -> str | None:
+        """The normalisation of the candidates not weighed as blocks (:mod:`pipeline.linear.blocks`)."""
+        return plain(self.normalise)
 
     def check(self) -> None:
         if sum(t is not None for t in (self.test_store, self.test_size, self.test_paths)) > 1:

@@ -32,7 +32,7 @@ from .. import metrics
 from ..errors import UserError
 from ..machine import usable_cores
 from ..results import CVResult, Protocol
-from . import tta
+from . import blocks, tta
 from .jobs import run_folds
 from .kinds import CLASSIFIERS, get_kind
 from .models import fit_with_C, make_model
@@ -79,20 +79,23 @@ def view_options(views: Sequence[str], setting: str = "auto") -> tuple[tuple[str
 
 
 def _path_scores(kind, X_train, y_train, X_val, y_val, grid, normalise, class_weight, metric) -> np.ndarray:
-    """Validation ``metric`` along the C path (ascending, warm-started), stopped (the rest scoring -inf) after two
-    C values below the best: larger C only overfit more, and are the slowest to fit."""
+    """Validation ``metric`` along the C path (ascending, warm-started) for each of the kind's variants (C values x
+    variants), stopped (the rest scoring -inf) after two C values below the best: larger C only overfit more, and
+    are the slowest to fit."""
     X_train, y_train, _ = tta.training_rows(X_train, y_train)
     scale = scaler(normalise).fit(X_train)
     X_train, X_val = scale.transform(X_train), np.stack([scale.transform(view) for view in tta.stacked(X_val)])
-    models = get_kind(kind).path(X_train, y_train, grid, class_weight)
-    scores = np.full(len(grid), -np.inf)
+    kind = get_kind(kind)
+    models = kind.path(X_train, y_train, grid, class_weight)
+    scores = np.full((len(grid), len(kind.variants)), -np.inf)
     below = 0
     score = metrics.CLASSIFICATION[metric]
     with warnings.catch_warnings():  # an unconverged large-C candidate is still a fair candidate
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i, model in enumerate(models):
-            scores[i] = score(y_val, tta.predict(model, X_val))
-            below = below + 1 if scores[i] < scores[:i + 1].max() else 0
+            for j, variant in enumerate(kind.variants):
+                scores[i, j] = score(y_val, tta.predict(model.set_params(**variant), X_val))
+            below = below + 1 if scores[i].max() < scores[:i + 1].max() else 0
             if below == 2:
                 break
     return scores
@@ -127,29 +130,33 @@ def _inner_splits(y: np.ndarray, seed: int, groups: np.ndarray | None = None):
 
 
 def tune_C(kind, X, y, normalise="power", class_weight=None, seed=0, groups=None,
-           metric="accuracy") -> tuple[float, float]:
-    """The C of the grid with the best mean inner-validation ``metric`` (the smallest among ties), and that score
-    (NaN when the classes are too small to split); ``groups`` (near-duplicates, one per row) are kept inside one
-    side of each inner split. The inner splits depend on ``y``, ``groups`` and ``seed`` only, so the scores of
-    every candidate on the same rows are paired."""
-    grid = get_kind(kind).grid
+           metric="accuracy") -> tuple[dict, float]:
+    """``{"C": C}`` of the grid with the best mean inner-validation ``metric`` (the smallest among ties), with the
+    kind's variant chosen beside it (the first among ties), and that score (NaN when the classes are too small to
+    split); ``groups`` (near-duplicates, one per row) are kept inside one side of each inner split. The inner
+    splits depend on ``y``, ``groups`` and ``seed`` only, so the scores of every candidate on the same rows are
+    paired."""
+    grid, variants = get_kind(kind).grid, get_kind(kind).variants
     splits = _inner_splits(y, seed, groups)
     if splits is None:
-        return float(grid[len(grid) // 2]), float("nan")
+        return {"C": float(grid[len(grid) // 2]), **variants[0]}, float("nan")
     scores = np.mean([_path_scores(kind, tta.rows(X, tr), y[tr], tta.rows(X, va), y[va], grid, normalise,
                                    class_weight, metric) for tr, va in splits], axis=0)
-    best = int(np.argmax(scores))
-    return float(grid[best]), float(scores[best])
+    i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return {"C": float(grid[i]), **variants[j]}, float(scores[i, j])
 
 
 def _outer_fold(kind, X, y, train, test, normalise, class_weight, seed, groups, metric):
     started = time.perf_counter()
-    C, inner = tune_C(kind, tta.rows(X, train), y[train], normalise, class_weight, seed,
-                      None if groups is None else groups[train], metric)
+    normalise = blocks.resolve(normalise, tta.rows(X, train), y[train], seed)  # chosen on this training part
+    hyper, inner = tune_C(kind, tta.rows(X, train), y[train], normalise, class_weight, seed,
+                          None if groups is None else groups[train], metric)
     rows, labels, _ = tta.training_rows(tta.rows(X, train), y[train])
-    model = make_model(kind, C, normalise, class_weight).fit(rows, labels)
+    model = make_model(kind, hyper, normalise, class_weight).fit(rows, labels)
     predicted = tta.predict(model, tta.rows(X, test))
-    return {"C": C, "inner": inner, "predicted": predicted, "seconds": time.perf_counter() - started,
+    return {"C": hyper["C"], "hyper": hyper, "inner": inner, "predicted": predicted,
+            "seconds": time.perf_counter() - started,
+            "blocks": normalise.kept() if isinstance(normalise, blocks.Blocks) else (),
             **metrics.classification_scores(y[test], predicted)}
 
 
@@ -169,13 +176,20 @@ def outer_folds(y: np.ndarray, k: int, repeats: int, seed: int,
                                  StratifiedGroupKFold(k, shuffle=True, random_state=seed + r).split(y, y, groups)], y)
 
 
+def scalings(normalise, layer: str) -> tuple:
+    """The scalings that compete for ``layer``: ``normalise`` is one for every layer, or ``{layer: (scalings)}``
+    (a :class:`~pipeline.linear.blocks.Blocks` scaling among them for layers joined from several)."""
+    return tuple(normalise[layer]) if isinstance(normalise, dict) else (normalise,)
+
+
 def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
                    classifiers=CLASSIFIERS, folds: int = 5, repeats: int | None = None,
-                   normalise: str = "power", class_weights: Sequence[str | None] = (None,), seed: int = 0,
+                   normalise="power", class_weights: Sequence[str | None] = (None,), seed: int = 0,
                    jobs: int | None = None, groups: np.ndarray | None = None, metric: str | None = None,
                    views: Sequence[tuple[str, ...]] = ((),), progress: bool = False
                    ) -> tuple[list[CVResult], Protocol]:
-    """Nested cross-validation of every (layer, classifier, class weighting, views) on the same outer folds;
+    """Nested cross-validation of every (layer, classifier, class weighting, views, scaling: :func:`scalings`) on
+    the same outer folds;
     ``groups`` (one number per image, or None) are kept inside one fold, outer and inner. ``metric`` chooses C
     inside (default :func:`selection_metric`). ``views``: with and without the stored views of each image, when
     ``X_by_layer`` holds them (:func:`pipeline.linear.tta.using`); ``progress``: a bar of the folds done."""
@@ -193,20 +207,21 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
     repeats = repeats or default_repeats(len(y))
     outer = outer_folds(y, k, repeats, seed, groups)
     inner = "one stratified 80/20 split" if len(y) * (k - 1) / k >= LARGE else "stratified 3-fold"
-    protocol = Protocol(k, repeats, inner, {c: list(get_kind(c).grid) for c in classifiers}, normalise,
+    named = dict.fromkeys(str(s) for layer in X_by_layer for s in scalings(normalise, layer))
+    protocol = Protocol(k, repeats, inner, {c: list(get_kind(c).grid) for c in classifiers}, "+".join(named),
                         list(class_weights), seed, notes, metric, [list(v) for v in views])
-    candidates = [(layer, kind, w, v) for layer in X_by_layer for kind in classifiers for w in class_weights
-                  for v in views]
+    candidates = [(layer, kind, w, v, s) for layer in X_by_layer for kind in classifiers for w in class_weights
+                  for v in views for s in scalings(normalise, layer)]
     planes = {(layer, v): tta.using(X_by_layer[layer], v) for layer in X_by_layer for v in views}
     tasks = [(c, f) for c in candidates for f in range(len(outer))]
     log.info("nested cross-validation: %d candidate(s) x %d outer folds (%d-fold x %d), C chosen by %s",
              len(candidates), len(outer), k, repeats, inner)
-    done = run_folds((delayed(_outer_fold)(kind, planes[layer, v], y, *outer[f], normalise, w, seed, groups, metric)
-                      for (layer, kind, w, v), f in tasks), jobs, progress, "nested CV")
+    done = run_folds((delayed(_outer_fold)(kind, planes[layer, v], y, *outer[f], s, w, seed, groups, metric)
+                      for (layer, kind, w, v, s), f in tasks), jobs, progress, "nested CV")
     n_test = len(y) // k
     results = []
-    for layer, kind, w, v in candidates:
-        folds_done = [(f, r) for (c, f), r in zip(tasks, done) if c == (layer, kind, w, v)]
+    for layer, kind, w, v, s in candidates:
+        folds_done = [(f, r) for (c, f), r in zip(tasks, done) if c == (layer, kind, w, v, s)]
         y_true = np.concatenate([y[outer[f][1]] for f, _ in folds_done])
         y_pred = np.concatenate([r["predicted"] for _, r in folds_done])
         results.append(CVResult(
@@ -216,8 +231,10 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
             {f"{c:g}": n for c, n in Counter(r["C"] for _, r in folds_done).most_common()},
             per_class=metrics.per_class(y_true, y_pred, class_names),
             fit_seconds=float(sum(r["seconds"] for _, r in folds_done)),
-            fold_hyper=tuple(r["C"] for _, r in folds_done), class_weight=w,
-            fold_inner=tuple(r["inner"] for _, r in folds_done), views=tuple(v)))
+            fold_hyper=tuple(r["hyper"] for _, r in folds_done), class_weight=w,
+            fold_inner=tuple(r["inner"] for _, r in folds_done), views=tuple(v),
+            blocks=s if isinstance(s, blocks.Blocks) else None,
+            kept=dict(Counter(b for _, r in folds_done for b in r["blocks"]))))
     return results, protocol
 
 
@@ -240,26 +257,29 @@ def nested_choice(results: Sequence[CVResult], n: int, k: int) -> CVResult | Non
 
 def fit_final(kind: str, X: np.ndarray, y: np.ndarray, normalise="power", class_weight=None,
               seed: int = 0, groups: np.ndarray | None = None, metric: str = "accuracy"):
-    """Choose C on all of ``X`` by ``metric`` and refit; the model and ``{"C": C}``. The SVM gets Platt-calibrated
-    probabilities."""
-    C, _ = tune_C(kind, X, y, normalise, class_weight, seed, groups, metric)
-    return fit_with_C(kind, C, X, y, normalise, class_weight, groups), {"C": C}
+    """Choose the blocks (a :class:`~pipeline.linear.blocks.Blocks` scaling), C and the kind's variant on all of
+    ``X`` by ``metric`` and refit; the model and ``{"C": C, **variant}`` (and ``"blocks"``: those kept). The SVM
+    gets Platt-calibrated probabilities."""
+    normalise = blocks.resolve(normalise, X, y, seed)
+    hyper, _ = tune_C(kind, X, y, normalise, class_weight, seed, groups, metric)
+    kept = {"blocks": list(normalise.kept())} if isinstance(normalise, blocks.Blocks) else {}
+    return fit_with_C(kind, hyper, X, y, normalise, class_weight, groups), {**hyper, **kept}
 
 
 def out_of_fold_proba(kind: str, X: np.ndarray, y: np.ndarray, folds, normalise="power", class_weight=None,
-                      seed: int = 0, jobs: int | None = None, Cs: Sequence[float] | None = None,
+                      seed: int = 0, jobs: int | None = None, hypers: Sequence[dict] | None = None,
                       groups: np.ndarray | None = None, metric: str = "accuracy") -> np.ndarray:
     """Class probabilities of every row of ``X`` from its fold's model, made as the saved one is
-    (:func:`fit_final`) on the rows without it; ``folds`` must partition the rows (one repeat). ``Cs``: each
-    fold's C, when nested cross-validation has chosen them already."""
+    (:func:`fit_final`) on the rows without it; ``folds`` must partition the rows (one repeat). ``hypers``: each
+    fold's C and variant, when nested cross-validation has chosen them already."""
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
     fitted = Parallel(n_jobs=jobs or usable_cores())(
         delayed(fit_final)(kind, tta.rows(X, train), y[train], normalise, class_weight, seed,
-                           None if groups is None else groups[train], metric) if Cs is None else
-        delayed(fit_with_C)(kind, Cs[f], tta.rows(X, train), y[train], normalise, class_weight,
+                           None if groups is None else groups[train], metric) if hypers is None else
+        delayed(fit_with_C)(kind, hypers[f], tta.rows(X, train), y[train], normalise, class_weight,
                             None if groups is None else groups[train])
         for f, (train, _) in enumerate(folds))
-    for model, (_, test) in zip((m if Cs is not None else m[0] for m in fitted), folds):
+    for model, (_, test) in zip((m if hypers is not None else m[0] for m in fitted), folds):
         proba[np.ix_(test, model.classes_)] = tta.scores(model, tta.rows(X, test))
     if np.isnan(proba).all(axis=1).any():
         raise ValueError("the folds do not cover every row")

@@ -26,11 +26,11 @@ from ..store.layout import JOIN, default_candidates
 from ..store.reader import FeatureStore, read_store
 from . import classify, cv, stream, tta
 from .bundle import Bundle, save_bundle
-from .config import FitConfig
+from .config import BLOCK_SETTINGS, FitConfig
 from .duplicates import duplicate_sets, subset
 from .fit_result import FitResult
 from .kinds import get_kind
-from .tasks import Classification, MultiLabel, Regression, codes_of, task_of
+from .tasks import Classification, MultiLabel, Regression, codes_of, scaling, task_of
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ def fit(cfg: FitConfig) -> FitResult:
     store = read_store(cfg.store)
     task = task_of(store)
     cfg = replace(cfg, normalise=cfg.normalise or task.normalise)
+    if cfg.normalise in BLOCK_SETTINGS and not task.weighs_blocks:
+        raise UserError(f"{task.name}: the stages are weighed as blocks for classes only; use power or standard",
+                        param="normalise")
     kinds = task.kinds(cfg)
     layers = [store.check_layer(layer, "layers") for layer in cfg.layers or default_candidates(store.layers)]
     budget = cfg.max_memory or stream.default_max_memory()
@@ -134,7 +137,7 @@ def _grouping(cfg: FitConfig, store: FeatureStore, data: _Data, best: CVResult, 
     if named:
         protocol.notes.append(f"the images of each of the manifest's {named} group(s) kept inside one fold")
     plain, _ = cv.cross_validate({best.layer: data.X[best.layer]}, data.y, store.class_names, (best.classifier,),
-                                 cfg.folds, cfg.repeats, cfg.normalise, (best.class_weight,), cfg.seed, cfg.jobs,
+                                 cfg.folds, cfg.repeats, scaling(best, cfg), (best.class_weight,), cfg.seed, cfg.jobs,
                                  metric=protocol.metric, views=(best.views,))
     return {"threshold": cfg.duplicate_threshold, "groups": [paths[s].tolist() for s in sets],
             **({"manifest_groups": named} if named else {}),
@@ -154,8 +157,8 @@ def _save(cfg: FitConfig, task: Task, store: FeatureStore, kinds, refits, final,
             save_bundle(Bundle(
                 estimator=model, classifier=kind, layer=final[kind].layer, class_names=list(store.class_names or []),
                 store_config=store.config.to_json(), weights_source=str(store.attrs.get("weights_source", "")),
-                C=hyper.get("C", 0.0), normalise=cfg.normalise, metrics={"cross_validation": chosen[kind].to_json(),
-                                                                         **final[kind].to_json()},
+                C=hyper.get("C", 0.0), normalise=str(scaling(chosen[kind], cfg)),
+                metrics={"cross_validation": chosen[kind].to_json(), **final[kind].to_json()},
                 views=list(final[kind].views),
                 versions=library_versions(), created=now_iso(),
             ), folder / final[kind].bundle)
@@ -184,14 +187,14 @@ def _streamed(cfg: FitConfig, task: Task, store: FeatureStore, layer: str, budge
     log.info("%s: %s of codes over the %s budget; streaming %s", cfg.store, stream.size_text(need),
              stream.size_text(budget), layer)
     weight = "balanced" if cfg.class_weight == "balanced" else None  # no choice without cross-validation
-    fitted = {kind: stream.stream_fit(kind, store, layer, train, budget, cfg.normalise, weight, cfg.seed)
+    fitted = {kind: stream.stream_fit(kind, store, layer, train, budget, cfg.plain, weight, cfg.seed)
               for kind in kinds}
     results = [r for _, r, _ in fitted.values()]
     refits = [(model, {"alpha": chosen["alpha"]}) for model, _, chosen in fitted.values()]
     final = {kind: FinalModel(layer, hyper, get_kind(kind).file, None if held is None else stream.held_out(
         model, store, layer, held, budget, f"{len(held)} held-out images"))
         for kind, (model, hyper) in zip(kinds, refits)}
-    protocol = stream.protocol(cfg.normalise, weight, cfg.seed, budget, need,
+    protocol = stream.protocol(cfg.plain, weight, cfg.seed, budget, need,
                                {kind: chosen["epochs"] for kind, (_, _, chosen) in fitted.items()})
     best = max(results, key=lambda r: r.primary.mean)
     return _save(cfg, task, store, kinds, refits, final, {r.classifier: r for r in results}, protocol, results,

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..results import CVResult, FinalModel, Protocol
+from ..store.layout import layer_label
 
 _LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "r2": "R2", "mae": "MAE", "micro_f1": "micro-F1",
            "subset_accuracy": "subset accuracy", "map": "mAP"}
@@ -13,7 +14,15 @@ _FIRST = {"regression": ("r2", "mae"), "multilabel": ("micro_f1", "map")}  # els
 
 
 def _kind(r: CVResult) -> str:
-    return r.classifier + (" bal." if r.class_weight else "") + (f" +{'+'.join(r.views)}" if r.views else "")
+    return (r.classifier + (" bal." if r.class_weight else "") + (f" +{'+'.join(r.views)}" if r.views else "")
+            + (" blocks" if r.blocks else ""))
+
+
+def _same(r: CVResult, wanted: dict) -> bool:
+    """Whether ``r`` is the candidate ``wanted`` (as metrics.json's ``best`` names it)."""
+    return (r.layer, r.classifier, r.class_weight, list(r.views), bool(r.blocks)) == (
+        wanted["layer"], wanted["classifier"], wanted.get("class_weight"), wanted.get("views", []),
+        wanted.get("blocks", False))
 
 
 @dataclass
@@ -44,7 +53,8 @@ class FitResult:
                 "protocol": asdict(self.protocol), "results": [r.to_json() for r in self.results],
                 "best": {"layer": self.best.layer, "classifier": self.best.classifier,
                          **({"class_weight": self.best.class_weight} if self.best.class_weight else {}),
-                         **({"views": list(self.best.views)} if self.best.views else {})},
+                         **({"views": list(self.best.views)} if self.best.views else {}),
+                         **({"blocks": True} if self.best.blocks else {})},
                 **({"nested_choice": self.nested.to_json()} if self.nested else {}),
                 "final": {kind: m.to_json() for kind, m in self.final.items()}, "seconds": self.seconds,
                 **({"duplicates": self.duplicates} if self.duplicates else {}),
@@ -57,8 +67,7 @@ class FitResult:
                  "nested_choice", "final", "seconds", "duplicates", "versions", "created"}
         results = [CVResult.from_json(r) for r in data["results"]]
         wanted = data["best"]
-        best = next(r for r in results if (r.layer, r.classifier, r.class_weight, list(r.views)) == (
-            wanted["layer"], wanted["classifier"], wanted.get("class_weight"), wanted.get("views", [])))
+        best = next(r for r in results if _same(r, wanted))
         return cls(data.get("task", "classification"), data["store"], data["run_dir"], data["backbone"],
                    data["weights_checksum"], int(data["images"]), {k: v for k, v in data.items() if k not in named},
                    Protocol.from_json(data["protocol"]), results, best,
@@ -71,7 +80,7 @@ class FitResult:
         p = self.protocol
         regression = self.task == "regression"
         first, second = _FIRST.get(self.task, ("accuracy", "macro_f1"))
-        w = max(14, *(len(r.layer) for r in self.results))
+        w = max(14, *(len(layer_label(r.layer)) for r in self.results))
         k = max(10, *(len(_kind(r)) for r in self.results))
         if regression:
             t = self.dataset["target"]
@@ -92,13 +101,18 @@ class FitResult:
         metric = p.metric if p.metric in self.best.scores else first
         for r in sorted(self.results, key=lambda r: -r.scores[metric].mean):
             a, b = r.scores[first], r.scores[second]
-            lines.append(f"{r.layer:{w}} {_kind(r):{k}} {a.mean:8.3f}  [{a.ci95[0]:.3f}, {a.ci95[1]:.3f}]  "
+            lines.append(f"{layer_label(r.layer):{w}} {_kind(r):{k}} {a.mean:8.3f}  "
+                         f"[{a.ci95[0]:.3f}, {a.ci95[1]:.3f}]  "
                          f"{b.mean:{'8.4g' if regression else '8.3f'}}  {next(iter(r.chosen)):15}")
         if any(r.class_weight for r in self.results):
             lines.append("bal.: classes weighted inversely to their size")
         for views in dict.fromkeys(r.views for r in self.results if r.views):
             lines.append(f"+{'+'.join(views)}: trained on each image and its {'+'.join(views)} view too, predicted "
                          "on the mean of their probabilities")
+        for r in [r for r in sorted(self.results, key=lambda r: -r.scores[metric].mean) if r.blocks][:1]:
+            lines.append(f"blocks: each layer scaled to weigh alike, those kept chosen inside each outer fold by a "
+                         f"group lasso; in the {p.outer_folds * p.repeats} folds of {_kind(r)}, "
+                         + ", ".join(f"{name} kept {r.kept.get(name, 0)}x" for name in r.blocks.names))
         lines.append(f"\nbest: {self.best.name}" + ("" if metric == first else f" (by {_LABELS[metric]})"))
         if self.nested:
             a, b = self.nested.scores[first], self.nested.scores[second]
@@ -114,9 +128,11 @@ class FitResult:
                          f"grouped, {d['accuracy_ungrouped']:.3f} if they were not")
         for m in self.final.values():
             hyper = ", ".join(f"{k}={v:g}" for k, v in m.hyper.items() if not isinstance(v, list))
+            if "blocks" in m.hyper:
+                hyper += ", keeping " + "+".join(m.hyper["blocks"])
             if "thresholds" in m.hyper:
                 hyper += ", thresholds " + " ".join(f"{t:.2f}" for t in m.hyper["thresholds"])
-            line = f"saved {Path(self.run_dir) / m.bundle} ({m.layer}, {hyper})"
+            line = f"saved {Path(self.run_dir) / m.bundle} ({layer_label(m.layer)}, {hyper})"
             if m.test is not None:
                 line += f"; test on {m.test.data}: " + ", ".join(
                     f"{_LABELS[name]} {value:.4g}" for name, value in m.test.scores.items())

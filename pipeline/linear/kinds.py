@@ -48,7 +48,11 @@ class ModelKind:
     loss: str | None = None  # several labels at once: the joint solver's loss (pipeline.linear.svm.label_path)
     incremental: Incremental | None = None
     trusted: tuple[str, ...] = ()  # types of this project a bundle of this kind may hold (pipeline.linear.bundle)
-    exportable: bool = True  # as one graph from pixels to probabilities (pipeline.deploy.export)
+    unexported: str = ""  # why pipeline.deploy.export cannot make it one graph from pixels to probabilities
+    # settings of a fitted model chosen with C on the inner folds without refitting (the k-NN blend's k and weight)
+    variants: tuple[dict, ...] = ({},)
+    default: bool = True  # among the classifiers fit compares when none are named
+    multilabel: str | None = None  # the kind that fits several labels per image in its stead
 
     @property
     def linear(self) -> bool:
@@ -83,6 +87,20 @@ def _softmax_path(X, y, grid, class_weight=None):
     """Softmax fits along ``grid``, each warm-started from the last."""
     model = _softmax(grid[0], class_weight).set_params(warm_start=True)
     return (model.set_params(C=C).fit(X, y) for C in grid)
+
+
+def _blend(C: float, class_weight=None):
+    from .blend import KnnBlend
+
+    return KnnBlend(C=C, class_weight=class_weight)
+
+
+def _blend_path(X, y, grid, class_weight=None):
+    """The softmax path, each model blended with the k-NN vote of the same rows."""
+    from .blend import KnnBlend
+
+    return (KnnBlend(C=model.C, class_weight=class_weight).adopt(model, X, y)
+            for model in _softmax_path(X, y, grid, class_weight))
 
 
 def _one_vs_rest(binary):
@@ -130,9 +148,10 @@ def _as_logistic(mlp, alpha: float, n: int):
     return model
 
 
+BLEND_VARIANTS = tuple({"k": k, "weight": w} for k in (5, 10, 20) for w in (0.0, 0.25, 0.5, 0.75, 1.0))
 SVM_GRID, SOFTMAX_GRID = tuple(np.logspace(-5, -1, 5)), tuple(np.logspace(-4, 0, 5))  # the penalties C
 CALIBRATION = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
-SCALERS = ("pipeline.linear.scaling.PowerScaler",)  # every kind's codes are scaled first (pipeline.linear.scaling)
+SCALERS = ("pipeline.linear.scaling.PowerScaler", "pipeline.linear.blocks.BlockScaler")  # codes are scaled first
 ALPHAS = tuple(np.logspace(-2, 5, 8))  # ridge's penalties, chosen by efficient leave-one-out
 
 
@@ -145,17 +164,22 @@ def _ridge(C: float = 1.0, class_weight=None):
 KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
     ModelKind("svm", CLASSIFICATION, "svm.skops", "calibrated SVM probabilities (Platt)", SVM_GRID,
               build=_svm, path=_svm_path, calibrated=True, incremental=Incremental("hinge", _hinge_learner),
-              trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION)),
+              trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION), multilabel="svm-ovr"),
     ModelKind("softmax", CLASSIFICATION, "softmax.skops", "softmax probabilities", SOFTMAX_GRID,
               build=_softmax, path=_softmax_path,
-              incremental=Incremental("multinomial log", _multinomial_learner, _as_logistic)),
+              incremental=Incremental("multinomial log", _multinomial_learner, _as_logistic),
+              multilabel="logistic-ovr"),
+    ModelKind("blend", CLASSIFICATION, "blend.skops", "softmax probabilities blended with a k-NN vote",
+              SOFTMAX_GRID, build=_blend, path=_blend_path, trusted=("pipeline.linear.blend.KnnBlend",),
+              unexported="its k-NN vote searches the training codes, which no exported graph holds: export the "
+                         "softmax bundle, or predict with this bundle itself", variants=BLEND_VARIANTS, default=False),
     ModelKind("svm-ovr", MULTILABEL, "svm_ovr.skops", "one calibrated SVM probability (Platt) per label",
               SVM_GRID, build=_svm_ovr, calibrated=True, loss="squared_hinge",
               trusted=("pipeline.linear.svm.LinearSVM", *CALIBRATION)),
     ModelKind("logistic-ovr", MULTILABEL, "logistic_ovr.skops", "one logistic probability per label",
               SOFTMAX_GRID, build=_logistic_ovr, loss="logistic"),
     ModelKind("ridge", REGRESSION, "ridge.skops", "predicted values", ALPHAS, hyper="alpha", build=_ridge,
-              exportable=False),
+              unexported="it predicts a numeric target; export takes classifiers"),
     ModelKind("fine-tuned", CLASSIFICATION, "model.keras", "softmax probabilities"),
 )}
 
@@ -177,7 +201,16 @@ def classifiers() -> tuple[str, ...]:
     return kinds_for(CLASSIFICATION)
 
 
-CLASSIFIERS = classifiers()  # the default: every classifier
+CLASSIFIERS = tuple(name for name in classifiers() if KINDS[name].default)  # those compared when none are named
+
+
+def multilabel_kind(name: str) -> str:
+    """The kind that fits several labels per image for the classifier ``name``, or one line."""
+    kind = get_kind(name).multilabel
+    if kind is None:
+        raise UserError(f"{name} fits one class per image; for several labels use "
+                        f"{', '.join(n for n in classifiers() if KINDS[n].multilabel)}", param="classifiers")
+    return kind
 
 
 def trusted_types() -> list[str]:

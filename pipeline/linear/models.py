@@ -9,13 +9,18 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 
 from . import tta
+from .blocks import resolve
 from .kinds import get_kind
 from .scaling import scaler
 
 
-def make_model(kind: str, C: float, normalise: str = "power", class_weight=None) -> Pipeline:
-    """The model of ``kind`` behind its feature scaling, as a scikit-learn Pipeline."""
-    return Pipeline([("scale", scaler(normalise)), ("clf", get_kind(kind).build(C, class_weight))])
+def make_model(kind: str, hyper: float | dict, normalise="power", class_weight=None) -> Pipeline:
+    """The model of ``kind`` behind its feature scaling, as a scikit-learn Pipeline; ``hyper``: its C, or
+    ``{"C": C}`` with the kind's variant (:attr:`~pipeline.linear.kinds.ModelKind.variants`)."""
+    kind = get_kind(kind)
+    hyper = hyper if isinstance(hyper, dict) else {"C": hyper}
+    clf = kind.build(hyper["C"], class_weight).set_params(**{k: hyper[k] for k in kind.variants[0]})
+    return Pipeline([("scale", scaler(normalise)), ("clf", clf)])
 
 
 def _calibration_folds(y: np.ndarray, groups: np.ndarray | None):
@@ -26,11 +31,13 @@ def _calibration_folds(y: np.ndarray, groups: np.ndarray | None):
     return list(StratifiedGroupKFold(max(2, min(3, per_class))).split(y, y, groups))
 
 
-def fit_with_C(kind: str, C: float, X: np.ndarray, y: np.ndarray, normalise="power", class_weight=None,
+def fit_with_C(kind: str, C: float | dict, X: np.ndarray, y: np.ndarray, normalise="power", class_weight=None,
                groups: np.ndarray | None = None):
-    """The saved model of ``kind`` at a given C, trained on every view of ``X``: a calibrated kind (the SVM)
-    Platt-calibrated on 3 inner folds (``groups``, and the views of each image, kept inside one), others as
-    they are."""
+    """The saved model of ``kind`` at a given C (or ``{"C": C, **variant}``), trained on every view of ``X``: a
+    calibrated kind (the SVM) Platt-calibrated on 3 inner folds (``groups``, and the views of each image, kept
+    inside one), others as they are; a :class:`~pipeline.linear.blocks.Blocks` scaling not yet chosen is chosen
+    on these rows."""
+    normalise = resolve(normalise, X, y)
     X, y, groups = tta.training_rows(X, y, groups)
     model = make_model(kind, C, normalise, class_weight)
     if get_kind(kind).calibrated:

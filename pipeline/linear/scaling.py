@@ -64,8 +64,13 @@ class PowerScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return (signed_power(X, self.power, self.nonnegative_) - self.mean_) / self.scale_
 
 
-def scaler(normalise: str):
-    """A fresh, unfitted scaler for ``normalise`` (one of :data:`NORMALISATIONS`)."""
+def scaler(normalise):
+    """A fresh, unfitted scaler for ``normalise`` (one of :data:`NORMALISATIONS`, or a
+    :class:`~pipeline.linear.blocks.Blocks` scaling)."""
+    from .blocks import Blocks, BlockScaler
+
+    if isinstance(normalise, Blocks):
+        return BlockScaler(normalise.sizes, normalise.keep)
     if normalise not in NORMALISATIONS:
         raise UserError(f"must be one of {', '.join(NORMALISATIONS)}, not {normalise!r}", param="normalise")
     return {"power": PowerScaler, "standard": StandardScaler, "l2": Normalizer}[normalise]()

@@ -8,16 +8,21 @@ import numpy as np
 from ..errors import UserError
 from ..results import CVResult, HeldOut, Protocol
 from ..store.reader import FeatureStore
-from . import classify, cv, multilabel, regress, tta
+from . import blocks, classify, cv, multilabel, regress, tta
 from .config import FitConfig
 from .duplicates import store_groups
-from .kinds import CLASSIFICATION, MULTILABEL, REGRESSION, kinds_for
+from .kinds import CLASSIFICATION, MULTILABEL, REGRESSION, kinds_for, multilabel_kind
 from .reject import reject_rule
 
 
 def codes_of(X: dict, candidate: CVResult) -> np.ndarray:
     """The codes ``candidate`` uses: its layer's, with or without the views."""
     return tta.using(X[candidate.layer], candidate.views)
+
+
+def scaling(candidate: CVResult, cfg: FitConfig):
+    """How ``candidate``'s codes are scaled: its blocks, or the fit's normalisation."""
+    return candidate.blocks or cfg.plain
 
 
 class Classification:
@@ -27,6 +32,7 @@ class Classification:
     name = CLASSIFICATION
     normalise = "power"  # pipeline.linear.scaling: measured on classifiers (docs/fit.md)
     streams = True  # codes over the memory budget are streamed (pipeline.linear.stream)
+    weighs_blocks = True  # the stages of a joined layer may be weighed as blocks (pipeline.linear.blocks)
 
     def kinds(self, cfg: FitConfig) -> tuple[str, ...]:
         return tuple(cfg.classifiers)
@@ -49,13 +55,14 @@ class Classification:
 
     def cross_validate(self, X: dict, y, store: FeatureStore, cfg: FitConfig, groups) -> tuple[list[CVResult],
                                                                                               Protocol]:
-        return cv.cross_validate(X, y, store.class_names, cfg.classifiers, cfg.folds, cfg.repeats, cfg.normalise,
+        scalings = blocks.competing(cfg.normalise, {layer: store.widths(layer) for layer in X}, cfg.plain)
+        return cv.cross_validate(X, y, store.class_names, cfg.classifiers, cfg.folds, cfg.repeats, scalings,
                                  cv.class_weightings(y, cfg.class_weight), cfg.seed, cfg.jobs, groups,
                                  views=cv.view_options(store.views, cfg.views), progress=cfg.progress)
 
     def fit_final(self, candidate: CVResult, X, y, cfg: FitConfig, groups, metric: str):
-        return cv.fit_final(candidate.classifier, X, y, cfg.normalise, candidate.class_weight, cfg.seed, groups,
-                            metric)
+        return cv.fit_final(candidate.classifier, X, y, scaling(candidate, cfg), candidate.class_weight, cfg.seed,
+                            groups, metric)
 
     def held_out(self, model, hyper: dict, X, y, store: FeatureStore, data: str) -> HeldOut:
         return classify.held_out(model, X, y, store.class_names, data)
@@ -69,7 +76,7 @@ class Classification:
         """The "unknown" threshold of the saved model of ``candidate``, from out-of-fold probabilities of models
         made as it is, at the C nested cross-validation chose in each fold (of the first repeat)."""
         folds = cv.outer_folds(y, protocol.outer_folds, 1, cfg.seed, groups)
-        proba = cv.out_of_fold_proba(candidate.classifier, codes_of(X, candidate), y, folds, cfg.normalise,
+        proba = cv.out_of_fold_proba(candidate.classifier, codes_of(X, candidate), y, folds, scaling(candidate, cfg),
                                      candidate.class_weight, cfg.seed, cfg.jobs, candidate.fold_hyper[:len(folds)],
                                      groups)
         return reject_rule(y, proba, cfg.reject_rate).to_json()
@@ -82,6 +89,7 @@ class Regression:
     name = REGRESSION
     normalise = "standard"
     streams = False
+    weighs_blocks = False
 
     def kinds(self, cfg: FitConfig) -> tuple[str, ...]:
         if cfg.test_store is not None:
@@ -130,12 +138,13 @@ class MultiLabel:
     name = MULTILABEL
     normalise = "power"
     streams = False
+    weighs_blocks = False
 
     def kinds(self, cfg: FitConfig) -> tuple[str, ...]:
         if cfg.test_store is not None:
             raise UserError("a separate test store is for single-label classification; hold out a fraction",
                             param="test_store")
-        return tuple({"svm": "svm-ovr", "softmax": "logistic-ovr"}[c] for c in cfg.classifiers)
+        return tuple(multilabel_kind(c) for c in cfg.classifiers)
 
     def codes(self, store: FeatureStore, layer: str) -> np.ndarray:
         return store.codes(layer)

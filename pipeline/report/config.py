@@ -9,7 +9,7 @@ from pathlib import Path
 from ..backbones.options import DEFAULT_BACKBONE, ENGINES
 from ..data.views import VIEWS
 from ..errors import UserError
-from ..linear.config import CLASS_WEIGHTS, DEFAULT_DUPLICATE_THRESHOLD, NORMALISATIONS
+from ..linear.config import BLOCK_SETTINGS, CLASS_WEIGHTS, DEFAULT_DUPLICATE_THRESHOLD, NORMALISATIONS, plain
 from ..linear.kinds import CLASSIFIERS, classifiers, is_network
 from ..outputs import check_out
 from ..settings import IMAGE_SIZES, MAX_JOBS, Settings, epoch_pair, seed_setting, setting, within
@@ -34,7 +34,7 @@ class EvaluateConfig(Settings):
     features: Path = FEATURES
     folds: int = setting(5, check=within(2, 100))
     repeats: int | None = setting(None, check=within(1, 100))
-    normalise: str = setting("power", choices=NORMALISATIONS)
+    normalise: str = setting("power", choices=NORMALISATIONS + BLOCK_SETTINGS)
     advise: bool = True
     seed: int = seed_setting()
     jobs: int | None = setting(None, check=within(1, MAX_JOBS))
@@ -46,6 +46,11 @@ class EvaluateConfig(Settings):
     heatmaps: int = setting(HEATMAPS, check=within(0, 1000))  # mistakes and right answers explained (linear best only)
     overwrite: bool = False  # write into an out that evaluate did not write
     allow_outside: bool = False  # a manifest may name images outside its folder
+
+    @property
+    def plain(self) -> str:
+        """The normalisation of the candidates not weighed as blocks (:mod:`pipeline.linear.blocks`)."""
+        return plain(self.normalise)
 
     def check(self) -> None:
         if not self.data:

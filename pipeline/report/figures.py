@@ -15,8 +15,9 @@ from ..results import variant
 
 
 def kind(config: dict) -> str:
-    """A configuration's classifier with its class weighting and views: ``svm, balanced, with flip``."""
-    return variant(config["classifier"], config.get("class_weight"), config.get("views", ()))
+    """A configuration's classifier with its class weighting, views and blocks: ``svm, balanced, with flip``."""
+    return variant(config["classifier"], config.get("class_weight"), config.get("views", ()),
+                   bool(config.get("blocks")))
 
 
 def accuracy_chart(configs: list[dict]) -> bytes:
@@ -49,6 +50,30 @@ def accuracy_chart(configs: list[dict]) -> bytes:
     ax.grid(axis="x", alpha=0.3)
     handles = [Line2D([], [], marker="o", ls="", color=palette[k], label=k) for k in kinds]
     ax.legend(handles=handles, title="classifier", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return png(fig)
+
+
+def blocks_chart(configs: list[dict]) -> bytes | None:
+    """Which stages carried the decision: for each configuration that weighed its layers as blocks (best first),
+    the share of outer folds whose selection kept each layer; None without any."""
+    weighed = [c for c in configs if c.get("blocks")]
+    if not weighed:
+        return None
+    names = weighed[0]["blocks"]["names"]
+    palette = colours(len(weighed))
+    fig, ax = subplots(figsize=(8.5, 1.2 + 0.3 * len(names) * max(1, len(weighed) / 2)))
+    step = 0.8 / len(weighed)
+    folds = len(weighed[0]["accuracy"].get("folds", [])) or 1
+    for i, c in enumerate(weighed):
+        shares = [c["blocks"]["kept"].get(name, 0) / folds for name in c["blocks"]["names"]]
+        ax.barh(np.arange(len(shares)) + (i - (len(weighed) - 1) / 2) * step, shares, height=step, color=palette[i],
+                label=f"{c['backbone']} · {kind(c)}")
+    ax.set_yticks(range(len(names)), names, fontsize=10)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel(f"share of the {folds} outer folds whose group lasso kept the layer")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return png(fig)
 
 

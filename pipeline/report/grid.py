@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
+from ..backbones.loading import ALL
 from ..deploy.config import PredictConfig
 from ..deploy.predict import bundle_predictor, predict_images
 from ..errors import UserError
@@ -22,7 +23,7 @@ from ..escalate.advise import advise
 from ..escalate.config import AdviseConfig
 from ..finetune.config import FinetuneConfig
 from ..finetune.stage import finetune
-from ..linear import cv, tta
+from ..linear import blocks, cv, tta
 from ..linear.bundle import Bundle
 from ..linear.classify import check_training_data
 from ..linear.duplicates import duplicate_sets, store_groups
@@ -31,7 +32,7 @@ from ..provenance import library_versions, now_iso
 from ..results import CVResult
 from ..store.config import ExtractConfig
 from ..store.extract import extract
-from ..store.layout import layer_parts
+from ..store.layout import JOIN, layer_parts
 from ..store.reader import FeatureStore, read_store
 from .cache import extraction_record, store_path
 from .config import EvaluateConfig
@@ -129,6 +130,11 @@ def _paired_delta(result: CVResult, best: CVResult, metric: str, n: int, k: int)
     return PairedDelta(d.mean, list(d.ci95), m, d.ci95[1] < 0)
 
 
+def _scaling(row: Row, cfg: EvaluateConfig):
+    """How a row's codes are scaled: its blocks, or the grid's normalisation."""
+    return row.result.blocks or cfg.plain
+
+
 def _codes_of(codes: dict, row: Row) -> np.ndarray:
     """The codes a row's configuration uses: its backbone's and layer's, with or without the views."""
     return tta.using(codes[row.backbone][row.result.layer], row.result.views)
@@ -146,19 +152,25 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section | Mult
         if cfg.finetune or cfg.views:
             raise UserError("several labels per image are compared on the codes alone: leave out fine-tuning and "
                             "views", param="finetune" if cfg.finetune else "views")
+        if cfg.normalise != cfg.plain:
+            raise UserError("the stages are weighed as blocks for classes only; use power or standard",
+                            param="normalise")
         return grid_section(data, cfg, stores, extraction, paths, rows, _paired_delta)
     root = Path(first.attrs.get("dataset_root", Path(data).resolve()))
     y, names = first.labels[rows[cfg.backbones[0]]], list(first.class_names)
-    codes = {b: {layer: tta.rows(s.view_codes(layer), rows[b]) for layer in cfg.layers} for b, s in stores.items()}
+    layers = {b: [JOIN.join(s.layers) if layer == ALL else layer for layer in cfg.layers] for b, s in stores.items()}
+    codes = {b: {layer: tta.rows(s.view_codes(layer), rows[b]) for layer in layers[b]} for b, s in stores.items()}
     for b in codes:
-        for layer in cfg.layers:
+        for layer in layers[b]:
             check_training_data(codes[b][layer], y, names, str(data))
     # the same for every backbone
     groups, duplicates = store_groups(first, rows[cfg.backbones[0]], cfg.duplicate_threshold)
     table, candidates, protocol = [], [], None
     for backbone in cfg.backbones:
+        scalings = blocks.competing(cfg.normalise, {x: stores[backbone].widths(x) for x in layers[backbone]},
+                                    cfg.plain)
         results, protocol = cv.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds, cfg.repeats,
-                                              cfg.normalise, cv.class_weightings(y, cfg.class_weight), cfg.seed,
+                                              scalings, cv.class_weightings(y, cfg.class_weight), cfg.seed,
                                               cfg.jobs, groups, views=cv.view_options(cfg.views),
                                               progress=cfg.progress)
         table += [Row(backbone, r, extraction[backbone]) for r in results]
@@ -177,12 +189,12 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section | Mult
         row.vs_best = _paired_delta(row.result, best.result, metric, n, k)
     if best.linear:
         map_layer = best.result.layer
-        proba = cv.out_of_fold_proba(best.result.classifier, _codes_of(codes, best), y, folds, cfg.normalise,
+        proba = cv.out_of_fold_proba(best.result.classifier, _codes_of(codes, best), y, folds, _scaling(best, cfg),
                                      best.result.class_weight, cfg.seed, cfg.jobs, groups=groups, metric=metric)
         how = ("models made as the fit stage makes the saved one (C chosen inside the fold"
                + (", Platt-calibrated probabilities)" if get_kind(best.result.classifier).calibrated else ")"))
     else:
-        proba, map_layer, how = finetuned[best.backbone], cfg.layers[-1], "fine-tuned networks"
+        proba, map_layer, how = finetuned[best.backbone], layers[best.backbone][-1], "fine-tuned networks"
     advice = advise(AdviseConfig(data, cfg.backbones[0], seed=cfg.seed, engine=cfg.engine)) if cfg.advise else None
     grid = GridProtocol(protocol, nested, _paired_delta(nested, best.result, metric, n, k) if nested else None,
                         len(folds) if cfg.finetune else None)
@@ -205,9 +217,10 @@ def _heatmaps(store: FeatureStore, best: Row, X: np.ndarray, y: np.ndarray, name
     """Heatmaps of the best configuration's out-of-fold predictions, drawn with it refitted on every image (as
     the fit stage saves it)."""
     r = best.result
-    model, hyper = cv.fit_final(r.classifier, X, y, cfg.normalise, r.class_weight, cfg.seed, groups, metric)
+    model, hyper = cv.fit_final(r.classifier, X, y, _scaling(best, cfg), r.class_weight, cfg.seed, groups, metric)
     bundle = Bundle(model, r.classifier, r.layer, names, store.config.to_json(),
-                    str(store.attrs.get("weights_source", "")), hyper["C"], cfg.normalise, views=list(r.views))
+                    str(store.attrs.get("weights_source", "")), hyper["C"], str(_scaling(best, cfg)),
+                    views=list(r.views))
     return explain_predictions(bundle_predictor(bundle, engine=cfg.engine), root, paths, y, proba, names,
                                cfg.heatmaps, cfg.seed, "the best configuration refitted on every image, for the "
                                                        "class its out-of-fold model predicted")
@@ -219,7 +232,8 @@ def _duplicates(paths, y, names, duplicates, best: Row, codes, cfg: EvaluateConf
     if best.linear:
         r = best.result
         plain, _ = cv.cross_validate({r.layer: _codes_of(codes, best)}, y, names, (r.classifier,), cfg.folds,
-                                     cfg.repeats, cfg.normalise, (r.class_weight,), cfg.seed, cfg.jobs, metric=metric,
+                                     cfg.repeats, _scaling(best, cfg), (r.class_weight,), cfg.seed, cfg.jobs,
+                                     metric=metric,
                                      views=(tuple(r.views),))
         ungrouped = plain[0].primary.mean
     sets = [] if duplicates is None else duplicate_sets(duplicates)

@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score
 from ..errors import UserError
 from ..linear import multilabel
 from ..linear.bundle import Bundle
+from ..linear.kinds import multilabel_kind
 from ..results import CVResult
 from ..store.reader import FeatureStore
 from .content import Extraction, GridProtocol, HeldOutProtocol, Row
@@ -50,7 +51,7 @@ class MultiLabelSection:
 
 
 def _kinds(classifiers) -> tuple[str, ...]:
-    return tuple({"svm": "svm-ovr", "softmax": "logistic-ovr"}[c] for c in classifiers)
+    return tuple(multilabel_kind(c) for c in classifiers)
 
 
 def grid_section(data: Path, cfg, stores: dict[str, FeatureStore], extraction: dict[str, Extraction],

@@ -83,6 +83,9 @@ def _figures(report: dict, sections: list[Section], out: Path) -> list[dict]:
             "map": figures.map_chart(typed.embeddings, typed.y, section["class_names"]),
             "coverage": figures.coverage_chart(best["coverage"], best["reject"]),
         }
+        blocks = figures.blocks_chart(section["configs"])
+        if blocks is not None:
+            pictures["blocks"] = blocks
         files = {}
         for name, data in pictures.items():
             files[name] = f"figures/{slug}_{name}.png"

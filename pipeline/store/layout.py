@@ -22,6 +22,13 @@ def layer_parts(layer: str) -> list[str]:
     return layer.split(JOIN)
 
 
+def layer_label(layer: str) -> str:
+    """``layer`` as tables show it: a join of more than three layers as its first and last (``stem+…+penultimate,
+    9 layers``)."""
+    parts = layer_parts(layer)
+    return layer if len(parts) <= 3 else f"{parts[0]}+…+{parts[-1]} ({len(parts)} layers)"
+
+
 def default_candidates(layers: Sequence[str]) -> list[str]:
     """The layer a fit takes by default: every stored layer side by side (joined, they beat each layer alone and
     every pair tried: docs/benchmarks.md, "Layers and scaling")."""

@@ -97,6 +97,12 @@ class FeatureStore:
                      for x in layer_parts(layer)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
+    def widths(self, layer: str) -> tuple[int, ...]:
+        """The width of each stored layer ``layer`` joins (one, or several joined by ``+``)."""
+        self.check_layer(layer)
+        with self._open() as f:
+            return tuple(int(f[dataset_name(code_key(x))].shape[1]) for x in layer_parts(layer))
+
     @contextlib.contextmanager
     def spans(self, layer: str):
         """``read(start, stop)``: rows of one stored ``layer`` read span by span from one open file (a streamed
