@@ -30,10 +30,12 @@ def test_each_block_counts_alike_and_only_kept_blocks_remain():
     X, y = _codes()
     Z = BlockScaler(SIZES).fit_transform(X)
     spans = np.split(np.arange(X.shape[1]), np.cumsum(SIZES)[:-1])
-    np.testing.assert_allclose([Z[:, s].var(axis=0).sum() for s in spans], 1.0, rtol=1e-6)  # 16 or 64 wide alike
-    kept = BlockScaler(SIZES, keep=(False, True, True)).fit(X)
-    assert kept.transform(X).shape == (len(X), SIZES[1] + SIZES[2])
-    np.testing.assert_allclose(kept.transform(X), Z[:, SIZES[0]:])
+    variances = [Z[:, s].var(axis=0).sum() for s in spans]  # 16 or 64 wide alike, the whole as wide as before
+    np.testing.assert_allclose(variances, X.shape[1] / len(SIZES), rtol=1e-6)
+    kept = BlockScaler(SIZES, keep=(False, True, True)).fit(X).transform(X)
+    assert kept.shape == (len(X), SIZES[1] + SIZES[2])
+    np.testing.assert_allclose(kept[:, :SIZES[1]].var(axis=0).sum(), kept.shape[1] / 2, rtol=1e-6)
+    np.testing.assert_allclose(np.corrcoef(kept[:, 0], Z[:, SIZES[0]])[0, 1], 1.0)  # the same column, rescaled
     with pytest.raises(ValueError, match="do not make codes"):
         BlockScaler((16, 8)).fit(X)
 

@@ -3,8 +3,8 @@ carry the decision chosen on the training rows alone.
 
 Joined, the stages of a network are a few wide blocks and many narrow ones: once standardised, a 1,280-value
 penultimate layer has 80 times the variance of a 16-value stage, so an L2-penalised linear model hears it 80
-times louder. Dividing each standardised block by the square root of its width gives every block the same
-total variance (:class:`BlockScaler`). Which blocks to keep is chosen as Head2Toe does (Evci et al., "Head2Toe:
+times louder. Scaling each standardised block by the square root of its width gives every block the same
+total variance (:class:`BlockScaler`; the whole keeps the variance it had, so the penalties' grids still fit). Which blocks to keep is chosen as Head2Toe does (Evci et al., "Head2Toe:
 Utilizing Intermediate Representations for Better Transfer Learning", ICML 2022): a group lasso, one group per
 block, ranks them by the norm of their weights. Here the lasso is a least-squares one on the one-hot classes,
 solved by FISTA on the Gram matrix (seconds on a few thousand images), along a path of penalties each scored
@@ -41,8 +41,9 @@ def bounds(sizes) -> list[tuple[int, int]]:
 
 
 class BlockScaler(TransformerMixin, BaseEstimator):
-    """The power scaling of :class:`~pipeline.linear.scaling.PowerScaler`, each block then divided by the square
-    root of its width, keeping the blocks ``keep`` (every one when None). Fitted, it exposes what an exported
+    """The power scaling of :class:`~pipeline.linear.scaling.PowerScaler`, keeping the blocks ``keep`` (every one
+    when None), each then scaled to the same total variance (the kept columns' count over the kept blocks'),
+    whatever its width. Fitted, it exposes what an exported
     graph folds in: ``columns_`` (the kept columns), ``nonnegative_``, ``mean_`` and ``scale_`` on them."""
 
     def __init__(self, sizes=(), keep=None, power: float = POWER):
@@ -58,9 +59,11 @@ class BlockScaler(TransformerMixin, BaseEstimator):
         spans = [(s, e) for (s, e), k in zip(bounds(self.sizes), keep) if k]
         self.columns_ = np.concatenate([np.arange(s, e) for s, e in spans])
         power = PowerScaler(self.power).fit(X[:, self.columns_])
+        # each kept block's variance made the kept columns' mean share: blocks weigh alike, and the whole keeps
+        # the variance the power scaling gives it, so the kinds' C grids stay where they were measured
         widths = np.concatenate([np.full(e - s, e - s, float) for s, e in spans])
         self.nonnegative_, self.mean_ = power.nonnegative_, power.mean_
-        self.scale_ = power.scale_ * np.sqrt(widths)
+        self.scale_ = power.scale_ * np.sqrt(widths * len(spans) / len(self.columns_))
         return self
 
     def transform(self, X):
