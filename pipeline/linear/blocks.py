@@ -4,14 +4,15 @@ carry the decision chosen on the training rows alone.
 Joined, the stages of a network are a few wide blocks and many narrow ones: once standardised, a 1,280-value
 penultimate layer has 80 times the variance of a 16-value stage, so an L2-penalised linear model hears it 80
 times louder. Scaling each standardised block by the square root of its width gives every block the same
-total variance (:class:`BlockScaler`; the whole keeps the variance it had, so the penalties' grids still fit). Which blocks to keep is chosen as Head2Toe does (Evci et al., "Head2Toe:
-Utilizing Intermediate Representations for Better Transfer Learning", ICML 2022): a group lasso, one group per
-block, ranks them by the norm of their weights. Here the lasso is a least-squares one on the one-hot classes,
-solved by FISTA on the Gram matrix (seconds on a few thousand images), along a path of penalties each scored
-on a held-out quarter of the rows it is given; the blocks with any weight at the largest penalty within a
-standard error of the best score are kept (:func:`select_blocks`; the one-standard-error rule of Breiman et
-al.'s CART, which prefers the sparser of two models the validation cannot tell apart). Cross-validation calls
-it on each outer training part, so the folds that score a selection never took part in it.
+total variance (:class:`BlockScaler`; the whole keeps the variance it had, so the penalties' grids still fit).
+Which blocks to keep is chosen as Head2Toe does (Evci et al., "Head2Toe: Utilizing Intermediate
+Representations for Better Transfer Learning", ICML 2022): a group lasso, one group per block, ranks them by
+the norm of their weights. Here the lasso is a least-squares one on the one-hot classes, solved by FISTA on
+the Gram matrix (seconds on a few thousand images), along a path of penalties each scored on a held-out
+quarter of the rows it is given; the blocks with any weight at the largest penalty within a standard error of
+the best score are kept (:func:`select_blocks`; the one-standard-error rule of Breiman et al.'s CART, which
+prefers the sparser of two models the validation cannot tell apart). Cross-validation calls it on each outer
+training part, so the folds that score a selection never took part in it.
 """
 
 from __future__ import annotations

@@ -216,7 +216,15 @@ def cross_validate(X_by_layer: dict[str, np.ndarray], y: np.ndarray, class_names
     tasks = [(c, f) for c in candidates for f in range(len(outer))]
     log.info("nested cross-validation: %d candidate(s) x %d outer folds (%d-fold x %d), C chosen by %s",
              len(candidates), len(outer), k, repeats, inner)
-    done = run_folds((delayed(_outer_fold)(kind, planes[layer, v], y, *outer[f], s, w, seed, groups, metric)
+    # each outer fold's blocks chosen once, for every candidate weighing the same layer and views alike
+    weighed = [(layer, v, s, f) for layer, v, s in dict.fromkeys((c[0], c[3], c[4]) for c in candidates
+                                                                  if isinstance(c[4], blocks.Blocks))
+               for f in range(len(outer))]
+    chosen = dict(zip(weighed, run_folds((delayed(blocks.resolve)(s, tta.rows(planes[layer, v], outer[f][0]),
+                                                                  y[outer[f][0]], seed)
+                                          for layer, v, s, f in weighed), jobs, False, "blocks")))
+    done = run_folds((delayed(_outer_fold)(kind, planes[layer, v], y, *outer[f], chosen.get((layer, v, s, f), s), w,
+                                           seed, groups, metric)
                       for (layer, kind, w, v, s), f in tasks), jobs, progress, "nested CV")
     n_test = len(y) // k
     results = []

@@ -54,9 +54,10 @@ def accuracy_chart(configs: list[dict]) -> bytes:
 
 
 def blocks_chart(configs: list[dict]) -> bytes | None:
-    """Which stages carried the decision: for each configuration that weighed its layers as blocks (best first),
-    the share of outer folds whose selection kept each layer; None without any."""
-    weighed = [c for c in configs if c.get("blocks")]
+    """Which stages carried the decision: for the best configuration of each backbone that weighed its layers as
+    blocks (the others chose on the same folds alike), the share of outer folds whose selection kept each layer;
+    None without any."""
+    weighed = list({c["backbone"]: c for c in reversed(configs) if c.get("blocks")}.values())[::-1]
     if not weighed:
         return None
     names = weighed[0]["blocks"]["names"]
@@ -67,7 +68,7 @@ def blocks_chart(configs: list[dict]) -> bytes | None:
     for i, c in enumerate(weighed):
         shares = [c["blocks"]["kept"].get(name, 0) / folds for name in c["blocks"]["names"]]
         ax.barh(np.arange(len(shares)) + (i - (len(weighed) - 1) / 2) * step, shares, height=step, color=palette[i],
-                label=f"{c['backbone']} · {kind(c)}")
+                label=f"{c['backbone']} · {c['layer'] if len(c['layer']) < 40 else 'every layer'}")
     ax.set_yticks(range(len(names)), names, fontsize=10)
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.set_xlim(0, 1.0)
