@@ -51,13 +51,14 @@ def models(tmp_path_factory):
     """A calibrated SVM and a softmax bundle on Tux Paint (codes of stage6), an SVM on stage6 and penultimate
     codes side by side, a softmax trained on each image and its mirror image, and a tiny fine-tuned network."""
     root = tmp_path_factory.mktemp("export")
-    extract(ExtractConfig(data=TUX, out=root / "tux.h5", layers=("stage6", "penultimate"), progress=False))
-    fit(FitConfig(store=root / "tux.h5", out=root / "linear", layers=("stage6",), folds=2, repeats=1, jobs=1))
+    extract(ExtractConfig(data=TUX, out=root / "tux.h5", layers=("stage6", "penultimate"), views=("flip",),
+                          progress=False))
+    fit(FitConfig(store=root / "tux.h5", out=root / "linear", layers=("stage6",), views="off", folds=2, repeats=1,
+                  jobs=1))
     fit(FitConfig(store=root / "tux.h5", out=root / "joined", layers=("stage6+penultimate",), classifiers=("svm",),
+                  views="off", folds=2, repeats=1, jobs=1))
+    fit(FitConfig(store=root / "tux.h5", out=root / "views", layers=("stage6",), classifiers=("softmax",), views="on",
                   folds=2, repeats=1, jobs=1))
-    extract(ExtractConfig(data=TUX, out=root / "flip.h5", layers=("stage6",), views=("flip",), progress=False))
-    fit(FitConfig(store=root / "flip.h5", out=root / "views", classifiers=("softmax",), views="on", folds=2,
-                  repeats=1, jobs=1))
     write_images(root / "small", {"red": 8, "green": 8}, size=48)
     finetune(FinetuneConfig(data=root / "small", out=root / "finetuned", image_size=64, head_epochs=1,
                             finetune_epochs=1, unfreeze=4, batch_size=8, progress=False))

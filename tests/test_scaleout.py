@@ -132,39 +132,12 @@ def test_the_cluster_lists_a_folder_by_the_local_rules(cluster, tmp_path, monkey
         discover(root, lister=there)
 
 
-def _processes(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            pass
-    return pids
-
-
-def _wait_for_shards(parts: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_shards(parts: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while len(list(parts.glob("shard-*.npz"))) < count:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no shards appeared"
         time.sleep(0.02)
-
-
-@pytest.mark.ray
-def test_a_killed_model_actor_is_restarted_and_the_codes_stay_right(cluster, images, local_store, tmp_path):
-    out = tmp_path / "killed.h5"
-    proc = subprocess.Popen(extract_script(images, out, cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _wait_for_shards(out.with_name(out.name + ".parts"), 1, proc)
-    actors = _processes("MapWorker(MapBatches(Encoder))")
-    assert actors, "the model actor was not found"
-    for pid in actors:
-        os.kill(pid, signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "80 extracted" in stdout
-    assert_same_store(read_store(out), local_store)
 
 
 @pytest.mark.ray
@@ -185,7 +158,8 @@ def test_a_rerun_after_the_driver_is_killed_reuses_finished_shards(cluster, imag
 
 @pytest.mark.ray
 def test_ray_prediction_writes_the_local_answers_to_parquet(cluster, images, local_store, tmp_path):
-    fit(FitConfig(store=local_store.path, out=tmp_path / "fit", classifiers=("softmax",), layers=("penultimate",)))
+    fit(FitConfig(store=local_store.path, out=tmp_path / "fit", classifiers=("softmax",), layers=("penultimate",),
+                  folds=2, repeats=1, progress=False))
     bundle = tmp_path / "fit" / "softmax.skops"
     local, _ = predict_images(PredictConfig(bundle, (images, tmp_path / "missing.jpg"), top_k=2, progress=False))
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(bundle), str(images),

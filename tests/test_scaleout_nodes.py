@@ -36,7 +36,10 @@ IMAGES = 96
 def nodes():
     """A head and two worker nodes of two CPUs each, every one a raylet of its own (Ray's test cluster)."""
     ray.shutdown()  # a cluster another test module joined
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    fast_death = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                  "health_check_failure_threshold": 2}  # a killed node is known dead in a second, not in fifteen
+    cluster = cluster_utils.Cluster(initialize_head=True,
+                                    head_node_args={"num_cpus": 2, "_system_config": fast_death})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     try:

@@ -24,17 +24,17 @@ def hard_blobs(n: int, dim: int = 64, classes: int = 10, seed: int = 0):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["svm", "softmax"])
 def test_the_streamed_fit_matches_the_in_memory_fit(kind, tmp_path):
-    X, y = hard_blobs(40_000)
+    X, y = hard_blobs(20_000)
     store = write_store(tmp_path / "big.h5", {"penultimate": X}, y, [f"c{k}" for k in range(10)])
     paths = read_store(store).paths
-    held = np.random.default_rng(1).choice(len(paths), 8000, replace=False)  # the same for both fits
+    held = np.random.default_rng(1).choice(len(paths), 5000, replace=False)  # the same for both fits
     common = dict(store=store, classifiers=(kind,), test_paths=tuple(paths[i] for i in held), seed=0)
     in_memory = fit(FitConfig(out=tmp_path / "memory", **common))
-    streamed = fit(FitConfig(out=tmp_path / "streamed", max_memory=2 * 2**20, **common))  # codes: 10 MiB
+    streamed = fit(FitConfig(out=tmp_path / "streamed", max_memory=2**20, **common))  # codes: 5 MiB
     assert in_memory.protocol.outer_folds == 5 and streamed.protocol.outer_folds == 0
     assert "nested CV is pointless" in streamed.format()
     a, b = (r.final[kind].test.scores["accuracy"] for r in (in_memory, streamed))
-    assert a > 0.7 and abs(a - b) < 0.01, (a, b)  # measured: 0.4 (svm) and 0.5 (softmax) points apart
+    assert a > 0.7 and abs(a - b) < 0.01, (a, b)  # measured: 0.2 (svm) and 0.4 (softmax) points apart
     saved = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
     assert saved["final"][kind]["alpha"] in saved["protocol"]["c_grid"]["alpha"]
     from pipeline.linear.bundle import load_bundle
