@@ -16,15 +16,60 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.abc
+import importlib.machinery
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 # Before TensorFlow is first imported (the commands import the library after this): no C++ start-up chatter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """TensorFlow's first import, and its first look for a GPU, with the C++ side's stderr caught: absl prints
+    its start-up lines (oneDNN, CUDA drivers) whatever ``TF_CPP_MIN_LOG_LEVEL`` says. They are logged at debug
+    level (``--verbose`` shows them), or printed as they came if the import fails. A command that never needs
+    TensorFlow never imports it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None:
+            self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+                module.config.list_physical_devices("GPU")
+            except BaseException:
+                os.dup2(saved, 2)
+                caught.seek(0)
+                sys.stderr.write(caught.read().decode(errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                logging.getLogger(__name__).debug("TensorFlow: %s", line)
+
+
+if "tensorflow" not in sys.modules:
+    sys.meta_path.insert(0, _QuietTensorFlow())
 
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.finetune.config import FULL_SIZE_BELOW  # noqa: E402

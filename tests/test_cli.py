@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, blobs, write_store
+from conftest import ROOT, blobs, write_images, write_store
 
 CNN_CODES = shutil.which("cnn-codes", path=str(ROOT / ".venv" / "bin")) or shutil.which("cnn-codes")
 FLAG = re.compile(r"(^|[\s(\"'`])--[a-z]")
@@ -160,3 +160,18 @@ def test_cnn_codes_shares_the_scripts_parsers_and_errors(tmp_path):
                                "1.5"], capture_output=True, text=True)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1] == "error: --test-size: must be between 0 and 1, not 1.5"
+
+
+@pytest.mark.slow
+def test_commands_print_no_tensorflow_start_up_lines(tmp_path):
+    """absl writes TensorFlow's start-up lines (oneDNN, CUDA drivers) to stderr whatever its log level; the
+    entry point catches them and logs them at debug level."""
+    write_images(tmp_path / "data", {"a": 2, "b": 2}, size=32)
+    command = [sys.executable, str(ROOT / "scripts" / "extract.py"), str(tmp_path / "data"), "--layers", "stage3"]
+    done = subprocess.run([*command, "--out", str(tmp_path / "f.h5")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "extracted" in done.stdout
+    noise = re.compile(r"^[IWE]\d{4} |absl::InitializeLog")
+    assert not [line for line in done.stderr.splitlines() if noise.search(line)], done.stderr
+    verbose = subprocess.run([*command, "--out", str(tmp_path / "g.h5"), "--verbose"], capture_output=True, text=True)
+    assert verbose.returncode == 0 and "TensorFlow: " in verbose.stderr
