@@ -11,6 +11,7 @@ EXAMPLES = """\
   {prog} features/tuxpaint.h5 --out runs/tuxpaint
   {prog} f.h5 --out runs/x --classifier softmax --class-weight balanced
   {prog} patients.h5 --out runs/x       # a manifest's group column keeps each group in one fold
+  {prog} tags.h5 --out runs/x   # several labels per image (a path,labels manifest): one model per label
   {prog} f.h5 --out runs/x --layers stage6 penultimate stage6+penultimate
   {prog} all.h5 --out runs/x --normalise auto   # a store of every stage (extract.py --layers all)
   {prog} f.h5 --out runs/x --classifier blend   # softmax blended with a nearest-neighbour vote
@@ -20,8 +21,10 @@ EXAMPLES = """\
   {prog} huge.h5 --out runs/x --max-memory 2G --test-size 0.05   # streams codes over 2 GiB
 
 Writes RUN_DIR/metrics.json (every figure printed), and RUN_DIR/svm.skops and/or
-RUN_DIR/softmax.skops with their .sha256; predict with scripts/predict.py, whose
---reject calls an image unknown under the threshold printed for each model."""
+RUN_DIR/softmax.skops with their .sha256 (svm_ovr.skops and logistic_ovr.skops
+for several labels per image, each label with its own threshold); predict with
+scripts/predict.py, whose --reject calls an image unknown under the threshold
+printed for each model."""
 
 
 def build_parser(prog: str | None = None):

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import blobs, run_command, write_store
+from conftest import blobs, run_command, write_images, write_store
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import check_estimator
@@ -350,6 +350,12 @@ def test_bundle_checksum_is_checked(tmp_path):
     (tmp_path / "run" / "softmax.skops.sha256").unlink()
     with pytest.raises(UserError, match="sha256 is missing|integrity"):
         load_bundle(path)
+    store = write_store(tmp_path / "codes.h5", {"x": X}, y, ["a", "b", "c"])
+    write_images(tmp_path / "images", {"": 2}, size=16)
+    done = run_command("predict", store, tmp_path / "images")  # a store where the bundle belongs is named as one
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {store} is a store of codes, not a model bundle: fit one with `fit_svm.py {store}` and give its "
+        ".skops file")
 
 
 def test_command_line_error_is_one_line(tmp_path):

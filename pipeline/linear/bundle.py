@@ -24,7 +24,7 @@ from ..data.views import VIEWS
 from ..errors import UserError
 from ..provenance import file_sha256
 from ..settings import IMAGE_SIZES, is_probability
-from ..store.layout import StoreConfig, layer_parts
+from ..store.layout import HDF5_SIGNATURE, StoreConfig, layer_parts
 from .kinds import KINDS, MULTILABEL, REGRESSION, trusted_types
 
 # 3: this package's types under pipeline.linear; 2 named them at the package's top (refused: fit again); 1 was a
@@ -80,6 +80,10 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"bundle {path} does not exist")
+    with open(path, "rb") as f:
+        if f.read(8) == HDF5_SIGNATURE:
+            raise UserError(f"{path} is a store of codes, not a model bundle: fit one with `fit_svm.py {path}` "
+                            "and give its .skops file")
     expected = checksum_path(path)
     if not expected.is_file():
         raise UserError(f"{expected.name} is missing: the bundle's integrity cannot be checked")

@@ -15,6 +15,7 @@ from ..errors import UserError
 FORMAT_VERSION = 3  # 3: content digests (pipeline.store.digests); 2: fletcher32 checksums; 1 and 2 are still read
 DIGESTS_SINCE = 3
 JOIN = "+"  # "stage6+penultimate": the codes of both layers side by side, one candidate
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of a store (of any HDF5 file without a user block)
 
 
 def layer_parts(layer: str) -> list[str]:
