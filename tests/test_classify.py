@@ -302,6 +302,9 @@ def test_fit_reports_the_nested_choice(tmp_path):
     assert all("signal" in name for name in nested["chosen_candidate"]), "noise never wins inside a fold"
     assert nested["accuracy"]["mean"] <= max(r.primary.mean for r in result.results) + 1e-6
     assert "chosen inside each outer fold instead" in result.format()
+    saved = [line for line in result.format().splitlines() if line.startswith("saved ")]
+    assert len(saved) == 2 and all(", C=" in line for line in saved), "each saved model's own C"
+    assert "C (most chosen): the value the outer folds picked most often" in result.format()
 
 
 @pytest.mark.parametrize("case,message", [

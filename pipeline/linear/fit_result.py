@@ -104,6 +104,10 @@ class FitResult:
             lines.append(f"{layer_label(r.layer):{w}} {_kind(r):{k}} {a.mean:8.3f}  "
                          f"[{a.ci95[0]:.3f}, {a.ci95[1]:.3f}]  "
                          f"{b.mean:{'8.4g' if regression else '8.3f'}}  {next(iter(r.chosen)):15}")
+        if p.outer_folds:
+            hyper_name = "alpha" if regression else "C"
+            lines.append(f"{hyper_name} (most chosen): the value the outer folds picked most often; each saved "
+                         f"model's {hyper_name}, chosen again on every image, is on its line below")
         if any(r.class_weight for r in self.results):
             lines.append("bal.: classes weighted inversely to their size")
         for views in dict.fromkeys(r.views for r in self.results if r.views):
