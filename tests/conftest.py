@@ -139,6 +139,21 @@ def run_command(script: str, *argv) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
+def pytest_report_header(config):
+    """The machine class in the log (the suite's time and its float rounding differ between them)."""
+    flags, model = set(), "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "neither AVX2 nor AVX-512"
+    return f"machine: {model}, {isa}, {os.cpu_count()} cores"
+
+
 def pytest_collection_modifyitems(items):
     """The longest files first, as the markers estimate them (a marked test takes about twenty times an unmarked
     one): test workers take a file at a time, so the longest start early and none runs alone at the end."""
