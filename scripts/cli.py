@@ -201,6 +201,7 @@ def run(build_parser: Callable[[str | None], argparse.ArgumentParser], main: Cal
 
     # Bombs are refused with a recorded reason; Pillow's own warning would only be noise.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.showwarning = _log_warning
     set_verbosity(getattr(args, "quiet", False), getattr(args, "verbose", False))
     if getattr(args, "ray", None):
         _prepare_ray(args.ray)
@@ -217,6 +218,11 @@ def run(build_parser: Callable[[str | None], argparse.ArgumentParser], main: Cal
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning is one logged line, its category and message (not the source line that raised it)."""
+    logging.getLogger("warnings").warning("warning: %s (%s)", message, category.__name__)
 
 
 def set_verbosity(quiet: bool, verbose: bool) -> None:

@@ -175,3 +175,19 @@ def test_commands_print_no_tensorflow_start_up_lines(tmp_path):
     assert not [line for line in done.stderr.splitlines() if noise.search(line)], done.stderr
     verbose = subprocess.run([*command, "--out", str(tmp_path / "g.h5"), "--verbose"], capture_output=True, text=True)
     assert verbose.returncode == 0 and "TensorFlow: " in verbose.stderr
+
+
+def test_a_warning_is_one_logged_line(caplog):
+    import argparse
+    import warnings
+
+    from pipeline.commands import cli
+    from sklearn.exceptions import ConvergenceWarning
+
+    def main(args):
+        warnings.warn("the solver stopped at max_iter", ConvergenceWarning, stacklevel=1)
+
+    with pytest.raises(SystemExit) as e:
+        cli.run(lambda prog: argparse.ArgumentParser(prog=prog), main, argv=[])
+    assert e.value.code == 0
+    assert [r.getMessage() for r in caplog.records] == ["warning: the solver stopped at max_iter (ConvergenceWarning)"]
