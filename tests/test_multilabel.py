@@ -73,10 +73,15 @@ def _store(path, seed=0):
 def test_fit_makes_one_model_per_label_with_thresholds(classifier, tmp_path):
     store, Y = _store(tmp_path / "f.h5")
     assert read_store(store).multilabels.tolist() == Y.tolist()
-    result = fit(FitConfig(store=store, out=tmp_path / "run", classifiers=(classifier,), folds=3, repeats=1,
-                           test_size=0.2, jobs=1)).to_json()
+    fitted = fit(FitConfig(store=store, out=tmp_path / "run", classifiers=(classifier,), folds=3, repeats=1,
+                           test_size=0.2, jobs=1))
+    result = fitted.to_json()
     assert result["task"] == "multilabel" and result["labels"] == 3
     assert [r["classifier"] for r in result["results"]] == [f"{'logistic' if classifier == 'softmax' else 'svm'}-ovr"]
+    printed = fitted.format()
+    assert "macro-F1" in printed and "subset accuracy" in printed, "the figures docs/fit.md promises"
+    per_label = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[-20:] if line.startswith("  ")}
+    assert {"a", "b", "c"} <= set(per_label) and per_label["label"] == ["precision", "recall", "F1", "images"]
     for r in result["results"]:
         assert set(r) >= {"micro_f1", "macro_f1", "subset_accuracy", "map"}
         per = r["per_class"]

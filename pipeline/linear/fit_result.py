@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..results import CVResult, FinalModel, Protocol
 from ..store.layout import layer_label
+from .multilabel import SCORES as MULTILABEL_SCORES
 
 _LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "r2": "R2", "mae": "MAE", "micro_f1": "micro-F1",
            "subset_accuracy": "subset accuracy", "map": "mAP"}
@@ -118,6 +119,8 @@ class FitResult:
                          f"group lasso; in the {p.outer_folds * p.repeats} folds of {_kind(r)}, "
                          + ", ".join(f"{name} kept {r.kept.get(name, 0)}x" for name in r.blocks.names))
         lines.append(f"\nbest: {self.best.name}" + ("" if metric == first else f" (by {_LABELS[metric]})"))
+        if self.task == "multilabel":
+            lines.extend(_label_lines(self.best))
         if self.nested:
             a, b = self.nested.scores[first], self.nested.scores[second]
             picks = ", ".join(f"{name} {n}x" for name, n in self.nested.chosen.items())
@@ -148,3 +151,16 @@ class FitResult:
                              f"{r['accuracy_all']:.3f} on all)")
         lines.append(f"time: {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _label_lines(best: CVResult) -> list[str]:
+    """The several-label figures of the best candidate: every score, then precision, recall and F1 per label
+    (out of fold, at each fold's thresholds)."""
+    lines = ["  " + ", ".join(f"{_LABELS[m]} {best.scores[m].mean:.3f}" for m in MULTILABEL_SCORES
+                              if m in best.scores)]
+    if best.per_class:
+        w = max(5, *map(len, best.per_class))
+        lines.append(f"  {'label':{w}} {'precision':>9} {'recall':>7} {'F1':>6} {'images':>7}")
+        lines.extend(f"  {name:{w}} {v['precision']:9.3f} {v['recall']:7.3f} {v['f1']:6.3f} {v['support']:7d}"
+                     for name, v in best.per_class.items())
+    return lines
