@@ -53,8 +53,8 @@ def build_parser(prog: str | None = None):
                help="for a store extracted with --views: train on each image's views too and predict on the "
                     "mean over them; auto (default): with and without compete inside the nested CV")
     cli.option(p, FitConfig, "test_size", type=float, help="also hold out this fraction as a stratified test split")
-    cli.option(p, FitConfig, "test_store", "--test", type=Path, help="also evaluate on this labelled test store (one label per image: for several, "
-                                                 "--test-size)")
+    cli.option(p, FitConfig, "test_store", "--test", type=Path,
+               help="also evaluate on this labelled test store (one label per image; for several, --test-size)")
     cli.option(p, FitConfig, "seed", type=int, help="fixes every split (default %(default)s)")
     cli.option(p, FitConfig, "jobs", type=int,
                help="parallel processes for the folds (default: the cores this process may use)")
