@@ -337,3 +337,4 @@ def test_every_stage_weighed_as_blocks_shows_which_layers_carried_it(tmp_path):
     markdown = paths["md"].read_text()
     assert "![layers kept per fold](figures/" in markdown and "softmax, blocks" in markdown
     assert "layers kept per fold" in paths["html"].read_text()
+    assert "stem+<wbr>stage1+<wbr>stage2" in paths["html"].read_text(), "a long joined name may wrap"

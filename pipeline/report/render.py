@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import jinja2
+import markupsafe
 
 from ..metrics import Score
 from ..outputs import claim
@@ -50,6 +51,11 @@ def _markdown_safe(context, value):
     return value.replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _breakable(value: str) -> markupsafe.Markup:
+    """A joined layer name (``stem+stage1+...+penultimate``), escaped, that may wrap after each ``+``."""
+    return markupsafe.Markup("+<wbr>").join(markupsafe.escape(part) for part in str(value).split("+"))
+
+
 def _environment() -> jinja2.Environment:
     """The templates' environment: every value escaped in HTML (class names, labels and paths come from the
     user's folders and manifests), and no tag in Markdown."""
@@ -61,7 +67,8 @@ def _environment() -> jinja2.Environment:
     env.globals.update(groups_shown=GROUPS_SHOWN, group_shown=GROUP_SHOWN,
                        metric_name=lambda p: "macro-F1" if p.get("metric") == "macro_f1" else "accuracy")
     env.filters.update(kind=figures.kind, f3=lambda v: f"{v:.3f}", ci=_ci, signed_ci=_signed_ci,
-                       pct=lambda v: f"{100 * v:.0f}%", b64=lambda b: base64.b64encode(b).decode())
+                       pct=lambda v: f"{100 * v:.0f}%", b64=lambda b: base64.b64encode(b).decode(),
+                       breakable=_breakable)
     return env
 
 
