@@ -18,11 +18,7 @@ from test_extract import add_bad_files
 
 import pipeline.data.discover as images_module
 from pipeline.data.discover import discover
-from pipeline.deploy.config import PredictConfig
-from pipeline.deploy.predict import predict_images
 from pipeline.errors import UserError
-from pipeline.linear.config import FitConfig
-from pipeline.linear.fit import fit
 from pipeline.scaleout import listing
 from pipeline.scaleout.extract import OnCluster
 from pipeline.store.config import ExtractConfig
@@ -154,29 +150,6 @@ def test_a_rerun_after_the_driver_is_killed_reuses_finished_shards(cluster, imag
     reused = int(done.stdout.split(" reused")[0].rsplit(" ", 1)[1])
     assert 0 < finished <= reused < 80, done.stdout
     assert_same_store(read_store(out), local_store)
-
-
-@pytest.mark.ray
-def test_ray_prediction_writes_the_local_answers_to_parquet(cluster, images, local_store, tmp_path):
-    fit(FitConfig(store=local_store.path, out=tmp_path / "fit", classifiers=("softmax",), layers=("penultimate",),
-                  folds=2, repeats=1, progress=False))
-    bundle = tmp_path / "fit" / "softmax.skops"
-    local, _ = predict_images(PredictConfig(bundle, (images, tmp_path / "missing.jpg"), top_k=2, progress=False))
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), str(bundle), str(images),
-                           str(tmp_path / "missing.jpg"), "--top-k", "2", "--ray", cluster, "--out",
-                           str(tmp_path / "preds.parquet")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    table = pq.read_table(tmp_path / "preds.parquet")
-    assert table.column_names == ["path", "class_1", "probability_1", "class_2", "probability_2", "skipped"]
-    rows = {row["path"]: row for row in table.to_pylist()}
-    assert len(rows) == len(local) == 86
-    for p in local:
-        row = rows[p.path]
-        if p.skipped:
-            assert row["skipped"] == p.skipped and row["class_1"] is None
-        else:
-            assert [row["class_1"], row["class_2"]] == [name for name, _ in p.top]
-            assert abs(row["probability_1"] - p.top[0][1]) < 1e-5 and row["skipped"] == ""
 
 
 def test_prediction_on_ray_needs_an_output_folder(tmp_path):

@@ -1,6 +1,7 @@
 """A lost node loses nothing: a Ray cluster of a head and two worker nodes on this machine, a worker node killed in
-the middle of a cluster extraction, the other in the middle of a cluster prediction. Both jobs finish with every
-image exactly once and the local run's answers."""
+the middle of a cluster extraction (its model actors with it), the other in the middle of a cluster prediction. Both
+jobs finish with every image exactly once and the local run's answers; the prediction's Parquet holds the top
+classes and the reason each unreadable file was skipped."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, write_images
+from test_extract import add_bad_files
 
 from pipeline.deploy.config import PredictConfig
 from pipeline.deploy.predict import predict_images
@@ -79,10 +81,12 @@ def test_a_worker_node_killed_mid_job_loses_nothing(nodes, tmp_path):
     fit(FitConfig(store=tmp_path / "local.h5", out=tmp_path / "fit", classifiers=("softmax",), folds=2, repeats=1,
                   progress=False))
     bundle = tmp_path / "fit" / "softmax.skops"
-    expected, _ = predict_images(PredictConfig(bundle, (tmp_path / "data",), top_k=1, progress=False))
+    add_bad_files(tmp_path / "data" / "dog")  # skipped by prediction as by extraction, each with its reason
+    inputs = (tmp_path / "data", tmp_path / "missing.jpg")
+    expected, _ = predict_images(PredictConfig(bundle, inputs, top_k=2, progress=False))
     parquet = tmp_path / "preds.parquet"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "predict.py"), str(bundle), str(tmp_path / "data"),
-                             "--top-k", "1", "--ray", cluster.address, "--out", str(parquet), "--batch-size", "8"],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "predict.py"), str(bundle), *map(str, inputs),
+                             "--top-k", "2", "--ray", cluster.address, "--out", str(parquet), "--batch-size", "8"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2)  # the driver has started; the actors load the network
     deadline = time.monotonic() + 300
@@ -92,9 +96,14 @@ def test_a_worker_node_killed_mid_job_loses_nothing(nodes, tmp_path):
     cluster.remove_node(second, allow_graceful=False)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
-    rows = pq.read_table(parquet).to_pylist()
-    assert sorted(r["path"] for r in rows) == sorted(p.path for p in expected) and len(rows) == IMAGES
-    by_path = {r["path"]: r for r in rows}
+    table = pq.read_table(parquet)
+    assert table.column_names == ["path", "class_1", "probability_1", "class_2", "probability_2", "skipped"]
+    rows = {row["path"]: row for row in table.to_pylist()}
+    assert len(rows) == table.num_rows == len(expected) > IMAGES, "every image once, the skipped ones too"
     for p in expected:
-        assert by_path[p.path]["class_1"] == p.top[0][0]
-        assert abs(by_path[p.path]["probability_1"] - p.top[0][1]) < 1e-5
+        row = rows[p.path]
+        if p.skipped:
+            assert row["skipped"] == p.skipped and row["class_1"] is None
+        else:
+            assert [row["class_1"], row["class_2"]] == [name for name, _ in p.top] and row["skipped"] == ""
+            assert abs(row["probability_1"] - p.top[0][1]) < 1e-5
