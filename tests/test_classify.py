@@ -357,8 +357,7 @@ def test_bundle_checksum_is_checked(tmp_path):
     write_images(tmp_path / "images", {"": 2}, size=16)
     done = run_command("predict", store, tmp_path / "images")  # a store where the bundle belongs is named as one
     assert done.returncode == 2 and done.stderr.strip() == (
-        f"error: {store} is a store of codes, not a model bundle: fit one with `fit_svm.py {store}` and give its "
-        ".skops file")
+        f"error: {store} is a store of codes, not a model bundle: fit a model on it and give its .skops file")
 
 
 def test_command_line_error_is_one_line(tmp_path):

@@ -82,8 +82,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise UserError(f"bundle {path} does not exist")
     with open(path, "rb") as f:
         if f.read(8) == HDF5_SIGNATURE:
-            raise UserError(f"{path} is a store of codes, not a model bundle: fit one with `fit_svm.py {path}` "
-                            "and give its .skops file")
+            raise UserError(f"{path} is a store of codes, not a model bundle: fit a model on it and give its "
+                            ".skops file")
     expected = checksum_path(path)
     if not expected.is_file():
         raise UserError(f"{expected.name} is missing: the bundle's integrity cannot be checked")
