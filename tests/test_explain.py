@@ -7,7 +7,7 @@ import pytest
 from conftest import run_command
 from PIL import Image
 
-from pipeline.deploy.explain import GRID, occlusion, overlay
+from pipeline.deploy.explain import GRID, explained, occlusion, overlay
 
 SIZE = 112
 CELL = SIZE // GRID  # 16 px
@@ -35,6 +35,12 @@ def test_occlusion_peaks_where_a_toy_model_looks():
     assert drawn.shape == (SIZE, SIZE, 3)
     assert np.abs(drawn[CELL + 8, 5 * CELL + 8].astype(int) - 255).max() > 20  # coloured where the evidence is
     assert np.array_equal(drawn[100, 8], _image(True, 0)[100, 8])  # untouched far from it
+    shown = explained(_image(True, 0), heat, "square")  # as a person reads it
+    assert shown.width > 2 * SIZE and shown.height > SIZE
+    page = np.asarray(shown)
+    top = next(r for r in range(page.shape[0]) if np.array_equal(page[r, 8:8 + SIZE], _image(True, 0)[0]))
+    assert np.array_equal(page[top:top + SIZE, 8:8 + SIZE], _image(True, 0)), "the image itself, beside its overlay"
+    assert (page[:top] < 128).any() and (page[top + SIZE:] < 128).any(), "a line above and below, in black"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,8 @@ def test_predict_explain_writes_one_heatmap_per_image(squares, tmp_path):
         rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}
     assert rows["new.png"]["class_1"] == "square"
     heatmap = rows["new.png"]["heatmap"]
-    assert Image.open(heatmap).size == (224, 224) and rows["broken.jpg"]["heatmap"] == ""
+    width, height = Image.open(heatmap).size  # the image and its overlay side by side, a scale, the class named
+    assert width > 2 * 224 and height > 224 and rows["broken.jpg"]["heatmap"] == ""
     assert "wrote 1 heatmaps to" in done.stdout
     done = run_command("predict", squares / "run" / "softmax.skops", tmp_path / "new.png", "--explain",
                        tmp_path / "heat", "--ray", "local", "--out", tmp_path / "p.parquet")

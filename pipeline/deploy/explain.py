@@ -60,6 +60,50 @@ def overlay(pixels: np.ndarray, heat: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(pixels * (1 - weight) + colour * weight, 0, 255).astype(np.uint8))
 
 
+def explained(pixels: np.ndarray, heat: np.ndarray, name: str) -> Image.Image:
+    """The heatmap as a person reads it: the image and its overlay side by side (the cells outlined), a colour
+    scale from no drop to the largest, and lines naming the class or label whose evidence it shows."""
+    import matplotlib  # overlay() has checked it is there
+    from PIL import ImageDraw, ImageFont
+
+    size, bar, margin, line = pixels.shape[0], 12, 8, 16
+    font = ImageFont.load_default(size=12)
+    width = 2 * size + 3 * margin + bar + 40
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    above = _wrapped(f"where the evidence for {name} lies", font, width - 2 * margin, measure)
+    below = _wrapped(f"the brighter a cell, the more the probability of {name} fell when it was covered", font,
+                     width - 2 * margin, measure)
+    top = margin + line * len(above)
+    canvas = Image.new("RGB", (width, top + size + margin + line * len(below) + margin), "white")
+    canvas.paste(Image.fromarray(pixels), (margin, top))
+    canvas.paste(overlay(pixels, heat), (2 * margin + size, top))
+    draw = ImageDraw.Draw(canvas)
+    for edge in np.linspace(0, size, heat.shape[0] + 1).round().astype(int)[1:-1]:  # the occluded cells
+        draw.line([(2 * margin + size + edge, top), (2 * margin + size + edge, top + size - 1)], fill="white")
+        draw.line([(2 * margin + size, top + edge), (2 * margin + 2 * size - 1, top + edge)], fill="white")
+    left = 3 * margin + 2 * size
+    ramp = matplotlib.colormaps["inferno"](np.linspace(1, 0, size))[:, :3] * 255
+    canvas.paste(Image.fromarray(np.repeat(ramp[:, None], bar, axis=1).astype(np.uint8)), (left, top))
+    draw.text((left + bar + 3, top), f"-{float(np.clip(heat, 0, None).max()):.2f}", fill="black", font=font)
+    draw.text((left + bar + 3, top + size - 12), "0", fill="black", font=font)
+    for k, text in enumerate(above):
+        draw.text((margin, margin // 2 + k * line), text, fill="black", font=font)
+    for k, text in enumerate(below):
+        draw.text((margin, top + size + margin // 2 + k * line), text, fill="black", font=font)
+    return canvas
+
+
+def _wrapped(text: str, font, width: int, draw) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels (a word longer than that on a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def encoded(image: Image.Image, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format)

@@ -270,10 +270,11 @@ def predict_images(cfg: PredictConfig) -> tuple[list[Prediction], str]:
 
 def _explain(predictor: Predictor, pixels: np.ndarray, target: int, cfg: PredictConfig, name: str) -> str:
     """Write the heatmap of class ``target`` on one decoded image into ``cfg.explain``; its path."""
-    from .explain import encoded, occlusion, overlay
+    from .explain import encoded, explained, occlusion
 
     path = Path(cfg.explain) / name
-    write_bytes(path, encoded(overlay(pixels, occlusion(predictor.probabilities, pixels, target, cfg.batch_size))))
+    heat = occlusion(predictor.probabilities, pixels, target, cfg.batch_size)
+    write_bytes(path, encoded(explained(pixels, heat, predictor.class_names[target])))
     return str(path)
 
 

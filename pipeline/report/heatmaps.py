@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.decode import DecodeError, decode_image
-from ..deploy.explain import GRID, encoded, occlusion, overlay
+from ..deploy.explain import GRID, encoded, explained, occlusion
 from ..deploy.predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def explain_predictions(predictor: Predictor, root: Path, paths: list[str], y: n
             pictures.append(None)
             continue
         target = predictor.class_names.index(class_names[predicted[i]])
-        pictures.append(encoded(overlay(pixels, occlusion(predictor.probabilities, pixels, target)), "JPEG"))
+        heat = occlusion(predictor.probabilities, pixels, target)
+        pictures.append(encoded(explained(pixels, heat, class_names[predicted[i]]), "JPEG"))
     method = (f"occlusion on a {GRID}x{GRID} grid: each cell covered in turn with the image's mean colour; the "
               f"brighter, the more the predicted class's probability fell. Model: {how}")
     return Heatmaps(method, images, pictures)
