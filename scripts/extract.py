@@ -24,18 +24,20 @@ extracts only new and changed images; removed images leave the store."""
 
 def list_backbones() -> None:
     from pipeline.backbones.codes import layer_widths
+    from pipeline.backbones.loading import download_size
     from pipeline.backbones.registry import available, get_spec
 
-    def size(widths) -> str:
+    def size(widths: list[int]) -> str:
         return f"{sum(widths):,} values, {sum(widths) * 4 / 1024:.1f} KB per image"
 
     for name in available():
         spec = get_spec(name)
-        where = "offline" if spec.offline else "download"
         widths = layer_widths(spec)
-        print(f"{name:24} {where:8} {spec.input_size:4d}px  layers: {', '.join(spec.feature_layers)}\n"
-              f"{'':24} default {' '.join(spec.default_layers)}: {size(widths[x] for x in spec.default_layers)}; "
-              f"all: {size(widths.values())}\n"
+        where = "offline" if spec.offline else f"download {download_size(spec)}"
+        print(f"{name:24} {spec.input_size}px, {where}\n"
+              f"{'':24} layers: {', '.join(spec.feature_layers)}\n"
+              f"{'':24} default {' '.join(spec.default_layers)}: "
+              f"{size([widths[x] for x in spec.default_layers])}; all: {size(list(widths.values()))}\n"
               f"{'':24} {spec.description}")
 
 

@@ -8,14 +8,18 @@ import importlib.resources
 import keras
 import numpy as np
 import pytest
+from conftest import run_command, write_images
 
 from pipeline.backbones import loading
 from pipeline.backbones.codes import resize_policy
+from pipeline.backbones.engine import frozen_network
 from pipeline.backbones.factory import create_model
 from pipeline.backbones.layers import Preprocess
 from pipeline.backbones.loading import load_backbone
 from pipeline.backbones.registry import available, get_spec, register
 from pipeline.data.decode import decode_image
+from pipeline.deploy.predict import load_predictor
+from pipeline.deploy.runtime import ExportedModel
 from pipeline.errors import UserError
 
 
@@ -111,7 +115,7 @@ def test_download_backbone_offline_fails_with_one_clear_line(monkeypatch):
     with pytest.raises(UserError) as info:
         load_backbone("keras_mobilenet_v2")
     message = str(info.value)
-    assert "\n" not in message and "no network" in message
+    assert "\n" not in message and "download failed" in message and "a Keras weights file" in message
     for name in available(offline_only=True):
         assert name in message
 
@@ -119,6 +123,7 @@ def test_download_backbone_offline_fails_with_one_clear_line(monkeypatch):
 @pytest.mark.parametrize("name,dim", [
     ("keras_vgg16", 512), ("keras_vgg19", 512), ("keras_resnet50", 2048),
     ("keras_inception_v3", 2048), ("keras_mobilenet_v2", 1280), ("keras_efficientnet_b0", 1280),
+    ("keras_convnext_tiny", 768), ("keras_efficientnetv2_b0", 1280),
 ])
 def test_keras_application_specs_name_real_layers(name, dim):
     spec = get_spec(name)
@@ -176,3 +181,61 @@ def test_every_stage_is_a_layer_and_the_defaults_stay_where_they_were(name, tota
     assert sum(widths.values()) == total and widths["stem"] == 32 and widths["penultimate"] == 1280
     assert default_cut(SimpleNamespace(spec=spec)) == "stage5"
     assert _layers(name) == ("stage5", "stage6", "penultimate")
+
+
+@pytest.mark.slow
+def test_every_stage_on_a_download_convnet_from_a_local_file(tmp_path):
+    """EfficientNetV2's random weights saved as the local file a user without network gives: the same codes on
+    Keras and ONNX Runtime (each row within 1e-3 of its norm), then extract, fit, predict and export with that
+    file."""
+    name, spec, weights = "keras_efficientnetv2_b0", get_spec("keras_efficientnetv2_b0"), tmp_path / "w.weights.h5"
+    spec.builder(spec, None).save_weights(weights)
+    backbone = load_backbone(name, weights=weights)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    layers = tuple(spec.feature_layers)
+    on_keras, on_onnx = (frozen_network(backbone, "features", layers=layers, engine=e)(pixels)
+                         for e in ("keras", "onnx"))
+    for layer, a, b in zip(layers, on_keras, on_onnx, strict=True):
+        assert (np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)).max() < 1e-3, layer
+    store, run = tmp_path / "f.h5", tmp_path / "run"
+    write_images(tmp_path / "data", {"red": 6, "green": 6}, size=40)
+    assert run_command("extract", tmp_path / "data", "--backbone", name, "--weights", weights, "--out", store,
+                       "-q").returncode == 0
+    assert run_command("fit_svm", store, "--out", run, "--classifier", "softmax", "--folds", "2", "--repeats", "1",
+                       "--duplicate-threshold", "0", "-q").returncode == 0
+    image = tmp_path / "data" / "green" / "img_0002.png"
+    done = run_command("predict", run / "softmax.skops", image, "--weights", weights, "-q")
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    assert run_command("export", run / "softmax.skops", "--format", "onnx", "--weights", weights, "--out",
+                       tmp_path / "m.onnx").returncode == 0
+    predictor = load_predictor(run / "softmax.skops", weights=weights, engine="keras")
+    decoded = decode_image(image, predictor.policy)[None]
+    expected = np.asarray(predictor.probabilities(decoded, 1))
+    assert np.abs(ExportedModel(tmp_path / "m.onnx")(decoded) - expected).max() < 1e-4
+
+
+def test_grouped_convolutions_and_constant_normalisation_become_convertible():
+    """ConvNeXt's convolutions of one group per channel (run through XLA on TensorFlow's CPU) and its Normalization
+    by constants (captured tensors) are what tf2onnx cannot take: rewritten, the same function, and it converts."""
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+
+    from pipeline.backbones.keras_apps import _convertible
+
+    x = inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 3100.0, 3200.0], name="norm")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(x)
+    x = keras.layers.Conv2D(8, 7, padding="same", groups=8, name="depthwise")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(x))
+    converted = _convertible(model)
+    assert isinstance(converted.get_layer("depthwise"), keras.layers.DepthwiseConv2D)
+    assert not any(isinstance(layer, keras.layers.Normalization) for layer in converted.layers)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    expected = model.predict_on_batch(pixels)
+    np.testing.assert_allclose(converted.predict_on_batch(pixels), expected, rtol=1e-5, atol=1e-5)
+    proto, _ = tf2onnx.convert.from_function(tf.function(lambda p: converted(p)), opset=17,
+                                             input_signature=[tf.TensorSpec((None, 16, 16, 3), tf.float32)])
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

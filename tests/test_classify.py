@@ -432,3 +432,16 @@ def test_run_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
     for kind in ("svm", "softmax"):
         assert load_bundle(tmp_path / "run" / f"{kind}.skops").created == saved[kind]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_svm_is_calibrated_where_a_class_has_one_image_or_group(grouped, tmp_path):
+    """A fold's training part may hold a class once (its near-duplicates kept together): no inner fold can both
+    train and calibrate on it, so the sigmoids are fitted on the training rows; the model saves and loads."""
+    X, _, y = blobs((12, 12, 3), dim=8)
+    groups = np.where(y == 2, 100, np.arange(len(y))) if grouped else None
+    rows = np.arange(len(y)) if grouped else np.r_[0:24, 24]  # the third class: one group, or one image
+    model = models.fit_with_C("svm", 1.0, X[rows], y[rows], groups=None if groups is None else groups[rows])
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-9)
+    assert list(model.classes_) == [0, 1, 2] and (proba.argmax(1) == y).mean() > 0.9

@@ -180,6 +180,8 @@ def _convert(backbone: Backbone, graph: str, folder: Path, prefix: str, layers: 
     import tensorflow as tf
     import tf2onnx
 
+    from . import onnx_ops  # noqa: F401 - the ops tf2onnx lacks
+
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale(folder)
     log.info("converting %s to ONNX (once; cached in %s)", backbone.spec.name, folder)

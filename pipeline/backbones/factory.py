@@ -43,7 +43,7 @@ def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence
         return backbone.models[key]
     with dtype_policy(backbone.precision):
         if head == "imagenet":
-            return _on_pixels(backbone, lambda x: backbone.classifier(x, training=False))
+            return _on_pixels(backbone, lambda x: _first(backbone.classifier(x, training=False)))
         if head == "statistics":
             return _statistics(backbone)
         return _finetune(backbone, classes, input_size or backbone.spec.input_size, trainable_from,
@@ -61,10 +61,15 @@ def _on_pixels(backbone: Backbone, outputs_of, size: int | None = None, augmenta
     return keras.Model(pixels, outputs_of(x), name=name or f"{backbone.spec.name}_on_pixels")
 
 
+def _first(outputs):
+    """A backbone's top output (a vision transformer's feature maps come after it)."""
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+
 def _features(backbone: Backbone, layers: tuple[str, ...], logits: bool) -> keras.Model:
     classifier = backbone.classifier
     maps = [classifier.get_layer(backbone.spec.feature_layers[name]).output for name in layers]
-    trunk = keras.Model(classifier.inputs, maps + [classifier.output] * logits)
+    trunk = keras.Model(classifier.inputs, maps + [classifier.outputs[0]] * logits)
 
     def pooled(x):
         outputs = trunk(x, training=False)
@@ -86,19 +91,19 @@ def _front(backbone: Backbone, layers: tuple[str, ...], size: int) -> keras.Mode
 
 
 def batchnorm_layers(backbone: Backbone) -> list:
-    norms = [layer for layer in backbone.classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if not norms:
-        raise UserError(f"{backbone.spec.name} has no BatchNorm layers to measure similarity with",
-                        param="backbone")
-    return norms
+    """The backbone's BatchNorm layers (none in a vision transformer)."""
+    return [layer for layer in backbone.classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _statistics(backbone: Backbone) -> keras.Model:
-    stats = []
-    for layer in batchnorm_layers(backbone):
+    stats, norms = [], batchnorm_layers(backbone)
+    if not norms:
+        raise UserError(f"{backbone.spec.name} has no BatchNorm layers to measure similarity with",
+                        param="backbone")
+    for layer in norms:
         t = keras.ops.cast(layer.input, "float32")
         stats += [keras.ops.mean(t, axis=(1, 2)), keras.ops.mean(t * t, axis=(1, 2))]
-    inner = keras.Model(backbone.classifier.inputs, stats + [backbone.classifier.output])
+    inner = keras.Model(backbone.classifier.inputs, stats + [backbone.classifier.outputs[0]])
     return _on_pixels(backbone, lambda x: inner(x, training=False))
 
 
@@ -106,9 +111,9 @@ def _copy_at(backbone: Backbone, size: int) -> keras.Model:
     """The backbone without its ImageNet head, rebuilt for ``size`` pixels, with a copy of its weights."""
     spec = backbone.spec
     built = spec.builder(spec, input_size=size, include_top=False)
-    for layer in built.layers:
-        if layer.weights:
-            layer.set_weights(backbone.classifier.get_layer(layer.name).get_weights())
+    weighted = [layer for layer in backbone.classifier.layers if layer.weights]  # the ImageNet head comes last
+    for layer, source in zip([layer for layer in built.layers if layer.weights], weighted):
+        layer.set_weights(source.get_weights())
     return built
 
 

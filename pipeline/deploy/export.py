@@ -188,6 +188,8 @@ def _savedmodel(network: keras.Model, path: Path) -> None:
 def _onnx(network: keras.Model, card: ModelCard) -> bytes:
     import tf2onnx
 
+    from ..backbones import onnx_ops  # noqa: F401 - the ops tf2onnx lacks
+
     function, signature = _function(network)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
     entry = proto.metadata_props.add()

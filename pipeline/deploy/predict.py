@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import importlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -180,6 +181,8 @@ def fine_tuned_network(path: Path) -> tuple[keras.Model, list[str], ResizePolicy
     try:
         class_names = json.loads((path.parent / "classes.json").read_text())
         backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]
+        for module in get_spec(backbone).requires:  # the layers the saved network holds
+            importlib.import_module(module)
         model = keras.models.load_model(path)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot load fine-tuned model {path}: {e}", param="model") from None

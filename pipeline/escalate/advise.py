@@ -52,8 +52,8 @@ class Advice:
     median_class: float
     backbone: str
     sampled: int
-    divergence: float
-    entropy: float
+    divergence: float | None  # None: the backbone has no BatchNorm to measure it with
+    entropy: float | None
     small: bool
     similar: bool
     far: bool
@@ -99,18 +99,22 @@ class Advice:
         size = "small" if self.small else "large"
         like = "similar to" if self.similar else "far from" if self.far else "unlike"
         t = self.thresholds
+        if self.divergence is None:
+            similarity = (f"similarity to ImageNet: not measured ({self.backbone} has no BatchNorm statistics to "
+                          "compare with); for a large set the pilot decides")
+        else:
+            similarity = (f"similarity to ImageNet ({self.backbone}, {self.sampled} images): BatchNorm divergence "
+                          f"{self.divergence:.3f} ({like} ImageNet; similar below {t['similar_divergence']}, far "
+                          f"from {t['far_divergence']}), ImageNet-head entropy {self.entropy:.2f}")
         lines = [
             f"dataset: {self.images} images, {self.classes} classes "
             f"(smallest {self.smallest_class}, median {self.median_class:g})",
             f"size: {size} (small means under {t['small_images']} images or a median class under "
             f"{t['small_median_class']})",
-            f"similarity to ImageNet ({self.backbone}, {self.sampled} images): BatchNorm divergence "
-            f"{self.divergence:.3f} ({like} ImageNet; similar below {t['similar_divergence']}, far from "
-            f"{t['far_divergence']}), "
-            f"ImageNet-head entropy {self.entropy:.2f}",
+            similarity,
             *[f"cheap scores of {layer} codes: k-NN accuracy {v.knn_accuracy:.3f}, LogME {v.logme:.3f}"
               for layer, v in (self.transferability or {}).items()],
-            f"situation: {size} and {like} ImageNet",
+            f"situation: {size} and {like if self.divergence is not None else 'unmeasured likeness to'} ImageNet",
             f"fine-tuning would take about {self.finetune_minutes:.0f} min here (the frozen network runs "
             f"{self.images_per_second:.0f} images/s)" + (f", over the budget of {self.budget_minutes:g} min"
                                                           if self.over_budget else ""),
@@ -122,13 +126,9 @@ class Advice:
         return "\n".join(lines)
 
 
-def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePolicy, batch_size: int = 32,
-                        engine: str = "auto") -> tuple[float, float, int, float]:
-    """(BatchNorm divergence, mean normalised ImageNet-head entropy, images used, forward passes per second
-    after the first batch) over ``files``."""
-    network, norms = frozen_network(backbone, "statistics", engine=engine), batchnorm_layers(backbone)
-    sums = [np.zeros(2 * layer.input.shape[-1]) for layer in norms]
-    entropy, count, runs = 0.0, 0, []  # runs: (seconds, images) of each network call
+def _passes(network, files: list[Path], policy: ResizePolicy, batch_size: int, runs: list):
+    """Yield ``(outputs, n)`` of each batch of ``files`` that decoded, appending ``(seconds, images)`` of each call
+    to ``runs``."""
     for batch in decoded_batches(files, policy, batch_size):
         n = len(batch.ok)
         if not n:
@@ -136,6 +136,30 @@ def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePol
         started = time.perf_counter()
         outputs = [np.asarray(o, np.float64)[:n] for o in network(batch.pixels)]
         runs.append((time.perf_counter() - started, len(batch.pixels)))
+        yield outputs, n
+
+
+def _rate(runs: list) -> float:
+    steady = runs[1:] or runs  # the first call pays for tracing and warm-up
+    return sum(n for _, n in steady) / max(sum(t for t, _ in steady), 1e-9)
+
+
+def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePolicy, batch_size: int = 32,
+                        engine: str = "auto") -> tuple[float | None, float | None, int, float]:
+    """(BatchNorm divergence, mean normalised ImageNet-head entropy, images used, forward passes per second
+    after the first batch) over ``files``; a backbone without BatchNorm (a vision transformer) gives no
+    divergence and no entropy, only the speed of its codes."""
+    norms, runs = batchnorm_layers(backbone), []
+    if not norms:
+        count = sum(n for _, n in _passes(frozen_network(backbone, "features", engine=engine), files, policy,
+                                           batch_size, runs))
+        if count == 0:
+            raise UserError("none of the sampled images could be decoded")
+        return None, None, count, _rate(runs)
+    network = frozen_network(backbone, "statistics", engine=engine)
+    sums = [np.zeros(2 * layer.input.shape[-1]) for layer in norms]
+    entropy, count = 0.0, 0
+    for outputs, n in _passes(network, files, policy, batch_size, runs):
         for k in range(len(norms)):
             sums[k] += np.concatenate([outputs[2 * k].sum(0), outputs[2 * k + 1].sum(0)])
         logits = outputs[-1]
@@ -153,9 +177,7 @@ def imagenet_similarity(backbone: Backbone, files: list[Path], policy: ResizePol
         ref_var = keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64) + layer.epsilon
         kl = 0.5 * (np.log(ref_var / var) + (var + (mean - ref_mean) ** 2) / ref_var - 1)
         divergences.append(float(np.median(kl)))
-    steady = runs[1:] or runs  # the first call pays for tracing and warm-up
-    rate = sum(n for _, n in steady) / max(sum(t for t, _ in steady), 1e-9)
-    return float(np.mean(divergences)), entropy / count, count, rate
+    return float(np.mean(divergences)), entropy / count, count, _rate(runs)
 
 
 def advise(cfg: AdviseConfig) -> Advice:
@@ -190,11 +212,12 @@ def advise(cfg: AdviseConfig) -> Advice:
     divergence, entropy, used, rate = imagenet_similarity(model, files, resize_policy(model.spec, resize_mode),
                                                           engine=cfg.engine)
     small = len(paths) < SMALL_IMAGES or float(np.median(counts)) < SMALL_MEDIAN_CLASS
-    similar = divergence < SIMILAR_DIVERGENCE
+    # unmeasured (no BatchNorm): as a set unlike ImageNet and far from it, so that a large set's pilot decides
+    similar = divergence is not None and divergence < SIMILAR_DIVERGENCE
     return Advice(
         images=len(paths), classes=len(counts), smallest_class=int(counts.min()),
         median_class=float(np.median(counts)), backbone=backbone, sampled=used, divergence=divergence,
-        entropy=entropy, small=small, similar=similar, far=divergence >= FAR_DIVERGENCE,
+        entropy=entropy, small=small, similar=similar, far=divergence is None or divergence >= FAR_DIVERGENCE,
         thresholds={"small_images": SMALL_IMAGES, "small_median_class": SMALL_MEDIAN_CLASS,
                     "similar_divergence": SIMILAR_DIVERGENCE, "far_divergence": FAR_DIVERGENCE},
         images_per_second=rate, finetune_minutes=len(paths) * FINETUNE_FORWARD_PASSES / rate / 60,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from ..backbones.registry import get_spec
 from ..finetune.config import FinetuneConfig
 from ..finetune.stage import finetune, resolve_mode
 from ..finetune.tail import activation_folder
@@ -128,7 +129,7 @@ def run_pilot(full: FinetuneConfig, store: FeatureStore, fitted: FitResult) -> P
     train, compared = _comparison_rows(store, full.test_paths, full.seed)
     name, linear = linear_contender(store, fitted, train, compared)
     paths = [store.paths[i] for i in compared]
-    mode = resolve_mode(full.mode)
+    mode = resolve_mode(full.mode, get_spec(full.backbone))
     log.info("pilot: %s mode on %d training-split images, scored on %d more", mode, len(train), len(paths))
     cfg = pilot_config(dataclasses.replace(full, mode=mode), paths)
     result = finetune(cfg)

@@ -259,8 +259,9 @@ def format_summary(result: RunResult) -> str:
         f"# {result.data} with {result.backbone}",
         "",
         f"Heuristic: {a.images} images in {a.classes} classes ({'small' if a.small else 'large'}), "
-        f"BatchNorm divergence {a.divergence:.3f} ({'similar to' if a.similar else 'unlike'} ImageNet) "
-        f"-> proposes: {result.proposal.value}.",
+        + (f"BatchNorm divergence {a.divergence:.3f} ({'similar to' if a.similar else 'unlike'} ImageNet)"
+           if a.divergence is not None else f"likeness to ImageNet not measured ({a.backbone} has no BatchNorm)")
+        + f" -> proposes: {result.proposal.value}.",
         "",
         "Cheap scores of the cached codes on the training part (shown, not trusted alone):",
         "",

@@ -23,6 +23,8 @@ from .. import metrics
 from ..backbones.codes import resize_policy
 from ..backbones.device import accelerators
 from ..backbones.loading import load_backbone
+from ..backbones.registry import get_spec
+from ..backbones.spec import BackboneSpec
 from ..data.discover import discover
 from ..errors import UserError
 from ..linear.kinds import get_kind
@@ -42,13 +44,18 @@ log = logging.getLogger(__name__)
 FINETUNED = get_kind("fine-tuned")
 
 
-def resolve_mode(mode: str) -> str:
-    """``tail`` or ``full``: ``auto`` is ``full`` where a GPU is seen, ``tail`` on a CPU."""
+def resolve_mode(mode: str, spec: BackboneSpec) -> str:
+    """``tail`` or ``full``: ``auto`` is ``full`` where a GPU is seen or the backbone cannot be cut between its
+    stages (a vision transformer), ``tail`` on a CPU."""
+    if mode == "tail" and not spec.sequential:
+        raise UserError(f"tail mode trains a convnet's stages after a cut; {spec.name}'s layers are not in one line "
+                        "(a transformer's): use full mode", param="mode")
     if mode == "auto":
-        mode = "full" if accelerators() else "tail"
-        log.info("fine-tuning mode: %s (%s)", mode, "a GPU is seen" if mode == "full" else
-                 "the default on a CPU: the frozen front runs once per view and is cached; full mode trains "
-                 "on pixels")
+        mode = "full" if accelerators() or not spec.sequential else "tail"
+        why = ("a GPU is seen" if accelerators() else f"{spec.name} cannot be cut between its stages"
+               if mode == "full" else "the default on a CPU: the frozen front runs once per view and is cached; "
+               "full mode trains on pixels")
+        log.info("fine-tuning mode: %s (%s)", mode, why)
     return mode
 
 
@@ -104,7 +111,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if not dataset.labelled and not regression:
         raise UserError(f"{cfg.data} has no labels: fine-tuning needs one sub-folder per class, or a manifest "
                         "with a label or a numeric target column", param="data")
-    mode = resolve_mode(cfg.mode)
+    mode = resolve_mode(cfg.mode, get_spec(cfg.backbone))
     backbone = load_backbone(cfg.backbone, precision=cfg.precision)
     excluded = set(cfg.exclude_paths)
     kept = [i for i, p in enumerate(dataset.paths) if p not in excluded]  # dataset index of each file

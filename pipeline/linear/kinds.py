@@ -150,7 +150,8 @@ def _as_logistic(mlp, alpha: float, n: int):
 
 BLEND_VARIANTS = tuple({"k": k, "weight": w} for k in (5, 10, 20) for w in (0.0, 0.25, 0.5, 0.75, 1.0))
 SVM_GRID, SOFTMAX_GRID = tuple(np.logspace(-5, -1, 5)), tuple(np.logspace(-4, 0, 5))  # the penalties C
-CALIBRATION = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
+CALIBRATION = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+               "sklearn.frozen._frozen.FrozenEstimator")
 SCALERS = ("pipeline.linear.scaling.PowerScaler", "pipeline.linear.blocks.BlockScaler")  # codes are scaled first
 ALPHAS = tuple(np.logspace(-2, 5, 8))  # ridge's penalties, chosen by efficient leave-one-out
 
