@@ -162,13 +162,13 @@ def decode_rates(data: Path, size: int) -> dict[str, float]:
 
 
 def backbone_gflop(backbone_name: str) -> float:
-    """GFLOP per image of the graph phase a runs on ONNX Runtime (every feature layer and the ImageNet logits)."""
+    """GFLOP per image of the graph phase a runs on ONNX Runtime (every feature layer)."""
     from pipeline.backbones.factory import create_model
     from pipeline.backbones.loading import load_backbone
 
     backbone = load_backbone(backbone_name)
     size = backbone.spec.input_size
-    return model_gflop(create_model(backbone, "features", layers=backbone.spec.feature_layers, logits=True),
+    return model_gflop(create_model(backbone, "features", layers=backbone.spec.feature_layers),
                        (size, size, 3), "uint8")
 
 

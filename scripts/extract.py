@@ -4,6 +4,7 @@ from pathlib import Path
 
 from pipeline.commands import cli
 
+from pipeline.backbones.spec import safe_name
 from pipeline.errors import UserError
 from pipeline.store.config import ExtractConfig
 
@@ -14,6 +15,9 @@ EXAMPLES = """\
   {prog} labels.csv --out f.h5          # CSV manifest with columns path,label
   {prog} data/tuxpaint --views flip --out f.h5   # mirror images too: fit trains on both, predicts on the mean
   {prog} data/ --backbone keras_resnet50 --weights resnet50.weights.h5 --out f.h5
+  {prog} photos/ --backbone dinov2_small --out f.h5    # keras-hub preset, downloaded once
+  {prog} photos/ --backbone dinov2_small --weights dinov2_small/ --out f.h5   # a local copy of the preset
+  {prog} photos/ --backbone my_net.keras --out f.h5    # your own network, described by my_net.json
   {prog} data/tuxpaint --engine keras --out f.h5   # Keras even on a CPU (auto: ONNX Runtime)
   {prog} archive/ --unlabelled --ray auto --out /shared/archive.h5   # on a Ray cluster
   {prog} --list-backbones
@@ -48,7 +52,9 @@ def build_parser(prog: str | None = None):
     p.add_argument("--out", type=Path, help="HDF5 store to write (default: features/<data>_<backbone>[_<view>].h5)")
     cli.add_overwrite(p, ExtractConfig)
     cli.add_allow_outside(p, ExtractConfig)
-    cli.option(p, ExtractConfig, "backbone", help="registered backbone (default %(default)s)")
+    cli.option(p, ExtractConfig, "backbone",
+               help="registered backbone (default %(default)s; --list-backbones), or the path of a network of your "
+                    "own: a .keras file or a SavedModel folder with a JSON card beside it (docs/extract.md)")
     cli.option(p, ExtractConfig, "layers", nargs="+",
                help="layers to extract, each globally pooled; all: every stage from the stem to the penultimate "
                     "layer (default: the backbone's, --list-backbones; stage5 stage6 penultimate for Lite0, which "
@@ -79,7 +85,7 @@ def main(args) -> int:
     if args.data is None:
         raise UserError("required (or --list-backbones)", param="data")
     views = "".join(f"_{v}" for v in args.views)
-    out = args.out or Path("features") / f"{args.data.resolve().stem}_{args.backbone}{views}.h5"
+    out = args.out or Path("features") / f"{args.data.resolve().stem}_{safe_name(args.backbone)}{views}.h5"
     cfg = cli.settings(ExtractConfig, args, out=out, progress=cli.progress(args))
     from pipeline.store.extract import extract
 

@@ -215,8 +215,9 @@ def test_every_stage_on_a_download_convnet_from_a_local_file(tmp_path):
 
 
 def test_grouped_convolutions_and_constant_normalisation_become_convertible():
-    """ConvNeXt's convolutions of one group per channel (run through XLA on TensorFlow's CPU) and its Normalization
-    by constants (captured tensors) are what tf2onnx cannot take: rewritten, the same function, and it converts."""
+    """ConvNeXt's convolutions of one group per channel (run through XLA on TensorFlow's CPU) and Normalization
+    layers (their statistics captured tensors, given or loaded) are what tf2onnx cannot take: rewritten, the same
+    function, and it converts."""
     import onnxruntime as ort
     import tensorflow as tf
     import tf2onnx
@@ -227,10 +228,15 @@ def test_grouped_convolutions_and_constant_normalisation_become_convertible():
     x = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 3100.0, 3200.0], name="norm")(x)
     x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(x)
     x = keras.layers.Conv2D(8, 7, padding="same", groups=8, name="depthwise")(x)
-    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(x))
+    adapted = keras.layers.Normalization(name="adapted")  # EfficientNet's: statistics loaded as weights
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(adapted(x)))
+    adapted.set_weights([np.linspace(-1, 1, 8, dtype=np.float32), np.linspace(0.5, 2, 8, dtype=np.float32),
+                         np.array(4, np.int64)])
+    adapted.finalize_state()
     converted = _convertible(model)
     assert isinstance(converted.get_layer("depthwise"), keras.layers.DepthwiseConv2D)
     assert not any(isinstance(layer, keras.layers.Normalization) for layer in converted.layers)
+    assert [w.shape for w in converted.get_layer("norm").get_weights()] == [(3,), (3,), ()]
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
     expected = model.predict_on_batch(pixels)
     np.testing.assert_allclose(converted.predict_on_batch(pixels), expected, rtol=1e-5, atol=1e-5)

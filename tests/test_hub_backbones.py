@@ -4,6 +4,7 @@ random weights, saved as a local preset and loaded through the path a downloaded
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from functools import partial
 
@@ -128,6 +129,24 @@ def test_without_batchnorm_the_advisor_leaves_the_decision_to_the_pilot(presets,
     done = run_command("run", presets / "data", "--backbone", "tiny_dinov2", "--out", tmp_path / "run", "-q")
     assert done.returncode == 0, done.stderr
     assert "likeness to ImageNet not measured" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_a_changed_download_is_refused(presets, tmp_path):
+    """A preset's weights are pinned by their sha256 at first use: the same preset with other weights after it,
+    as a changed or damaged download would be, is refused in one line."""
+    from pipeline.backbones.loading import forget_loaded
+
+    folder = tmp_path / "preset"
+    tiny_preset("clip", folder)
+    spec = get_spec("tiny_clip")
+    pinned = dataclasses.replace(spec, name="pinned_clip", weights=HubPreset(str(folder), 1))
+    load_backbone(pinned)
+    load_backbone(pinned)  # the same weights again
+    tiny_preset("clip", folder)  # other random weights
+    forget_loaded()
+    with pytest.raises(UserError, match="not those first used here") as info:
+        load_backbone(pinned)
+    assert "\n" not in str(info.value)
 
 
 def test_a_preset_of_another_architecture_is_refused_in_one_line(presets, tmp_path):

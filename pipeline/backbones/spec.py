@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Callable
+
+
+def safe_name(backbone: str) -> str:
+    """A backbone's name as it may appear in Keras and file names (a user's network is named by its path)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.rstrip("/").rsplit("/", 1)[-1])
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,22 @@ class HubPreset:
 
 
 @dataclass(frozen=True)
+class OwnFile:
+    """The weights inside a network file of the user's own, identified by the file's sha256."""
+
+    path: str
+    sha256: str
+
+    @property
+    def source(self) -> str:
+        return f"file:{self.path} sha256:{self.sha256}"
+
+    @property
+    def offline(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """Everything needed to build a backbone, load its weights and feed it correctly.
 
@@ -84,7 +106,7 @@ class BackboneSpec:
     input_size: int
     preprocessing: Preprocessing
     feature_layers: dict[str, str]
-    weights: WheelWeights | KerasWeights | HubPreset
+    weights: WheelWeights | KerasWeights | HubPreset | OwnFile
     description: str = ""
     converter: Callable | None = None
     crop_fraction: float = 0.875
@@ -94,7 +116,12 @@ class BackboneSpec:
     run_layers: tuple[str, ...] | None = None  # what run.py extracts (None: the default layers, or the last three)
     sequential: bool = True  # its feature layers lie on one path (a convnet's stages): tail mode can cut there
     requires: tuple[str, ...] = ()  # modules whose layers a saved network of it holds (imported before loading one)
+    onnx_on_cpu: bool = True  # ONNX Runtime runs it faster than Keras on a CPU (docs/extract.md, "Choosing a backbone")
 
     @property
     def offline(self) -> bool:
         return self.weights.offline
+
+    @property
+    def slug(self) -> str:
+        return safe_name(self.name)

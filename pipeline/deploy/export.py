@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from ..backbones.factory import create_model
+from ..backbones.spec import safe_name
 from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
 from ..data.views import views_of
@@ -131,7 +132,7 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
     if bundle.views:  # the mean over each image's views
         probabilities = keras.ops.mean(keras.ops.reshape(probabilities, (len(seen), -1, probabilities.shape[-1])),
                                        axis=0)
-    network = keras.Model(pixels, probabilities, name=f"{bundle.backbone}_{bundle.classifier}")
+    network = keras.Model(pixels, probabilities, name=f"{safe_name(bundle.backbone)}_{bundle.classifier}")
     policy = ResizePolicy.from_dict(bundle.store_config["resize"])
     multilabel = {"output": "float32 probabilities of each label, shape [batch, labels], in class_names order",
                   "label_thresholds": bundle.metrics["thresholds"]} if kind.task == MULTILABEL else {}

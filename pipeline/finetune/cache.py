@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..backbones.engine import FrozenNetwork
+from ..backbones.spec import safe_name
 from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
 from ..data.views import ShiftedViews
@@ -55,7 +56,7 @@ class CacheKey:
                "cut": self.cut, "resize": self.policy.to_dict(),
                "views": {**self.views.to_json(), "count": None}}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return folder / f"{self.backbone}-{self.cut}-{self.policy.size}px-{digest}-view{k}.h5"
+        return folder / f"{safe_name(self.backbone)}-{self.cut}-{self.policy.size}px-{digest}-view{k}.h5"
 
 
 @dataclass

@@ -189,7 +189,7 @@ def update_store(dataset: Dataset, out: Path, backbone: Backbone, layers: list[s
         job = ShardJob(backbone, list(layers), engine, tuple(views), policy, batch_size, workers, progress, shards,
                        [dataset.root / dataset.paths[i] for i in plan.todo], [dataset.paths[i] for i in plan.todo],
                        [plan.fingerprints[i] for i in plan.todo])
-        ran = resolve_engine(engine, backbone.precision)  # what a site that runs nothing would have run
+        ran = resolve_engine(engine, backbone.precision, backbone.spec.onnx_on_cpu)  # what a site running nothing would
         started = time.perf_counter()  # shards() is a generator: the work starts here (on a cluster, the actors)
         for shard, ok, failed, ran in site.shards(job):
             for k, row in ok:
