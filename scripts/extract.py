@@ -54,7 +54,8 @@ def build_parser(prog: str | None = None):
     cli.add_allow_outside(p, ExtractConfig)
     cli.option(p, ExtractConfig, "backbone",
                help="registered backbone (default %(default)s; --list-backbones), or the path of a network of your "
-                    "own: a .keras file or a SavedModel folder with a JSON card beside it (docs/extract.md)")
+                    "own: a .keras or .onnx file, a SavedModel or a keras-hub preset folder, with a JSON card beside "
+                    "it (docs/extract.md)")
     cli.option(p, ExtractConfig, "layers", nargs="+",
                help="layers to extract, each globally pooled; all: every stage from the stem to the penultimate "
                     "layer (default: the backbone's, --list-backbones; stage5 stage6 penultimate for Lite0, which "

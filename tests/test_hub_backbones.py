@@ -186,3 +186,23 @@ def test_registered_transformers_build_their_real_architectures(name, width):
 
     spec = get_spec(name)
     assert layer_widths(spec) == dict.fromkeys(spec.feature_layers, width)
+
+
+def test_a_preset_folder_of_your_own_is_a_backbone(presets, tmp_path):
+    """A keras-hub preset folder (one fine-tuned and saved, say) with a card giving its preprocessing: its own
+    architecture and layers, the codes of the registered backbone that loads the same preset."""
+    import shutil
+
+    folder = tmp_path / "mine"
+    shutil.copytree(presets / "dinov2", folder)
+    p = get_spec("tiny_dinov2").preprocessing
+    (tmp_path / "mine.json").write_text(json.dumps({"mean": list(p.mean), "std": list(p.std)}))
+    spec = get_spec(str(folder))
+    assert list(spec.feature_layers) == ["block1", "block2", "patches", "penultimate"] and spec.input_size == SIZE
+    pixels = np.random.default_rng(3).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    mine, registered = (frozen_network(load_backbone(n), "features", layers=("patches", "penultimate"),
+                                       engine="keras")(pixels) for n in (str(folder), "tiny_dinov2"))
+    for a, b in zip(mine, registered, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    done = run_command("extract", presets / "data", "--backbone", folder, "--out", tmp_path / "f.h5", "-q")
+    assert done.returncode == 0, done.stderr

@@ -132,3 +132,36 @@ def test_a_bad_card_is_one_line(card, message, own, tmp_path):
 def test_a_path_that_is_no_network_is_named_as_such(tmp_path):
     with pytest.raises(UserError, match="neither a registered backbone nor a network file"):
         get_spec(str(tmp_path / "missing.keras"))
+
+
+def test_an_onnx_network_gives_the_codes_of_its_keras_original(own, tmp_path):
+    """The same network as an .onnx file (channels last, as tf2onnx writes it): the same codes as the .keras file
+    through every stage that takes codes; fine-tuning and export say in one line what it cannot do."""
+    import tensorflow as tf
+    import tf2onnx
+
+    model = network()
+    two = keras.Model(model.inputs, [model.get_layer("conv1").output, model.get_layer("conv2").output])
+    proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: two(x)), opset=17,
+                                             input_signature=[tf.TensorSpec((None, 32, 32, 3), tf.float32)])
+    (tmp_path / "net.onnx").write_bytes(proto.SerializeToString())
+    outputs = [o.name for o in proto.graph.output]
+    (tmp_path / "net.json").write_text(json.dumps({**CARD, "layers": {"early": outputs[0],
+                                                                      "penultimate": outputs[1]}}))
+    name = str(tmp_path / "net.onnx")
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    layers = ("early", "penultimate")
+    for a, b in zip(frozen_network(load_backbone(name), "features", layers=layers)(pixels),
+                    frozen_network(load_backbone(str(own / "net.keras")), "features", layers=layers,
+                                   engine="keras")(pixels), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    store, run = tmp_path / "f.h5", tmp_path / "run"
+    assert run_command("extract", own / "data", "--backbone", name, "--out", store, "-q").returncode == 0
+    assert run_command("fit_svm", store, "--out", run, "--classifier", "softmax", "--folds", "2", "--repeats", "1",
+                       "--duplicate-threshold", "0", "-q").returncode == 0
+    image = own / "data" / "blue" / "img_0001.png"
+    done = run_command("predict", run / "softmax.skops", image, "--explain", tmp_path / "heat", "-q")
+    assert done.returncode == 0 and len(list((tmp_path / "heat").glob("*.png"))) == 1, done.stderr
+    for done in (run_command("export", run / "softmax.skops", "--format", "onnx", "--out", tmp_path / "m.onnx"),
+                 run_command("finetune", own / "data", "--backbone", name, "--out", tmp_path / "ft")):
+        assert done.returncode == 2 and "is an ONNX network" in done.stderr and "Traceback" not in done.stderr

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
 from ..data.views import views_of
-from .engine import FrozenNetwork
+from .engine import FrozenNetwork, frozen_network
 from .loading import Backbone
 from .spec import BackboneSpec
 
@@ -24,6 +24,8 @@ def resize_policy(spec: BackboneSpec, mode: str = "crop") -> ResizePolicy:
 
 def code_dim(backbone: Backbone, layer: str) -> int:
     """The length of ``layer``'s pooled code (its channels), from the graph alone."""
+    if backbone.classifier is None:  # an ONNX network
+        return frozen_network(backbone, "features", (layer,)).dims[0]
     return int(backbone.classifier.get_layer(backbone.spec.feature_layers[layer]).output.shape[-1])
 
 

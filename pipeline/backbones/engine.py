@@ -29,6 +29,7 @@ from .device import accelerators
 from .factory import create_model
 from .loading import Backbone, cache_dir
 from .options import ENGINES
+from .own import onnx_codes
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def frozen_network(backbone: Backbone, head: str = "features", layers: Sequence[
     """
     if size is not None and head != "front":
         raise ValueError(f"only a front network takes a size, not {head!r}")
+    if backbone.classifier is None:  # an ONNX network of the user's own
+        return _own_onnx(backbone, head, layers, engine)
     if engine == "auto" and head == "statistics":
         # Its hundred-odd reductions of activations defeat ONNX Runtime's fusions: Keras runs it faster
         # (docs/benchmarks.md, "The advisor table").
@@ -141,6 +144,19 @@ def _onnx(backbone: Backbone, head: str, layers: tuple[str, ...], size: int) -> 
         return session.run(output_names, {input_name: np.ascontiguousarray(pixels, np.uint8)})
 
     return FrozenNetwork("onnx", wanted, dims, run)
+
+
+def _own_onnx(backbone: Backbone, head: str, layers: Sequence[str], engine: str) -> FrozenNetwork:
+    if head != "features":
+        create_model(backbone, head)  # says, in one line, what an ONNX network cannot do
+    if engine == "keras":
+        raise UserError(f"{backbone.spec.name} is an ONNX network: it runs on ONNX Runtime", param="engine")
+    layers = tuple(backbone.check_layers(layers))
+    key = ("frozen", head, layers, "onnx", backbone.spec.input_size)
+    if key not in backbone.models:
+        run, dims = onnx_codes(backbone.spec, layers, usable_cores())
+        backbone.models[key] = FrozenNetwork("onnx", layers, dims, run)
+    return backbone.models[key]
 
 
 def _session(backbone: Backbone, graph: str, ort, layers: tuple[str, ...], size: int):

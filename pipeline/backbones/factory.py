@@ -32,6 +32,10 @@ def create_model(backbone: Backbone, head: str = "features", *, layers: Sequence
     """A network of ``head`` kind (see the module's docstring); ``features`` models are built once and reused."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+    if backbone.classifier is None:
+        raise UserError(f"{backbone.spec.name} is an ONNX network: it gives codes (extract, fit, predict), and "
+                        "fine-tuning, the advisor and export need a Keras one (.keras or a SavedModel)",
+                        param="backbone")
     if head in ("features", "front"):
         layers = tuple(backbone.check_layers(layers))
         size = input_size or backbone.spec.input_size

@@ -46,7 +46,7 @@ class Backbone:
     network from it."""
 
     spec: BackboneSpec
-    classifier: keras.Model
+    classifier: keras.Model | None  # None: an ONNX network of the user's own (codes only)
     weights_source: str
     precision: str = "float32"
     models: dict = field(default_factory=dict, repr=False)  # the factory's cache of derived models
@@ -54,6 +54,8 @@ class Backbone:
     @cached_property
     def weights_checksum(self) -> str:
         """sha256 of all weights as little-endian float32, in layer order: the same whatever the source."""
+        if self.classifier is None:
+            return self.spec.weights.sha256
         digest = hashlib.sha256()
         for w in self.classifier.get_weights():
             digest.update(np.ascontiguousarray(w, dtype="<f4").tobytes())
@@ -167,10 +169,12 @@ def _from_local_file(spec: BackboneSpec, path: Path) -> keras.Model:
         raise UserError(f"cannot load weights {path} into {spec.name}: {e}", param="weights") from None
 
 
-def _from_own_file(spec: BackboneSpec) -> keras.Model:
+def _from_own_file(spec: BackboneSpec) -> keras.Model | None:
     if file_identity(Path(spec.weights.path)) != spec.weights.sha256:
         raise UserError(f"{spec.weights.path} changed since it was named a backbone in this process",
                         param="backbone")
+    if spec.weights.path.endswith(".onnx"):
+        return None  # ONNX Runtime runs it (pipeline.backbones.engine)
     try:
         return spec.builder(spec)
     except (ValueError, OSError) as e:

@@ -1,5 +1,6 @@
-"""A network of the user's own as a backbone: a ``.keras`` file or a SavedModel folder, described by a small JSON
-card beside it (``NAME.json`` next to ``NAME.keras`` or the ``NAME`` folder).
+"""A network of the user's own as a backbone: a ``.keras`` file, a SavedModel folder, an ``.onnx`` file or a
+keras-hub preset folder (DINOv2, SigLIP or CLIP, e.g. one fine-tuned and saved with ``save_to_preset``), described
+by a small JSON card beside it (``NAME.json`` next to ``NAME.keras``, ``NAME.onnx`` or the ``NAME`` folder).
 
 The card says what the registry says of a registered backbone::
 
@@ -7,10 +8,13 @@ The card says what the registry says of a registered backbone::
      "layers": {"block3": "conv3_block4_out", "penultimate": "avg_pool"}}
 
 ``layers`` maps names of your choosing, early to late and ending with ``penultimate``, to the network's layers (a
-``.keras`` file) or to its serving signature's outputs (a SavedModel); each is pooled as a registered backbone's
-are (a feature map over its positions, a token sequence over its tokens, a vector as it is). Optional:
+``.keras`` file) or to its outputs (a SavedModel's serving signature, an ONNX graph); each is pooled as a registered
+backbone's are (a feature map over its positions, a token sequence over its tokens, a vector as it is). Optional:
 ``default_layers``, ``bgr``, ``crop_fraction`` and ``interpolation``. The backbone's name is the file's absolute
-path, and the file's sha256 is its weights' identity: stores and bundles refuse codes of another file.
+path, and the file's sha256 is its weights' identity: stores and bundles refuse codes of another file. An ONNX
+network runs on ONNX Runtime and gives codes only (extract, fit, predict, heatmaps); fine-tuning and export need a
+Keras one. A preset's architecture and input size are its own, and its layers a registered transformer's: the card
+gives its preprocessing.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from keras import layers as klayers
 from keras import ops
 
 from ..errors import UserError
+from . import vision_transformers
 from .spec import BackboneSpec, OwnFile, Preprocessing
 
-SUFFIXES = (".keras",)  # and SavedModel folders (saved_model.pb inside)
+SUFFIXES = (".keras", ".onnx")  # and SavedModel folders (saved_model.pb inside), keras-hub preset folders
+PRESET_FAMILIES = {"DINOV2Backbone": "dinov2", "SigLIPBackbone": "siglip", "CLIPBackbone": "clip"}
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
@@ -50,7 +56,11 @@ class AsMap(klayers.Layer):
 def is_network(name: str) -> bool:
     """Whether ``name`` is the path of a network of the user's own rather than a registered backbone's name."""
     path = Path(name)
-    return path.suffix in SUFFIXES or (path / "saved_model.pb").is_file()
+    return path.suffix in SUFFIXES or (path / "saved_model.pb").is_file() or _is_preset(path)
+
+
+def _is_preset(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "metadata.json").is_file()
 
 
 def card_path(path: Path) -> Path:
@@ -79,16 +89,16 @@ def spec_for(name: str) -> BackboneSpec:
                         "(docs/extract.md, \"Your own network\")", param="backbone") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {card}: {e}", param="backbone") from None
+    if _is_preset(path):
+        return _preset_spec(path, data, card)
     sources = _layers(data, card)
+    onnx = path.suffix == ".onnx"
     return BackboneSpec(
         name=str(path),
         builder=partial(build, path=path, sources=sources),
         input_size=_field(data, "input_size", int, card, lambda v: 16 <= v <= 4096),
-        preprocessing=Preprocessing(
-            tuple(_field(data, "mean", list, card, lambda v: _floats(v, 3))),
-            tuple(_field(data, "std", list, card, lambda v: _floats(v, 3) and all(s > 0 for s in v))),
-            bool(data.get("bgr", False))),
-        feature_layers={name: f"map_{name}" for name in sources},
+        preprocessing=_preprocessing(data, card),
+        feature_layers=dict(sources) if onnx else {name: f"map_{name}" for name in sources},
         weights=OwnFile(str(path), file_identity(path)),
         crop_fraction=float(_field(data, "crop_fraction", (int, float), card, lambda v: 0.1 <= v <= 1, 0.875)),
         interpolation=_field(data, "interpolation", str, card, lambda v: v in INTERPOLATIONS, "bilinear"),
@@ -97,6 +107,50 @@ def spec_for(name: str) -> BackboneSpec:
         sequential=False,
         description=f"your own network, {path.name}",
     )
+
+
+def _preset_spec(path: Path, data: dict, card: Path) -> BackboneSpec:
+    """A keras-hub preset folder's spec: its own architecture, a registered transformer's layers (blocks at a third
+    and two thirds of its depth), the card's preprocessing."""
+    saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    family = PRESET_FAMILIES.get(saved.get("class_name"))
+    if family is None:
+        raise UserError(f"{path.name} is a keras-hub preset of {saved.get('class_name')}; presets taken as a backbone: "
+                        f"{', '.join(PRESET_FAMILIES)}", param="backbone")
+    arch = saved["config"] if family == "dinov2" else saved["config"]["vision_encoder"]["config"]
+    keys = ("patch_size", "num_layers", "hidden_dim", "num_heads", "intermediate_dim") + (
+        ("layer_scale_init_value", "position_embedding_shape", "num_register_tokens") if family == "dinov2" else ())
+    depth = int(arch["num_layers"])
+    blocks = tuple(sorted({max(1, depth // 3), max(1, 2 * depth // 3)}))
+    return BackboneSpec(
+        name=str(path),
+        builder=partial(_from_preset, path=path, family=family, config={k: arch[k] for k in keys if k in arch}),
+        input_size=int(arch["image_shape"][0]),
+        preprocessing=_preprocessing(data, card),
+        feature_layers=vision_transformers.feature_layers(blocks),
+        weights=OwnFile(str(path), file_identity(path)),
+        crop_fraction=float(_field(data, "crop_fraction", (int, float), card, lambda v: 0.1 <= v <= 1, 0.875)),
+        interpolation=_field(data, "interpolation", str, card, lambda v: v in INTERPOLATIONS, "bicubic"),
+        default_layers=("penultimate",),
+        sequential=False,
+        requires=("keras_hub",),
+        onnx_on_cpu=False,
+        description=f"your own keras-hub {family} preset, {path.name}",
+    )
+
+
+def _from_preset(spec, weights=None, *, path: Path, family: str, config: dict, input_size: int | None = None,
+                 include_top: bool = True) -> keras.Model:
+    """The preset's network, its weights from the preset folder unless a weights file is given."""
+    return vision_transformers.build(spec, weights if weights is not None else str(path), family=family,
+                                     config=config, input_size=input_size, include_top=include_top)
+
+
+def _preprocessing(data: dict, card: Path) -> Preprocessing:
+    return Preprocessing(
+        tuple(_field(data, "mean", list, card, lambda v: _floats(v, 3))),
+        tuple(_field(data, "std", list, card, lambda v: _floats(v, 3) and all(s > 0 for s in v))),
+        bool(data.get("bgr", False)))
 
 
 def _floats(values, n: int) -> bool:
@@ -126,6 +180,8 @@ def build(spec, weights=None, *, path: Path, sources: dict[str, str], input_size
     penultimate code, or without the top the penultimate map). Its own weights; ``weights``, a Keras weights file
     of this same network as built here, replaces them."""
     size = input_size or spec.input_size
+    if path.suffix == ".onnx":
+        raise ValueError("an ONNX network runs on ONNX Runtime: it has no Keras graph")
     if path.suffix == ".keras":
         network = keras.models.load_model(path, compile=False)
         inputs = network.inputs[0]
@@ -145,3 +201,39 @@ def build(spec, weights=None, *, path: Path, sources: dict[str, str], input_size
     if weights is not None and Path(weights).is_file():
         model.load_weights(weights)
     return model
+
+
+def onnx_codes(spec: BackboneSpec, layers: tuple[str, ...], threads: int):
+    """``(run, dims)`` for an ONNX network: ``run(uint8 pixels)`` gives the pooled codes of ``layers`` (the spec's
+    preprocessing, then NCHW input where the graph takes channels first)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(spec.weights.path, options, providers=["CPUExecutionProvider"])
+    source = session.get_inputs()[0]
+    first = len(source.shape) == 4 and source.shape[1] == 3 and source.shape[-1] != 3
+    outputs = {o.name: o for o in session.get_outputs()}
+    names = [spec.feature_layers[layer] for layer in layers]
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise UserError(f"{Path(spec.weights.path).name}'s outputs are {', '.join(outputs)}, not "
+                        f"{', '.join(missing)}", param="backbone")
+    p = spec.preprocessing
+    mean, std = np.asarray(p.mean, np.float32), np.asarray(p.std, np.float32)
+
+    def pooled(x, channels_first):
+        if x.ndim == 4:
+            return x.mean(axis=(2, 3) if channels_first else (1, 2))
+        return x.mean(axis=1) if x.ndim == 3 else x
+
+    def run(pixels):
+        x = (np.asarray(pixels, np.float32)[..., ::-1] if p.bgr else np.asarray(pixels, np.float32))
+        x = (x - mean) / std
+        found = session.run(names, {source.name: np.ascontiguousarray(x.transpose(0, 3, 1, 2) if first else x)})
+        return [pooled(np.asarray(o, np.float32), first and o.ndim == 4) for o in found]
+
+    dims = tuple(int(outputs[n].shape[1] if first and len(outputs[n].shape) == 4 else outputs[n].shape[-1])
+                 for n in names)
+    return run, dims

@@ -50,7 +50,7 @@ def get_spec(name: str) -> BackboneSpec:
         path = str(Path(name).resolve())
         return _REGISTRY[path] if path in _REGISTRY else register(own.spec_for(name))
     raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(available())}, or give the path of a "
-                    f"network of your own ({', '.join(own.SUFFIXES)} or a SavedModel folder)")
+                    f"network of your own ({', '.join(own.SUFFIXES)}, a SavedModel or keras-hub preset folder)")
 
 
 def available(offline_only: bool = False) -> list[str]:

@@ -110,7 +110,7 @@ def build(spec, weights=None, *, family: str, config: dict, input_size: int | No
     maps.append(TokenMap(token=token, name="penultimate")(summary))
     top = layers.Flatten(name="summary")(maps[-1]) if include_top else maps[-2]
     # the maps off the path to the top are outputs too, so that the graph keeps them
-    model = keras.Model(encoder.inputs[0], [top, *maps], name=spec.name)
+    model = keras.Model(encoder.inputs[0], [top, *maps], name=spec.slug)
     if weights is not None and Path(weights).is_file():
         model.load_weights(weights)
     return model
