@@ -154,11 +154,15 @@ def pytest_report_header(config):
     return f"machine: {model}, {isa}, {os.cpu_count()} cores"
 
 
+# What a test of each marker takes, in unmarked tests: a Ray test starts a cluster and runs a job on it
+WEIGHTS = {"ray": 60, "slow": 20, "browser": 20}
+
+
 def pytest_collection_modifyitems(items):
-    """The longest files first, as the markers estimate them (a marked test takes about twenty times an unmarked
-    one): test workers take a file at a time, so the longest start early and none runs alone at the end."""
+    """The longest files first, as the markers estimate them (:data:`WEIGHTS`): test workers take a file at a
+    time, so the longest start early and none runs alone at the end."""
     weight: dict[str, int] = {}
     for item in items:
-        heavy = any(item.get_closest_marker(m) for m in ("slow", "ray", "browser"))
-        weight[item.path.name] = weight.get(item.path.name, 0) + (20 if heavy else 1)
+        heavy = [w for m, w in WEIGHTS.items() if item.get_closest_marker(m)]
+        weight[item.path.name] = weight.get(item.path.name, 0) + max(heavy, default=1)
     items.sort(key=lambda item: -weight[item.path.name])

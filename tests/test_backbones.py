@@ -18,8 +18,6 @@ from pipeline.backbones.layers import Preprocess
 from pipeline.backbones.loading import load_backbone
 from pipeline.backbones.registry import available, get_spec, register
 from pipeline.data.decode import decode_image
-from pipeline.deploy.predict import load_predictor
-from pipeline.deploy.runtime import ExportedModel
 from pipeline.errors import UserError
 
 
@@ -186,8 +184,8 @@ def test_every_stage_is_a_layer_and_the_defaults_stay_where_they_were(name, tota
 @pytest.mark.slow
 def test_every_stage_on_a_download_convnet_from_a_local_file(tmp_path):
     """EfficientNetV2's random weights saved as the local file a user without network gives: the same codes on
-    Keras and ONNX Runtime (each row within 1e-3 of its norm), then extract, fit, predict and export with that
-    file."""
+    Keras and ONNX Runtime (each row within 1e-3 of its norm), then extract, fit and predict with that file (export
+    is the bundle's graph on these codes, tested on the transformers and your own networks)."""
     name, spec, weights = "keras_efficientnetv2_b0", get_spec("keras_efficientnetv2_b0"), tmp_path / "w.weights.h5"
     spec.builder(spec, None).save_weights(weights)
     backbone = load_backbone(name, weights=weights)
@@ -206,12 +204,6 @@ def test_every_stage_on_a_download_convnet_from_a_local_file(tmp_path):
     image = tmp_path / "data" / "green" / "img_0002.png"
     done = run_command("predict", run / "softmax.skops", image, "--weights", weights, "-q")
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
-    assert run_command("export", run / "softmax.skops", "--format", "onnx", "--weights", weights, "--out",
-                       tmp_path / "m.onnx").returncode == 0
-    predictor = load_predictor(run / "softmax.skops", weights=weights, engine="keras")
-    decoded = decode_image(image, predictor.policy)[None]
-    expected = np.asarray(predictor.probabilities(decoded, 1))
-    assert np.abs(ExportedModel(tmp_path / "m.onnx")(decoded) - expected).max() < 1e-4
 
 
 def test_grouped_convolutions_and_constant_normalisation_become_convertible():

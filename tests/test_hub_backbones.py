@@ -64,7 +64,8 @@ def presets(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize("family", [pytest.param("dinov2", marks=pytest.mark.slow),
+                                    pytest.param("siglip", marks=pytest.mark.slow), "clip"])
 def test_every_stage_on_a_vision_transformer(family, presets, tmp_path):
     """extract on Keras and on ONNX Runtime (the same codes), fit, predict with a heatmap, export to ONNX (the
     same probabilities as the bundle)."""
@@ -102,6 +103,7 @@ def test_every_stage_on_a_vision_transformer(family, presets, tmp_path):
     assert images[0] == image and predictor.class_names[int(expected[0].argmax())] == row["class_1"]
     assert row["heatmap"]
 
+@pytest.mark.slow
 def test_fine_tuning_a_transformer_is_full_mode_and_says_so(presets, tmp_path):
     """Tail mode cuts a convnet between its stages: refused in one line; auto is full mode, whose network
     predict.py loads."""
@@ -116,6 +118,7 @@ def test_fine_tuning_a_transformer_is_full_mode_and_says_so(presets, tmp_path):
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
 
 
+@pytest.mark.slow
 def test_without_batchnorm_the_advisor_leaves_the_decision_to_the_pilot(presets, tmp_path, monkeypatch):
     """No BatchNorm statistics to compare with ImageNet's: the advisor says so, and run.py goes through."""
     from pipeline.escalate import run
@@ -188,6 +191,7 @@ def test_registered_transformers_build_their_real_architectures(name, width):
     assert layer_widths(spec) == dict.fromkeys(spec.feature_layers, width)
 
 
+@pytest.mark.slow
 def test_a_preset_folder_of_your_own_is_a_backbone(presets, tmp_path):
     """A keras-hub preset folder (one fine-tuned and saved, say) with a card giving its preprocessing: its own
     architecture and layers, the codes of the registered backbone that loads the same preset."""
