@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..backbones.spec import safe_name
 from ..store.extract import ExtractResult
 from ..store.reader import FeatureStore
 from .content import Extraction
@@ -15,7 +16,7 @@ def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...
     """Where the codes of ``data`` through ``backbone`` are cached (the extract command's default name for the
     penultimate)."""
     suffix = ("" if tuple(layers) == ("penultimate",) else "_" + "+".join(layers)) + "".join(f"_{v}" for v in views)
-    return features / f"{Path(data).resolve().stem}_{backbone}{suffix}.h5"
+    return features / f"{Path(data).resolve().stem}_{safe_name(backbone)}{suffix}.h5"
 
 
 def extraction_record(result: ExtractResult, store: FeatureStore) -> Extraction:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import metrics
 from ..backbones.loading import ALL
+from ..backbones.spec import safe_name
 from ..deploy.config import PredictConfig
 from ..deploy.predict import bundle_predictor, predict_images
 from ..errors import UserError
@@ -98,7 +99,7 @@ def _finetune_row(data: Path, root: Path, backbone: str, paths: list[str], y: np
     proba = np.zeros((len(y), len(names)))
     accuracy, macro_f1, seconds = [], [], 0.0
     for f, (_, test) in enumerate(folds):
-        out = cfg.out / "finetune" / f"{Path(data).resolve().stem}_{backbone}" / f"fold{f}"
+        out = cfg.out / "finetune" / f"{Path(data).resolve().stem}_{safe_name(backbone)}" / f"fold{f}"
         log.info("fine-tuning %s, fold %d of %d", backbone, f + 1, len(folds))
         result = finetune(FinetuneConfig(
             data=data, out=out, backbone=backbone, image_size=cfg.image_size, head_epochs=cfg.epochs[0],

@@ -17,6 +17,7 @@ from ..backbones.codes import resize_policy
 from ..backbones.engine import frozen_network
 from ..backbones.loading import cache_dir, load_backbone
 from ..backbones.options import DEFAULT_BACKBONE
+from ..backbones.spec import safe_name
 from ..data.discover import Dataset
 from ..errors import UserError
 from .extract import update_store
@@ -55,7 +56,7 @@ class CodesTransformer(TransformerMixin, BaseEstimator):
         self.engine = engine
 
     def _cache_path(self) -> Path:
-        return Path(self.cache) if self.cache else cache_dir() / "codes" / f"{self.backbone}-{self.layer}.h5"
+        return Path(self.cache) if self.cache else cache_dir() / "codes" / f"{safe_name(self.backbone)}-{self.layer}.h5"
 
     def fit(self, X, y=None):
         """Check the settings (no learning: the backbone is frozen)."""
