@@ -180,11 +180,11 @@ def test_offline_first_use_names_what_it_needs(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,width", [("dinov2_small", 384), ("dinov2_base", 768),
-                                        ("siglip_base_patch16_224", 768), ("clip_vit_base_patch16", 768)])
+@pytest.mark.parametrize("name,width", [("dinov2_small", 384), ("siglip_base_patch16_224", 768)])
 def test_registered_transformers_build_their_real_architectures(name, width):
-    """The registered architectures, built with random weights: every feature layer is there, as wide as the
-    model, and a saved model of that architecture would be accepted."""
+    """Registered architectures of two families, built with random weights: every feature layer is there, as wide
+    as the model (the others differ in their sizes only; a download of another architecture than the one
+    registered is refused in one line, as tested on the tiny ones)."""
     from pipeline.backbones.codes import layer_widths
 
     spec = get_spec(name)
