@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -154,15 +155,17 @@ def pytest_report_header(config):
     return f"machine: {model}, {isa}, {os.cpu_count()} cores"
 
 
-# What a test of each marker takes, in unmarked tests: a Ray test starts a cluster and runs a job on it
-WEIGHTS = {"ray": 60, "slow": 20, "browser": 20}
+# Each file's seconds under make test, measured (benchmarks/suite_durations.py); a file not listed is estimated from
+# its tests' markers (seconds a test of each marker takes, about; an unmarked one: 1)
+DURATIONS = json.loads((Path(__file__).parent / "durations.json").read_text())
+MARKER_SECONDS = {"ray": 45, "slow": 15, "browser": 15}
 
 
 def pytest_collection_modifyitems(items):
-    """The longest files first, as the markers estimate them (:data:`WEIGHTS`): test workers take a file at a
-    time, so the longest start early and none runs alone at the end."""
-    weight: dict[str, int] = {}
+    """The longest files first (:data:`DURATIONS`): test workers take a file at a time, so the longest start early
+    and none runs alone at the end."""
+    estimate: dict[str, float] = {}
     for item in items:
-        heavy = [w for m, w in WEIGHTS.items() if item.get_closest_marker(m)]
-        weight[item.path.name] = weight.get(item.path.name, 0) + max(heavy, default=1)
-    items.sort(key=lambda item: -weight[item.path.name])
+        heavy = [s for m, s in MARKER_SECONDS.items() if item.get_closest_marker(m)]
+        estimate[item.path.name] = estimate.get(item.path.name, 0) + max(heavy, default=1)
+    items.sort(key=lambda item: -DURATIONS.get(item.path.name, estimate[item.path.name]))
