@@ -31,8 +31,9 @@ demo: $(STAMP) data/tuxpaint/.complete
 	$(PY) scripts/run.py data/tuxpaint --out runs/tuxpaint
 	$(PY) scripts/evaluate.py --data data/tuxpaint --backbones efficientnet_lite0 mobilenet_v2 --out reports/tuxpaint
 
-# One test worker per core, each kept to its core (tests/conftest.py); a test file runs in one worker.
-WORKERS := -n auto --dist loadfile
+# One test worker per core, each kept to its core (tests/conftest.py); a test file runs in one worker, the files
+# taken in tests/conftest.py's order (longest first), not re-sorted by their number of tests.
+WORKERS := -n auto --dist loadfile --no-loadscope-reorder
 DATA := data/foolbox/.complete data/tuxpaint/.complete data/mnist/.complete data/fashion_mnist/.complete
 
 # The fast tier, for your own loop: every module's logic on small inputs (docs/architecture.md, "Tests in tiers").

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from extract_speed import make_photos, peak_rss_mib  # noqa: E402
+from ray_head import local_head  # noqa: E402
 
 EPOCHS = 3
 
@@ -119,27 +119,15 @@ def synthetic_store(path: Path, rows: int, dim: int) -> None:
     shards.remove()
 
 
-def start_cluster(temp: Path) -> tuple[str, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
-                    f"--temp-dir={temp}"], check=True, capture_output=True)
-    return f"127.0.0.1:{port}", ray
-
-
 def ray_phases(tmp: Path, images: int) -> None:
     make_photos(tmp / "photos", images)
     make_photos(tmp / "more", 3 * images, seed=1)
     print(f"{images} and {3 * images} camera-sized JPEGs; efficientnet_lite0, ONNX engine")
     local = run_phase("extract", str(tmp / "photos"), str(tmp / "local.h5"))
-    address, ray = start_cluster(tmp / "ray")
-    try:
+    (tmp / "ray").mkdir()
+    with local_head(tmp / "ray") as address:
         on_ray = run_phase("extract", str(tmp / "photos"), str(tmp / "ray.h5"), address)
         more = run_phase("extract", str(tmp / "more"), str(tmp / "more.h5"), address)
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True)
     local_rate = local["images"] / local["seconds"]
     print(f"  local extract stage                 {local_rate:7.1f} images/s   driver peak RSS "
           f"{local['peak_rss_mib']:6.0f} MiB")

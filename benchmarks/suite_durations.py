@@ -24,8 +24,9 @@ def main() -> None:
     if len(sys.argv) > 1:
         text = Path(sys.argv[1]).read_text()
     else:
-        text = subprocess.run([sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile", "-q",
-                               "--durations=0"], cwd=ROOT, capture_output=True, text=True).stdout
+        text = subprocess.run([sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile",
+                               "--no-loadscope-reorder", "-q", "--durations=0"], cwd=ROOT, capture_output=True,
+                              text=True).stdout
     seconds: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
         match = LINE.match(line)

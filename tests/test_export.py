@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +66,14 @@ def models(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def onnx_models(models, tmp_path_factory):
+    """The SVM and the softmax bundle exported to ONNX once, for the tests that only read them."""
+    root = tmp_path_factory.mktemp("onnx")
+    return {kind: export(ExportConfig(models / "linear" / f"{kind}.skops", "onnx", root / f"{kind}.onnx"))
+            for kind in ("svm", "softmax")}
+
+
 def pixels_for(model_path, files) -> tuple[np.ndarray, np.ndarray]:
     """The decoded inputs of ``files`` and predict.py's probabilities for them."""
     predictor = load_predictor(model_path, engine="keras")
@@ -90,7 +99,7 @@ EVERY_FORMAT = ("onnx", "tflite", "savedmodel", "keras")
                                            ("joined/svm.skops", ("onnx",)), ("views/softmax.skops", ("onnx",)),
                                            ("finetuned/model.keras", EVERY_FORMAT)])
 @pytest.mark.slow
-def test_every_format_gives_predict_pys_probabilities(kind, formats, models, tmp_path):
+def test_every_format_gives_predict_pys_probabilities(kind, formats, models, onnx_models, tmp_path):
     source = models / kind
     files = sorted(TUX.rglob("*.png"))[::11]
     pixels, expected = pixels_for(source, files)
@@ -100,7 +109,8 @@ def test_every_format_gives_predict_pys_probabilities(kind, formats, models, tmp
     for fmt, name in (("onnx", "m.onnx"), ("tflite", "m.tflite")):
         if fmt not in formats:
             continue
-        out = export(ExportConfig(source, fmt, tmp_path / name))
+        shared = onnx_models.get(source.stem) if fmt == "onnx" and source.parent.name == "linear" else None
+        out = shared or export(ExportConfig(source, fmt, tmp_path / name))
         done = without_tensorflow(RUN, out, tmp_path / "pixels.npy", tmp_path / "p.npy")
         assert done.returncode == 0, done.stderr
         got = np.load(tmp_path / "p.npy")
@@ -123,9 +133,8 @@ def test_every_format_gives_predict_pys_probabilities(kind, formats, models, tmp
 
 
 @pytest.mark.slow
-def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path):
-    bundle = models / "linear" / "svm.skops"
-    out = export(ExportConfig(bundle, "onnx", tmp_path / "tux.onnx"))
+def test_predict_py_takes_an_exported_model_without_tensorflow(models, onnx_models, tmp_path):
+    bundle, out = models / "linear" / "svm.skops", onnx_models["svm"]
     birds = TUX / "birds"
     command = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     exported = without_tensorflow(command, ROOT / "scripts" / "predict.py", out, birds, "--top-k", "1", "--quiet")
@@ -138,9 +147,11 @@ def test_predict_py_takes_an_exported_model_without_tensorflow(models, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_changed_exported_model_or_card_is_refused(models, tmp_path):
+def test_a_changed_exported_model_or_card_is_refused(onnx_models, tmp_path):
     """One flipped byte in the model, a card whose classes were reversed, a card gone: refused in one line."""
-    out = export(ExportConfig(models / "linear" / "softmax.skops", "onnx", tmp_path / "tux.onnx"))
+    out = tmp_path / "tux.onnx"
+    for source, copy in ((onnx_models["softmax"], out), (card_path(onnx_models["softmax"]), card_path(out))):
+        shutil.copyfile(source, copy)
     image = sorted((TUX / "birds").glob("*.png"))[0]
     assert run_command("predict", out, image, "-q").returncode == 0
     card = json.loads(card_path(out).read_text())
@@ -159,10 +170,9 @@ def test_a_changed_exported_model_or_card_is_refused(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_exported_model_is_explained_as_its_bundle_without_tensorflow(models, tmp_path):
+def test_an_exported_model_is_explained_as_its_bundle_without_tensorflow(models, onnx_models, tmp_path):
     """Occlusion needs forward passes only: the .onnx model's heatmap is the bundle's, with no TensorFlow."""
-    bundle = models / "linear" / "softmax.skops"
-    out = export(ExportConfig(bundle, "onnx", tmp_path / "tux.onnx"))
+    bundle, out = models / "linear" / "softmax.skops", onnx_models["softmax"]
     bird = sorted((TUX / "birds").glob("*.png"))[0]
     command = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     done = without_tensorflow(command, ROOT / "scripts" / "predict.py", out, bird, "--explain", tmp_path / "onnx",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, write_images
+from ray_head import local_head
 from test_extract import add_bad_files
 
 import pipeline.data.discover as images_module
@@ -34,21 +34,12 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """``ray start --head`` on 2 CPUs in a subprocess, as a user would; every test's driver joins it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    temp = tmp_path_factory.mktemp("ray")
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--disable-usage-stats", f"--temp-dir={temp}", "--object-store-memory=200000000"],
-                   check=True, capture_output=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        yield address
-    finally:
-        ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+    """``ray start --head`` on 2 CPUs, as a user would; every test's driver joins it."""
+    with local_head(tmp_path_factory.mktemp("ray"), "--num-cpus=2", "--object-store-memory=200000000") as address:
+        try:
+            yield address
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +58,9 @@ def local_store(images, tmp_path_factory):
     return read_store(out)
 
 
-def extract_script(data: Path, out: Path, address: str, *extra: str) -> list[str]:
+def extract_script(data: Path, out: Path, address: str) -> list[str]:
     return [sys.executable, str(ROOT / "scripts" / "extract.py"), str(data), "--out", str(out), "--ray", address,
-            "--layers", "stage6", "penultimate", "--batch-size", "8", "-q", *extra]
+            "--layers", "stage6", "penultimate", "--views", "flip", "--batch-size", "8", "-q"]
 
 
 def assert_same_store(store, local) -> None:
@@ -80,22 +71,42 @@ def assert_same_store(store, local) -> None:
             assert np.abs(store.codes(layer, view=view) - local.codes(layer, view=view)).max() < 1e-4
 
 
+def _wait_for_shards(parts: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(parts.glob("shard-*.npz"))) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no shards appeared"
+        time.sleep(0.02)
+
+
 @pytest.mark.ray
-def test_ray_extraction_gives_the_local_codes_and_skips(cluster, images, local_store, tmp_path, monkeypatch):
+def test_ray_extraction_gives_the_local_codes_and_resumes_after_a_kill(cluster, images, local_store, tmp_path,
+                                                                       monkeypatch):
+    """The driver killed mid-job, then run again: the finished shards are reused, the store equals the local one
+    (mirror images and skipped files with their reasons too), and the driver never looks at a file itself."""
+    out = tmp_path / "ray.h5"
+    proc = subprocess.Popen(extract_script(images, out, cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_shards(out.with_name(out.name + ".parts"), 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    finished = sum(len(np.load(shard)["paths"]) for shard in out.with_name(out.name + ".parts").glob("shard-*.npz"))
+
     def no_stat_here(path):
         raise AssertionError(f"the driver looked at {path}")
 
     monkeypatch.setattr(listing, "fingerprint", no_stat_here)  # the cluster's listing has every file's status
-    result = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
-                                   views=("flip",), batch_size=8, progress=False), OnCluster(cluster))
-    assert (result.extracted, result.skipped) == (80, 5) and result.engine == "onnx"
-    store = read_store(tmp_path / "ray.h5")
+    config = ExtractConfig(data=images, out=out, layers=("stage6", "penultimate"), views=("flip",), batch_size=8,
+                           progress=False)
+    result = extract(config, OnCluster(cluster))
+    assert 0 < finished <= result.reused < 80 and result.extracted + result.reused == 80
+    assert result.skipped == 5 and result.engine == "onnx"
+    store = read_store(out)
     assert store.views == ("flip",), "the cluster stores each image's mirror image too"
     assert_same_store(store, local_store)
     assert "decompression bomb" in dict(store.skipped)["dog/bomb.png"]
     assert not (tmp_path / "ray.h5.parts").exists()
-    again = extract(ExtractConfig(data=images, out=tmp_path / "ray.h5", layers=("stage6", "penultimate"),
-                                  views=("flip",), progress=False), OnCluster(cluster))
+    again = extract(config, OnCluster(cluster))
     assert (again.extracted, again.reused) == (0, 80)
 
 
@@ -126,30 +137,6 @@ def test_the_cluster_lists_a_folder_by_the_local_rules(cluster, tmp_path, monkey
     (root / "dog" / os.fsdecode(b"\xff.png")).write_bytes(image.read_bytes())
     with pytest.raises(UserError, match="not valid UTF-8"):
         discover(root, lister=there)
-
-
-def _wait_for_shards(parts: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while len(list(parts.glob("shard-*.npz"))) < count:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no shards appeared"
-        time.sleep(0.02)
-
-
-@pytest.mark.ray
-def test_a_rerun_after_the_driver_is_killed_reuses_finished_shards(cluster, images, local_store, tmp_path):
-    out = tmp_path / "resumed.h5"
-    proc = subprocess.Popen(extract_script(images, out, cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_shards(out.with_name(out.name + ".parts"), 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists()
-    finished = sum(len(np.load(shard)["paths"]) for shard in out.with_name(out.name + ".parts").glob("shard-*.npz"))
-    done = subprocess.run(extract_script(images, out, cluster), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    reused = int(done.stdout.split(" reused")[0].rsplit(" ", 1)[1])
-    assert 0 < finished <= reused < 80, done.stdout
-    assert_same_store(read_store(out), local_store)
 
 
 def test_prediction_on_ray_needs_an_output_folder(tmp_path):
