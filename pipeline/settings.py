@@ -27,6 +27,13 @@ def setting(default: Any = dataclasses.MISSING, *, choices: tuple | Callable[[],
     return dataclasses.field(default=default, metadata={"choices": choices, "check": check})
 
 
+def same_as(settings: type, name: str) -> Any:
+    """A field that takes what the field ``name`` of another stage's ``settings`` takes (its default, choices
+    and check), for a stage that passes it on: each default is written once, where it is used."""
+    f = settings.field(name)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
 def at_least(low: float) -> Check:
     return lambda v: None if v >= low else f"must be at least {low}, not {v}"
 

@@ -38,7 +38,8 @@ def build_parser(prog: str | None = None):
     cli.option(p, E, "classifiers", nargs="+", help="default: all")
     cli.option(p, E, "layers", nargs="+",
                help="layers to compare, each must exist in every backbone; a+b joins two layers' "
-                    "codes side by side (default: penultimate)")
+                    "codes side by side (default: each backbone's default layers joined, as extract stores "
+                    "them and fit_svm.py fits them)")
     cli.add_views(p, E, "each classifier is also scored trained on every view and averaging its predictions over "
                         "them")
     cli.option(p, E, "finetune", action="store_true", help="also fine-tune each backbone (one network per fold)")

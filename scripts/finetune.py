@@ -90,7 +90,7 @@ def main(args) -> int:
 
     result = finetune(cfg)
     v, images = result.validation, result.validation_images
-    if result.task == "regression":
+    if result.task.numeric:
         print(f"validation R2 {v.scores['r2'].mean:.3f}, MAE {v.scores['mae'].mean:.4g} on {images} images; "
               f"training took {v.fit_seconds:.0f} s")
     else:

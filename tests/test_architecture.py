@@ -69,3 +69,48 @@ def test_the_wing_check_sees_upward_and_sideways_imports():
     assert up == "pipeline.linear.fit" and WINGS.index(_wing(up)) > WINGS.index("data")
     assert down == "pipeline.store.reader" and WINGS.index(_wing(down)) < WINGS.index("linear")
     assert level == "pipeline.linear.cv" and _wing(level) == "linear"
+
+
+# The registries own the names of tasks and model kinds; other code asks an entry what it is.
+REGISTRIES = ("pipeline/task.py", "pipeline/linear/kinds.py")
+
+
+def _names() -> set[str]:
+    from pipeline.linear.kinds import KINDS
+    from pipeline.task import TASKS
+
+    return set(TASKS) | set(KINDS)
+
+
+def _name_tests(source: str, names: set[str]) -> list[int]:
+    """Lines where a literal task or kind name is compared with, looked for among, or keys a table."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, ast.Dict):
+            operands = [key for key in node.keys if key is not None]
+        else:
+            continue
+        for operand in operands:
+            items = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+            if any(isinstance(item, ast.Constant) and item.value in names for item in items):
+                found.append(node.lineno)
+                break
+    return found
+
+
+def test_no_code_outside_the_registries_tests_a_task_or_kind_by_name():
+    names = _names()
+    wrong = [f"{path.relative_to(ROOT)}:{line}" for folder in ("pipeline", "scripts")
+             for path in sorted((ROOT / folder).rglob("*.py")) if str(path.relative_to(ROOT)) not in REGISTRIES
+             for line in _name_tests(path.read_text(), names)]
+    assert not wrong
+
+
+def test_the_name_check_sees_comparisons_memberships_and_tables():
+    names = _names()
+    assert _name_tests('if task == "regression":\n    pass\n', names) == [1]
+    assert _name_tests('ok = kind in ("svm", "softmax")\n', names) == [1]
+    assert _name_tests('table = {"svm": "svm-ovr"}\n', names) == [1]
+    assert _name_tests('model = get_kind("svm")\nif kind.task.several:\n    pass\n', names) == []

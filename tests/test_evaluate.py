@@ -20,6 +20,8 @@ from pipeline.report.cache import store_path
 from pipeline.report.config import BundleReportConfig, EvaluateConfig
 from pipeline.report.grid import evaluate
 from pipeline.report.render import write_report
+from pipeline.store.config import ExtractConfig
+from pipeline.store.extract import extract
 
 MISLABELLED = ["b/mislabelled_0.png", "b/mislabelled_1.png"]
 
@@ -29,6 +31,13 @@ def _dataset(root):
     for k, name in enumerate(MISLABELLED):  # two images of class a filed under b: the gallery must show them
         shutil.copy(root / "a" / f"img_{k:04d}.png", root / name)
     return root
+
+
+def _default(backbone: str) -> tuple[str, ...]:
+    """The layers evaluate compares by default, joined: the backbone's default layers, as fit takes them."""
+    from pipeline.backbones.registry import get_spec
+
+    return get_spec(backbone).default_layers
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +50,7 @@ def grid(tmp_path_factory):
     common = dict(data=(data,), features=base / "features", folds=3, repeats=1, progress=False,
                   normalise="standard")
     first = evaluate(EvaluateConfig(out=base / "report1", backbones=("efficientnet_lite0",), **common))
-    lite0_store = store_path(base / "features", data, "efficientnet_lite0", ("penultimate",))
+    lite0_store = store_path(base / "features", data, "efficientnet_lite0", _default("efficientnet_lite0"))
     mtime = lite0_store.stat().st_mtime_ns
     second = evaluate(EvaluateConfig(out=base / "report2", backbones=("efficientnet_lite0", "mobilenet_v2"),
                                      command="evaluate.py --data shapes", **common))
@@ -65,7 +74,7 @@ def test_report_numbers_equal_the_fit_stage_on_the_same_folds(grid, tmp_path):
     section = report["sections"][0]
     assert len(section["configs"]) == 4
     for backbone in ("efficientnet_lite0", "mobilenet_v2"):
-        store = store_path(grid["base"] / "features", grid["data"], backbone, ("penultimate",))
+        store = store_path(grid["base"] / "features", grid["data"], backbone, _default(backbone))
         metrics = fit(FitConfig(store=store, out=tmp_path / backbone, folds=3, repeats=1, seed=0,
                                 normalise=section["protocol"]["normalise"])).to_json()
         for r in metrics["results"]:
@@ -159,10 +168,14 @@ def test_report_files_hold_the_same_numbers(grid):
 def test_bundle_report_agrees_with_predict(grid, tmp_path):
     from pipeline.deploy.predict import predict_images
 
-    store = store_path(grid["base"] / "features", grid["data"], "efficientnet_lite0", ("penultimate",))
-    fit(FitConfig(store=store, out=tmp_path / "fit", classifiers=("softmax",), folds=3, repeats=1))
+    store = store_path(grid["base"] / "features", grid["data"], "efficientnet_lite0", _default("efficientnet_lite0"))
+    fit(FitConfig(store=store, out=tmp_path / "fit", layers=("penultimate",), classifiers=("softmax",), folds=3,
+                  repeats=1))
     test = tmp_path / "new"
     write_images(test, {"a": 5, "c": 5}, size=40, seed=11)  # a class missing from the test set is fine
+    # the store extract makes of the new images by default holds the bundle's layer among others: it is reused
+    extract(ExtractConfig(data=test, out=store_path(tmp_path / "features", test, "efficientnet_lite0",
+                                                    _default("efficientnet_lite0")), progress=False))
     typed = evaluate_bundle(BundleReportConfig(tmp_path / "fit" / "softmax.skops", test, tmp_path / "features",
                                                advise=False, progress=False))
     paths = write_report(typed, tmp_path / "report")
@@ -174,6 +187,8 @@ def test_bundle_report_agrees_with_predict(grid, tmp_path):
     low, high = section["configs"][0]["accuracy"]["ci95"]
     assert low <= expected <= high
     assert section["best"]["per_class"]["b"]["support"] == 0 and section["images"] == 10
+    assert (section["configs"][0]["extraction"]["extracted"], section["configs"][0]["extraction"]["reused"]) == (0, 10)
+    assert not list((tmp_path / "features").glob("*_penultimate.h5")), "no second store of the same codes"
     assert report["meta"]["bundle"]["sha256"] == (tmp_path / "fit" / "softmax.skops.sha256").read_text().split()[0]
     assert "Cross-validated accuracy when the bundle was trained" in paths["html"].read_text()
     top = {Path(p.path).relative_to(test).as_posix(): p.top[0][0] for p in predictions}
@@ -193,7 +208,7 @@ def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):
     assert section["protocol"]["views"] == [[], ["flip"]]
     md = write_report(typed, tmp_path / "report")["md"].read_text()
     assert "| softmax, with flip |" in md and "| softmax |" in md
-    store = store_path(tmp_path / "features", data, "efficientnet_lite0", ("penultimate",), ("flip",))
+    store = store_path(tmp_path / "features", data, "efficientnet_lite0", _default("efficientnet_lite0"), ("flip",))
     fit(FitConfig(store=store, out=tmp_path / "fit", classifiers=("softmax",), views="on", folds=3, repeats=1))
     test = tmp_path / "new"
     write_images(test, {"a": 4, "c": 4}, size=40, seed=11)
@@ -204,7 +219,8 @@ def test_views_compete_in_the_grid_and_a_bundle_report_averages_them(tmp_path):
     assert config["views"] == ["flip"]
     assert config["accuracy"]["mean"] == pytest.approx(np.mean([p.top[0][0] == p.path.split("/")[-2]
                                                                 for p in predictions]))
-    assert store_path(tmp_path / "features", test, "efficientnet_lite0", ("penultimate",), ("flip",)).is_file()
+    assert store_path(tmp_path / "features", test, "efficientnet_lite0", _default("efficientnet_lite0"),
+                      ("flip",)).is_file()
 
 
 @pytest.mark.parametrize("args, message", [

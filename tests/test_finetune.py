@@ -58,7 +58,7 @@ def test_a_fresh_process_loads_the_augmented_network(finetuned):
     cfg, metrics = finetuned
     assert metrics["protocol"]["augment"] and not metrics["protocol"]["flip"]
     code = ("import sys; from pathlib import Path; from pipeline.deploy.predict import fine_tuned_network; "
-            "layer = fine_tuned_network(Path(sys.argv[1]))[0].get_layer('augmentation'); "
+            "layer = fine_tuned_network(Path(sys.argv[1])).model.get_layer('augmentation'); "
             "print(type(layer).__name__, layer.flip)")
     done = subprocess.run([sys.executable, "-c", code, str(cfg.out / "model.keras")], capture_output=True,
                           text=True, timeout=300)
@@ -90,13 +90,14 @@ def test_head_starts_as_the_linear_probe(backbones):
     from pipeline.finetune.full import augmentation
     from pipeline.finetune.head import init_head_from_probe, pooled_codes
     from pipeline.linear.cv import fit_final
+    from pipeline.task import CLASSIFICATION
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (12, 64, 64, 3)).astype(np.uint8)
     labels = np.repeat([0, 1, 2], 4)
     model = create_model(backbones("efficientnet_lite0"), "finetune", classes=3, input_size=64,
                          augmentation=augmentation(0))
-    init_head_from_probe(model, pooled_codes(model, pixels, 4), labels, seed=0)
+    init_head_from_probe(model, pooled_codes(model, pixels, 4), labels, CLASSIFICATION, seed=0)
     codes = keras.Model(model.inputs, model.get_layer("pool").output).predict(pixels, verbose=0)
     probe, _ = fit_final("softmax", codes, labels, "standard")  # a Dense head takes standardisation only
     np.testing.assert_allclose(model.predict(pixels, verbose=0), probe.predict_proba(codes), atol=1e-4)

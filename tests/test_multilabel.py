@@ -180,7 +180,7 @@ def test_reports_give_the_tasks_figures_and_the_images_with_labels_wrong(street,
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "grid" / "report.json").read_text())
     section = report["sections"][0]
-    assert report["mode"] == "multilabel" and section["labels"] == 3 and section["images"] == 48
+    assert report["task"] == "multilabel" and section["labels"] == 3 and section["images"] == 48
     config = section["configs"][0]
     assert config["classifier"] == "logistic-ovr" and config["micro_f1"]["ci95"][0] <= config["micro_f1"]["mean"]
     wrong = section["best"]["wrong"]
@@ -262,6 +262,6 @@ def test_hundreds_of_labels_some_on_three_images_fit_or_say_why(tmp_path):
     X = (Y @ rng.normal(size=(labels, 16)) + rng.normal(size=(n, 16))).astype(np.float32)
     store = write_store(tmp_path / "f.h5", {"penultimate": X}, None, [f"tag{k}" for k in range(labels)],
                         multilabels=Y)
-    result = fit(FitConfig(store=store, out=tmp_path / "run", progress=False))
+    result = fit(FitConfig(store=store, out=tmp_path / "run", repeats=1, progress=False))
     assert len(load_bundle(tmp_path / "run" / "svm_ovr.skops").metrics["thresholds"]) == labels
     assert result.best.scores["map"].mean > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from pipeline.errors import UserError
 from pipeline.store import digests
@@ -190,3 +191,20 @@ f = open({str(out) + ".lock"!r}, "a"); fcntl.flock(f, fcntl.LOCK_EX); print("loc
         holder.wait()
     with writing(out):  # the lock died with its process
         assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_docs_table_lists_the_layout():
+    """docs/store.md's table of datasets is the store's layout (pipeline.store.layout.LAYOUT): each name, element
+    type and shape."""
+    import re
+
+    from pipeline.store.layout import LAYOUT
+
+    listed = set()
+    for line in (ROOT / "docs" / "store.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        dtype, shape = cells[1].split()[0], re.search(r"`(\[.*?\])`", cells[1]).group(1)
+        listed |= {(name, dtype, shape) for name in re.findall(r"`([^`]+)`", cells[0])}
+    assert listed == {(d.name, d.dtype, d.shape) for d in LAYOUT}

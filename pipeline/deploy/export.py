@@ -27,7 +27,7 @@ from ..data.loader import decoded_batches
 from ..data.views import views_of
 from ..errors import UserError
 from ..linear.bundle import load_bundle
-from ..linear.kinds import MULTILABEL, get_kind, is_network
+from ..linear.kinds import get_kind, is_network
 from ..linear.scaling import signed_power
 from ..outputs import remove
 from ..store.layout import layer_parts
@@ -37,7 +37,6 @@ from .predict import (
     bundle_backbone,
     collect_images,
     fine_tuned_network,
-    fine_tuned_reject,
 )
 
 log = logging.getLogger(__name__)
@@ -110,11 +109,11 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
     """A fit-stage bundle or a fine-tuned ``.keras`` model as one Keras network, and its card."""
     model_path = Path(model_path)
     if is_network(model_path):
-        network, class_names, policy, backbone = fine_tuned_network(model_path)
-        if not class_names:
+        net = fine_tuned_network(model_path)
+        if not net.task.classes:
             raise UserError(f"{model_path} predicts a numeric target; export takes classifiers", param="model")
-        return network, ModelCard(class_names, policy.size, policy.to_dict(), f"fine-tuned {backbone}",
-                                  reject_threshold=fine_tuned_reject(model_path))
+        return net.model, ModelCard(net.class_names, net.policy.size, net.policy.to_dict(),
+                                    f"fine-tuned {net.backbone}", reject_threshold=net.reject_threshold)
     bundle = load_bundle(model_path)
     kind = get_kind(bundle.classifier)
     if kind.unexported:
@@ -135,7 +134,7 @@ def classifier_network(model_path: str | Path, weights=None) -> tuple[keras.Mode
     network = keras.Model(pixels, probabilities, name=f"{safe_name(bundle.backbone)}_{bundle.classifier}")
     policy = ResizePolicy.from_dict(bundle.store_config["resize"])
     multilabel = {"output": "float32 probabilities of each label, shape [batch, labels], in class_names order",
-                  "label_thresholds": bundle.metrics["thresholds"]} if kind.task == MULTILABEL else {}
+                  "label_thresholds": bundle.metrics["thresholds"]} if kind.task.several else {}
     return network, ModelCard(list(bundle.class_names), policy.size, policy.to_dict(),
                               f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}",
                               reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"), **multilabel)

@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import glob
 import importlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,11 @@ from ..data.loader import decoded_batches
 from ..data.views import views_of
 from ..errors import UserError
 from ..linear import tta
-from ..linear.kinds import MULTILABEL, REGRESSION, get_kind, is_network
+from ..linear.kinds import get_kind, is_network
 from ..outputs import claim, file_name, write_bytes
+from ..run_files import CLASSES, METRICS
 from ..store.layout import layer_parts
+from ..task import CLASSIFICATION, Task, get_task
 from .config import PredictConfig
 from .runtime import EXTENSIONS, ExportedModel
 
@@ -150,12 +151,12 @@ def bundle_predictor(bundle: Bundle, weights=None, precision: str = "auto", engi
         return tta.scores(bundle.estimator, np.stack([codes(p, n) for p in views_of(pixels, bundle.views)]))
 
     kind = get_kind(bundle.classifier)
-    if kind.task == MULTILABEL:
+    if kind.task.several:
         thresholds = np.asarray(bundle.metrics["thresholds"], np.float64)
         return Predictor(bundle.class_names, ResizePolicy.from_dict(bundle.store_config["resize"]),
                          f"{bundle.classifier} on {bundle.backbone}/{bundle.layer}: {kind.outputs}, each label "
                          "given over its threshold", proba, label_thresholds=thresholds)
-    if kind.task == REGRESSION:
+    if kind.task.numeric:
         return Predictor(["value"], ResizePolicy.from_dict(bundle.store_config["resize"]),
                          f"{kind.name} regression on {bundle.backbone}/{bundle.layer}: {kind.outputs}",
                          lambda pixels, n: bundle.estimator.predict(codes(pixels, n)).reshape(-1, 1),
@@ -169,44 +170,47 @@ def bundle_predictor(bundle: Bundle, weights=None, precision: str = "auto", engi
         reject_threshold=(bundle.metrics.get("reject") or {}).get("threshold"))
 
 
-def fine_tuned_network(path: Path) -> tuple[keras.Model, list[str], ResizePolicy, str]:
-    """A network saved by the fine-tuning stage, its class names (none for regression), decoding policy and
-    backbone, read from the ``classes.json`` and ``metrics.json`` beside it."""
+@dataclass(frozen=True)
+class FineTuned:
+    """A network saved by the fine-tuning stage and what its run folder says of it: its class names (none for a
+    numeric target), decoding policy, backbone, task and "unknown" threshold (None: none recorded)."""
+
+    model: keras.Model
+    class_names: list[str]
+    policy: ResizePolicy
+    backbone: str
+    task: Task
+    reject_threshold: float | None
+
+
+def fine_tuned_network(path: Path) -> FineTuned:
+    """The network at ``path`` with the ``classes.json`` and ``metrics.json`` beside it."""
     import keras
 
     from ..backbones.codes import resize_policy
     from ..backbones.registry import get_spec
     from ..data import augment  # noqa: F401  (registers full mode's RandomAffine for loading)
 
+    class_names, run = CLASSES.read(path.parent, param="model"), METRICS.read(path.parent, param="model")
     try:
-        class_names = json.loads((path.parent / "classes.json").read_text())
-        backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]
+        backbone, task = run["backbone"], get_task(run.get("task", CLASSIFICATION.name))
         for module in get_spec(backbone).requires:  # the layers the saved network holds
             importlib.import_module(module)
         model = keras.models.load_model(path)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot load fine-tuned model {path}: {e}", param="model") from None
+    reject = ((run.get("final") or {}).get("finetune") or {}).get("reject") or {}
     size = int(model.input_shape[1])
-    return model, class_names, dataclasses.replace(resize_policy(get_spec(backbone)), size=size), backbone
-
-
-def fine_tuned_reject(path: Path) -> float | None:
-    """The "unknown" threshold the fine-tuning stage chose on its validation split (None: none recorded)."""
-    try:
-        final = json.loads((path.parent / "metrics.json").read_text())["final"]["finetune"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return (final.get("reject") or {}).get("threshold")
+    return FineTuned(model, class_names, dataclasses.replace(resize_policy(get_spec(backbone)), size=size), backbone,
+                     task, reject.get("threshold"))
 
 
 def _keras_predictor(path: Path) -> Predictor:
-    model, class_names, policy, backbone = fine_tuned_network(path)
-    size = policy.size
-    regression = class_names == []
-    what = "predicted values" if regression else "softmax probabilities"
-    return Predictor(class_names or ["value"], policy, f"fine-tuned {backbone} at {size}px: {what}",
-                     lambda pixels, n: np.asarray(model.predict_on_batch(pixels), np.float64)[:n], regression,
-                     fine_tuned_reject(path))
+    net = fine_tuned_network(path)
+    what = "predicted values" if net.task.numeric else "softmax probabilities"
+    return Predictor(net.class_names or ["value"], net.policy, f"fine-tuned {net.backbone} at {net.policy.size}px: "
+                     f"{what}", lambda pixels, n: np.asarray(net.model.predict_on_batch(pixels), np.float64)[:n],
+                     net.task.numeric, net.reject_threshold)
 
 
 def load_predictor(path: str | Path, weights: str | Path | None = None, precision: str = "auto",

@@ -5,7 +5,6 @@ against the images the bundle was fitted on."""
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,9 @@ from ..data.views import views_of
 from ..errors import UserError
 from ..linear import tta
 from ..linear.bundle import Bundle, load_bundle
-from ..linear.kinds import CLASSIFICATION, get_kind
+from ..linear.kinds import get_kind
 from ..linear.label_next import rank
+from ..run_files import METRICS
 from ..store.layout import layer_parts
 from ..store.reader import FeatureStore, read_store
 from .config import SUGGESTION_COLUMNS, SuggestConfig
@@ -81,11 +81,11 @@ def labelled_store(cfg: SuggestConfig) -> Path:
     """The store of the images the bundle was fitted on: ``labelled``, or the one its run's metrics.json names."""
     if cfg.labelled is not None:
         return Path(cfg.labelled)
-    try:
-        return Path(json.loads((Path(cfg.model).parent / "metrics.json").read_text())["store"])
-    except (OSError, ValueError, KeyError):
-        raise UserError("cannot tell which images the bundle was fitted on (no metrics.json beside it naming its "
-                        "store): give their feature store", param="labelled") from None
+    folder = Path(cfg.model).parent
+    if not METRICS.path(folder).exists():
+        raise UserError(f"cannot tell which images the bundle was fitted on (no {METRICS.name} beside it naming its "
+                        "store): give their feature store", param="labelled")
+    return Path(METRICS.read(folder, param="labelled").get("store", ""))
 
 
 def _from_store(path: Path, bundle: Bundle) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -122,9 +122,9 @@ def _from_images(cfg: SuggestConfig, bundle: Bundle, files: list[Path]
 def suggest(cfg: SuggestConfig) -> Suggestions:
     """The ``cfg.count`` images to label next, the most useful first."""
     bundle = load_bundle(cfg.model)
-    if get_kind(bundle.classifier).task != CLASSIFICATION:
-        raise UserError(f"suggests images for single-label classifiers; this is a {get_kind(bundle.classifier).task} "
-                        "bundle", param="model")
+    task = get_kind(bundle.classifier).task
+    if not task.classes:
+        raise UserError(f"suggests images for single-label classifiers; this is a {task.name} bundle", param="model")
     labelled = read_store(labelled_store(cfg))
     _check_store(labelled, bundle, [DUPLICATE_LAYER], "labelled")
     skipped: list[tuple[str, str]] = []

@@ -7,19 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backbones.options import DEFAULT_BACKBONE, ENGINES
-from ..finetune.config import MODES
+from ..finetune.config import FinetuneConfig, full_epochs
 from ..outputs import check_out
-from ..settings import (
-    IMAGE_SIZES,
-    MAX_EPOCHS,
-    Settings,
-    between,
-    epoch_pair,
-    positive,
-    seed_setting,
-    setting,
-    within,
-)
+from ..settings import Settings, between, epoch_pair, positive, same_as, seed_setting, setting, within
 
 FINETUNE_CHOICES = ("auto", "always", "never")  # auto: where the advisor recommends it
 
@@ -54,13 +44,13 @@ class RunConfig(Settings):
     test_size: float = setting(0.2, check=between(0, 1))
     finetune: str = setting("auto", choices=FINETUNE_CHOICES)
     budget: float | None = setting(None, check=positive)
-    mode: str = setting("auto", choices=MODES)
-    image_size: int | None = setting(None, check=within(*IMAGE_SIZES))
-    flip: bool = False
-    tail_epochs: int = setting(15, check=within(1, MAX_EPOCHS))
-    epochs: tuple[int, int] = setting((5, 5), check=epoch_pair)  # full mode's two phases
+    mode: str = same_as(FinetuneConfig, "mode")
+    image_size: int | None = same_as(FinetuneConfig, "image_size")
+    flip: bool = same_as(FinetuneConfig, "flip")
+    tail_epochs: int = same_as(FinetuneConfig, "tail_epochs")
+    epochs: tuple[int, int] = setting(full_epochs(), check=epoch_pair)  # full mode's two phases
     seed: int = seed_setting()
-    engine: str = setting("auto", choices=ENGINES)
+    engine: str = same_as(FinetuneConfig, "engine")
     progress: bool = True
     overwrite: bool = False  # write into an out that run did not write
     allow_outside: bool = False  # a manifest may name images outside its folder

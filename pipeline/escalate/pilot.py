@@ -16,7 +16,6 @@ full run's estimated minutes on this machine.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ..linear.fit_result import FitResult
 from ..linear.models import make_model
 from ..linear.tasks import Classification
 from ..metrics import PairedDifference, paired_difference
+from ..run_files import HISTORY
 from ..store.reader import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def run_pilot(full: FinetuneConfig, store: FeatureStore, fitted: FitResult) -> P
     tuned = as_store[[int(np.argmax(result.test_outputs[p])) for p in paths]]
     truth = store.labels[compared]
     seconds = time.perf_counter() - started
-    history = json.loads((cfg.out / "history.json").read_text())
+    history = HISTORY.read(cfg.out)
     trained = result.images - result.validation_images
     return PilotResult(paired_difference(linear == truth, tuned == truth, LEVEL, seed=full.seed), name, mode,
                        seconds, _full_minutes(full, mode, history, seconds, trained, len(store.paths)))

@@ -11,7 +11,6 @@ the pilot are taken up whole.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from ..linear.fit import FitResult, fit
 from ..linear.kinds import get_kind
 from ..outputs import claim, write_bytes
 from ..provenance import now_iso
+from ..run_files import SUMMARY
 from ..store.config import ExtractConfig
 from ..store.extract import extract
 from ..store.reader import read_store
@@ -238,7 +238,7 @@ def _chosen(candidates: list[Candidate], held_out: int) -> tuple[Candidate, str]
 
 def _summarize(cfg: RunConfig, result: RunResult) -> None:
     """summary.json and summary.md as the run stands."""
-    write_bytes(cfg.out / "summary.json", json.dumps(result.to_json(), indent=2).encode())
+    SUMMARY.write(cfg.out, result.to_json())
     write_bytes(cfg.out / "summary.md", (format_summary(result) + "\n").encode())
 
 

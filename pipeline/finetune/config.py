@@ -74,3 +74,9 @@ class FinetuneConfig(Settings):
 
     def check(self) -> None:
         check_out(self.out, "finetune", inputs=(self.data, self.cache), overwrite=self.overwrite)
+
+
+def full_epochs() -> tuple[int, int]:
+    """Full mode's two phases' epochs by default (``head_epochs``, ``finetune_epochs``), for the stages that take
+    them as one pair."""
+    return FinetuneConfig.default("head_epochs"), FinetuneConfig.default("finetune_epochs")

@@ -4,7 +4,6 @@ phase completed continues with the second; an interrupted phase resumes (``Backu
 
 from __future__ import annotations
 
-import json
 import logging
 
 import keras
@@ -14,6 +13,8 @@ from ..backbones.factory import create_model, set_trainable
 from ..data.augment import RandomAffine
 from ..data.decode import ResizePolicy
 from ..data.loader import decoded_batches
+from ..run_files import HISTORY
+from ..task import Task
 from .batches import ShuffledArrays
 from .config import FinetuneConfig
 from .epochs import EpochLog, ResumedEarlyStopping, backup
@@ -53,14 +54,11 @@ def first_trainable(base: keras.Model, cfg: FinetuneConfig) -> str | None:
 
 
 def _train_phase(model: keras.Model, name: str, epochs: int, learning_rate: float, cfg: FinetuneConfig,
-                 train: tuple, val: tuple, class_weight, history: dict) -> None:
-    """One phase: compiled anew at ``learning_rate``, early-stopped on the validation split, saved as
-    ``NAME.keras``; its history goes into ``history[name]``."""
-    regression = train[1].dtype.kind == "f"
-    model.compile(optimizer=make_optimizer(cfg.optimizer, learning_rate),
-                  loss="mse" if regression else "sparse_categorical_crossentropy",
-                  metrics=["mae"] if regression else ["accuracy"])
-    monitor = "val_loss" if regression else "val_accuracy"
+                 train: tuple, val: tuple, class_weight, history: dict, task: Task) -> None:
+    """One phase: compiled anew at ``learning_rate`` with ``task``'s loss, early-stopped on the validation split,
+    saved as ``NAME.keras``; its history goes into ``history[name]``."""
+    model.compile(optimizer=make_optimizer(cfg.optimizer, learning_rate), loss=task.loss, metrics=[task.metric])
+    monitor = task.monitor
     log = EpochLog(cfg.out / "backup" / f"{name}_epochs.json")
     callbacks = [
         backup(model, cfg.out / "backup" / name, log), log,
@@ -84,21 +82,21 @@ def full_mode(cfg: FinetuneConfig, backbone, policy: ResizePolicy, split: Split,
     if head_done.exists():  # a rerun after phase 1 completed: continue with phase 2
         model = keras.models.load_model(head_done)
         log.info("resuming: phase 1 already done (%s)", head_done)
-        history = json.loads((cfg.out / "history.json").read_text()) if (cfg.out / "history.json").exists() else {}
+        history = HISTORY.read(cfg.out) if HISTORY.path(cfg.out).exists() else {}
     else:
         model = create_model(backbone, "finetune", layers=(cfg.top,), classes=len(split.names),
                              input_size=policy.size, hidden=cfg.hidden, dropout=cfg.dropout,
                              augmentation=augmentation(cfg.seed, cfg.flip) if cfg.augment else None, seed=cfg.seed)
-        init = head_initialiser(cfg, model)
+        init = head_initialiser(cfg, model, split.task)
         if init is not None:
             init(pooled_codes(model, train[0], cfg.batch_size), train[1])
         _train_phase(model, "head", cfg.head_epochs, cfg.learning_rate, cfg, train, val, split.class_weight,
-                     history)
-        (cfg.out / "history.json").write_text(json.dumps(history))
+                     history, split.task)
+        HISTORY.write(cfg.out, history)
     set_trainable(model, first_trainable(model.get_layer("base"), cfg))
     if cfg.finetune_epochs > 0:
         _train_phase(model, "finetune", cfg.finetune_epochs, cfg.learning_rate / 10, cfg, train, val,
-                     split.class_weight, history)
+                     split.class_weight, history, split.task)
     outputs = [model.predict(pixels[idx], batch_size=cfg.batch_size, verbose=0) if len(idx) else None
                for idx in (split.val, split.test)]
     protocol = {"unfreeze": cfg.unfreeze_from or f"last {cfg.unfreeze} weighted layers", "augment": cfg.augment,

@@ -10,15 +10,16 @@ import numpy as np
 
 from ..linear import regress
 from ..linear.cv import fit_final
+from ..task import Task
 
 log = logging.getLogger(__name__)
 
 
-def init_head_from_probe(model: keras.Model, codes: np.ndarray, labels: np.ndarray, seed: int,
+def init_head_from_probe(model: keras.Model, codes: np.ndarray, labels: np.ndarray, task: Task, seed: int,
                          class_weight=None) -> float:
     """Fit a softmax (a ridge for a numeric target) on the pooled ``codes`` of the training images and copy it,
     standardisation folded in, into ``model``'s head; returns the penalty chosen by cross-validation."""
-    if labels.dtype.kind == "f":  # regression: ridge, penalty chosen by leave-one-out
+    if task.numeric:  # ridge, penalty chosen by leave-one-out
         estimator, hyper = regress.fit_final(codes, labels)
     else:
         estimator, hyper = fit_final("softmax", codes, labels, "standard", class_weight, seed)
@@ -38,9 +39,9 @@ def pooled_codes(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np.
                                                                            verbose=0)
 
 
-def head_initialiser(cfg, model: keras.Model):
+def head_initialiser(cfg, model: keras.Model, task: Task):
     """``init(codes, targets)``, which sets ``model``'s head from a linear probe on those codes; None where the
     head starts at random (the probe is off, or a hidden layer comes first)."""
     if not cfg.probe or cfg.hidden:
         return None
-    return lambda codes, targets: init_head_from_probe(model, codes, targets, cfg.seed, cfg.class_weight)
+    return lambda codes, targets: init_head_from_probe(model, codes, targets, task, cfg.seed, cfg.class_weight)

@@ -12,6 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from ..data.discover import Dataset
 from ..errors import UserError
+from ..task import Task
 from .config import FinetuneConfig
 
 
@@ -24,6 +25,7 @@ class Split:
     paths: list[str]
     targets: np.ndarray
     names: list[str]
+    task: Task
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
@@ -34,10 +36,10 @@ class Split:
         return [self.paths[i] for i in rows], self.targets[rows]
 
 
-def split_images(cfg: FinetuneConfig, dataset: Dataset, ok: list[int], names: list[str]) -> Split:
+def split_images(cfg: FinetuneConfig, dataset: Dataset, ok: list[int], names: list[str], task: Task) -> Split:
     """The images ``ok`` of ``dataset`` (the ones that decode) split for training; ``names``: the class names,
     empty for a numeric target."""
-    regression = not names
+    regression = task.numeric
     targets = (np.array([dataset.targets[i] for i in ok], np.float32) if regression
                else np.array([names.index(dataset.labels[i]) for i in ok]))
     held_out = set(cfg.test_paths)
@@ -49,11 +51,11 @@ def split_images(cfg: FinetuneConfig, dataset: Dataset, ok: list[int], names: li
     elif len(names) < 2 or np.bincount(targets[rest], minlength=len(names)).min() < 2:
         raise UserError("fine-tuning needs at least two classes with at least 2 decodable images each",
                         param="data")
-    train, val = train_test_split(rest, test_size=cfg.val_size, stratify=None if regression else targets[rest],
+    train, val = train_test_split(rest, test_size=cfg.val_size, stratify=targets[rest] if task.stratified else None,
                                   random_state=cfg.seed)
     weights = None
     if cfg.class_weight == "balanced" and not regression:
         w = compute_class_weight("balanced", classes=np.arange(len(names)), y=targets[train])
         weights = {k: float(v) for k, v in enumerate(w)}
-    return Split([dataset.root / dataset.paths[i] for i in ok], [dataset.paths[i] for i in ok], targets, names,
+    return Split([dataset.root / dataset.paths[i] for i in ok], [dataset.paths[i] for i in ok], targets, names, task,
                  np.asarray(train), np.asarray(val), np.flatnonzero(is_test), weights)

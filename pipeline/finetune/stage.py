@@ -13,7 +13,6 @@ training resumes. Outputs are in the fit stage's form, so reports compare them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 
@@ -33,6 +32,8 @@ from ..metrics import Score
 from ..outputs import claim
 from ..provenance import library_versions, now_iso
 from ..results import CVResult, HeldOut
+from ..run_files import CLASSES, HISTORY, METRICS
+from ..task import Task, task_of_dataset
 from .config import FinetuneConfig
 from .curves import training_curves
 from .full import decode_all, full_mode
@@ -63,7 +64,7 @@ def resolve_mode(mode: str, spec: BackboneSpec) -> str:
 class FinetuneResult:
     """A fine-tuned network's figures: on the validation split, and on held-out test images if any."""
 
-    task: str
+    task: Task
     data: str
     backbone: str
     image_size: int
@@ -86,16 +87,17 @@ class FinetuneResult:
             final["test"] = self.test.to_json()
         if self.reject is not None:
             final["reject"] = self.reject
-        return {"task": self.task, "data": self.data, "backbone": self.backbone, "image_size": self.image_size,
+        return {"task": self.task.name, "data": self.data, "backbone": self.backbone, "image_size": self.image_size,
                 "weights_checksum": self.weights_checksum, "images": self.images, "skipped": self.skipped,
                 "classes": len(self.class_names), "class_names": self.class_names, "protocol": self.protocol,
                 "results": [self.validation.to_json()], "final": {"finetune": final},
                 "versions": self.versions, "created": self.created}
 
 
-def _scores(outputs: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[dict[str, float], dict | None]:
+def _scores(outputs: np.ndarray, y: np.ndarray, names: list[str], task: Task) -> tuple[dict[str, float],
+                                                                                     dict | None]:
     """Scores of a network's ``outputs`` (and per-class figures for a classifier)."""
-    if not names:
+    if task.numeric:
         return metrics.regression_scores(y, outputs), None
     predicted = np.argmax(outputs, axis=1)
     return metrics.classification_scores(y, predicted), metrics.per_class(y, predicted, names)
@@ -104,11 +106,11 @@ def _scores(outputs: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[dict[
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Train, save ``model.keras``, ``classes.json``, ``history.json``, ``curves.png`` and ``metrics.json``."""
     dataset = discover(cfg.data, outside=cfg.allow_outside)
-    if dataset.multilabel:
+    task = task_of_dataset(dataset)
+    if task.loss is None:
         raise UserError(f"{cfg.data} gives several labels per image; fine-tuning takes one (a label column)",
                         param="data")
-    regression = dataset.targets is not None and not dataset.labelled
-    if not dataset.labelled and not regression:
+    if task.classes and not dataset.labelled:
         raise UserError(f"{cfg.data} has no labels: fine-tuning needs one sub-folder per class, or a manifest "
                         "with a label or a numeric target column", param="data")
     mode = resolve_mode(cfg.mode, get_spec(cfg.backbone))
@@ -120,44 +122,44 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     size = cfg.image_size or (default_size(backbone, len(dataset.paths)) if mode == "tail"
                               else backbone.spec.input_size)
     policy = dataclasses.replace(resize_policy(backbone.spec), size=size)
-    names = [] if regression else dataset.class_names
+    names = [] if task.numeric else dataset.class_names
     claim(cfg.out, "finetune")
     if mode == "tail":  # view 0 of every image first: it tells which images decode before the split
         cache, failed = cache_views(backbone, policy, activation_folder(cfg), files, [dataset.paths[i] for i in kept],
                                     [1] * len(files), tail_settings(cfg, backbone))
         cache.close()
         ok = sorted(set(range(len(files))) - {i for i, _ in failed})
-        split = split_images(cfg, dataset, [kept[i] for i in ok], names)
+        split = split_images(cfg, dataset, [kept[i] for i in ok], names, task)
         model, history, (val_out, test_out), protocol = tail_mode(cfg, backbone, policy, split)
     else:
         pixels, ok, failed = decode_all(files, policy, cfg.batch_size)
-        split = split_images(cfg, dataset, [kept[i] for i in ok], names)
+        split = split_images(cfg, dataset, [kept[i] for i in ok], names, task)
         model, history, (val_out, test_out), protocol = full_mode(cfg, backbone, policy, split, pixels)
     model.save(cfg.out / FINETUNED.file)
-    (cfg.out / "classes.json").write_text(json.dumps(names))
-    (cfg.out / "history.json").write_text(json.dumps(history, indent=2))
+    CLASSES.write(cfg.out, names)
+    HISTORY.write(cfg.out, history)
     (cfg.out / "curves.png").write_bytes(training_curves(history))
 
     val_y = split.targets[split.val]
-    scores, per_class = _scores(val_out, val_y, names)
+    scores, per_class = _scores(val_out, val_y, names, task)
     n = len(val_y)
     validation = CVResult(
         "finetuned", FINETUNED.name,
-        {name: Score(v, 0.0, None if regression else metrics.wilson(v, n), (v,)) for name, v in scores.items()},
+        {name: Score(v, 0.0, None if task.numeric else metrics.wilson(v, n), (v,)) for name, v in scores.items()},
         {}, per_class=per_class, fit_seconds=sum(h["seconds"] for h in history.values()))
     held = None
     if test_out is not None:
-        held = HeldOut("held-out images", len(split.test), *_scores(test_out, split.targets[split.test], names))
+        held = HeldOut("held-out images", len(split.test), *_scores(test_out, split.targets[split.test], names, task))
     result = FinetuneResult(
-        "regression" if regression else "classification", str(cfg.data), backbone.spec.name, policy.size,
+        task, str(cfg.data), backbone.spec.name, policy.size,
         backbone.weights_checksum, len(split.targets) - len(split.test),
         [(dataset.paths[kept[i]], reason) for i, reason in failed], names,
-        {"mode": mode, "validation": f"{'random' if regression else 'stratified'} {cfg.val_size:.0%} split",
+        {"mode": mode, "validation": f"{'stratified' if task.stratified else 'random'} {cfg.val_size:.0%} split",
          "seed": cfg.seed, "optimizer": cfg.optimizer, "linear_probe_init": bool(cfg.probe and not cfg.hidden),
          "top": cfg.top, "dropout": cfg.dropout, "patience": cfg.patience,
          **protocol},
         validation, n, held, library_versions(), now_iso(),
-        None if regression else reject_rule(val_y, val_out, cfg.reject_rate).to_json(),
+        reject_rule(val_y, val_out, cfg.reject_rate).to_json() if task.classes else None,
         None if test_out is None else {split.paths[i]: out for i, out in zip(split.test, test_out)})
-    (cfg.out / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+    METRICS.write(cfg.out, result.to_json())
     return result

@@ -33,6 +33,7 @@ from ..data.decode import ResizePolicy
 from ..data.discover import fingerprint
 from ..data.views import ShiftedViews
 from ..errors import UserError
+from ..task import Task
 from .averaging import AVERAGE_FROM, WeightAverage, interpolate
 from .batches import RandomViews
 from .cache import CachedViews, CacheKey, build_cache
@@ -111,7 +112,7 @@ def cache_views(backbone: Backbone, policy: ResizePolicy, folder: Path, files: S
 
 def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train: tuple[list[str], np.ndarray],
                val: tuple[list[str], np.ndarray], settings: TailSettings, out: Path, class_weight, seed: int,
-               init_head) -> tuple[keras.Model, dict]:
+               init_head, task: Task) -> tuple[keras.Model, dict]:
     """Train ``model``'s blocks after the cut and its head from ``cache``; returns (the tail network, history).
 
     ``init_head(codes, targets)`` sets the head from a probe on the training codes (None: leave it)."""
@@ -122,12 +123,10 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
         init_head(pooled, train[1])
     set_trainable(model, first)
     blocks = {v.path for v in tail.get_layer("blocks").trainable_variables}
-    regression = train[1].dtype.kind == "f"
     tail.compile(optimizer=make_optimizer(settings.optimizer, settings.learning_rate, blocks,
                                           settings.block_lr_factor),
-                 loss="mse" if regression else "sparse_categorical_crossentropy",
-                 metrics=["mae"] if regression else ["accuracy"])
-    metric = "loss" if regression else "accuracy"
+                 loss=task.loss, metrics=[task.metric])
+    metric = task.monitor.removeprefix("val_")
     epochs = EpochLog(out / "backup" / "tail_epochs.json")
     averaged = out / "backup" / "tail_average.npz"
     callbacks = [
@@ -143,7 +142,7 @@ def train_tail(model: keras.Model, backbone: Backbone, cache: CachedViews, train
     tail.fit(data, validation_data=(val_x, val[1]), epochs=settings.epochs, class_weight=class_weight,
              callbacks=callbacks, shuffle=False, verbose="auto" if settings.progress else 0)
     whole = epochs.history()  # every epoch, those before an interruption too
-    mix, by_mix = interpolate(tail, initial, (val_x, val[1]), metric, regression, before)
+    mix, by_mix = interpolate(tail, initial, (val_x, val[1]), metric, task.numeric, before)
     history = {"tail": {**whole, f"val_{metric}_before": float(before), "averaged_epochs": average.count,
                         "kept_start": mix == 0.0, "mix": mix,
                         f"val_{metric}_by_mix": by_mix, "seconds": epochs.seconds,
@@ -179,7 +178,8 @@ def tail_mode(cfg: FinetuneConfig, backbone: Backbone, policy: ResizePolicy, spl
         model = create_model(backbone, "finetune", layers=(cfg.top,), classes=len(split.names),
                              input_size=policy.size, hidden=cfg.hidden, dropout=cfg.dropout, seed=cfg.seed)
         tail, history = train_tail(model, backbone, cache, split.part(split.train), split.part(split.val), settings,
-                                   cfg.out, split.class_weight, cfg.seed, head_initialiser(cfg, model))
+                                   cfg.out, split.class_weight, cfg.seed, head_initialiser(cfg, model, split.task),
+                                   split.task)
         outputs = [np.concatenate([tail.predict_on_batch(x) for x in cache.batches(0, split.part(rows)[0],
                                                                                  cfg.batch_size)])
                    if len(rows) else None for rows in (split.val, split.test)]

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..provenance import file_sha256
 from ..settings import IMAGE_SIZES, is_probability
 from ..store.layout import HDF5_SIGNATURE, StoreConfig, layer_parts
-from .kinds import KINDS, MULTILABEL, REGRESSION, trusted_types
+from .kinds import KINDS, trusted_types
 
 # 3: this package's types under pipeline.linear; 2 named them at the package's top (refused: fit again); 1 was a
 # joblib pickle (refused)
@@ -146,7 +146,7 @@ def _check_card(bundle: Bundle, path: Path) -> None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         refuse("its class names are not distinct names")
     outputs = getattr(bundle.estimator, "classes_", None)
-    if KINDS[bundle.classifier].task != REGRESSION and (outputs is None or len(outputs) != len(names)):
+    if not KINDS[bundle.classifier].task.numeric and (outputs is None or len(outputs) != len(names)):
         refuse(f"its model has {0 if outputs is None else len(outputs)} classes for {len(names)} class names")
     if not isinstance(bundle.C, (int, float)) or not math.isfinite(bundle.C) or bundle.C < 0:
         refuse(f"C {bundle.C!r}")
@@ -157,6 +157,6 @@ def _check_card(bundle: Bundle, path: Path) -> None:
     if reject is not None and not is_probability(reject):
         refuse(f"its threshold for unknown images {reject!r} is not a probability")
     thresholds = bundle.metrics.get("thresholds")
-    if KINDS[bundle.classifier].task == MULTILABEL and (not isinstance(thresholds, list) or len(thresholds) != len(
+    if KINDS[bundle.classifier].task.several and (not isinstance(thresholds, list) or len(thresholds) != len(
             names) or not all(map(is_probability, thresholds))):
         refuse("its per-label thresholds are not one probability per label")

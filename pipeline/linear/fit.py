@@ -8,7 +8,6 @@ answers what differs. Codes over the memory budget are streamed instead
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from ..machine import usable_cores
 from ..outputs import replace_folder
 from ..provenance import library_versions, now_iso
 from ..results import CVResult, FinalModel, Protocol
+from ..run_files import METRICS
 from ..store.layout import JOIN, default_candidates
 from ..store.reader import FeatureStore, read_store
 from . import classify, cv, stream, tta
@@ -30,6 +30,7 @@ from .config import BLOCK_SETTINGS, FitConfig
 from .duplicates import duplicate_sets, subset
 from .fit_result import FitResult
 from .kinds import get_kind
+from .plan import CVPlan
 from .tasks import Classification, MultiLabel, Regression, codes_of, scaling, task_of
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def fit(cfg: FitConfig) -> FitResult:
     task = task_of(store)
     cfg = replace(cfg, normalise=cfg.normalise or task.normalise)
     if cfg.normalise in BLOCK_SETTINGS and not task.weighs_blocks:
-        raise UserError(f"{task.name}: the stages are weighed as blocks for classes only; use power or standard",
+        raise UserError(f"{task.task.name}: the stages are weighed as blocks for classes only; use power or standard",
                         param="normalise")
     kinds = task.kinds(cfg)
     layers = [store.check_layer(layer, "layers") for layer in cfg.layers or default_candidates(store.layers)]
@@ -136,18 +137,17 @@ def _grouping(cfg: FitConfig, store: FeatureStore, data: _Data, best: CVResult, 
                               "kept inside one fold")
     if named:
         protocol.notes.append(f"the images of each of the manifest's {named} group(s) kept inside one fold")
-    plain, _ = cv.cross_validate({best.layer: data.X[best.layer]}, data.y, store.class_names, (best.classifier,),
-                                 cfg.folds, cfg.repeats, scaling(best, cfg), (best.class_weight,), cfg.seed, cfg.jobs,
-                                 metric=protocol.metric, views=(best.views,))
+    ungrouped = CVPlan.of(cfg).ungrouped(best, data.X[best.layer], data.y, store.class_names, scaling(best, cfg),
+                                         protocol.metric)
     return {"threshold": cfg.duplicate_threshold, "groups": [paths[s].tolist() for s in sets],
             **({"manifest_groups": named} if named else {}),
-            "accuracy_grouped": best.primary.mean, "accuracy_ungrouped": plain[0].primary.mean}
+            "accuracy_grouped": best.primary.mean, "accuracy_ungrouped": ungrouped}
 
 
 def _save(cfg: FitConfig, task: Task, store: FeatureStore, kinds, refits, final, chosen, protocol, results, best,
           started: float, duplicates: dict | None = None, nested: CVResult | None = None) -> FitResult:
     """The result, and the bundles, checksums and metrics.json, replaced together."""
-    result = FitResult(task.name, str(cfg.store), str(cfg.out), store.config.backbone,
+    result = FitResult(task.task, str(cfg.store), str(cfg.out), store.config.backbone,
                        store.config.weights_checksum, int(len(store)), task.describe(store, task.targets(store)),
                        protocol, results, best, final, time.perf_counter() - started, library_versions(), now_iso(),
                        duplicates, nested)
@@ -162,7 +162,7 @@ def _save(cfg: FitConfig, task: Task, store: FeatureStore, kinds, refits, final,
                 views=list(final[kind].views),
                 versions=library_versions(), created=now_iso(),
             ), folder / final[kind].bundle)
-        (folder / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+        METRICS.write(folder, result.to_json())
 
     replace_folder(cfg.out, "fit", write)
     return result

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ..results import CVResult, FinalModel, Protocol
 from ..store.layout import layer_label
+from ..task import CLASSIFICATION, Task, get_task
 from .multilabel import SCORES as MULTILABEL_SCORES
 
 _LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "r2": "R2", "mae": "MAE", "micro_f1": "micro-F1",
            "subset_accuracy": "subset accuracy", "map": "mAP"}
-_FIRST = {"regression": ("r2", "mae"), "multilabel": ("micro_f1", "map")}  # else accuracy and macro-F1
 
 
 def _kind(r: CVResult) -> str:
@@ -30,7 +30,7 @@ def _same(r: CVResult, wanted: dict) -> bool:
 class FitResult:
     """Everything the fit stage found and saved, as written to ``metrics.json``."""
 
-    task: str
+    task: Task
     store: str
     run_dir: str
     backbone: str
@@ -48,7 +48,7 @@ class FitResult:
     nested: CVResult | None = None  # the honest figure of choosing between the candidates inside each fold
 
     def to_json(self) -> dict:
-        return {**({"task": self.task} if self.task != "classification" else {}),
+        return {**({} if self.task.classes else {"task": self.task.name}),
                 "store": self.store, "run_dir": self.run_dir, "backbone": self.backbone,
                 "weights_checksum": self.weights_checksum, "images": self.images, **self.dataset,
                 "protocol": asdict(self.protocol), "results": [r.to_json() for r in self.results],
@@ -69,7 +69,7 @@ class FitResult:
         results = [CVResult.from_json(r) for r in data["results"]]
         wanted = data["best"]
         best = next(r for r in results if _same(r, wanted))
-        return cls(data.get("task", "classification"), data["store"], data["run_dir"], data["backbone"],
+        return cls(get_task(data.get("task", CLASSIFICATION.name)), data["store"], data["run_dir"], data["backbone"],
                    data["weights_checksum"], int(data["images"]), {k: v for k, v in data.items() if k not in named},
                    Protocol.from_json(data["protocol"]), results, best,
                    {kind: FinalModel.from_json(m) for kind, m in data["final"].items()}, float(data["seconds"]),
@@ -79,23 +79,20 @@ class FitResult:
     def format(self) -> str:
         """The human-readable summary (the same figures as metrics.json)."""
         p = self.protocol
-        regression = self.task == "regression"
-        first, second = _FIRST.get(self.task, ("accuracy", "macro_f1"))
+        regression = self.task.numeric
+        first, second = self.task.metrics
         w = max(14, *(len(layer_label(r.layer)) for r in self.results))
         k = max(10, *(len(_kind(r)) for r in self.results))
         if regression:
-            t = self.dataset["target"]
-            head = [f"{self.images} images, numeric target (mean {t['mean']:.3g}, sd {t['std']:.3g}), "
-                    f"backbone {self.backbone}",
+            head = [f"{self.images} images, {self.task.describe(self.dataset)}, backbone {self.backbone}",
                     f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), alpha chosen by {p.inner}"]
             columns = (f"{'layer':{w}} {'model':{k}} {'R2':>8}  {'95% interval':15} {'MAE':>8}  "
                        f"{'alpha (most chosen)':15}")
         else:
             how = (f"streamed fit: SGD on chunks, epochs and alpha chosen on {p.inner}" if p.outer_folds == 0 else
                    f"nested CV: {p.outer_folds}-fold x {p.repeats} repeat(s), C chosen by {p.inner}")
-            what = (f"{self.dataset['labels']} labels, several per image" if self.task == "multilabel" else
-                    f"{self.dataset['classes']} classes")
-            head = [f"{self.images} images, {what}, backbone {self.backbone}", f"{how} (seed {p.seed})"]
+            head = [f"{self.images} images, {self.task.describe(self.dataset)}, backbone {self.backbone}",
+                    f"{how} (seed {p.seed})"]
             columns = (f"{'layer':{w}} {'classifier':{k}} {_LABELS[first]:>8}  {'95% interval':15} "
                        f"{_LABELS[second]:>8}  {'C (most chosen)' if p.outer_folds else 'alpha':15}")
         lines = [*head, *[f"note: {n}" for n in p.notes], "", columns]
@@ -106,7 +103,7 @@ class FitResult:
                          f"[{a.ci95[0]:.3f}, {a.ci95[1]:.3f}]  "
                          f"{b.mean:{'8.4g' if regression else '8.3f'}}  {next(iter(r.chosen)):15}")
         if p.outer_folds:
-            hyper_name = "alpha" if regression else "C"
+            hyper_name = self.task.hyper
             lines.append(f"{hyper_name} (most chosen): the value the outer folds picked most often; each saved "
                          f"model's {hyper_name}, chosen again on every image, is on its line below")
         if any(r.class_weight for r in self.results):
@@ -119,7 +116,7 @@ class FitResult:
                          f"group lasso; in the {p.outer_folds * p.repeats} folds of {_kind(r)}, "
                          + ", ".join(f"{name} kept {r.kept.get(name, 0)}x" for name in r.blocks.names))
         lines.append(f"\nbest: {self.best.name}" + ("" if metric == first else f" (by {_LABELS[metric]})"))
-        if self.task == "multilabel":
+        if self.task.several:
             lines.extend(_label_lines(self.best))
         if self.nested:
             a, b = self.nested.scores[first], self.nested.scores[second]

@@ -17,8 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import UserError
-
-CLASSIFICATION, REGRESSION, MULTILABEL = "classification", "regression", "multilabel"
+from ..task import CLASSIFICATION, MULTILABEL, REGRESSION, Task
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class ModelKind:
     (``grid`` of ``hyper``), calibrated, streamed, saved and exported, and how its outputs are described."""
 
     name: str
-    task: str
+    task: Task
     file: str  # how its model is saved in a run folder: a bundle (.skops), or a fine-tuned network (.keras)
     outputs: str  # what its predictions are, as predict says
     grid: tuple[float, ...] = ()
@@ -192,7 +191,7 @@ def get_kind(name: str) -> ModelKind:
         raise UserError(f"must be one of {', '.join(KINDS)}, not {name!r}", param="classifiers") from None
 
 
-def kinds_for(task: str) -> tuple[str, ...]:
+def kinds_for(task: Task) -> tuple[str, ...]:
     """The kinds the fit stage makes for ``task`` (``classification``: the classifiers it compares)."""
     return tuple(name for name, kind in KINDS.items() if kind.task == task and kind.linear)
 

@@ -8,10 +8,12 @@ import numpy as np
 from ..errors import UserError
 from ..results import CVResult, HeldOut, Protocol
 from ..store.reader import FeatureStore
-from . import blocks, classify, cv, multilabel, regress, tta
+from ..task import CLASSIFICATION, MULTILABEL, REGRESSION, task_of_store
+from . import classify, cv, multilabel, regress, tta
 from .config import FitConfig
 from .duplicates import store_groups
-from .kinds import CLASSIFICATION, MULTILABEL, REGRESSION, kinds_for, multilabel_kind
+from .kinds import kinds_for, multilabel_kind
+from .plan import CVPlan
 from .reject import reject_rule
 
 
@@ -29,7 +31,7 @@ class Classification:
     """Labels: the kinds asked for, nested CV over layers, classifiers, class weightings and views, an
     "unknown" threshold, near-duplicates and manifest groups kept inside one fold."""
 
-    name = CLASSIFICATION
+    task = CLASSIFICATION
     normalise = "power"  # pipeline.linear.scaling: measured on classifiers (docs/fit.md)
     streams = True  # codes over the memory budget are streamed (pipeline.linear.stream)
     weighs_blocks = True  # the stages of a joined layer may be weighed as blocks (pipeline.linear.blocks)
@@ -55,10 +57,8 @@ class Classification:
 
     def cross_validate(self, X: dict, y, store: FeatureStore, cfg: FitConfig, groups) -> tuple[list[CVResult],
                                                                                               Protocol]:
-        scalings = blocks.competing(cfg.normalise, {layer: store.widths(layer) for layer in X}, cfg.plain)
-        return cv.cross_validate(X, y, store.class_names, cfg.classifiers, cfg.folds, cfg.repeats, scalings,
-                                 cv.class_weightings(y, cfg.class_weight), cfg.seed, cfg.jobs, groups,
-                                 views=cv.view_options(store.views, cfg.views), progress=cfg.progress)
+        return CVPlan.of(cfg).run(X, y, store.class_names, {layer: store.widths(layer) for layer in X}, groups,
+                                  cv.view_options(store.views, cfg.views))
 
     def fit_final(self, candidate: CVResult, X, y, cfg: FitConfig, groups, metric: str):
         return cv.fit_final(candidate.classifier, X, y, scaling(candidate, cfg), candidate.class_weight, cfg.seed,
@@ -86,7 +86,7 @@ class Regression:
     """A numeric target: ridge, alpha chosen by leave-one-out inside nested CV, on the plainly standardised
     codes (the power scaling was measured on classifiers only)."""
 
-    name = REGRESSION
+    task = REGRESSION
     normalise = "standard"
     streams = False
     weighs_blocks = False
@@ -135,7 +135,7 @@ class MultiLabel:
     asked for (svm: calibrated SVMs, softmax: logistic regressions), iterative-stratified folds, a threshold per
     label; no views, groups, near-duplicates or "unknown"."""
 
-    name = MULTILABEL
+    task = MULTILABEL
     normalise = "power"
     streams = False
     weighs_blocks = False
@@ -181,8 +181,9 @@ class MultiLabel:
         return None
 
 
+FLOWS = {flow.task: flow for flow in (Classification, Regression, MultiLabel)}
+
+
 def task_of(store: FeatureStore) -> Classification | Regression | MultiLabel:
-    """Several labels per image, a numeric target (and no labels), or classes."""
-    if store.multilabels is not None:
-        return MultiLabel()
-    return Regression() if store.labels is None and store.targets is not None else Classification()
+    """The fit's flow for the store's task (:func:`pipeline.task.task_of_store`)."""
+    return FLOWS[task_of_store(store)]()

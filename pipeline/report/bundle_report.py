@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
+from ..backbones.registry import get_spec
 from ..data.decode import ResizePolicy
 from ..data.discover import discover
 from ..deploy.predict import bundle_backbone, bundle_predictor
@@ -17,12 +18,12 @@ from ..escalate.advise import advise
 from ..escalate.config import AdviseConfig
 from ..linear import tta
 from ..linear.bundle import load_bundle
-from ..linear.kinds import MULTILABEL, REGRESSION, get_kind
+from ..linear.kinds import get_kind
 from ..provenance import file_sha256, library_versions, now_iso
 from ..results import CVResult
 from ..store.extract import update_store
 from ..store.layout import layer_parts
-from ..store.reader import read_store
+from ..store.reader import is_store_of, read_store
 from .cache import extraction_record, store_path
 from .config import BundleReportConfig
 from .content import Details, HeldOutProtocol, Report, Row, Section
@@ -37,9 +38,9 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
     """The report of the bundle ``cfg.bundle`` on the labelled folder ``cfg.data``."""
     bundle = load_bundle(cfg.bundle)
     task = get_kind(bundle.classifier).task
-    if task == REGRESSION:
+    if task.numeric:
         raise UserError(f"{cfg.bundle} is a regression bundle; the report is for classifiers", param="bundle")
-    several = task == MULTILABEL
+    several = task.several
     dataset = discover(cfg.data, outside=cfg.allow_outside)
     if several and not dataset.multilabel:
         raise UserError(f"{cfg.data} gives no labels column: a multi-label bundle is reported on a manifest with "
@@ -52,9 +53,8 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
         raise UserError(f"{cfg.data} has {'labels' if several else 'classes'} the bundle was not trained on: "
                         f"{', '.join(unknown)}", param="data")
     backbone = bundle_backbone(bundle, cfg.weights)
-    layers = layer_parts(bundle.layer)
+    path, layers = _store_for(cfg, bundle, backbone.weights_checksum)
     views = tuple(bundle.views)
-    path = store_path(cfg.features, cfg.data, bundle.backbone, tuple(layers), views)
     result = update_store(dataset, path, backbone, layers, ResizePolicy.from_dict(bundle.store_config["resize"]),
                           progress=cfg.progress, engine=cfg.engine, views=views)
     log.info("%s", result.summary())
@@ -65,11 +65,27 @@ def evaluate_bundle(cfg: BundleReportConfig) -> Report:
         section = bundle_section(cfg.data, root, bundle, store, extraction_record(result, store), protocol, cfg.seed)
     else:
         section = _single_label(cfg, bundle, store, result, root, protocol)
-    return Report(f"{Path(cfg.bundle).name} on {section.name}", "multilabel" if several else "bundle", [section],
+    return Report(f"{Path(cfg.bundle).name} on {section.name}", "bundle", [section],
                   now_iso(), cfg.command, cfg.seed, {bundle.backbone: {"weights_checksum": backbone.weights_checksum,
                                                                        "weights_source": backbone.weights_source}},
                   library_versions(), {"path": str(cfg.bundle), "sha256": file_sha256(cfg.bundle),
-                                       "created": bundle.created, "versions": bundle.versions})
+                                       "created": bundle.created, "versions": bundle.versions}, task)
+
+
+def _store_for(cfg: BundleReportConfig, bundle, checksum: str) -> tuple[Path, list[str]]:
+    """Where the bundle's codes of ``cfg.data`` are kept, and the layers that store holds: the store extract
+    makes of that folder by default (under ``cfg.features``) where it holds the bundle's layers through the same
+    weights, resize and views, so that they are not extracted again; else the report's own cache of them."""
+    layers, views = layer_parts(bundle.layer), tuple(bundle.views)
+    made = store_path(cfg.features, cfg.data, bundle.backbone, get_spec(bundle.backbone).default_layers, views)
+    try:
+        config = read_store(made).config if is_store_of(made, Path(cfg.data)) else None
+    except UserError:  # a damaged or foreign file there: the report keeps to its own cache
+        config = None
+    if config is not None and set(layers) <= set(config.layers) and config.weights_checksum == checksum \
+            and config.resize == bundle.store_config["resize"] and tuple(config.views) == views:
+        return made, list(config.layers)
+    return store_path(cfg.features, cfg.data, bundle.backbone, tuple(layers), views), layers
 
 
 def _single_label(cfg: BundleReportConfig, bundle, store, result, root: Path, protocol: HeldOutProtocol) -> Section:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..backbones.registry import get_spec
 from ..backbones.spec import safe_name
 from ..store.extract import ExtractResult
 from ..store.reader import FeatureStore
@@ -14,8 +15,9 @@ from .content import Extraction
 
 def store_path(features: Path, data: Path, backbone: str, layers: tuple[str, ...], views: tuple[str, ...] = ()) -> Path:
     """Where the codes of ``data`` through ``backbone`` are cached (the extract command's default name for the
-    penultimate)."""
-    suffix = ("" if tuple(layers) == ("penultimate",) else "_" + "+".join(layers)) + "".join(f"_{v}" for v in views)
+    backbone's default layers)."""
+    default = tuple(layers) == tuple(get_spec(backbone).default_layers)
+    suffix = ("" if default else "_" + "+".join(layers)) + "".join(f"_{v}" for v in views)
     return features / f"{Path(data).resolve().stem}_{safe_name(backbone)}{suffix}.h5"
 
 

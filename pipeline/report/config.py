@@ -9,10 +9,12 @@ from pathlib import Path
 from ..backbones.options import DEFAULT_BACKBONE, ENGINES
 from ..data.views import VIEWS
 from ..errors import UserError
+from ..finetune.config import FinetuneConfig, full_epochs
 from ..linear.config import BLOCK_SETTINGS, CLASS_WEIGHTS, DEFAULT_DUPLICATE_THRESHOLD, NORMALISATIONS, plain
 from ..linear.kinds import CLASSIFIERS, classifiers, is_network
 from ..outputs import check_out
-from ..settings import IMAGE_SIZES, MAX_JOBS, Settings, epoch_pair, seed_setting, setting, within
+from ..settings import MAX_JOBS, Settings, epoch_pair, same_as, seed_setting, setting, within
+from ..store.layout import JOIN
 
 HEATMAPS = 4  # of the most confident mistakes, and of images predicted right (pipeline.report.heatmaps)
 FEATURES = Path("features")  # where codes are cached, one store per dataset, backbone and layer set
@@ -26,11 +28,11 @@ class EvaluateConfig(Settings):
     out: Path
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
     classifiers: tuple[str, ...] = setting(CLASSIFIERS, choices=classifiers)
-    layers: tuple[str, ...] = ("penultimate",)
+    layers: tuple[str, ...] | None = None  # None: each backbone's default layers joined, as extract and fit take them
     views: tuple[str, ...] = setting((), choices=VIEWS)  # with and without these views compete
     finetune: bool = False
-    image_size: int | None = setting(None, check=within(*IMAGE_SIZES))
-    epochs: tuple[int, int] = setting((5, 5), check=epoch_pair)  # full mode's two phases
+    image_size: int | None = same_as(FinetuneConfig, "image_size")
+    epochs: tuple[int, int] = setting(full_epochs(), check=epoch_pair)  # full mode's two phases
     features: Path = FEATURES
     folds: int = setting(5, check=within(2, 100))
     repeats: int | None = setting(None, check=within(1, 100))
@@ -51,6 +53,16 @@ class EvaluateConfig(Settings):
     def plain(self) -> str:
         """The normalisation of the candidates not weighed as blocks (:mod:`pipeline.linear.blocks`)."""
         return plain(self.normalise)
+
+    def layers_of(self, backbone: str, stored: tuple[str, ...] | None = None) -> list[str]:
+        """The layers compared for ``backbone``: those asked for, or by default its default layers joined (what
+        extract stores and fit fits when given no layers); with the ``stored`` layers known, ``all`` is every one
+        of them joined."""
+        from ..backbones.loading import ALL
+        from ..backbones.registry import get_spec
+
+        layers = self.layers or (JOIN.join(get_spec(backbone).default_layers),)
+        return [JOIN.join(stored) if stored is not None and layer == ALL else layer for layer in layers]
 
     def check(self) -> None:
         if not self.data:

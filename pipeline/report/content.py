@@ -13,6 +13,7 @@ import numpy as np
 from ..escalate.advise import Advice
 from ..linear.kinds import get_kind
 from ..results import CVResult, Protocol
+from ..task import CLASSIFICATION, Task
 from .diagnostics import ModelDetails, code_map
 from .heatmaps import Heatmaps
 
@@ -182,7 +183,8 @@ class Section:
 
 @dataclass
 class Report:
-    """A whole report: ``grid`` (configurations compared) or ``bundle`` (one saved model on new images)."""
+    """A whole report: ``grid`` (configurations compared) or ``bundle`` (one saved model on new images), of classes
+    or of several labels per image (``task``)."""
 
     title: str
     mode: str
@@ -193,9 +195,11 @@ class Report:
     backbones: dict[str, dict]
     versions: dict
     bundle: dict | None = None  # the bundle reported: its path, sha256, when made and with what
+    task: Task = CLASSIFICATION
 
     def to_json(self) -> dict:
-        return {"title": self.title, "mode": self.mode, "sections": [s.to_json() for s in self.sections],
+        return {"title": self.title, "mode": self.mode, "task": self.task.name,
+                "sections": [s.to_json() for s in self.sections],
                 "meta": {"created": self.created, "command": self.command, "seed": self.seed,
                          "backbones": self.backbones, **({"bundle": self.bundle} if self.bundle else {}),
                          "versions": self.versions}}

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
-from ..backbones.loading import ALL
 from ..backbones.spec import safe_name
 from ..deploy.config import PredictConfig
 from ..deploy.predict import bundle_predictor, predict_images
@@ -24,17 +23,19 @@ from ..escalate.advise import advise
 from ..escalate.config import AdviseConfig
 from ..finetune.config import FinetuneConfig
 from ..finetune.stage import finetune
-from ..linear import blocks, cv, tta
+from ..linear import cv, tta
 from ..linear.bundle import Bundle
 from ..linear.classify import check_training_data
 from ..linear.duplicates import duplicate_sets, store_groups
 from ..linear.kinds import get_kind
+from ..linear.plan import CVPlan
 from ..provenance import library_versions, now_iso
 from ..results import CVResult
 from ..store.config import ExtractConfig
 from ..store.extract import extract
-from ..store.layout import JOIN, layer_parts
+from ..store.layout import layer_parts
 from ..store.reader import FeatureStore, read_store
+from ..task import CLASSIFICATION, MULTILABEL
 from .cache import extraction_record, store_path
 from .config import EvaluateConfig
 from .content import (
@@ -59,7 +60,7 @@ FINETUNED = get_kind("fine-tuned")
 def _extract_all(data: Path, cfg: EvaluateConfig) -> tuple[dict[str, FeatureStore], dict[str, Extraction]]:
     stores, extraction = {}, {}
     for backbone in cfg.backbones:
-        layers = tuple(dict.fromkeys(part for layer in cfg.layers for part in layer_parts(layer)))
+        layers = tuple(dict.fromkeys(part for layer in cfg.layers_of(backbone) for part in layer_parts(layer)))
         path = store_path(cfg.features, data, backbone, layers, cfg.views)
         try:
             settings = ExtractConfig(data=data, out=path, backbone=backbone, layers=layers, views=cfg.views,
@@ -159,7 +160,7 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section | Mult
         return grid_section(data, cfg, stores, extraction, paths, rows, _paired_delta)
     root = Path(first.attrs.get("dataset_root", Path(data).resolve()))
     y, names = first.labels[rows[cfg.backbones[0]]], list(first.class_names)
-    layers = {b: [JOIN.join(s.layers) if layer == ALL else layer for layer in cfg.layers] for b, s in stores.items()}
+    layers = {b: cfg.layers_of(b, s.layers) for b, s in stores.items()}
     codes = {b: {layer: tta.rows(s.view_codes(layer), rows[b]) for layer in layers[b]} for b, s in stores.items()}
     for b in codes:
         for layer in layers[b]:
@@ -168,12 +169,9 @@ def _section(data: Path, cfg: EvaluateConfig, backbones: dict) -> Section | Mult
     groups, duplicates = store_groups(first, rows[cfg.backbones[0]], cfg.duplicate_threshold)
     table, candidates, protocol = [], [], None
     for backbone in cfg.backbones:
-        scalings = blocks.competing(cfg.normalise, {x: stores[backbone].widths(x) for x in layers[backbone]},
-                                    cfg.plain)
-        results, protocol = cv.cross_validate(codes[backbone], y, names, cfg.classifiers, cfg.folds, cfg.repeats,
-                                              scalings, cv.class_weightings(y, cfg.class_weight), cfg.seed,
-                                              cfg.jobs, groups, views=cv.view_options(cfg.views),
-                                              progress=cfg.progress)
+        results, protocol = CVPlan.of(cfg).run(codes[backbone], y, names,
+                                               {x: stores[backbone].widths(x) for x in layers[backbone]}, groups,
+                                               cv.view_options(cfg.views))
         table += [Row(backbone, r, extraction[backbone]) for r in results]
         candidates += [replace(r, layer=f"{backbone} {r.layer}") if len(cfg.backbones) > 1 else r for r in results]
     metric, k, n = protocol.metric, protocol.outer_folds, len(y)
@@ -231,12 +229,8 @@ def _duplicates(paths, y, names, duplicates, best: Row, codes, cfg: EvaluateConf
     """The near-duplicate groups, and the best configuration's accuracy with every group split across folds."""
     ungrouped = None
     if best.linear:
-        r = best.result
-        plain, _ = cv.cross_validate({r.layer: _codes_of(codes, best)}, y, names, (r.classifier,), cfg.folds,
-                                     cfg.repeats, _scaling(best, cfg), (r.class_weight,), cfg.seed, cfg.jobs,
-                                     metric=metric,
-                                     views=(tuple(r.views),))
-        ungrouped = plain[0].primary.mean
+        ungrouped = CVPlan.of(cfg).ungrouped(best.result, _codes_of(codes, best), y, names, _scaling(best, cfg),
+                                             metric)
     sets = [] if duplicates is None else duplicate_sets(duplicates)
     return DuplicateGroups(cfg.duplicate_threshold, [[paths[i] for i in s] for s in sets],
                            best.result.scores["accuracy"].mean, ungrouped)
@@ -250,5 +244,5 @@ def evaluate(cfg: EvaluateConfig) -> Report:
     if len(several) > 1:
         raise UserError("some of these datasets give several labels per image and some one: report them "
                         "separately", param="data")
-    return Report("Evaluation of " + ", ".join(s.name for s in sections), "multilabel" if several == {True} else
-                  "grid", sections, now_iso(), cfg.command, cfg.seed, backbones, library_versions())
+    return Report("Evaluation of " + ", ".join(s.name for s in sections), "grid", sections, now_iso(), cfg.command,
+                  cfg.seed, backbones, library_versions(), task=MULTILABEL if several == {True} else CLASSIFICATION)

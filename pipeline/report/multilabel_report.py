@@ -64,7 +64,7 @@ def grid_section(data: Path, cfg, stores: dict[str, FeatureStore], extraction: d
     multilabel.check(Y, names, str(data))
     table, protocol = [], None
     for backbone, store in stores.items():
-        X = {layer: store.codes(layer)[rows[backbone]] for layer in cfg.layers}
+        X = {layer: store.codes(layer)[rows[backbone]] for layer in cfg.layers_of(backbone, store.layers)}
         results, protocol = multilabel.cross_validate(X, Y, names, _kinds(cfg.classifiers), cfg.folds, cfg.repeats,
                                                       cfg.normalise, cfg.seed, cfg.jobs, cfg.progress)
         table += [Row(backbone, r, extraction[backbone]) for r in results]

@@ -113,7 +113,7 @@ def write_report(typed: Report, out: Path) -> dict[str, Path]:
     out = Path(out)
     claim(out, "evaluate")
     report = typed.to_json()
-    if typed.mode == "multilabel":  # its own figures: the thumbnails of the images with labels wrong
+    if typed.task.several:  # its own figures: the thumbnails of the images with labels wrong
         drawn = [[figures.thumbnail(Path(s["root"]) / item["path"]) for item in s["best"]["wrong"]]
                  for s in report["sections"]]
         template = "multilabel"
@@ -134,7 +134,7 @@ def format_summary(report: Report) -> str:
     for section in report.sections:
         best = section.rows[0]
         r = best.result
-        if report.mode == "multilabel":
+        if report.task.several:
             lines.append(f"{section.name}: best {best.backbone} · {r.layer} · {r.classifier}, micro-F1 "
                          f"{_interval(r.scores['micro_f1'])}, mAP {_interval(r.scores['map'])}")
             continue

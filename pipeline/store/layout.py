@@ -18,6 +18,44 @@ JOIN = "+"  # "stage6+penultimate": the codes of both layers side by side, one c
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of a store (of any HDF5 file without a user block)
 
 
+@dataclass(frozen=True)
+class StoredDataset:
+    """One dataset of a store, as docs/store.md lists it: its ``name`` (``<layer>``: one per layer), element
+    ``dtype``, ``shape`` (N: images, D: a layer's width, C: classes or labels, M: files skipped, B: blocks) and
+    when a store has it (``when``; empty: always)."""
+
+    name: str
+    dtype: str
+    shape: str
+    when: str = ""
+
+    @property
+    def kind(self) -> str:
+        """numpy's dtype kind of its elements (strings are read as objects)."""
+        return {"float32": "f", "float64": "f", "int64": "i", "uint8": "u", "utf-8": "O"}[self.dtype]
+
+
+LAYOUT = (  # what a store holds; the reader checks each one it finds against this, docs/store.md lists it
+    StoredDataset("features/<layer>", "float32", "[N, D]"),
+    StoredDataset("views/<view>/<layer>", "float32", "[N, D]", "views extracted only"),
+    StoredDataset("paths", "utf-8", "[N]"),
+    StoredDataset("fingerprints", "int64", "[N, 2]"),
+    StoredDataset("labels", "int64", "[N]", "labelled sets only"),
+    StoredDataset("multilabels", "uint8", "[N, C]", "manifests with a labels column only"),
+    StoredDataset("class_names", "utf-8", "[C]", "labelled sets only"),
+    StoredDataset("targets", "float64", "[N]", "manifests with a target column only"),
+    StoredDataset("groups", "utf-8", "[N]", "manifests with a group column only"),
+    StoredDataset("skipped/paths", "utf-8", "[M]"),
+    StoredDataset("skipped/reasons", "utf-8", "[M]"),
+    StoredDataset("digests/<name>", "uint8", "[B, 32]", "format 3 on"),
+)
+
+
+def stored(name: str) -> StoredDataset:
+    """The entry of :data:`LAYOUT` for the dataset ``name``."""
+    return next(d for d in LAYOUT if d.name == name)
+
+
 def layer_parts(layer: str) -> list[str]:
     """The stored layers a candidate layer names (one, or several joined by ``+``)."""
     return layer.split(JOIN)

@@ -29,6 +29,7 @@ from .layout import (
     config_from_attrs,
     dataset_name,
     layer_parts,
+    stored,
 )
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,10 @@ def _check_schema(f: h5py.File, path: Path) -> bool:
         raise UserError(f"{path} is corrupt: it lacks {', '.join(missing)}")
     n = f["paths"].shape[0] if f["paths"].ndim == 1 else -1
     classes = f["class_names"].shape[0] if "class_names" in f else 0
-    expected = {"fingerprints": ((n, 2), "i"), "labels": ((n,), "i"), "targets": ((n,), "f"), "groups": ((n,), "O"),
-                "multilabels": ((n, classes), "u"), **{name: (None, "f") for name in coded}}
+    rows = {"fingerprints": (n, 2), "labels": (n,), "targets": (n,), "groups": (n,), "multilabels": (n, classes)}
+    codes = stored("features/<layer>").kind
+    expected = {**{name: (shape, stored(name).kind) for name, shape in rows.items()},
+                **{name: (None, codes) for name in coded}}
     for name, (shape, kind) in expected.items():
         if name not in f:
             continue
