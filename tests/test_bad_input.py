@@ -26,7 +26,8 @@ class Reached(Exception):
 
 # Stages too long to run for every accepted value: the sweep checks that their settings refuse in one line.
 STAGES = {"run": ("pipeline.escalate.run", "run"), "finetune": ("pipeline.finetune.stage", "finetune"),
-          "evaluate": ("pipeline.report.grid", "evaluate"), "export": ("pipeline.deploy.export", "export")}
+          "evaluate": ("pipeline.report.grid", "evaluate"), "export": ("pipeline.deploy.export", "export"),
+          "advise": ("pipeline.escalate.advise", "advise")}
 
 
 @pytest.fixture(scope="module")

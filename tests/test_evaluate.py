@@ -344,7 +344,7 @@ def test_every_stage_weighed_as_blocks_shows_which_layers_carried_it(tmp_path):
     data = _dataset(tmp_path / "shapes")
     report = evaluate(EvaluateConfig(data=(data,), out=tmp_path / "report", features=tmp_path / "features",
                                      layers=("all",), normalise="auto", classifiers=("softmax",), folds=3, repeats=1,
-                                     heatmaps=0, advise=False, progress=False))
+                                     heatmaps=0, advise=False, progress=False, engine="keras"))  # no new graph
     configs = report.to_json()["sections"][0]["configs"]
     weighed = [c for c in configs if c.get("blocks")]
     assert len(configs) == 2 and len(weighed) == 1 and weighed[0]["layer"].startswith("stem+stage1+")
