@@ -19,13 +19,6 @@ STARTED = "block forever"  # what `ray start --block` prints once the head is up
 NO_DRAIN = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # a SIGTERM stops the head at once (Ray waits 30 s)
 
 
-def _every_core() -> None:
-    """The head and its workers may use every core, though the test worker that starts them keeps to one
-    (tests/conftest.py): a cluster's many processes wait more than they work."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
-
-
 @contextlib.contextmanager
 def local_head(temp: Path, *options: str, timeout: float = 120):
     """Yield the address of a new head node; stop its processes, and only its, on exit."""
@@ -37,8 +30,7 @@ def local_head(temp: Path, *options: str, timeout: float = 120):
     with log.open("w") as sink:
         proc = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--include-dashboard=false",
                                  "--disable-usage-stats", f"--temp-dir={temp}", *options],
-                                stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **NO_DRAIN},
-                                preexec_fn=_every_core)
+                                stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **NO_DRAIN})
     try:
         deadline = time.monotonic() + timeout
         while STARTED not in log.read_text():

@@ -40,12 +40,9 @@ def nodes():
     ray.shutdown()  # a cluster another test module joined
     fast_death = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                   "health_check_failure_threshold": 2}  # a killed node is known dead in a second, not in fifteen
-    pinned = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, range(os.cpu_count() or 1))  # as ray_head.local_head's head, the nodes use every core
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": False, "_system_config": fast_death})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
-    os.sched_setaffinity(0, pinned)
     cluster.wait_for_nodes()
     try:
         yield cluster, workers
