@@ -52,3 +52,4 @@ METRICS = RunFile("metrics.json", "a fit's or a fine-tune's metrics", ("backbone
 CLASSES = RunFile("classes.json", "a fine-tuned network's class names", kind=list)  # in its outputs' order
 HISTORY = RunFile("history.json", "a fine-tune's history of epochs")
 SUMMARY = RunFile("summary.json", "a run's summary", ("chosen", "candidates"))
+STAGES = RunFile("stages.json", "a run's record of its finished stages")  # stage -> {key, result}

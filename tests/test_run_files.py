@@ -41,3 +41,15 @@ def test_a_list_where_an_object_belongs_and_the_reverse_are_refused(tmp_path):
     for file in (HISTORY, CLASSES):
         with pytest.raises(UserError, match="as this version writes it"):
             file.read(tmp_path)
+
+
+def test_a_damaged_record_of_stages_runs_every_stage_again(tmp_path, caplog):
+    """run.py's record of finished stages is a journal, not a result: a damaged one is logged and started over."""
+    from pipeline.escalate.stages import Stages
+    from pipeline.run_files import STAGES
+
+    STAGES.path(tmp_path).write_text("{garbage")
+    stages = Stages(tmp_path)
+    assert stages.result("linear", "k") is None and "every stage runs again" in caplog.text
+    stages.finish("linear", "k", {"accuracy": 0.9})
+    assert Stages(tmp_path).result("linear", "k") == {"accuracy": 0.9}

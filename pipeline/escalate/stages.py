@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pipeline
 
-from ..outputs import write_bytes
+from ..errors import UserError
+from ..run_files import STAGES
 
 log = logging.getLogger(__name__)
-
-FILE = "stages.json"
 
 
 def stage_key(**parts) -> str:
@@ -36,13 +35,11 @@ class Stages:
     """The finished stages of the run in ``folder``."""
 
     def __init__(self, folder: Path):
-        self.path = Path(folder) / FILE
+        self.folder, self.path = Path(folder), STAGES.path(folder)
         try:
-            self.done = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
-            if not isinstance(self.done, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError) as e:
-            log.warning("%s is unreadable (%s): every stage runs again", self.path, e)
+            self.done = STAGES.read(folder) if self.path.exists() else {}
+        except UserError as e:  # a record, not a result: the stages run again
+            log.warning("%s: every stage runs again", e)
             self.done = {}
 
     def result(self, stage: str, key: str) -> dict | None:
@@ -56,4 +53,4 @@ class Stages:
     def finish(self, stage: str, key: str, result: dict) -> None:
         """Record ``stage`` as finished with ``key`` and ``result``."""
         self.done[stage] = {"key": key, "result": result}
-        write_bytes(self.path, (json.dumps(self.done, indent=2) + "\n").encode())
+        STAGES.write(self.folder, self.done)
