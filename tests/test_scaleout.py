@@ -172,3 +172,13 @@ def test_an_address_that_does_not_answer_is_refused_in_seconds():
         with pytest.raises(UserError, match=message):
             check_address(address)
     assert time.perf_counter() - started < 30
+
+
+def test_the_test_head_never_takes_a_port_a_ray_node_takes_by_default(monkeypatch):
+    """A random port that is one of a node's defaults made `ray start` fail (seen once: 52365, its dashboard
+    agent's): the test head draws again."""
+    import ray_head
+
+    drawn = iter([52365, 15000, 40000])
+    monkeypatch.setattr(ray_head, "_any_port", lambda: next(drawn))
+    assert ray_head._free_port() == 40000
