@@ -143,3 +143,19 @@ def test_a_crafted_bundle_is_one_line(world, tmp_path, change):
         done = run_command(script, *argv, "-q")
         assert done.returncode == 2 and "damaged or was not written by this package" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_run_and_evaluate_name_their_own_epochs_setting(tmp_path):
+    """Their fine-tuning defaults come from FinetuneConfig; a bad value is still named as the user gave it."""
+    from pipeline.errors import UserError
+    from pipeline.escalate.config import RunConfig
+    from pipeline.finetune.config import FinetuneConfig
+    from pipeline.report.config import EvaluateConfig
+
+    for make in (lambda **kw: RunConfig(data=tmp_path, out=tmp_path / "r", **kw),
+                 lambda **kw: EvaluateConfig(data=(tmp_path,), out=tmp_path / "e", **kw)):
+        with pytest.raises(UserError) as caught:
+            make(epochs=(-1, 5))
+        assert caught.value.param == "epochs"
+        assert make().epochs == (FinetuneConfig.default("head_epochs"), FinetuneConfig.default("finetune_epochs"))
+    assert RunConfig(data=tmp_path, out=tmp_path / "r").tail_epochs == FinetuneConfig.default("tail_epochs")
